@@ -1,0 +1,1 @@
+"""The `imgsynth` command line: thin typer commands over the library."""

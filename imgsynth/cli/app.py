@@ -1,0 +1,30 @@
+"""The root `imgsynth` typer app. Each command group lives in its own module and is registered here."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from imgsynth.cli import data
+from imgsynth.imageset import ImageSetError
+
+app = typer.Typer(help="Labeled synthetic image datasets and model-collapse experiments.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+
+# One line per command module; keep this list the only place commands are wired in.
+app.add_typer(data.app, name="data", help="Import, inspect, verify and export ImageSets.")
+data.register(app)
+
+
+def main() -> None:
+    """Console entry point: user errors print one clear line to stderr and exit with status 1."""
+    try:
+        app()
+    except (ImageSetError, FileNotFoundError, ValueError) as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

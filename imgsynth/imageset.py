@@ -1,0 +1,544 @@
+"""The ImageSet: a labeled image collection on disk, the unit every stage of imgsynth hands to the next.
+
+Layout (see ARCHITECTURE.md)::
+
+    <set>/
+      images/<label>/<image_id>.png   torchvision ImageFolder reads this as it is
+      metadata.jsonl                  one row per image; Hugging Face "imagefolder" reads it as it is
+      imageset.json                   the manifest
+
+Writes go to a hidden sibling folder ``.<name>.partial`` in shards; each shard's metadata is written
+atomically after its images, so a killed writer resumes from the last whole shard. ``finalize`` writes
+the manifest and renames the folder into place, so a half-written set is never mistaken for a whole one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+from PIL import Image
+
+from imgsynth.provenance import content_id, license_record, sha256_bytes, sha256_file, software_versions
+
+FORMAT_VERSION = 1
+MANIFEST = "imageset.json"
+METADATA = "metadata.jsonl"
+IMAGES = "images"
+KINDS = ("real", "generated", "curated", "mixed")
+# Columns every metadata row carries, in this order; generators add their own after these.
+BASE_COLUMNS = ("file_name", "label", "caption", "seed", "sha256")
+
+
+class ImageSetError(ValueError):
+    """A set on disk (or a request to write one) is invalid; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image to be written: pixels (a PIL image or already-encoded PNG bytes) and its labels."""
+
+    image: Image.Image | bytes
+    label: str
+    caption: str = ""
+    seed: int | None = None
+    image_id: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One row of ``metadata.jsonl``."""
+
+    file_name: str
+    label: str
+    caption: str
+    seed: int | None
+    sha256: str
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_row(self) -> dict[str, Any]:
+        return {"file_name": self.file_name, "label": self.label, "caption": self.caption,
+                "seed": self.seed, "sha256": self.sha256, **self.extra}
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> ImageRecord:
+        extra = {k: v for k, v in row.items() if k not in BASE_COLUMNS}
+        return cls(file_name=row["file_name"], label=row["label"], caption=row.get("caption") or "",
+                   seed=row.get("seed"), sha256=row["sha256"], extra=extra)
+
+
+# --------------------------------------------------------------------------------------------- names
+
+def check_label(label: Any, where: str) -> str:
+    """Return ``label`` if it can name a folder inside the set, else raise naming ``where``."""
+    if not isinstance(label, str) or not label.strip():
+        raise ImageSetError(f"{where}: label must be a non-empty string, got {label!r}")
+    if label in (".", "..") or any(c in label for c in "/\\\x00") or label != label.strip():
+        raise ImageSetError(f"{where}: label {label!r} cannot be a folder name inside the set "
+                            "(no '/', '\\', '..', NUL or surrounding spaces)")
+    return label
+
+
+def check_image_id(image_id: str, where: str) -> str:
+    if not image_id or image_id in (".", "..") or any(c in image_id for c in "/\\\x00"):
+        raise ImageSetError(f"{where}: image id {image_id!r} is not a plain file name")
+    return image_id
+
+
+def resolve_inside(root: Path, file_name: Any, where: str) -> Path:
+    """Resolve a metadata ``file_name`` against the set root, refusing anything that escapes it."""
+    if not isinstance(file_name, str) or not file_name:
+        raise ImageSetError(f"{where}: file_name must be a non-empty string, got {file_name!r}")
+    if file_name.startswith(("/", "\\")) or os.path.isabs(file_name) or "\\" in file_name:
+        raise ImageSetError(f"{where}: file_name {file_name!r} is absolute; it must be relative to the set")
+    parts = Path(file_name).parts
+    if ".." in parts or not parts or parts[0] != IMAGES:
+        raise ImageSetError(f"{where}: file_name {file_name!r} escapes the set's {IMAGES}/ folder")
+    path = (root / file_name).resolve()
+    if not path.is_relative_to((root / IMAGES).resolve()):
+        raise ImageSetError(f"{where}: file_name {file_name!r} resolves outside the set")
+    return path
+
+
+# --------------------------------------------------------------------------------------------- encoding
+
+def encode_png(image: Image.Image) -> bytes:
+    """Encode deterministically: no metadata chunks, fixed compression, so equal pixels give equal bytes."""
+    if image.mode not in ("L", "RGB"):
+        image = image.convert("RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False, compress_level=6)
+    return buffer.getvalue()
+
+
+def decode_png(data: bytes, where: str) -> Image.Image:
+    """Decode PNG bytes fully (so truncation is caught), raising a clear error naming ``where``."""
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            probe.verify()
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except Exception as exc:  # PIL raises a zoo of types for broken files
+        raise ImageSetError(f"{where}: not a readable image ({type(exc).__name__}: {exc})") from exc
+    if image.format != "PNG":
+        raise ImageSetError(f"{where}: expected a PNG image, found {image.format}")
+    return image
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _partial_dir(root: Path) -> Path:
+    return root.parent / f".{root.name}.partial"
+
+
+def _shard_name(index: int) -> str:
+    return f"shard-{index:06d}.jsonl"
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+# --------------------------------------------------------------------------------------------- writer
+
+class ImageSetWriter:
+    """Write an ImageSet shard by shard, resumable, finalized atomically.
+
+    Callers split their work into fixed shards (shard ``i`` always holds the same items) and call
+    ``write_shard(i, samples)`` for each index not in ``done_shards``; after a crash a new writer on the
+    same path sees the finished shards and the caller skips them. ``finalize()`` checks the shards are
+    contiguous, writes ``metadata.jsonl`` and ``imageset.json`` and renames the folder into place.
+    """
+
+    def __init__(self, root: str | os.PathLike, classes: Sequence[str], *, kind: str = "real",
+                 parents: Sequence[Any] = (), generator: Mapping[str, Any] | None = None,
+                 config: Mapping[str, Any] | None = None, license: Mapping[str, Any] | str | None = None,
+                 annotations: Mapping[str, Any] | None = None) -> None:
+        self.root = Path(root).absolute()
+        if kind not in KINDS:
+            raise ImageSetError(f"{self.root}: kind must be one of {KINDS}, got {kind!r}")
+        if not classes:
+            raise ImageSetError(f"{self.root}: an ImageSet needs at least one class")
+        self.classes = [check_label(c, str(self.root)) for c in classes]
+        if len(set(self.classes)) != len(self.classes):
+            raise ImageSetError(f"{self.root}: duplicate class names in {self.classes}")
+        if self.root.exists() and not (self.root / MANIFEST).is_file() and any(self.root.iterdir()):
+            raise ImageSetError(f"{self.root}: folder exists and is not an ImageSet; refusing to write into it")
+        self.kind = kind
+        self.parents = [_parent_entry(p, self.root) for p in parents]
+        self.generator = dict(generator or {})
+        self.config = dict(config or {})
+        self.license = license_record(license)
+        self.annotations = dict(annotations or {})
+        self.partial = _partial_dir(self.root)
+        (self.partial / "shards").mkdir(parents=True, exist_ok=True)
+        self._classes_set = set(self.classes)
+
+    @property
+    def done_shards(self) -> set[int]:
+        """Indices of shards whose images and metadata were completely written."""
+        return {int(p.name[6:12]) for p in (self.partial / "shards").glob("shard-*.jsonl")}
+
+    def write_shard(self, index: int, samples: Iterable[Sample]) -> list[ImageRecord]:
+        """Write one shard's images, then its metadata file atomically (the shard's commit point)."""
+        records: list[ImageRecord] = []
+        for position, sample in enumerate(samples):
+            label = check_label(sample.label, f"{self.root} shard {index}")
+            if label not in self._classes_set:
+                raise ImageSetError(f"{self.root}: shard {index} has label {label!r} not in classes {self.classes}")
+            image_id = check_image_id(sample.image_id or f"{index:06d}-{position:05d}", str(self.root))
+            data = sample.image if isinstance(sample.image, bytes) else encode_png(sample.image)
+            file_name = f"{IMAGES}/{label}/{image_id}.png"
+            path = self.partial / file_name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            records.append(ImageRecord(file_name, label, sample.caption,
+                                       None if sample.seed is None else int(sample.seed),
+                                       sha256_bytes(data), dict(sample.extra)))
+        lines = "".join(json.dumps(r.to_row(), default=_json_default) + "\n" for r in records)
+        _atomic_write_text(self.partial / "shards" / _shard_name(index), lines)
+        return records
+
+    def write_all(self, samples: Iterable[Sample], shard_size: int = 1024) -> None:
+        """Write an iterable in consecutive shards, skipping shards already done (for cheap sources)."""
+        done = self.done_shards
+        batch: list[Sample] = []
+        index = 0
+        for sample in samples:
+            batch.append(sample)
+            if len(batch) == shard_size:
+                if index not in done:
+                    self.write_shard(index, batch)
+                batch, index = [], index + 1
+        if batch and index not in done:
+            self.write_shard(index, batch)
+
+    def finalize(self) -> ImageSet:
+        """Assemble metadata and manifest, and rename the set into place; returns the opened set."""
+        shard_indices = sorted(self.done_shards)
+        if shard_indices != list(range(len(shard_indices))):
+            missing = sorted(set(range(max(shard_indices, default=-1) + 1)) - set(shard_indices))
+            raise ImageSetError(f"{self.partial}: shards {missing} were never written; cannot finalize")
+        rows: list[dict[str, Any]] = []
+        for i in shard_indices:
+            text = (self.partial / "shards" / _shard_name(i)).read_text(encoding="utf-8")
+            rows.extend(json.loads(line) for line in text.splitlines() if line.strip())
+        if not rows:
+            raise ImageSetError(f"{self.root}: no images were written; an ImageSet cannot be empty")
+        names = Counter(r["file_name"] for r in rows)
+        clashes = [n for n, c in names.items() if c > 1]
+        if clashes:
+            raise ImageSetError(f"{self.root}: image ids repeat: {clashes[:5]}")
+        # Every row carries every column, so tabular readers see one schema.
+        columns = list(BASE_COLUMNS) + sorted({k for r in rows for k in r} - set(BASE_COLUMNS))
+        rows = [{c: r.get(c) for c in columns} for r in rows]
+        records = [ImageRecord.from_row(r) for r in rows]
+        manifest = self._manifest(records)
+        _atomic_write_text(self.partial / METADATA,
+                           "".join(json.dumps(r, default=_json_default) + "\n" for r in rows))
+        _atomic_write_text(self.partial / MANIFEST, json.dumps(manifest, indent=2, default=_json_default))
+        shutil.rmtree(self.partial / "shards")
+        if self.root.exists():
+            existing = ImageSet.open(self.root)
+            shutil.rmtree(self.partial)
+            if existing.id != manifest["id"]:
+                raise ImageSetError(f"{self.root}: already holds a different ImageSet (id {existing.id}, "
+                                    f"new {manifest['id']}); remove it or choose another folder")
+            return existing
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(self.partial, self.root)
+        return ImageSet.open(self.root)
+
+    def abort(self) -> None:
+        """Throw away everything written so far."""
+        shutil.rmtree(self.partial, ignore_errors=True)
+
+    def _manifest(self, records: Sequence[ImageRecord]) -> dict[str, Any]:
+        counts = Counter(r.label for r in records)
+        first = Image.open(self.partial / records[0].file_name)
+        sizes = {Image.open(self.partial / r.file_name).size for r in records[:: max(1, len(records) // 64)]}
+        return {
+            "format_version": FORMAT_VERSION,
+            "id": content_id((r.sha256, r.label) for r in records),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "kind": self.kind,
+            "classes": self.classes,
+            "counts": {c: counts.get(c, 0) for c in self.classes},
+            "num_images": len(records),
+            "image_size": list(first.size[::-1]) if len(sizes) == 1 else None,
+            "image_mode": first.mode,
+            "parents": self.parents,
+            "generator": self.generator,
+            "config": self.config,
+            "software": software_versions(),
+            "license": self.license,
+            **self.annotations,
+        }
+
+
+def _parent_entry(parent: Any, root: Path) -> dict[str, Any]:
+    """A parents[] entry: id, path relative to the new set (so moved run folders keep their lineage)."""
+    if isinstance(parent, ImageSet):
+        return {"id": parent.id, "path": os.path.relpath(parent.root, root), "kind": parent.kind}
+    if isinstance(parent, Mapping):
+        return dict(parent)
+    raise TypeError(f"parent must be an ImageSet or a mapping, got {type(parent).__name__}")
+
+
+# --------------------------------------------------------------------------------------------- reader
+
+class ImageSet:
+    """An opened, finalized ImageSet; also a ``torch.utils.data.Dataset`` of (image, label index, caption).
+
+    Items are float tensors in [0, 1] of shape (C, H, W) unless a ``transform`` is given, which receives
+    the PIL image. Labels index ``classes`` in manifest order, never filesystem order.
+    """
+
+    def __init__(self, root: Path, manifest: dict[str, Any], records: list[ImageRecord],
+                 transform: Callable[[Image.Image], Any] | None = None) -> None:
+        self.root = root
+        self.manifest = manifest
+        self.records = records
+        self.transform = transform
+        self.class_to_index = {c: i for i, c in enumerate(self.classes)}
+
+    # ---- opening
+    @classmethod
+    def open(cls, path: str | os.PathLike, transform: Callable[[Image.Image], Any] | None = None) -> ImageSet:
+        """Open a finalized set, checking manifest and metadata structure (not pixels: see ``verify``)."""
+        root = Path(path).absolute()
+        if not root.is_dir():
+            partial = _partial_dir(root)
+            hint = f" (an unfinished write is in {partial})" if partial.exists() else ""
+            raise ImageSetError(f"{root}: no such ImageSet folder{hint}")
+        manifest_path = root / MANIFEST
+        if not manifest_path.is_file():
+            raise ImageSetError(f"{manifest_path}: missing; {root} is not a finished ImageSet")
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ImageSetError(f"{manifest_path}: malformed JSON ({exc})") from exc
+        for key in ("id", "classes", "counts", "kind"):
+            if key not in manifest:
+                raise ImageSetError(f"{manifest_path}: missing field {key!r}")
+        classes = manifest["classes"]
+        if not isinstance(classes, list) or not classes:
+            raise ImageSetError(f"{manifest_path}: 'classes' must be a non-empty list")
+        for c in classes:
+            check_label(c, str(manifest_path))
+        records = read_metadata(root, set(classes))
+        counts = Counter(r.label for r in records)
+        expected = {c: int(n) for c, n in manifest["counts"].items() if int(n)}
+        if dict(counts) != expected:
+            raise ImageSetError(f"{root / METADATA}: per-class counts {dict(counts)} disagree with "
+                                f"{MANIFEST} counts {expected}")
+        return cls(root, manifest, records, transform)
+
+    # ---- properties
+    @property
+    def id(self) -> str:
+        return self.manifest["id"]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.manifest["classes"])
+
+    @property
+    def kind(self) -> str:
+        return self.manifest["kind"]
+
+    @property
+    def parents(self) -> list[dict[str, Any]]:
+        return list(self.manifest.get("parents", []))
+
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        size = self.manifest.get("image_size")
+        return tuple(size) if size else None
+
+    @property
+    def labels(self) -> list[int]:
+        """Label index of every image, in metadata order."""
+        return [self.class_to_index[r.label] for r in self.records]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {c: int(self.manifest["counts"].get(c, 0)) for c in self.classes}
+
+    # ---- Dataset protocol
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> tuple[Any, int, str]:
+        record = self.records[index]
+        image = self.load_image(index)
+        if self.transform is not None:
+            item = self.transform(image)
+        else:
+            item = _to_tensor(image)
+        return item, self.class_to_index[record.label], record.caption
+
+    def __iter__(self) -> Iterator[tuple[Any, int, str]]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def __repr__(self) -> str:
+        return f"ImageSet({str(self.root)!r}, id={self.id[:12]}, kind={self.kind}, n={len(self)}, classes={len(self.classes)})"
+
+    def path_of(self, index: int) -> Path:
+        return self.root / self.records[index].file_name
+
+    def load_image(self, index: int) -> Image.Image:
+        """The image at ``index`` as a loaded PIL image (mode as stored: 'L' or 'RGB')."""
+        with Image.open(self.path_of(index)) as image:
+            image.load()
+            return image.copy()
+
+    def read_bytes(self, index: int) -> bytes:
+        return self.path_of(index).read_bytes()
+
+    def with_transform(self, transform: Callable[[Image.Image], Any] | None) -> ImageSet:
+        """The same set with another per-item transform (no files are touched)."""
+        return ImageSet(self.root, self.manifest, self.records, transform)
+
+    def as_array(self) -> np.ndarray:
+        """All images as one uint8 array (N, H, W) for grayscale or (N, H, W, 3) for RGB."""
+        return np.stack([np.asarray(self.load_image(i)) for i in range(len(self))])
+
+    def indices_of_class(self, label: str) -> list[int]:
+        return [i for i, r in enumerate(self.records) if r.label == label]
+
+    # ---- derived sets
+    def subset(self, indices: Sequence[int], out: str | os.PathLike, *, kind: str | None = None,
+               config: Mapping[str, Any] | None = None, annotations: Mapping[str, Any] | None = None,
+               classes: Sequence[str] | None = None) -> ImageSet:
+        """Write the images at ``indices`` (bytes copied, hashes kept) as a new set whose parent is this one."""
+        writer = ImageSetWriter(out, classes or self.classes, kind=kind or self.kind, parents=[self],
+                                generator=self.manifest.get("generator"), config=config,
+                                license=self.manifest.get("license"), annotations=annotations)
+        writer.write_all(self._samples(indices))
+        return writer.finalize()
+
+    def split(self, fraction: float, seed: int, out_first: str | os.PathLike,
+              out_second: str | os.PathLike) -> tuple[ImageSet, ImageSet]:
+        """Stratified, seeded split: ``fraction`` of every class goes to the second set (e.g. test)."""
+        first, second = stratified_split_indices(self.labels, fraction, seed)
+        config = {"split": {"fraction": fraction, "seed": seed}}
+        return (self.subset(first, out_first, config={**config, "part": "first"}),
+                self.subset(second, out_second, config={**config, "part": "second"}))
+
+    def _samples(self, indices: Iterable[int], prefix: str = "") -> Iterator[Sample]:
+        for i in indices:
+            r = self.records[i]
+            yield Sample(self.read_bytes(i), r.label, r.caption, r.seed,
+                         prefix + Path(r.file_name).stem, r.extra)
+
+
+def _to_tensor(image: Image.Image) -> Any:
+    import torch
+
+    array = np.asarray(image, dtype=np.uint8)
+    if array.ndim == 2:
+        array = array[None]
+    else:
+        array = array.transpose(2, 0, 1)
+    return torch.from_numpy(array.copy()).float().div_(255.0)
+
+
+def read_metadata(root: Path, classes: set[str]) -> list[ImageRecord]:
+    """Parse and structurally check ``metadata.jsonl``: every line JSON, fields present, paths safe."""
+    path = root / METADATA
+    if not path.is_file():
+        raise ImageSetError(f"{path}: missing")
+    records: list[ImageRecord] = []
+    seen: set[str] = set()
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        where = f"{path}:{number}"
+        if not line.strip():
+            raise ImageSetError(f"{where}: blank line")
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ImageSetError(f"{where}: malformed JSON ({exc.msg})") from exc
+        if not isinstance(row, dict):
+            raise ImageSetError(f"{where}: expected a JSON object")
+        for key in ("file_name", "label", "sha256"):
+            if key not in row:
+                raise ImageSetError(f"{where}: missing field {key!r}")
+        label = check_label(row["label"], where)
+        if label not in classes:
+            raise ImageSetError(f"{where}: label {label!r} is not one of the manifest's classes")
+        resolve_inside(root, row["file_name"], where)
+        if Path(row["file_name"]).parts[1] != label:
+            raise ImageSetError(f"{where}: file {row['file_name']!r} is not in the folder of its label {label!r}")
+        if row["file_name"] in seen:
+            raise ImageSetError(f"{where}: file_name {row['file_name']!r} appears twice")
+        seen.add(row["file_name"])
+        records.append(ImageRecord.from_row(row))
+    if not records:
+        raise ImageSetError(f"{path}: no images listed; an ImageSet cannot be empty")
+    return records
+
+
+# --------------------------------------------------------------------------------------------- operations
+
+def stratified_split_indices(labels: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Split indices so each class sends round(fraction * n_c) items (at least 1 when n_c ≥ 2) to the second part."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"split fraction must be in (0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    labels_arr = np.asarray(labels)
+    first: list[int] = []
+    second: list[int] = []
+    for label in sorted(set(labels_arr.tolist())):
+        members = np.flatnonzero(labels_arr == label)
+        members = members[rng.permutation(len(members))]
+        k = int(round(fraction * len(members)))
+        if len(members) >= 2:
+            k = min(max(k, 1), len(members) - 1)
+        second.extend(members[:k].tolist())
+        first.extend(members[k:].tolist())
+    return sorted(first), sorted(second)
+
+
+def concatenate(sets: Sequence[ImageSet], out: str | os.PathLike, *, kind: str = "mixed",
+                config: Mapping[str, Any] | None = None) -> ImageSet:
+    """Join sets (e.g. real + all earlier generations for ``accumulate`` loops) into a new set.
+
+    Classes are the union in first-seen order; image ids are prefixed with the parent's short id so
+    files from different parents never clash.
+    """
+    if not sets:
+        raise ImageSetError(f"{out}: nothing to concatenate")
+    classes: list[str] = []
+    for s in sets:
+        classes.extend(c for c in s.classes if c not in classes)
+    licenses = [s.manifest.get("license") for s in sets]
+    writer = ImageSetWriter(out, classes, kind=kind, parents=list(sets), config=config,
+                            license={"name": "mixed", "parts": licenses})
+
+    def samples() -> Iterator[Sample]:
+        for s in sets:
+            yield from s._samples(range(len(s)), prefix=f"{s.id[:8]}_")
+
+    writer.write_all(samples())
+    return writer.finalize()

@@ -1,0 +1,1 @@
+"""Generators, each ending in an ImageSet. Pipelines never import metrics."""

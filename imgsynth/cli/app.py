@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from imgsynth.cli import data
+from imgsynth.cli import data, experiments
 from imgsynth.imageset import ImageSetError
 
 app = typer.Typer(help="Labeled synthetic image datasets and model-collapse experiments.",
@@ -15,6 +15,7 @@ app = typer.Typer(help="Labeled synthetic image datasets and model-collapse expe
 # One line per command module; keep this list the only place commands are wired in.
 app.add_typer(data.app, name="data", help="Import, inspect, verify and export ImageSets.")
 data.register(app)
+experiments.register(app)
 
 
 def main() -> None:

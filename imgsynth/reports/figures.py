@@ -102,7 +102,7 @@ def class_heatmap(frame: pd.DataFrame, path: str | Path, metric: str, extractor:
         ax.set_yticks(range(len(table.index)), list(table.index))
         ax.set_xlabel("generation")
     fig.colorbar(image, ax=list(axes.flat), shrink=0.8, label=f"Δ {metric_label(metric, extractor)} vs gen 0")
-    fig.suptitle(f"Which classes degrade first: change in {metric_label(metric, extractor)} per class", fontsize=11)
+    fig.suptitle(f"Which classes degrade first: change in {metric_label(metric, extractor)} per class", fontsize=11, y=1.06)
     return _save(fig, path)
 
 

@@ -18,6 +18,7 @@ import io
 import json
 import os
 import shutil
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -36,6 +37,9 @@ IMAGES = "images"
 KINDS = ("real", "generated", "curated", "mixed")
 # Columns every metadata row carries, in this order; generators add their own after these.
 BASE_COLUMNS = ("file_name", "label", "caption", "seed", "sha256")
+JOB = "job.json"  # inside the partial folder: what the unfinished write is for
+# Files a finished set may hold at its root besides images/ (verify reports anything else as stray).
+ROOT_FILES = (MANIFEST, METADATA, "croissant.json", "README.md")
 
 
 class ImageSetError(ValueError):
@@ -190,8 +194,27 @@ class ImageSetWriter:
         self.license = license_record(license)
         self.annotations = dict(annotations or {})
         self.partial = _partial_dir(self.root)
-        (self.partial / "shards").mkdir(parents=True, exist_ok=True)
         self._classes_set = set(self.classes)
+        self._claim_partial()
+
+    def _claim_partial(self) -> None:
+        """Reuse an unfinished write of the same job, or discard one left by a different job.
+
+        Shards are only interchangeable between writers doing the same job (same classes, kind,
+        parents, generator and config); resuming from another job's shards would silently mix two sets.
+        """
+        job = json.dumps({"classes": self.classes, "kind": self.kind, "parents": self.parents,
+                          "generator": self.generator, "config": self.config},
+                         sort_keys=True, default=_json_default)
+        job_path = self.partial / JOB
+        if self.partial.exists():
+            previous = job_path.read_text(encoding="utf-8") if job_path.is_file() else None
+            if previous != job:
+                warnings.warn(f"{self.partial}: discarding an unfinished write of a different job", stacklevel=3)
+                shutil.rmtree(self.partial)
+        (self.partial / "shards").mkdir(parents=True, exist_ok=True)
+        if not job_path.is_file():
+            _atomic_write_text(job_path, job)
 
     @property
     def done_shards(self) -> set[int]:
@@ -252,21 +275,49 @@ class ImageSetWriter:
         columns = list(BASE_COLUMNS) + sorted({k for r in rows for k in r} - set(BASE_COLUMNS))
         rows = [{c: r.get(c) for c in columns} for r in rows]
         records = [ImageRecord.from_row(r) for r in rows]
+        self._remove_unlisted_images({r.file_name for r in records})
         manifest = self._manifest(records)
+        if self.root.exists() and any(self.root.iterdir()):
+            return self._settle_existing(manifest["id"])
         _atomic_write_text(self.partial / METADATA,
                            "".join(json.dumps(r, default=_json_default) + "\n" for r in rows))
         _atomic_write_text(self.partial / MANIFEST, json.dumps(manifest, indent=2, default=_json_default))
         shutil.rmtree(self.partial / "shards")
-        if self.root.exists():
-            existing = ImageSet.open(self.root)
-            shutil.rmtree(self.partial)
-            if existing.id != manifest["id"]:
-                raise ImageSetError(f"{self.root}: already holds a different ImageSet (id {existing.id}, "
-                                    f"new {manifest['id']}); remove it or choose another folder")
-            return existing
+        (self.partial / JOB).unlink()
         self.root.parent.mkdir(parents=True, exist_ok=True)
+        if self.root.exists():  # an empty folder made by the caller: rename cannot replace it portably
+            self.root.rmdir()
         os.rename(self.partial, self.root)
         return ImageSet.open(self.root)
+
+    def _settle_existing(self, new_id: str) -> ImageSet:
+        """The target already holds something: the same content is a no-op, anything else an error.
+
+        Either way the partial write is removed, so no half-written output is left behind.
+        """
+        try:
+            existing = ImageSet.open(self.root)
+        except ImageSetError as exc:
+            self.abort()
+            raise ImageSetError(f"{self.root}: already exists and is not a readable ImageSet ({exc}); "
+                                "remove it or choose another folder") from exc
+        self.abort()
+        if existing.id != new_id:
+            raise ImageSetError(f"{self.root}: already holds a different ImageSet (id {existing.id[:12]}, "
+                                f"new {new_id[:12]}); remove it or choose another folder")
+        return existing
+
+    def _remove_unlisted_images(self, listed: set[str]) -> None:
+        """Delete images an interrupted shard wrote but never committed, so they cannot become strays."""
+        images = self.partial / IMAGES
+        if not images.is_dir():
+            return
+        for path in sorted(images.rglob("*"), reverse=True):  # children before their folders
+            relative = path.relative_to(self.partial).as_posix()
+            if path.is_file() and relative not in listed:
+                path.unlink()
+            elif path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
 
     def abort(self) -> None:
         """Throw away everything written so far."""
@@ -274,8 +325,12 @@ class ImageSetWriter:
 
     def _manifest(self, records: Sequence[ImageRecord]) -> dict[str, Any]:
         counts = Counter(r.label for r in records)
-        first = Image.open(self.partial / records[0].file_name)
-        sizes = {Image.open(self.partial / r.file_name).size for r in records[:: max(1, len(records) // 64)]}
+        with Image.open(self.partial / records[0].file_name) as first:
+            first_size, first_mode = first.size, first.mode
+        sizes = {first_size}
+        for r in records[:: max(1, len(records) // 64)]:
+            with Image.open(self.partial / r.file_name) as image:
+                sizes.add(image.size)
         return {
             "format_version": FORMAT_VERSION,
             "id": content_id((r.sha256, r.label) for r in records),
@@ -284,8 +339,8 @@ class ImageSetWriter:
             "classes": self.classes,
             "counts": {c: counts.get(c, 0) for c in self.classes},
             "num_images": len(records),
-            "image_size": list(first.size[::-1]) if len(sizes) == 1 else None,
-            "image_mode": first.mode,
+            "image_size": list(first_size[::-1]) if len(sizes) == 1 else None,
+            "image_mode": first_mode,
             "parents": self.parents,
             "generator": self.generator,
             "config": self.config,
@@ -424,6 +479,10 @@ class ImageSet:
         """All images as one uint8 array (N, H, W) for grayscale or (N, H, W, 3) for RGB."""
         return np.stack([np.asarray(self.load_image(i)) for i in range(len(self))])
 
+    def verify(self) -> VerifyReport:
+        """Check every image of this set against its metadata and manifest (see :func:`verify`)."""
+        return verify(self.root)
+
     def indices_of_class(self, label: str) -> list[int]:
         return [i for i, r in enumerate(self.records) if r.label == label]
 
@@ -497,6 +556,236 @@ def read_metadata(root: Path, classes: set[str]) -> list[ImageRecord]:
     if not records:
         raise ImageSetError(f"{path}: no images listed; an ImageSet cannot be empty")
     return records
+
+
+# --------------------------------------------------------------------------------------------- verify
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a set on disk: the file (or ``metadata.jsonl:LINE``) and what is wrong."""
+
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+
+@dataclass
+class VerifyReport:
+    """Everything :func:`verify` found; ``ok`` when nothing."""
+
+    root: Path
+    problems: list[Problem] = field(default_factory=list)
+    images_checked: int = 0
+    set_id: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def add(self, where: str | os.PathLike, message: str) -> None:
+        self.problems.append(Problem(str(where), message))
+
+    def summary(self) -> str:
+        if self.ok:
+            return f"{self.root}: ok ({self.images_checked} images, id {self.set_id})"
+        return f"{self.root}: {len(self.problems)} problem(s) found"
+
+    def raise_for_problems(self) -> None:
+        """Raise one ImageSetError listing every problem (for callers that need a valid set)."""
+        if self.problems:
+            raise ImageSetError("\n".join([self.summary(), *map(str, self.problems)]))
+
+
+def verify(path: str | os.PathLike) -> VerifyReport:
+    """Check a set on disk completely and report every problem rather than stopping at the first.
+
+    Checks the manifest (present, valid JSON, fields, classes), every metadata line (JSON, fields,
+    known label, ``file_name`` inside ``images/<label>/``, no repeats), every listed image (present,
+    sha256 as recorded, a PNG that decodes to the end, size as in the manifest), files on disk that
+    metadata does not list, and the manifest's id and counts against the metadata.
+    """
+    root = Path(path).absolute()
+    report = VerifyReport(root)
+    if not root.exists():
+        partial = _partial_dir(root)
+        hint = f" (an unfinished write is in {partial})" if partial.exists() else ""
+        report.add(root, f"no such ImageSet folder{hint}")
+        return report
+    if not root.is_dir():
+        report.add(root, "not a folder")
+        return report
+    if not any(root.iterdir()):
+        report.add(root, f"empty folder: no {MANIFEST}, {METADATA} or {IMAGES}/; not an ImageSet")
+        return report
+    manifest = _verify_manifest(root, report)
+    classes = set(manifest["classes"]) if manifest and isinstance(manifest.get("classes"), list) else None
+    problems_before = len(report.problems)
+    rows = _verify_metadata_lines(root, classes, report)
+    metadata_whole = len(report.problems) == problems_before
+    expected_size = manifest.get("image_size") if manifest else None
+    for where, row in rows:
+        _verify_image(root, where, row, expected_size, report)
+    _verify_no_strays(root, {row["file_name"] for _, row in rows}, report)
+    # With broken metadata lines the id and counts cannot agree; saying so again would only be noise.
+    if manifest is not None and metadata_whole:
+        _verify_manifest_agrees(root, manifest, [row for _, row in rows], report)
+    report.images_checked = len(rows)
+    report.set_id = manifest.get("id") if manifest else None
+    return report
+
+
+def _verify_manifest(root: Path, report: VerifyReport) -> dict[str, Any] | None:
+    path = root / MANIFEST
+    if not path.is_file():
+        report.add(path, "missing; this folder is not a finished ImageSet")
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        report.add(path, f"malformed JSON ({exc})")
+        return None
+    if not isinstance(manifest, dict):
+        report.add(path, "expected a JSON object")
+        return None
+    for key in ("id", "classes", "counts", "kind"):
+        if key not in manifest:
+            report.add(path, f"missing field {key!r}")
+    classes = manifest.get("classes")
+    if "classes" in manifest and (not isinstance(classes, list) or not classes):
+        report.add(path, "'classes' must be a non-empty list")
+        manifest["classes"] = None
+    elif isinstance(classes, list):
+        good = []
+        for c in classes:
+            try:
+                good.append(check_label(c, str(path)))
+            except ImageSetError as exc:
+                report.add(path, str(exc).removeprefix(f"{path}: "))
+        manifest["classes"] = good
+    if "counts" in manifest and not isinstance(manifest["counts"], dict):
+        report.add(path, "'counts' must be an object of class -> count")
+        manifest["counts"] = None
+    return manifest
+
+
+def _verify_metadata_lines(root: Path, classes: set[str] | None,
+                           report: VerifyReport) -> list[tuple[str, dict[str, Any]]]:
+    """Every structurally sound metadata row with its ``file:line``; problems for the others."""
+    path = root / METADATA
+    if not path.is_file():
+        report.add(path, "missing")
+        return []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        report.add(path, f"not UTF-8 text ({exc})")
+        return []
+    rows: list[tuple[str, dict[str, Any]]] = []
+    seen: dict[str, str] = {}
+    for number, line in enumerate(lines, start=1):
+        where = f"{path}:{number}"
+        if not line.strip():
+            report.add(where, "blank line")
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            report.add(where, f"malformed JSON ({exc.msg})")
+            continue
+        if not isinstance(row, dict):
+            report.add(where, "expected a JSON object")
+            continue
+        missing = [key for key in ("file_name", "label", "sha256") if key not in row]
+        if missing:
+            report.add(where, f"missing field(s) {missing}")
+            continue
+        try:
+            label = check_label(row["label"], where)
+            resolve_inside(root, row["file_name"], where)
+        except ImageSetError as exc:
+            report.add(where, str(exc).removeprefix(f"{where}: "))
+            continue
+        if classes is not None and label not in classes:
+            report.add(where, f"unknown label {label!r}: not one of the manifest's classes {sorted(classes)}")
+            continue
+        if Path(row["file_name"]).parts[1] != label:
+            report.add(where, f"file {row['file_name']!r} is not in the folder of its label {label!r}")
+            continue
+        if row["file_name"] in seen:
+            report.add(where, f"file_name {row['file_name']!r} already listed at {seen[row['file_name']]}")
+            continue
+        seen[row["file_name"]] = where
+        rows.append((where, row))
+    if not lines:
+        report.add(path, "no images listed; an ImageSet cannot be empty")
+    return rows
+
+
+def _verify_image(root: Path, where: str, row: Mapping[str, Any], expected_size: Any,
+                  report: VerifyReport) -> None:
+    path = root / row["file_name"]
+    if not path.is_file():
+        report.add(path, f"missing (listed at {where})")
+        return
+    data = path.read_bytes()
+    actual = sha256_bytes(data)
+    if actual != row["sha256"]:
+        report.add(path, f"sha256 mismatch: {where} records {str(row['sha256'])[:16]}…, "
+                         f"the file hashes to {actual[:16]}…")
+    try:
+        image = decode_png(data, str(path))
+    except ImageSetError as exc:
+        report.add(path, str(exc).removeprefix(f"{path}: "))
+        return
+    if expected_size and list(image.size[::-1]) != list(expected_size):
+        report.add(path, f"image is {image.size[1]}x{image.size[0]} (HxW); the manifest says "
+                         f"{expected_size[0]}x{expected_size[1]}")
+
+
+def _verify_no_strays(root: Path, listed: set[str], report: VerifyReport) -> None:
+    """Files metadata does not list would be read by ImageFolder/imagefolder but not by ImageSet."""
+    for entry in sorted(root.iterdir()):
+        if entry.name == IMAGES and entry.is_dir():
+            continue
+        if entry.name not in ROOT_FILES:
+            report.add(entry, f"stray {'folder' if entry.is_dir() else 'file'}: not part of an ImageSet")
+    images = root / IMAGES
+    if not images.is_dir():
+        if listed:
+            report.add(images, "missing")
+        return
+    for folder, dirs, files in os.walk(images):
+        dirs.sort()
+        if not dirs and not files:
+            report.add(folder, "empty folder (torchvision ImageFolder fails on empty class folders)")
+        for name in sorted(files):
+            relative = (Path(folder) / name).relative_to(root).as_posix()
+            if relative not in listed:
+                report.add(Path(folder) / name, f"stray file: on disk but not listed in {METADATA}")
+
+
+def _verify_manifest_agrees(root: Path, manifest: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
+                            report: VerifyReport) -> None:
+    path = root / MANIFEST
+    if not rows:
+        return
+    actual_id = content_id((str(r["sha256"]), r["label"]) for r in rows)
+    if "id" in manifest and manifest["id"] != actual_id:
+        report.add(path, f"id {str(manifest['id'])[:16]}… does not match the content listed in {METADATA} "
+                         f"(which hashes to {actual_id[:16]}…)")
+    counts = Counter(r["label"] for r in rows)
+    if isinstance(manifest.get("counts"), dict):
+        try:
+            expected = {c: int(n) for c, n in manifest["counts"].items() if int(n)}
+        except (TypeError, ValueError):
+            report.add(path, f"'counts' must map class names to integers, got {manifest['counts']}")
+        else:
+            if dict(counts) != expected:
+                report.add(path, f"counts {expected} disagree with {METADATA}, which lists {dict(sorted(counts.items()))}")
+    if "num_images" in manifest and manifest["num_images"] != len(rows):
+        report.add(path, f"num_images {manifest['num_images']} but {METADATA} lists {len(rows)} valid rows")
 
 
 # --------------------------------------------------------------------------------------------- operations

@@ -1,13 +1,16 @@
-"""`imgsynth data ...`: import real data, inspect and check ImageSets."""
+"""`imgsynth data ...` and `imgsynth lineage`: import real data, inspect, verify, export and trace ImageSets."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import typer
 
-from imgsynth.imageset import ImageSet
+from imgsynth.exports import EXPORT_FORMATS, export
+from imgsynth.imageset import ImageSet, verify
+from imgsynth.provenance import lineage
 from imgsynth.sources import import_source
 
 app = typer.Typer(no_args_is_help=True)
@@ -15,7 +18,8 @@ app = typer.Typer(no_args_is_help=True)
 
 @app.command("import")
 def import_command(
-    source: str = typer.Argument(..., help="Source spec: 'digits' (embedded) or NAME:LOCATION."),
+    source: str = typer.Argument(..., help="Source spec: 'digits' (embedded), folder:PATH, hf:PATH or "
+                                           "torchvision:NAME:ROOT."),
     out: Path = typer.Argument(..., help="Folder that receives train/ and test/ ImageSets."),
     size: int = typer.Option(16, help="Square image size in pixels."),
     mode: str = typer.Option("L", help="PIL mode: L (grayscale) or RGB."),
@@ -50,5 +54,50 @@ def info_command(
         typer.echo(f"  parent    {parent.get('id', '')[:16]}  {parent.get('path', '')}")
 
 
+@app.command("verify")
+def verify_command(path: Path = typer.Argument(..., help="An ImageSet folder.")) -> None:
+    """Check every image, metadata line and manifest field; list all problems, exit 1 if any."""
+    report = verify(path)
+    for problem in report.problems:
+        typer.echo(str(problem))
+    if not report.ok:
+        typer.secho(f"error: {report.summary()}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+    typer.echo(report.summary())
+
+
+@app.command("export")
+def export_command(
+    path: Path = typer.Argument(..., help="An ImageSet folder."),
+    out: Optional[Path] = typer.Argument(None, help="Output folder (parquet, webdataset) or file (croissant; "
+                                                    "default SET/croissant.json)."),
+    fmt: str = typer.Option(..., "--format", help=f"One of: {', '.join(EXPORT_FORMATS)}."),
+) -> None:
+    """Export a set as parquet, WebDataset tar shards, or a Croissant 1.0 JSON-LD description."""
+    image_set = ImageSet.open(path)
+    for written in export(image_set, fmt, out):
+        typer.echo(str(written))
+
+
+def lineage_command(
+    path: Path = typer.Argument(..., help="An ImageSet folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print nodes, sources, warnings and problems as JSON."),
+    strict: bool = typer.Option(False, help="Exit 1 when there are license warnings or unreadable parents."),
+) -> None:
+    """Print the chain of sets, generators and models a set came from, back to the real data."""
+    graph = lineage(path)
+    if as_json:
+        typer.echo(json.dumps(graph.to_dict(), indent=2, default=str))
+    else:
+        typer.echo(graph.render())
+    for problem in graph.problems:
+        typer.secho(f"problem: {problem}", fg=typer.colors.RED, err=True)
+    for warning in graph.warnings:
+        typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
+    if strict and (graph.problems or graph.warnings):
+        raise typer.Exit(1)
+
+
 def register(root: typer.Typer) -> None:
-    """Top-level commands that belong to this module (none yet besides the `data` group)."""
+    """Top-level commands that belong to this module: `imgsynth lineage`."""
+    root.command("lineage")(lineage_command)

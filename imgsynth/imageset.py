@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import warnings
 from collections import Counter
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from imgsynth.provenance import content_id, license_record, sha256_bytes, sha256_file, software_versions
 
@@ -126,11 +127,15 @@ def encode_png(image: Image.Image) -> bytes:
 
 def decode_png(data: bytes, where: str) -> Image.Image:
     """Decode PNG bytes fully (so truncation is caught), raising a clear error naming ``where``."""
+    if not data:
+        raise ImageSetError(f"{where}: not a readable image (empty file)")
     try:
         with Image.open(io.BytesIO(data)) as probe:
             probe.verify()
         image = Image.open(io.BytesIO(data))
         image.load()
+    except UnidentifiedImageError as exc:
+        raise ImageSetError(f"{where}: not a readable image (unrecognised data, {len(data)} bytes)") from exc
     except Exception as exc:  # PIL raises a zoo of types for broken files
         raise ImageSetError(f"{where}: not a readable image ({type(exc).__name__}: {exc})") from exc
     if image.format != "PNG":
@@ -622,12 +627,13 @@ def verify(path: str | os.PathLike) -> VerifyReport:
     manifest = _verify_manifest(root, report)
     classes = set(manifest["classes"]) if manifest and isinstance(manifest.get("classes"), list) else None
     problems_before = len(report.problems)
-    rows = _verify_metadata_lines(root, classes, report)
+    claimed: set[str] = set()
+    rows = _verify_metadata_lines(root, classes, report, claimed)
     metadata_whole = len(report.problems) == problems_before
     expected_size = manifest.get("image_size") if manifest else None
     for where, row in rows:
         _verify_image(root, where, row, expected_size, report)
-    _verify_no_strays(root, {row["file_name"] for _, row in rows}, report)
+    _verify_no_strays(root, claimed, report)
     # With broken metadata lines the id and counts cannot agree; saying so again would only be noise.
     if manifest is not None and metadata_whole:
         _verify_manifest_agrees(root, manifest, [row for _, row in rows], report)
@@ -670,9 +676,16 @@ def _verify_manifest(root: Path, report: VerifyReport) -> dict[str, Any] | None:
     return manifest
 
 
-def _verify_metadata_lines(root: Path, classes: set[str] | None,
-                           report: VerifyReport) -> list[tuple[str, dict[str, Any]]]:
-    """Every structurally sound metadata row with its ``file:line``; problems for the others."""
+_FILE_NAME_IN_TEXT = re.compile(r'"file_name"\s*:\s*"([^"]+)"')
+
+
+def _verify_metadata_lines(root: Path, classes: set[str] | None, report: VerifyReport,
+                           claimed: set[str]) -> list[tuple[str, dict[str, Any]]]:
+    """Every structurally sound metadata row with its ``file:line``; problems for the others.
+
+    ``claimed`` receives every file name a line mentions, sound or not, so that the files of broken
+    lines are not reported a second time as strays.
+    """
     path = root / METADATA
     if not path.is_file():
         report.add(path, "missing")
@@ -692,8 +705,13 @@ def _verify_metadata_lines(root: Path, classes: set[str] | None,
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            report.add(where, f"malformed JSON ({exc.msg})")
+            named = _FILE_NAME_IN_TEXT.search(line)
+            if named:
+                claimed.add(named.group(1))
+            report.add(where, f"malformed JSON ({exc.msg})" + (f" for {named.group(1)!r}" if named else ""))
             continue
+        if isinstance(row, dict) and isinstance(row.get("file_name"), str):
+            claimed.add(row["file_name"])
         if not isinstance(row, dict):
             report.add(where, "expected a JSON object")
             continue

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from imgsynth.cli import data, experiments
+from imgsynth.cli import curate, data, experiments
 from imgsynth.imageset import ImageSetError
 
 app = typer.Typer(help="Labeled synthetic image datasets and model-collapse experiments.",
@@ -16,6 +16,7 @@ app = typer.Typer(help="Labeled synthetic image datasets and model-collapse expe
 app.add_typer(data.app, name="data", help="Import, inspect, verify and export ImageSets.")
 data.register(app)
 experiments.register(app)
+curate.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,70 @@
+"""`imgsynth curate` (filters → curated ImageSet) and `imgsynth audit` (which images came from a generator)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+# Heavy modules (torch, open_clip) are imported inside the commands so `imgsynth --help` stays quick.
+
+
+def curate_command(
+    image_set: Path = typer.Argument(..., help="The ImageSet to curate (e.g. a generation's samples)."),
+    out: Path = typer.Argument(..., help="Folder for the curated ImageSet."),
+    dedup: Optional[float] = typer.Option(None, help="Drop near-duplicates: cosine similarity ≥ this, within a "
+                                                     "class (keeps the first of each group)."),
+    min_confidence: Optional[float] = typer.Option(None, help="Keep images the classifier gives their own label "
+                                                              "at least this probability."),
+    min_clip_score: Optional[float] = typer.Option(None, help="Keep images whose caption CLIP score (0–100) is at "
+                                                              "least this."),
+    clip_top_fraction: Optional[float] = typer.Option(None, help="Keep this top fraction of each class by CLIP "
+                                                                 "score."),
+    classifier: Optional[Path] = typer.Option(None, help="Classifier checkpoint trained on real data "
+                                                         "(for --min-confidence; default dedup space)."),
+    clip: Optional[str] = typer.Option(None, help="open_clip model for the CLIP filter (weights on disk)."),
+    embedding: Optional[str] = typer.Option(None, help="Dedup space: pixels:<size>, domain:<ckpt>, clip:<name> "
+                                                       "(default domain:<classifier>, else pixels:16)."),
+    rebalance: bool = typer.Option(True, "--rebalance/--no-rebalance", help="Downsample every class to the "
+                                                                             "smallest kept class."),
+    seed: int = typer.Option(0, help="Seed of the rebalancing draw."),
+    batch_size: int = typer.Option(256, help="Images per batch for the classifier and extractors."),
+) -> None:
+    """Filter an ImageSet into a curated one; the manifest records every drop and its reason."""
+    from imgsynth.curation import curate, curation_record
+
+    curated = curate(image_set, out, dedup=dedup, min_confidence=min_confidence, min_clip_score=min_clip_score,
+                     clip_top_fraction=clip_top_fraction, classifier=classifier, clip=clip, rebalance=rebalance,
+                     seed=seed, embedding=embedding, batch_size=batch_size)
+    record = curation_record(curated)
+    typer.echo(f"{curated.root}: kept {record['kept']['total']} of {record['input']['num_images']} images "
+               f"(id {curated.id[:12]})")
+    for name, count in record["dropped"]["by_filter"].items():
+        per_class = record["dropped"]["by_filter_and_class"][name]
+        detail = ", ".join(f"{c}: {n}" for c, n in per_class.items())
+        typer.echo(f"  {name:>10}  dropped {count:>5}" + (f"  ({detail})" if detail else ""))
+
+
+def audit_command(
+    image_set: Path = typer.Argument(..., help="The ImageSet to audit."),
+    against: List[Path] = typer.Option(..., "--against", help="Run folder or ImageSet whose generated images "
+                                                              "(and lineage) are known; repeatable."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write one CSV row per image here."),
+    threshold: float = typer.Option(0.995, help="Cosine similarity from which a near-duplicate counts as a copy."),
+    embedding: str = typer.Option("pixels:8", help="Space for approximate matching: pixels:<size> (perceptual "
+                                                   "thumbnail), or an extractor name such as domain:<ckpt>."),
+    batch_size: int = typer.Option(256, help="Images per batch when embedding."),
+) -> None:
+    """Report which images descend from a known generator, exactly or approximately, per class."""
+    from imgsynth.audit import audit
+
+    report = audit(image_set, against, threshold=threshold, embedding=embedding, batch_size=batch_size)
+    typer.echo(report.summary())
+    if out is not None:
+        typer.echo(f"\nper-image CSV: {report.write_csv(out)}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("curate")(curate_command)
+    app.command("audit")(audit_command)

@@ -1,0 +1,159 @@
+"""Run a generation job on a backend: locally in this process, or on a Ray actor pool.
+
+Both backends do the same thing with the same pieces: open the set's writer (which resumes an
+unfinished write of the same job), schedule only the shards not yet in ``writer.done_shards``, compute
+each shard with ``generator.generate`` and commit it with ``writer.write_shard``, then finalize once.
+On Ray, a dataset row is one shard (index and its work items), ``map_batches`` sends one row per call to
+a fixed pool of actors, each actor loads the model once and writes its shards' PNGs and shard file into
+the partial folder itself (the same filesystem: a local disk, or a shared one on a cluster), and returns
+only the shard index. The driver then checks every shard is there and writes the manifest.
+
+A worker that dies mid-shard leaves at most uncommitted images; Ray restarts the actor and retries the
+shard, which rewrites the same bytes, and finalize drops anything never committed. If retries run out,
+the job stops with the shards written so far kept, and running it again computes only the rest.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from imgsynth.distributed.backend import DEFAULT_RETRIES, dataset_of_rows, map_on_actor_pool, ray_session
+from imgsynth.distributed.protocol import SetSpec, ShardGenerator, decode_items, encode_items, job_shards
+from imgsynth.imageset import ImageSet, ImageSetError, ImageSetWriter
+from imgsynth.pipelines.work import WorkItem
+
+BACKENDS = ("local", "ray")
+ShardCallback = Callable[[int, int], None]  # (shard index, images written)
+
+
+class IncompleteGenerationError(ImageSetError):
+    """A job stopped before every shard was written; the written shards are kept for a rerun to resume."""
+
+
+def generate(generator: ShardGenerator, out: str | os.PathLike, *, backend: str = "local",
+             workers: int | None = None, address: str | None = None, retries: int = DEFAULT_RETRIES,
+             progress: bool = False, on_shard: ShardCallback | None = None) -> ImageSet:
+    """Write the generator's ImageSet to ``out`` on ``backend`` and return it, resuming an unfinished write.
+
+    ``backend="local"`` computes the shards one after another in this process (``workers`` must be
+    None or 1). ``backend="ray"`` uses ``workers`` actors (default: as many as the cluster has CPUs, or
+    GPUs when the generator needs one) on the Ray cluster at ``address`` (``auto``, ``ray://host:port``),
+    on the session already running in this process, or on a local cluster started for this call.
+    The set is byte-identical, with the same id, whichever backend and number of workers.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    if backend == "local" and workers not in (None, 1):
+        raise ValueError(f"the local backend runs one worker (got workers={workers}); use --backend ray, "
+                         "or `accelerate launch -m imgsynth.distributed.accelerate_launch` for several GPUs")
+    spec = generator.spec()
+    all_shards = job_shards(generator)
+    writer = spec.writer(out)
+    pending = sorted(set(range(len(all_shards))) - writer.done_shards)
+    if pending and backend == "local":
+        write_shards_local(generator, writer, all_shards, pending, progress=progress, on_shard=on_shard)
+    elif pending:
+        write_shards_ray(generator, spec.for_workers(writer), writer.root, all_shards, pending,
+                         workers=workers, address=address, retries=retries, progress=progress,
+                         on_shard=on_shard)
+    return finalize_job(writer, len(all_shards))
+
+
+def finalize_job(writer: ImageSetWriter, num_shards: int) -> ImageSet:
+    """Finalize once every shard of the job is written; otherwise say which are missing and how to resume."""
+    missing = sorted(set(range(num_shards)) - writer.done_shards)
+    if missing:
+        raise IncompleteGenerationError(
+            f"{writer.partial}: {len(missing)} of {num_shards} shards were not written (first: {missing[:5]}); "
+            "the others are kept, run the same command again to resume")
+    return writer.finalize()
+
+
+def write_shard(generator: ShardGenerator, writer: ImageSetWriter, index: int,
+                items: Sequence[WorkItem]) -> int:
+    """Compute one shard and commit it; returns the number of images written."""
+    samples = generator.generate(items)
+    if len(samples) != len(items):
+        raise ImageSetError(f"{writer.root}: shard {index} has {len(items)} work items but the generator "
+                            f"returned {len(samples)} samples")
+    return len(writer.write_shard(index, samples))
+
+
+def write_shards_local(generator: ShardGenerator, writer: ImageSetWriter, all_shards: Sequence[Sequence[WorkItem]],
+                       indices: Sequence[int], *, progress: bool = False,
+                       on_shard: ShardCallback | None = None) -> None:
+    """Load the generator once and write the given shards in order, in this process."""
+    generator.load()
+    iterator: Any = indices
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(indices, desc="shards", unit="shard")
+    for index in iterator:
+        written = write_shard(generator, writer, index, all_shards[index])
+        if on_shard is not None:
+            on_shard(index, written)
+
+
+class ShardWriterActor:
+    """The Ray actor: loads the generator once, then computes and writes whole shards it is handed."""
+
+    def __init__(self, generator: ShardGenerator, spec: SetSpec, out: str) -> None:
+        self.generator = generator
+        self.generator.load()
+        self.writer = spec.writer(out)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list[int]]:
+        shards_done, images, pids = [], [], []
+        for index, items in zip(batch["shard"], batch["items"]):
+            index = int(index)
+            images.append(write_shard(self.generator, self.writer, index, decode_items(str(items))))
+            shards_done.append(index)
+            pids.append(os.getpid())
+        return {"shard": shards_done, "images": images, "pid": pids}
+
+
+def default_workers(ray: Any, generator: ShardGenerator, pending: int) -> int:
+    """One worker per GPU (GPU generators) or per CPU in the cluster, never more than there are shards."""
+    resources = ray.cluster_resources()
+    gpus = float(getattr(generator, "num_gpus", 0) or 0)
+    capacity = int(resources.get("GPU", 0) // gpus) if gpus else int(resources.get("CPU", 1))
+    return max(1, min(capacity, pending))
+
+
+def write_shards_ray(generator: ShardGenerator, spec: SetSpec, out: Path, all_shards: Sequence[Sequence[WorkItem]],
+                     indices: Sequence[int], *, workers: int | None = None, address: str | None = None,
+                     retries: int = DEFAULT_RETRIES, progress: bool = False,
+                     on_shard: ShardCallback | None = None) -> None:
+    """Write the given shards on a Ray actor pool; the driver only schedules and collects shard indices."""
+    rows = [{"shard": i, "items": encode_items(all_shards[i])} for i in indices]
+    with ray_session(address) as ray:
+        # More actors than shards would only load models that never work.
+        pool = min(workers or default_workers(ray, generator, len(indices)), len(indices))
+        results = map_on_actor_pool(
+            dataset_of_rows(rows), ShardWriterActor, workers=pool,
+            constructor_args=(generator, spec, str(out)), num_gpus=float(getattr(generator, "num_gpus", 0) or 0),
+            retries=retries, progress=progress)
+        try:
+            for row in results:
+                if on_shard is not None:
+                    on_shard(int(row["shard"]), int(row["images"]))
+        except Exception as exc:  # Ray wraps worker failures in its own exception types
+            raise IncompleteGenerationError(
+                f"{out}: the Ray job failed ({_root_cause(exc)}); shards already written are kept, "
+                "run the same command again to resume") from exc
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The worker's own error line from Ray's wrapped traceback text, else Ray's first line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    own = [line for line in lines if re.match(r"^[\w.]*(Error|Exception|Exit)\b.*:", line)
+           and not line.startswith("ray.")]
+    if own:
+        return own[-1]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"

@@ -1,0 +1,189 @@
+"""Scale-out backends: the Ray backend and accelerate ranks write the same bytes (same set id) as the local
+backend, survive a worker dying mid-shard, resume, and say how to install Ray when it is missing.
+
+One local 2-CPU Ray cluster serves the whole module (starting one costs several seconds on 2 cores).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgsynth.distributed import IncompleteGenerationError, SetSpec, ShardGenerator, generate, job_shards
+from imgsynth.imageset import ImageSet, Sample, verify
+from imgsynth.pipelines.work import WorkItem, balanced_work
+
+ray = pytest.importorskip("ray")
+# Ray workers cannot import this test module; ship the fake generator by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+@dataclass
+class PatternGenerator:
+    """A deterministic stand-in generator: each image is noise drawn from its own seed.
+
+    ``crash_on`` names an image id; the first worker to meet it (no ``crash_marker`` file yet; every
+    worker when there is no marker) leaves a truncated PNG for it in the partial folder, as a worker
+    killed mid-write would, and then dies. ``calls_dir``
+    receives one file per ``generate`` call, so tests can count which shards were computed.
+    """
+
+    classes: Sequence[str] = ("a", "b", "c")
+    per_class: int = 4
+    seed: int = 0
+    shard_size: int = 3
+    num_gpus: float = 0
+    crash_on: str | None = None
+    crash_marker: str | None = None
+    partial_images: str | None = None
+    calls_dir: str | None = None
+    loaded: bool = field(default=False, compare=False)
+
+    def spec(self) -> SetSpec:
+        return SetSpec(list(self.classes), generator={"name": "pattern", "seed": self.seed},
+                       config={"per_class": self.per_class}, license="cc0-1.0")
+
+    def work(self) -> list[WorkItem]:
+        return balanced_work(self.classes, self.per_class, self.seed)
+
+    def load(self) -> None:
+        self.loaded = True
+
+    def generate(self, items: Sequence[WorkItem]) -> list[Sample]:
+        assert self.loaded, "generate() before load()"
+        if self.calls_dir:
+            (Path(self.calls_dir) / f"{items[0].image_id}.{uuid.uuid4().hex}").touch()
+        dies = self.crash_on in {item.image_id for item in items}
+        if dies and self.crash_marker is not None:
+            dies = not Path(self.crash_marker).exists()
+            Path(self.crash_marker).touch()
+        if dies:
+            label = self.crash_on.rsplit("-", 1)[0]
+            half_written = Path(self.partial_images) / label / f"{self.crash_on}.png"
+            half_written.parent.mkdir(parents=True, exist_ok=True)
+            half_written.write_bytes(b"\x89PNG\r\n")
+            os._exit(1)
+        samples = []
+        for item in items:
+            pixels = np.random.default_rng(item.seed).integers(0, 256, (8, 8), dtype=np.uint8)
+            samples.append(Sample(Image.fromarray(pixels, "L"), item.label, f"a {item.label}", item.seed,
+                                  item.image_id, {"generator": "pattern"}))
+        return samples
+
+
+def partial_images(out: Path) -> Path:
+    return out.parent / f".{out.name}.partial" / "images"
+
+
+def computed_shards(calls_dir: Path, generator: PatternGenerator) -> list[int]:
+    """Shard index of every generate() call recorded in ``calls_dir`` (with repeats)."""
+    first_ids = {shard[0].image_id: i for i, shard in enumerate(job_shards(generator))}
+    return sorted(first_ids[p.name.split(".")[0]] for p in calls_dir.iterdir())
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local_pattern_set(tmp_path_factory: pytest.TempPathFactory) -> ImageSet:
+    return generate(PatternGenerator(), tmp_path_factory.mktemp("local") / "set")
+
+
+# --------------------------------------------------------------------------------------------- local
+
+def test_pattern_generator_satisfies_the_protocol() -> None:
+    assert isinstance(PatternGenerator(), ShardGenerator)
+
+
+def test_local_backend_writes_every_item_once(local_pattern_set: ImageSet) -> None:
+    assert verify(local_pattern_set.root).ok
+    assert len(local_pattern_set) == 12
+    assert local_pattern_set.counts == {"a": 4, "b": 4, "c": 4}
+    expected = {item.image_id: item.seed for item in PatternGenerator().work()}
+    assert {Path(r.file_name).stem: r.seed for r in local_pattern_set.records} == expected
+
+
+def test_shard_size_and_resume_do_not_change_the_set(local_pattern_set: ImageSet, tmp_path: Path) -> None:
+    assert generate(PatternGenerator(shard_size=5), tmp_path / "other").id == local_pattern_set.id
+
+
+def test_local_backend_resumes_only_missing_shards(local_pattern_set: ImageSet, tmp_path: Path) -> None:
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    out = tmp_path / "set"
+    crashing = PatternGenerator(calls_dir=str(calls))
+    # A first run that stops after shard 1: simulate by writing shards 0 and 1 only.
+    writer = crashing.spec().writer(out)
+    crashing.load()
+    for i, items in enumerate(job_shards(crashing)[:2]):
+        writer.write_shard(i, crashing.generate(items))
+    resumed = generate(crashing, out)
+    assert computed_shards(calls, crashing) == [0, 1, 2, 3]  # 0 and 1 once each, not again
+    assert resumed.id == local_pattern_set.id
+
+
+def test_bad_backend_arguments_are_explained(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown backend 'spark'"):
+        generate(PatternGenerator(), tmp_path / "x", backend="spark")
+    with pytest.raises(ValueError, match="local backend runs one worker"):
+        generate(PatternGenerator(), tmp_path / "x", workers=2)
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        generate(PatternGenerator(), tmp_path / "x", backend="ray", workers=0)
+
+
+def test_without_ray_the_backend_says_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from imgsynth.distributed import RayNotInstalled
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(RayNotInstalled, match=r"pip install 'imgsynth\[ray\]'"):
+        generate(PatternGenerator(), tmp_path / "x", backend="ray")
+
+
+# --------------------------------------------------------------------------------------------- ray
+
+def test_ray_two_workers_one_dying_mid_shard_write_the_local_set(ray_cluster, local_pattern_set: ImageSet,
+                                                                 tmp_path: Path) -> None:
+    out = tmp_path / "set"
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    marker = tmp_path / "crashed"
+    crashing = PatternGenerator(crash_on="b-000002", crash_marker=str(marker),
+                                partial_images=str(partial_images(out)), calls_dir=str(calls))
+    result = generate(crashing, out, backend="ray", workers=2)
+    assert marker.exists(), "no worker died; the test did not test anything"
+    assert computed_shards(calls, crashing) == [0, 1, 2, 2, 3]  # shard 2 recomputed after the death, once
+    assert verify(result.root).ok  # the truncated PNG was replaced and nothing is stray
+    assert result.id == local_pattern_set.id
+    assert [r.file_name for r in result.records] == [r.file_name for r in local_pattern_set.records]
+    for i in range(len(result)):
+        assert result.read_bytes(i) == local_pattern_set.read_bytes(i)
+
+
+def test_ray_job_that_keeps_failing_stops_then_one_worker_resumes(ray_cluster, local_pattern_set: ImageSet,
+                                                                  tmp_path: Path) -> None:
+    out = tmp_path / "set"
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    poisoned = PatternGenerator(crash_on="b-000002", partial_images=str(partial_images(out)), calls_dir=str(calls))
+    with pytest.raises(IncompleteGenerationError, match="ActorDiedError.*run the same command again to resume"):
+        generate(poisoned, out, backend="ray", workers=1, retries=0)
+    assert not out.exists()
+    kept = sorted(int(p.name[6:12]) for p in (out.parent / f".{out.name}.partial" / "shards").iterdir())
+    assert 2 not in kept
+    for p in calls.iterdir():
+        p.unlink()
+    healed = PatternGenerator(calls_dir=str(calls))
+    assert generate(healed, out, backend="ray", workers=1).id == local_pattern_set.id
+    assert computed_shards(calls, healed) == sorted(set(range(4)) - set(kept))

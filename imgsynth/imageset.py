@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -144,7 +145,8 @@ def decode_png(data: bytes, where: str) -> Image.Image:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    # A name of its own per writer process: workers of one job may commit into the same folder at once.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 

@@ -63,6 +63,8 @@ def license_record(value: Mapping[str, Any] | str | None) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------------------- licenses
 
+# The license name generators record for a model they trained from random init on imgsynth sets.
+FROM_SCRATCH = "from-scratch"
 PERMISSIVE = "permissive"
 RESTRICTED = "restricted"
 UNKNOWN = "unknown"
@@ -86,6 +88,7 @@ LICENSES: dict[str, tuple[str, str]] = {
     "cdla-permissive-2.0": (PERMISSIVE, "attribution of the data; results are unrestricted"),
     "cc-by-sa-3.0": (PERMISSIVE, "share-alike: adapted material must carry the same license"),
     "cc-by-sa-4.0": (PERMISSIVE, "share-alike: adapted material must carry the same license"),
+    FROM_SCRATCH: (PERMISSIVE, "weights trained from scratch on the set's ancestors, whose own licenses apply"),
     "other": (RESTRICTED, "custom terms ('other'): read the card before training on or sharing derivatives"),
     "proprietary": (RESTRICTED, "proprietary terms"),
     "deepfloyd-if-license": (RESTRICTED, "DeepFloyd IF license: non-commercial research use only"),
@@ -182,12 +185,15 @@ def model_license(model_path: str | Path, license: str | None = None) -> dict[st
 
     ``model_path`` is a local folder (a diffusers pipeline, a sub-model, a LoRA), a weights file inside
     one, or a Hub id already in the local Hugging Face cache (never downloaded). Generators store the
-    result as ``generator["license"]`` so that ``imgsynth lineage`` can warn about it.
+    result as ``generator["license"]`` so that ``imgsynth lineage`` can warn about it; a generator
+    that names a model (``generator["model"]`` …) without a license is warned about as unknown. A
+    model trained from random init on imgsynth sets records ``{"name": FROM_SCRATCH}``: its data's
+    licenses are already in the lineage.
     """
     path = Path(model_path)
-    folders = [path.parent] if path.is_file() else [path]
-    if path.is_dir() and path.parent != path:
-        folders.append(path.parent)  # a sub-model folder (unet/, a LoRA's checkpoint-N/) of a carded one
+    folder = path.parent if path.is_file() else path
+    # The folder itself, then its parent: a sub-model (unet/, a LoRA's checkpoint-N/) of a carded pipeline.
+    folders = [folder, folder.parent]
     found = None
     for folder in folders:
         if folder.is_dir():

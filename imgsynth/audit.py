@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
@@ -35,7 +36,7 @@ import numpy as np
 from PIL import Image
 
 from imgsynth.curation.similarity import Extractor, as_numpy, nearest_neighbours, normalize_rows, resolve_embedding
-from imgsynth.imageset import KINDS, MANIFEST, ImageSet, ImageSetError
+from imgsynth.imageset import KINDS, MANIFEST, ImageSet, ImageSetError, ImageSetWriter, Sample
 from imgsynth.provenance import lineage
 
 DEFAULT_EMBEDDING = "pixels:8"
@@ -284,5 +285,61 @@ def _scan_known(known: Sequence[tuple[KnownImage, ImageSet, int]], extractor: Ex
     return np.stack(features), hashes
 
 
-__all__ = ["AuditReport", "AuditRow", "KnownImage", "audit", "find_sets", "known_generated_images",
-           "DEFAULT_EMBEDDING", "DEFAULT_THRESHOLD"]
+# --------------------------------------------------------------------------------------------- calibration
+
+def perturb(image: Image.Image, jpeg_quality: int = 75, resize_by: int = 1,
+            resample: Image.Resampling = Image.Resampling.BICUBIC) -> Image.Image:
+    """What a copy meets on the way: a JPEG round trip at ``jpeg_quality``, then a resize by ``resize_by`` px."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=jpeg_quality)
+    buffer.seek(0)
+    with Image.open(buffer) as decoded:
+        copy = decoded.convert(image.mode)
+    width, height = copy.size
+    return copy.resize((width + resize_by, height + resize_by), resample)
+
+
+def contaminated_set(real: ImageSet, generated: ImageSet, out: str | os.PathLike, *, exact: int, perturbed: int,
+                     seed: int = 0, jpeg_qualities: Sequence[int] = (50, 75, 90),
+                     resize_by: Sequence[int] = (1, -1)) -> ImageSet:
+    """A set with known ground truth, to measure the audit (or choose a threshold) on your own data.
+
+    It holds every image of ``real``, ``exact`` byte-identical copies of generated images and
+    ``perturbed`` generated images passed through :func:`perturb` (cycling through the JPEG
+    qualities and resizes), drawn without overlap with a seeded generator. The ``audit_truth``
+    column says which is which (``real`` / ``exact`` / ``perturbed``) and ``audit_source`` names
+    the generated file a copy came from. Copies carry no ``generator`` column: like scraped data,
+    they do not declare where they came from.
+    """
+    if exact + perturbed > len(generated):
+        raise ValueError(f"{generated.root}: {exact} + {perturbed} copies asked for, the set has {len(generated)}")
+    chosen = np.random.default_rng(seed).permutation(len(generated))[:exact + perturbed]
+    classes = list(dict.fromkeys([*real.classes, *generated.classes]))
+    writer = ImageSetWriter(out, classes, kind="mixed", parents=[real, generated],
+                            config={"audit_calibration": {"exact": exact, "perturbed": perturbed, "seed": seed,
+                                                          "jpeg_qualities": list(jpeg_qualities),
+                                                          "resize_by": list(resize_by)}})
+
+    def samples() -> Iterable[Sample]:
+        for i, record in enumerate(real.records):
+            yield Sample(real.read_bytes(i), record.label, record.caption, image_id=f"real-{i:06d}",
+                         extra={"audit_truth": "real", "audit_source": record.file_name})
+        for n, g in enumerate(chosen.tolist()):
+            record = generated.records[g]
+            if n < exact:
+                image: Image.Image | bytes = generated.read_bytes(g)
+                truth = "exact"
+            else:
+                m = n - exact
+                image = perturb(generated.load_image(g), jpeg_qualities[m % len(jpeg_qualities)],
+                                resize_by[(m // len(jpeg_qualities)) % len(resize_by)])
+                truth = "perturbed"
+            yield Sample(image, record.label, record.caption, image_id=f"{truth}-{n:06d}",
+                         extra={"audit_truth": truth, "audit_source": record.file_name})
+
+    writer.write_all(samples())
+    return writer.finalize()
+
+
+__all__ = ["AuditReport", "AuditRow", "KnownImage", "audit", "contaminated_set", "find_sets",
+           "known_generated_images", "perturb", "DEFAULT_EMBEDDING", "DEFAULT_THRESHOLD"]

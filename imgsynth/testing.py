@@ -1,0 +1,98 @@
+"""Tiny, random-init, fully offline stand-ins for pretrained models, for tests and smoke checks.
+
+``tiny_text2image_pipeline(path)`` writes a complete Stable Diffusion pipeline folder (UNet, VAE, CLIP
+text encoder, tokenizer, scheduler) of a few hundred kilobytes. It is saved with ``save_pretrained``, so
+everything that loads it (``imgsynth generate``, ``imgsynth finetune``) goes through exactly the same
+code as for a real model from the Hub. Its images are noise-like, but deterministic: weights come from a
+fixed seed, so two builds give byte-identical weights.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+# Byte-level BPE as CLIP does it: every byte maps to a printable unicode character, words end in "</w>".
+_BOS, _EOS = "<|startoftext|>", "<|endoftext|>"
+# A handful of merges so common letter pairs become one token; the tokenizer is valid without any.
+_MERGES = ("t h", "i n", "e r", "a n", "o n", "r e", "th e</w>", "in g</w>", "o r", "e n")
+
+
+def _bytes_to_unicode() -> list[str]:
+    """The 256 printable characters GPT-2/CLIP byte-level BPE uses for the 256 byte values."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
+        list(range(ord("®"), ord("ÿ") + 1))
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            codes.append(256 + extra)
+            extra += 1
+    return [chr(c) for c in codes]
+
+
+def write_tiny_clip_tokenizer(folder: str | Path, model_max_length: int = 77) -> Path:
+    """Write vocab.json + merges.txt of a character-level CLIP tokenizer (with a few merges) to ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    symbols = _bytes_to_unicode()
+    tokens = symbols + [s + "</w>" for s in symbols]
+    for merge in _MERGES:
+        tokens.append(merge.replace(" ", ""))
+    tokens += [_BOS, _EOS]
+    vocab = {token: i for i, token in enumerate(dict.fromkeys(tokens))}
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(_MERGES) + "\n", encoding="utf-8")
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "CLIPTokenizer", "model_max_length": model_max_length,
+        "bos_token": _BOS, "eos_token": _EOS, "unk_token": _EOS, "pad_token": _EOS,
+    }), encoding="utf-8")
+    return folder
+
+
+def tiny_text2image_pipeline(path: str | Path, *, sample_size: int = 8, seed: int = 0) -> Path:
+    """Build and save a tiny random-init ``StableDiffusionPipeline`` at ``path``; returns ``path``.
+
+    The UNet has two levels of 32/64 channels and cross-attention width 32, the VAE halves the
+    resolution (``sample_size`` latents → ``2 * sample_size`` pixel images), the text encoder is a
+    two-layer CLIP of width 32. Nothing is downloaded. In transformers 5 ``CLIPTokenizer(vocab_file=…)``
+    ignores the file, so the tokenizer files are written to a folder and loaded with ``from_pretrained``.
+    """
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    path = Path(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = CLIPTokenizer.from_pretrained(write_tiny_clip_tokenizer(tmp))
+    # Seed each component separately so changing one never shifts another's weights.
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=sample_size,
+        in_channels=4, out_channels=4, norm_num_groups=32, cross_attention_dim=32, attention_head_dim=8,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    )
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), norm_num_groups=32,
+        sample_size=2 * sample_size,
+    )
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, hidden_size=32, intermediate_size=37, num_attention_heads=4,
+        num_hidden_layers=2, layer_norm_eps=1e-5, vocab_size=len(tokenizer), max_position_embeddings=77,
+        projection_dim=32,
+    ))
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(path, safe_serialization=True)
+    return path

@@ -96,3 +96,30 @@ def tiny_text2image_pipeline(path: str | Path, *, sample_size: int = 8, seed: in
     )
     pipe.save_pretrained(path, safe_serialization=True)
     return path
+
+
+def tiny_caption_model(path: str | Path, *, seed: int = 0) -> Path:
+    """Build and save a tiny random-init GPT-2 (byte-level tokenizer, two layers of width 32) at ``path``.
+
+    For exercising ``--caption-model`` offline: its rewrites are gibberish, but deterministic.
+    """
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2Tokenizer
+
+    path = Path(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        vocab = {symbol: i for i, symbol in enumerate(_bytes_to_unicode())}
+        vocab[_EOS] = len(vocab)
+        (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+        (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+        (folder / "tokenizer_config.json").write_text(json.dumps({
+            "tokenizer_class": "GPT2Tokenizer", "model_max_length": 256, "bos_token": _EOS, "eos_token": _EOS,
+            "unk_token": _EOS}), encoding="utf-8")
+        tokenizer = GPT2Tokenizer.from_pretrained(folder)
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=256, n_embd=32, n_layer=2, n_head=2,
+                                       bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id))
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path

@@ -7,6 +7,7 @@ import sys
 import typer
 
 from imgsynth.cli import curate, data, experiments
+from imgsynth.cli import finetune as finetune_cli
 from imgsynth.imageset import ImageSetError
 
 app = typer.Typer(help="Labeled synthetic image datasets and model-collapse experiments.",
@@ -17,6 +18,7 @@ app.add_typer(data.app, name="data", help="Import, inspect, verify and export Im
 data.register(app)
 experiments.register(app)
 curate.register(app)
+finetune_cli.register(app)
 
 
 def main() -> None:

@@ -55,12 +55,10 @@ def default_sampling(model: str | os.PathLike) -> tuple[int, float]:
 
 
 def resolve_device(device: str | None = None) -> str:
-    """``device`` as given, else CUDA when available, else CPU."""
-    import torch
+    """``device`` as given (checked), else CUDA when available, else CPU; as a string like ``"cuda"``."""
+    from imgsynth.pipelines.device import resolve_device as resolve
 
-    if device:
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(resolve(device))
 
 
 def resolve_dtype(dtype: str | None, device: str) -> Any:
@@ -282,10 +280,14 @@ class Text2ImageGenerator:
         pipe.to(device)
         name = denoiser_name(pipe)
         if channels_last if channels_last is not None else device.startswith("cuda"):
+            # Convolutions prefer channels-last; transformer denoisers have none, so only UNets and the VAE.
             if name == "unet":
                 pipe.unet.to(memory_format=torch.channels_last)
             if getattr(pipe, "vae", None) is not None:
                 pipe.vae.to(memory_format=torch.channels_last)
+        if device.startswith("cuda"):
+            torch.backends.cuda.matmul.allow_tf32 = True  # for fp32 runs; bf16/fp16 ignore it
+            torch.backends.cudnn.allow_tf32 = True
         if compile:
             setattr(pipe, name, torch.compile(getattr(pipe, name), dynamic=False))
         return cls(pipe, str(model), device=device, lora=lora, compiled=compile)

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from imgsynth.curation.filters import keep_aligned, keep_confident, rebalance as rebalance_mask
-from imgsynth.curation.similarity import Extractor, embed_images, greedy_dedup, normalize_rows, resolve_embedding
+from imgsynth.curation.similarity import Extractor, as_numpy, embed_images, greedy_dedup, resolve_embedding
 from imgsynth.imageset import ImageSet, ImageSetError
 
 FILTERS = ("confidence", "clip", "dedup", "rebalance")
@@ -171,13 +171,14 @@ def _confidence_filter(samples: ImageSet, alive: np.ndarray, classifier: Any, th
 
 def _clip_filter(samples: ImageSet, alive: np.ndarray, clip: Any, min_score: float | None,
                  top_fraction: float | None, batch_size: int, log: CurationLog) -> np.ndarray:
-    indices = np.flatnonzero(alive)
-    scores = clip_scores(samples, indices, clip, batch_size)
-    labels = np.asarray(samples.labels)[indices]
-    keep_here = keep_aligned(scores, labels, min_score, top_fraction)
     log.filters.append({"filter": "clip", "min_clip_score": min_score, "top_fraction": top_fraction,
                         "model": _name(clip)})
     keep = np.ones_like(alive)
+    indices = np.flatnonzero(alive)
+    if not len(indices):
+        return keep
+    scores = clip_scores(samples, indices, clip, batch_size)
+    keep_here = keep_aligned(scores, np.asarray(samples.labels)[indices], min_score, top_fraction)
     for position in np.flatnonzero(~keep_here):
         keep[indices[position]] = False
         log.record(samples, indices[position], "clip", clip_score=scores[position])
@@ -185,21 +186,20 @@ def _clip_filter(samples: ImageSet, alive: np.ndarray, clip: Any, min_score: flo
 
 
 def clip_scores(samples: ImageSet, indices: Sequence[int], clip: Any, batch_size: int = 256) -> np.ndarray:
-    """CLIP score, ``100 × max(cos(image, caption), 0)``, of the images at ``indices``.
+    """CLIP score, ``100 × max(cos(image, caption), 0)`` as in ``imgsynth.metrics.alignment``, per image.
 
     The caption is the image's own caption, or its label when it has none. ``clip`` is an open_clip
     model name for the ``clip:`` extractor of ``imgsynth.metrics.features``, or an extractor object
     with ``extract(images)`` and ``encode_text(texts)``.
     """
+    from imgsynth.metrics.alignment import clip_score_per_sample
+
     extractor = resolve_embedding(f"clip:{clip}") if isinstance(clip, str) else clip
     image_features = embed_images(samples, extractor, indices, batch_size)
     captions = [samples.records[i].caption or samples.records[i].label for i in indices]
-    text_rows = []
-    for start in range(0, len(captions), batch_size):
-        encoded = extractor.encode_text(captions[start:start + batch_size])
-        text_rows.append(encoded.detach().float().cpu().numpy() if hasattr(encoded, "detach") else np.asarray(encoded))
-    text_features = normalize_rows(np.concatenate(text_rows).astype(np.float32))
-    return 100.0 * np.clip((image_features * text_features).sum(axis=1), 0.0, None)
+    text_features = np.concatenate([as_numpy(extractor.encode_text(captions[start:start + batch_size]))
+                                    for start in range(0, len(captions), batch_size)])
+    return clip_score_per_sample(image_features, text_features).numpy()
 
 
 def _dedup_filter(samples: ImageSet, alive: np.ndarray, labels: np.ndarray, extractor: Extractor,

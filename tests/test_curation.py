@@ -255,3 +255,17 @@ def test_cli_curates_and_reports_drops(samples, tmp_path, run_cli):
     assert f"kept {len(curated)} of {len(samples)}" in stdout and "dedup  dropped" in stdout
     code, _, stderr = run_cli("curate", samples.root, tmp_path / "bad", "--min-confidence", "0.8")
     assert code == 1 and "error: min_confidence needs a classifier" in stderr
+
+
+# --------------------------------------------------------------------------------------------- recipes
+
+def test_recipes_accept_curated_loop_modes_and_reject_useless_ones():
+    from imgsynth.experiments.config import RecipeError, base_mode, recipe_from_dict
+
+    recipe = recipe_from_dict({"loop": {"modes": ["replace", "replace+curate"]},
+                               "curate": {"min_confidence": 0.9, "dedup": 0.99, "embedding": "pixels:8"}})
+    assert [base_mode(m) for m in recipe.loop.modes] == ["replace", "replace"]
+    with pytest.raises(RecipeError, match=r"unknown mode\(s\) \['bogus\+curate'\].*'\+curate'"):
+        recipe_from_dict({"loop": {"modes": ["bogus+curate"]}, "curate": {"dedup": 0.9}})
+    with pytest.raises(RecipeError, match=r"\[curate\] nothing to do"):
+        recipe_from_dict({"loop": {"modes": ["replace+curate"]}, "curate": {"rebalance": False}})

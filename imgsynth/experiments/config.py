@@ -21,6 +21,9 @@ else:  # pragma: no cover
 import tomli_w
 
 LOOP_MODES = ("replace", "accumulate", "mix", "fresh")
+# A loop mode with this suffix ("replace+curate") runs the base mode with the [curate] filters applied,
+# so one run can compare a mode with and without curation.
+CURATED_SUFFIX = "+curate"
 GENERATOR_KINDS = ("conditional", "text2image")
 EXTRACTOR_PREFIXES = ("domain", "inception", "clip", "dinov2")
 
@@ -105,8 +108,11 @@ class CurateConfig:
     dedup: float | None = None
     min_confidence: float | None = None
     min_clip_score: float | None = None
+    clip_top_fraction: float | None = None
     rebalance: bool = True
     modes: list[str] = field(default_factory=list)
+    # Dedup space: "" = domain:<reference classifier> (else pixels:16), or pixels:<size>, clip:<name>.
+    embedding: str = ""
 
 
 @dataclass
@@ -202,9 +208,10 @@ def validate(recipe: Recipe, where: str = "recipe") -> Recipe:
 
     if not recipe.name or "/" in recipe.name:
         fail(f"name {recipe.name!r} must be a non-empty folder name")
-    unknown = [m for m in recipe.loop.modes if m not in LOOP_MODES]
+    unknown = [m for m in recipe.loop.modes if base_mode(m) not in LOOP_MODES]
     if unknown:
-        fail(f"[loop] modes: unknown mode(s) {unknown}; known: {list(LOOP_MODES)}")
+        fail(f"[loop] modes: unknown mode(s) {unknown}; known: {list(LOOP_MODES)}, "
+             f"each optionally with {CURATED_SUFFIX!r}")
     if not recipe.loop.modes:
         fail("[loop] modes: at least one loop mode is needed")
     if len(set(recipe.loop.modes)) != len(recipe.loop.modes):
@@ -234,7 +241,18 @@ def validate(recipe: Recipe, where: str = "recipe") -> Recipe:
     bad_curate_modes = [m for m in recipe.curate.modes if m not in recipe.loop.modes]
     if bad_curate_modes:
         fail(f"[curate] modes {bad_curate_modes} are not among [loop] modes {recipe.loop.modes}")
+    c = recipe.curate
+    curating = c.enabled or any(m.endswith(CURATED_SUFFIX) for m in recipe.loop.modes)
+    no_filter = all(v is None for v in (c.dedup, c.min_confidence, c.min_clip_score, c.clip_top_fraction))
+    if curating and no_filter and not c.rebalance:
+        fail("[curate] nothing to do: set dedup, min_confidence, min_clip_score, clip_top_fraction or "
+             f"rebalance (needed by enabled = true and by {CURATED_SUFFIX!r} modes)")
     return recipe
+
+
+def base_mode(mode: str) -> str:
+    """The loop mode a mode name runs: ``replace+curate`` → ``replace``."""
+    return mode.removesuffix(CURATED_SUFFIX)
 
 
 def _validate_source(spec: str, where: str) -> None:

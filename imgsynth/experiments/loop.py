@@ -8,6 +8,7 @@ Run folder (see ARCHITECTURE.md)::
       real/classifier/           classifier on real train: the 'domain' feature extractor and the CAS reference
       gen_0/{model,samples,metrics.json}      generation 0 trains on real data; shared by every mode
       <mode>/gen_<k>/{train_set,model,samples,curated,classifier,metrics.json}
+      <mode>/gen_0/curated       generation 0's samples curated for a curating mode (e.g. replace+curate)
       metrics.csv dashboard.png grids.png class_heatmap.png report.html
 
 Every stage reads and writes ImageSets or model folders on disk, and ``metrics.json`` is written last
@@ -26,7 +27,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from imgsynth.experiments.config import Recipe, RecipeError, dump_recipe, load_recipe, recipe_from_dict
+from imgsynth.experiments.config import (CURATED_SUFFIX, Recipe, RecipeError, base_mode, dump_recipe, load_recipe,
+                                         recipe_from_dict)
 from imgsynth.imageset import ImageSet, ImageSetError, concatenate, stratified_split_indices
 from imgsynth.sources import import_source
 
@@ -82,7 +84,7 @@ class Experiment:
         samples: dict[str, list[ImageSet]] = {}
         base = self._generation(GenerationKey("base", 0), real_train, real_test, reference_ckpt)
         for mode in self.recipe.loop.modes:
-            samples[mode] = [base]
+            samples[mode] = [self._curated_start(base, mode, reference_ckpt)]
         for k in range(1, self.recipe.loop.generations):
             for mode in self.recipe.loop.modes:
                 key = GenerationKey(mode, k)
@@ -136,7 +138,7 @@ class Experiment:
         return minority, test, train
 
     def _check_fresh_budget(self, full_train: ImageSet) -> None:
-        if "fresh" not in self.recipe.loop.modes:
+        if "fresh" not in map(base_mode, self.recipe.loop.modes):
             return
         needed = self._synthetic_size(full_train) * (self.recipe.loop.generations - 1)
         if needed > len(full_train):
@@ -151,7 +153,7 @@ class Experiment:
     def _training_set(self, key: GenerationKey, real_train: ImageSet, full_train: ImageSet,
                       history: list[ImageSet]) -> ImageSet:
         """Training data of generation k under the key's loop mode (written to disk, except for replace)."""
-        mode, k = key.mode, key.generation
+        mode, k = base_mode(key.mode), key.generation
         previous = history[k - 1]
         if mode == "replace":
             return previous
@@ -254,22 +256,40 @@ class Experiment:
             guidance_scale=g.guidance_scale, steps=g.sample_steps, seed=self.recipe.seed,
             batch_size=g.sample_batch_size, lora=lora, generation=key.generation, device=g.device)
 
-    def _curate(self, samples: ImageSet, folder: Path, key: GenerationKey, reference_ckpt: Path | None) -> ImageSet:
+    def _curates(self, mode: str) -> bool:
+        """Whether a loop mode curates its samples: a ``<mode>+curate`` mode, or [curate] enabled for it."""
         c = self.recipe.curate
-        if not c.enabled or (c.modes and key.mode not in c.modes and key.generation != 0):
+        return mode.endswith(CURATED_SUFFIX) or (c.enabled and (not c.modes or mode in c.modes))
+
+    def _curate(self, samples: ImageSet, folder: Path, key: GenerationKey, reference_ckpt: Path | None) -> ImageSet:
+        if key.generation == 0:
+            if not all(map(self._curates, self.recipe.loop.modes)):
+                return samples  # generation 0 is shared; curate it in place only when every mode curates
+        elif not self._curates(key.mode):
             return samples
-        if key.generation == 0 and c.modes and not set(c.modes) >= set(self.recipe.loop.modes):
-            return samples  # generation 0 is shared; curate it only when every mode curates
-        existing = _open_if_complete(folder / "curated")
+        return self._apply_curation(samples, folder / "curated", key, reference_ckpt)
+
+    def _curated_start(self, base: ImageSet, mode: str, reference_ckpt: Path | None) -> ImageSet:
+        """Generation 0's output as ``mode`` feeds it on: curated into ``<mode>/gen_0/curated`` when the
+        shared generation 0 was left uncurated (its metrics stay those of the shared, uncurated samples)."""
+        if not self._curates(mode) or all(map(self._curates, self.recipe.loop.modes)):
+            return base
+        return self._apply_curation(base, self.run_dir / mode / "gen_0" / "curated", GenerationKey(mode, 0),
+                                    reference_ckpt)
+
+    def _apply_curation(self, samples: ImageSet, out: Path, key: GenerationKey,
+                        reference_ckpt: Path | None) -> ImageSet:
+        existing = _open_if_complete(out)
         if existing is not None:
             return existing
         from imgsynth import curation
 
+        c = self.recipe.curate
         self.stage_hook("curate", key)
-        return curation.curate(samples, folder / "curated", dedup=c.dedup, min_confidence=c.min_confidence,
-                               min_clip_score=c.min_clip_score, classifier=reference_ckpt,
-                               clip=self.recipe.metrics.clip or None, rebalance=c.rebalance,
-                               seed=self.recipe.seed)
+        return curation.curate(samples, out, dedup=c.dedup, min_confidence=c.min_confidence,
+                               min_clip_score=c.min_clip_score, clip_top_fraction=c.clip_top_fraction,
+                               classifier=reference_ckpt, clip=self.recipe.metrics.clip or None,
+                               rebalance=c.rebalance, seed=self.recipe.seed, embedding=c.embedding or None)
 
     # ------------------------------------------------------------------ evaluation
     def _reference_classifier(self, full_train: ImageSet) -> Path | None:

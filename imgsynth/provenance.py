@@ -327,16 +327,14 @@ def lineage(path: str | Path) -> Lineage:
             continue
         nodes[node.key] = node
         for entry in set_manifest.get("parents") or []:
-            parent_key, parent = _parent_node(set_path, entry)
-            node.parents.append(parent_key)
-            if parent is not None:
-                if parent.problem:
-                    result.problems.append(f"{set_path / 'imageset.json'}: parent {parent.problem}")
-                nodes.setdefault(parent_key, parent)
+            parent, parent_manifest = _parent_node(set_path, entry)
+            node.parents.append(parent.key)
+            if parent.problem:
+                result.problems.append(f"{set_path / 'imageset.json'}: parent {parent.problem}")
+            if parent_manifest is None:
+                nodes.setdefault(parent.key, parent)
             else:
-                parent_path = (set_path / entry["path"]).resolve()
-                parent_manifest, _ = _read_manifest(parent_path)
-                pending.append((parent_path, parent_manifest))
+                pending.append((Path(parent.path), parent_manifest))
     result.warnings = _license_warnings(nodes)
     return result
 
@@ -363,25 +361,26 @@ def _set_node(path: Path, manifest: Mapping[str, Any]) -> LineageNode:
                        num_images=manifest.get("num_images"))
 
 
-def _parent_node(child: Path, entry: Mapping[str, Any]) -> tuple[str, LineageNode | None]:
-    """The key of a parent and, unless it is a readable set still to be walked, its finished node."""
+def _parent_node(child: Path, entry: Mapping[str, Any]) -> tuple[LineageNode, dict[str, Any] | None]:
+    """A finished node (a source, or a parent with a ``problem``) and None; or, for a readable parent
+    set still to be walked, a stub node and that set's manifest."""
     parent_id = str(entry.get("id", "?"))
     if entry.get("kind") == "source" or parent_id.startswith("source:"):
-        return parent_id, LineageNode(key=parent_id, kind="source", path=str(entry.get("path", "")),
-                                      license=license_record(entry.get("license")))
+        return LineageNode(key=parent_id, kind="source", path=str(entry.get("path", "")),
+                           license=license_record(entry.get("license"))), None
     if not entry.get("path"):
-        return parent_id, LineageNode(key=parent_id, kind="unreadable",
-                                      problem=f"{parent_id[:12]} records no path")
+        return LineageNode(key=f"missing:{parent_id}", kind="missing",
+                           problem=f"{parent_id[:12]} records no path"), None
     parent_path = (child / entry["path"]).resolve()
     manifest, problem = _read_manifest(parent_path)
     if manifest is None:
-        return f"missing:{parent_id}", LineageNode(key=f"missing:{parent_id}", kind="missing", path=str(parent_path),
-                                                   problem=f"{parent_id[:12]} at {parent_path}: {problem}")
+        return LineageNode(key=f"missing:{parent_id}", kind="missing", path=str(parent_path),
+                           problem=f"{parent_id[:12]} at {parent_path}: {problem}"), None
     if manifest["id"] != parent_id:
-        return f"changed:{parent_id}", LineageNode(
-            key=f"changed:{parent_id}", kind="changed", path=str(parent_path),
-            problem=f"{parent_id[:12]} at {parent_path}: the folder now holds a different set ({manifest['id'][:12]})")
-    return parent_id, None
+        return LineageNode(key=f"changed:{parent_id}", kind="changed", path=str(parent_path),
+                           problem=f"{parent_id[:12]} at {parent_path}: the folder now holds a different set "
+                                   f"({manifest['id'][:12]})"), None
+    return LineageNode(key=parent_id, kind="set", path=str(parent_path)), manifest
 
 
 def _generator_model(generator: Mapping[str, Any]) -> str | None:
@@ -436,6 +435,8 @@ CROISSANT_CONTEXT: dict[str, Any] = {
     "prov": "http://www.w3.org/ns/prov#",
     "dct": "http://purl.org/dc/terms/",
     "citeAs": "cr:citeAs",
+    "equivalentProperty": "cr:equivalentProperty",
+    "samplingRate": "cr:samplingRate",
     "column": "cr:column",
     "conformsTo": "dct:conformsTo",
     "data": {"@id": "cr:data", "@type": "@json"},
@@ -511,8 +512,10 @@ def croissant_metadata(image_set: Any) -> dict[str, Any]:
                                                                  "extract": {"fileProperty": "content"}}),
             _croissant_field("images", "file_name", "sc:Text", {"fileSet": {"@id": "image-files"},
                                                                "extract": {"fileProperty": "fullpath"}}),
+            # From "filepath", not "fullpath" like file_name: mlcroissant 1.0 merges fields that share
+            # one file property and would apply this regex to file_name too.
             {**_croissant_field("images", "label", "sc:Text", {
-                "fileSet": {"@id": "image-files"}, "extract": {"fileProperty": "fullpath"},
+                "fileSet": {"@id": "image-files"}, "extract": {"fileProperty": "filepath"},
                 "transform": {"regex": "^(?:.*/)?images/([^/]+)/[^/]+\\.png$"}}),
              "references": {"field": {"@id": "classes/name"}}},
         ],
@@ -531,7 +534,8 @@ def croissant_metadata(image_set: Any) -> dict[str, Any]:
                       "key": {"@id": "samples/file_name"}, "field": sample_fields}
     parents = []
     for entry in manifest.get("parents") or []:
-        parent = {"@type": "sc:Dataset", "@id": str(entry.get("id")), "identifier": str(entry.get("id")),
+        # prov:Entity, not sc:Dataset: a nested Dataset node would read as a second Croissant dataset.
+        parent = {"@type": "prov:Entity", "@id": str(entry.get("id")), "identifier": str(entry.get("id")),
                   "name": str(entry.get("path", entry.get("id")))}
         if entry.get("license"):
             parent["license"] = license_record(entry["license"])["name"]
@@ -547,6 +551,9 @@ def croissant_metadata(image_set: Any) -> dict[str, Any]:
         "identifier": manifest["id"],
         "version": "1.0.0",
         "dateCreated": manifest.get("created"),
+        "datePublished": manifest.get("created"),
+        "citeAs": f"@misc{{imgsynth_{manifest['id'][:12]}, title={{{root.name}}}, "
+                  f"note={{imgsynth ImageSet {manifest['id']}}}}}",
         "license": license["name"],
         "keywords": ["image classification", "synthetic data" if synthetic else "real data", "imgsynth"],
         "distribution": distribution,

@@ -1,0 +1,234 @@
+"""One call from two ImageSets to tidy metric rows: overall and per class, with bootstrap intervals.
+
+``evaluate(candidate, reference, extractor)`` extracts (cached) features, then ``evaluate_features``
+computes every metric that applies to the extractor:
+
+* two-sample, candidate vs reference: ``fid`` (Fréchet distance in the extractor's feature space; FID
+  proper with ``inception``), ``kid``, ``precision``, ``recall``, ``density``, ``coverage`` and, for
+  ``clip:`` extractors, ``cmmd``;
+* one-sample, candidate only: ``diversity`` (``clip_diversity`` for ``clip:`` extractors), ``vendi`` and,
+  for ``clip:`` extractors, ``clip_score`` of each image against its caption (its class name when the
+  caption is empty).
+
+Per class, each metric runs on that class's images in both sets. A metric that cannot run for a class
+(too few images, class missing from one set) is left out and said so in an ``EvaluationNote`` warning;
+no row ever carries NaN. ``n`` in a row is the number of candidate images the value was computed on.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import pandas as pd
+import torch
+
+from imgsynth.imageset import ImageSet
+from imgsynth.metrics.alignment import clip_score
+from imgsynth.metrics.bootstrap import bootstrap_intervals
+from imgsynth.metrics.distances import BiasedEstimateWarning, cmmd, frechet_distance, kid
+from imgsynth.metrics.diversity import clip_diversity, vendi_score
+from imgsynth.metrics.features import ClipExtractor, FeatureExtractor, cached_features, create_extractor
+from imgsynth.metrics.fidelity import precision_recall_density_coverage
+
+ALL = "all"
+FRAME_COLUMNS = ["metric", "class", "value", "ci_low", "ci_high", "n", "extractor"]
+
+
+class EvaluationNote(UserWarning):
+    """Something the reader of a metrics table should know: a skipped metric, a biased estimate."""
+
+
+@dataclass
+class MetricRow:
+    """One number of a results table: ``metric`` for ``class_name`` ("all" or a class), with its interval."""
+
+    metric: str
+    class_name: str
+    value: float
+    ci_low: float | None
+    ci_high: float | None
+    n: int
+    extractor: str
+
+
+@dataclass(frozen=True)
+class MetricFamily:
+    """Metrics computed together from one call, and what that call needs."""
+
+    names: tuple[str, ...]
+    two_sample: bool
+    min_candidate: int
+    min_reference: int
+    needs_clip: bool
+    compute: Callable[..., Mapping[str, float]]
+
+
+def _families(k: int, kid_subsets: int, kid_subset_size: int, seed: int, is_clip: bool) -> list[MetricFamily]:
+    diversity_name = "clip_diversity" if is_clip else "diversity"
+    return [
+        MetricFamily(("fid",), True, 2, 2, False, lambda c, r: {"fid": frechet_distance(c, r)}),
+        MetricFamily(("kid",), True, 2, 2, False,
+                     lambda c, r: {"kid": kid(c, r, kid_subsets, kid_subset_size, seed)}),
+        MetricFamily(("precision", "recall", "density", "coverage"), True, k + 1, k + 1, False,
+                     lambda c, r: precision_recall_density_coverage(r, c, k)),
+        MetricFamily(("cmmd",), True, 2, 2, True, lambda c, r: {"cmmd": cmmd(c, r)}),
+        MetricFamily((diversity_name,), False, 2, 0, False, lambda c: {diversity_name: clip_diversity(c)}),
+        MetricFamily(("vendi",), False, 1, 0, False, lambda c: {"vendi": vendi_score(c)}),
+        MetricFamily(("clip_score",), False, 1, 0, True, lambda c, t: {"clip_score": clip_score(c, t)}),
+    ]
+
+
+INF = float("inf")
+# The values each metric can take, so bootstrap intervals stay inside them (KID may be negative).
+METRIC_BOUNDS = {"fid": (0.0, INF), "precision": (0.0, 1.0), "recall": (0.0, 1.0), "density": (0.0, INF),
+                 "coverage": (0.0, 1.0), "cmmd": (0.0, INF), "diversity": (0.0, 2.0), "clip_diversity": (0.0, 2.0),
+                 "vendi": (1.0, INF), "clip_score": (0.0, 100.0)}
+
+KNOWN_METRICS = ("fid", "kid", "precision", "recall", "density", "coverage", "cmmd", "diversity",
+                 "clip_diversity", "vendi", "clip_score")
+
+
+def _select(families: list[MetricFamily], metrics: Sequence[str] | None, is_clip: bool,
+            extractor_name: str) -> tuple[list[MetricFamily], set[str]]:
+    if metrics is None:
+        chosen = [f for f in families if is_clip or not f.needs_clip]
+        return chosen, {n for f in chosen for n in f.names}
+    wanted = {("clip_diversity" if is_clip else "diversity") if m in ("diversity", "clip_diversity") else m
+              for m in metrics}
+    unknown = sorted(wanted - set(KNOWN_METRICS))
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; known: {', '.join(KNOWN_METRICS)}")
+    chosen = [f for f in families if wanted & set(f.names)]
+    clip_only = sorted(n for f in chosen if f.needs_clip and not is_clip for n in f.names if n in wanted)
+    if clip_only:
+        raise ValueError(f"{', '.join(clip_only)} need CLIP embeddings; extractor {extractor_name!r} is not a "
+                         "'clip:' extractor")
+    return chosen, wanted
+
+
+def _group_rows(labels: Sequence[str]) -> dict[str, list[int]]:
+    groups: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        groups.setdefault(label, []).append(i)
+    return groups
+
+
+def evaluate_features(candidate: torch.Tensor, reference: torch.Tensor, *, candidate_labels: Sequence[str],
+                      reference_labels: Sequence[str], extractor: str, classes: Sequence[str] | None = None,
+                      per_class: bool = True, bootstrap: int = 0, seed: int = 0,
+                      metrics: Sequence[str] | None = None, candidate_text: torch.Tensor | None = None,
+                      is_clip: bool = False, k: int = 5, kid_subsets: int = 100, kid_subset_size: int = 1000,
+                      confidence: float = 0.95, interval: str = "recentred",
+                      device: str | torch.device | None = None) -> list[MetricRow]:
+    """Metric rows from feature matrices and per-row class names (what ``evaluate`` runs after extraction).
+
+    ``candidate_text`` (unit text embeddings paired with the candidate rows) enables ``clip_score``;
+    ``is_clip`` enables the CLIP-only metrics and the ``clip_diversity`` name. ``classes`` orders the
+    per-class rows (default: reference classes first, then any the candidate adds).
+    """
+    if len(candidate_labels) != candidate.shape[0] or len(reference_labels) != reference.shape[0]:
+        raise ValueError(f"labels do not match features: {len(candidate_labels)} labels for {candidate.shape[0]} "
+                         f"candidate rows, {len(reference_labels)} for {reference.shape[0]} reference rows")
+    if bootstrap < 0:
+        raise ValueError(f"bootstrap must be ≥ 0, got {bootstrap}")
+    device = torch.device(device) if device else candidate.device
+    candidate, reference = candidate.to(device), reference.to(device)
+    text = candidate_text.to(device) if candidate_text is not None else None
+    families, wanted = _select(_families(k, kid_subsets, kid_subset_size, seed, is_clip), metrics, is_clip, extractor)
+    notes: list[str] = []
+    if text is None and any("clip_score" in f.names for f in families):
+        if metrics is not None:
+            raise ValueError("clip_score needs text embeddings of the candidate captions (candidate_text)")
+        notes.append("clip_score skipped: no text embeddings of the candidate captions were given")
+        families = [f for f in families if "clip_score" not in f.names]
+
+    cand_groups, ref_groups = _group_rows(candidate_labels), _group_rows(reference_labels)
+    if classes is None:
+        classes = list(ref_groups) + [c for c in cand_groups if c not in ref_groups]
+    scopes: list[tuple[str, list[int] | None, list[int] | None]] = [(ALL, None, None)]
+    if per_class:
+        scopes += [(c, cand_groups.get(c, []), ref_groups.get(c, [])) for c in classes]
+
+    rows: list[MetricRow] = []
+    biased: list[str] = []
+    for scope, cand_rows, ref_rows in scopes:
+        c = candidate if cand_rows is None else candidate[cand_rows]
+        r = reference if ref_rows is None else reference[ref_rows]
+        t = text if text is None or cand_rows is None else text[cand_rows]
+        for family in families:
+            if c.shape[0] < family.min_candidate or (family.two_sample and r.shape[0] < family.min_reference):
+                have = f"{c.shape[0]} candidate" + (f" / {r.shape[0]} reference" if family.two_sample else "")
+                need = f"{family.min_candidate}" + (f" / {family.min_reference}" if family.two_sample else "")
+                notes.append(f"{'/'.join(family.names)} skipped for class {scope!r}: {have} images, needs {need}")
+                continue
+            args = (c, r) if family.two_sample else ((c, t) if family.names == ("clip_score",) else (c,))
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", BiasedEstimateWarning)
+                values = family.compute(*args)
+            if any(issubclass(w.category, BiasedEstimateWarning) for w in caught):
+                biased.append(scope)
+            for w in caught:
+                if not issubclass(w.category, BiasedEstimateWarning):
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            intervals: dict[str, tuple[float, float]] = {}
+            if bootstrap:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", BiasedEstimateWarning)
+                    intervals = bootstrap_intervals(
+                        family.compute, c, r if family.two_sample else None, replicates=bootstrap, seed=seed,
+                        confidence=confidence, method=interval, estimate=values, bounds=METRIC_BOUNDS,
+                        extra=(t,) if family.names == ("clip_score",) else ())
+            for name, value in values.items():
+                if name not in wanted:
+                    continue
+                low, high = intervals.get(name, (None, None))
+                rows.append(MetricRow(name, scope, float(value), low, high, int(c.shape[0]), extractor))
+    if biased:
+        notes.append(f"fid for {', '.join(map(repr, biased))}: fewer samples than feature dimensions "
+                     f"({candidate.shape[1]}), so the estimate is biased upwards; compare only values with equal n")
+    for note in notes:
+        warnings.warn(note, EvaluationNote, stacklevel=2)
+    return rows
+
+
+def _caption_texts(image_set: ImageSet) -> list[str]:
+    return [r.caption.strip() or r.label for r in image_set.records]
+
+
+def evaluate(candidate_set: ImageSet, reference_set: ImageSet, extractor: str | FeatureExtractor, per_class: bool = True,
+             bootstrap: int = 0, seed: int = 0, metrics: Sequence[str] | None = None,
+             cache_dir: str | None = None, *, k: int = 5, kid_subsets: int = 100, kid_subset_size: int = 1000,
+             confidence: float = 0.95, interval: str = "recentred", batch_size: int = 64,
+             device: str | torch.device | None = None) -> list[MetricRow]:
+    """Evaluate ``candidate_set`` against ``reference_set`` in ``extractor``'s feature space.
+
+    ``extractor`` is a name (see ``imgsynth.metrics.features``) or a built extractor. Features of both
+    sets are cached on disk (``cache_dir``, default ``$IMGSYNTH_CACHE/features``). ``bootstrap`` > 0
+    adds seeded bootstrap intervals (``confidence``; ``interval`` "recentred" or "percentile", see
+    ``imgsynth.metrics.bootstrap``); ``metrics`` restricts the metrics computed.
+    Rows come overall (class "all") first, then per class in the reference set's class order.
+    """
+    extractor = create_extractor(extractor, device)
+    candidate = cached_features(candidate_set, extractor, cache_dir, batch_size)
+    reference = cached_features(reference_set, extractor, cache_dir, batch_size)
+    is_clip = isinstance(extractor, ClipExtractor)
+    text = extractor.encode_text(_caption_texts(candidate_set)) if is_clip else None
+    classes = list(reference_set.classes) + [c for c in candidate_set.classes if c not in reference_set.classes]
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", EvaluationNote)  # every note reaches the caller, even repeated ones
+        return evaluate_features(
+            candidate, reference, candidate_labels=[r.label for r in candidate_set.records],
+            reference_labels=[r.label for r in reference_set.records], extractor=extractor.name, classes=classes,
+            per_class=per_class, bootstrap=bootstrap, seed=seed, metrics=metrics, candidate_text=text,
+            is_clip=is_clip, k=k, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
+            confidence=confidence, interval=interval, device=device or extractor.device)
+
+
+def rows_to_frame(rows: Iterable[MetricRow]) -> pd.DataFrame:
+    """Tidy table with columns metric, class, value, ci_low, ci_high, n, extractor."""
+    records: list[dict[str, Any]] = [
+        {"metric": r.metric, "class": r.class_name, "value": r.value, "ci_low": r.ci_low, "ci_high": r.ci_high,
+         "n": r.n, "extractor": r.extractor} for r in rows]
+    return pd.DataFrame.from_records(records, columns=FRAME_COLUMNS)

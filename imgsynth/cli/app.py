@@ -8,6 +8,7 @@ import typer
 
 from imgsynth.cli import curate, data, experiments
 from imgsynth.cli import finetune as finetune_cli
+from imgsynth.cli import metrics as metrics_cli
 from imgsynth.imageset import ImageSetError
 
 app = typer.Typer(help="Labeled synthetic image datasets and model-collapse experiments.",
@@ -19,6 +20,7 @@ data.register(app)
 experiments.register(app)
 curate.register(app)
 finetune_cli.register(app)
+metrics_cli.register(app)
 
 
 def main() -> None:

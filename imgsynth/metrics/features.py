@@ -400,8 +400,9 @@ class Dinov2Extractor(FeatureExtractor):
 class DomainExtractor(FeatureExtractor):
     """Penultimate-layer features of an imgsynth classifier checkpoint (the offline default).
 
-    Preprocessing is the classifier's own (it must match how the classifier was trained), so it is
-    described by the checkpoint, whose hash is part of the id.
+    Preprocessing is the classifier's own, stored in its checkpoint (mode, size, mean/std; PIL bicubic
+    resize on the uint8 image, the same convention as the other extractors), because features are only
+    meaningful for input prepared the way the classifier was trained.
     """
 
     def __init__(self, checkpoint: str, device: torch.device | None = None) -> None:
@@ -409,16 +410,12 @@ class DomainExtractor(FeatureExtractor):
 
         if not checkpoint:
             raise ValueError("domain needs a classifier checkpoint: 'domain:<folder written by train_classifier>'")
-        path = Path(checkpoint).expanduser()
-        if not path.exists():
-            raise FileNotFoundError(f"domain:{checkpoint}: no such classifier checkpoint")
         self.device = device or default_device()
-        self.loaded = load_classifier(path)
+        self.loaded = load_classifier(Path(checkpoint).expanduser(), device=self.device)
         self.name = f"domain:{checkpoint}"
-        weights = (folder_digest(path, ("*.json", "*.safetensors", "*.pt", "*.pth", "*.bin"))
-                   if path.is_dir() else file_digest(path))
-        self.id = f"domain:{weights[:16]}"
-        self.preprocessing = f"classifier-checkpoint-preprocess:{weights[:16]}"
+        weights = folder_digest(self.loaded.path, ("*.json", "*.safetensors"))
+        self.id = f"domain:{self.loaded.arch}:{weights[:16]}"
+        self.preprocessing = "classifier:" + json.dumps(self.loaded.preprocessing.to_dict(), sort_keys=True)
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return self.loaded.preprocess(image)
@@ -430,6 +427,8 @@ class DomainExtractor(FeatureExtractor):
                 num_workers: int = 0) -> torch.Tensor:
         from imgsynth.classifier import penultimate_features
 
+        if len(images) == 0:
+            raise ValueError(f"{self.name}: no images to extract features from")
         return penultimate_features(self.loaded, images, batch_size=batch_size).float().cpu()
 
 

@@ -47,7 +47,7 @@ class PatternGenerator:
     calls_dir: str | None = None
     loaded: bool = field(default=False, compare=False)
 
-    def spec(self) -> SetSpec:
+    def spec(self, out: Path) -> SetSpec:
         return SetSpec(list(self.classes), generator={"name": "pattern", "seed": self.seed},
                        config={"per_class": self.per_class}, license="cc0-1.0")
 
@@ -125,7 +125,7 @@ def test_local_backend_resumes_only_missing_shards(local_pattern_set: ImageSet, 
     out = tmp_path / "set"
     crashing = PatternGenerator(calls_dir=str(calls))
     # A first run that stops after shard 1: simulate by writing shards 0 and 1 only.
-    writer = crashing.spec().writer(out)
+    writer = crashing.spec(out).writer(out)
     crashing.load()
     for i, items in enumerate(job_shards(crashing)[:2]):
         writer.write_shard(i, crashing.generate(items))
@@ -149,6 +149,45 @@ def test_without_ray_the_backend_says_how_to_install(monkeypatch: pytest.MonkeyP
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(RayNotInstalled, match=r"pip install 'imgsynth\[ray\]'"):
         generate(PatternGenerator(), tmp_path / "x", backend="ray")
+
+
+# --------------------------------------------------------------------------------------------- ranks
+
+def test_rank_shards_cover_every_shard_once() -> None:
+    from imgsynth.distributed.ranks import rank_shards
+
+    split = [rank_shards(10, r, 3) for r in range(3)]
+    assert sorted(i for part in split for i in part) == list(range(10))
+    assert split[1] == [1, 4, 7]
+    with pytest.raises(ValueError, match="rank must be in"):
+        rank_shards(10, 3, 3)
+
+
+def test_launch_ranks_write_their_shards_and_rank_zero_finalizes(local_pattern_set: ImageSet,
+                                                                 tmp_path: Path) -> None:
+    """Two ranks as threads with a real barrier, as `accelerate launch` runs two processes."""
+    import threading
+
+    from imgsynth.distributed.ranks import generate_on_rank
+
+    out = tmp_path / "set"
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    barrier = threading.Barrier(2, timeout=30)
+    results: dict[int, object] = {}
+
+    def rank(r: int) -> None:
+        results[r] = generate_on_rank(PatternGenerator(calls_dir=str(calls)), out, rank=r, world_size=2,
+                                      barrier=barrier.wait)
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in (1, 0)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert results[1] is None
+    assert isinstance(results[0], ImageSet) and results[0].id == local_pattern_set.id
+    assert computed_shards(calls, PatternGenerator()) == [0, 1, 2, 3]  # each shard once, by one rank
 
 
 # --------------------------------------------------------------------------------------------- ray
@@ -187,3 +226,36 @@ def test_ray_job_that_keeps_failing_stops_then_one_worker_resumes(ray_cluster, l
     healed = PatternGenerator(calls_dir=str(calls))
     assert generate(healed, out, backend="ray", workers=1).id == local_pattern_set.id
     assert computed_shards(calls, healed) == sorted(set(range(4)) - set(kept))
+
+
+def mean_colour_extractor():
+    """A stand-in FeatureExtractor: each image's mean and a fixed random projection of its pixels."""
+    import torch
+
+    from imgsynth.metrics.features import FeatureExtractor
+
+    class MeanColourExtractor(FeatureExtractor):
+        name = id = "mean-colour"
+        preprocessing = "flatten"
+        device = torch.device("cpu")
+        projection = torch.randn(64, 5, generator=torch.Generator().manual_seed(0))
+
+        def preprocess(self, image: Image.Image) -> torch.Tensor:
+            return torch.from_numpy(np.asarray(image, dtype=np.float32).reshape(-1).copy())
+
+        def forward(self, batch: torch.Tensor) -> torch.Tensor:
+            return torch.cat([batch.mean(1, keepdim=True), batch @ self.projection], dim=1)
+
+    return MeanColourExtractor()
+
+
+def test_ray_feature_extraction_equals_local(ray_cluster, local_pattern_set: ImageSet) -> None:
+    import torch
+
+    from imgsynth.distributed.features import extract_features_distributed
+
+    extractor = mean_colour_extractor()
+    local = extractor.extract(local_pattern_set, batch_size=2)
+    spread = extract_features_distributed(local_pattern_set, extractor, workers=2, batch_size=2, chunk_size=3)
+    assert spread.shape == (12, 6)
+    assert torch.equal(spread, local)

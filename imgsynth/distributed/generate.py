@@ -15,6 +15,7 @@ the job stops with the shards written so far kept, and running it again computes
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any, Callable, Sequence
 
 from imgsynth.distributed.backend import DEFAULT_RETRIES, dataset_of_rows, map_on_actor_pool, ray_session
 from imgsynth.distributed.protocol import SetSpec, ShardGenerator, decode_items, encode_items, job_shards
-from imgsynth.imageset import ImageSet, ImageSetError, ImageSetWriter
+from imgsynth.imageset import MANIFEST, ImageSet, ImageSetError, ImageSetWriter
 from imgsynth.pipelines.work import WorkItem
 
 BACKENDS = ("local", "ray")
@@ -51,9 +52,16 @@ def generate(generator: ShardGenerator, out: str | os.PathLike, *, backend: str 
     if backend == "local" and workers not in (None, 1):
         raise ValueError(f"the local backend runs one worker (got workers={workers}); use --backend ray, "
                          "or `accelerate launch -m imgsynth.distributed.accelerate_launch` for several GPUs")
-    spec = generator.spec()
+    out = Path(out).absolute()
+    spec = generator.spec(out)
+    existing = finished_set(out, spec)
+    if existing is not None:
+        return existing
     all_shards = job_shards(generator)
     writer = spec.writer(out)
+    prepare = getattr(generator, "prepare_writer", None)
+    if prepare is not None:
+        prepare(writer)
     pending = sorted(set(range(len(all_shards))) - writer.done_shards)
     if pending and backend == "local":
         write_shards_local(generator, writer, all_shards, pending, progress=progress, on_shard=on_shard)
@@ -62,6 +70,19 @@ def generate(generator: ShardGenerator, out: str | os.PathLike, *, backend: str 
                          workers=workers, address=address, retries=retries, progress=progress,
                          on_shard=on_shard)
     return finalize_job(writer, len(all_shards))
+
+
+def finished_set(out: Path, spec: SetSpec) -> ImageSet | None:
+    """The set already at ``out`` when the same job wrote it (nothing to do); an error when another did."""
+    if not (out / MANIFEST).is_file():
+        return None
+    existing = ImageSet.open(out)
+    manifest = existing.manifest
+    wanted = json.loads(json.dumps({"generator": dict(spec.generator), "config": dict(spec.config)}, default=str))
+    if {"generator": manifest.get("generator"), "config": manifest.get("config")} == wanted:
+        return existing
+    raise ImageSetError(f"{out}: already holds an ImageSet made by another job (generator or settings differ); "
+                        "remove it or choose another folder")
 
 
 def finalize_job(writer: ImageSetWriter, num_shards: int) -> ImageSet:

@@ -58,13 +58,15 @@ class ShardGenerator(Protocol):
     ``shard_size`` fixes the shards (changing it changes nothing in the pixels, only the unit of
     work and resumption). ``num_gpus`` is what one worker reserves on a cluster (0 on CPU).
     ``generate`` must be deterministic given the items: same items, same bytes, whichever worker.
+    A generator may also define ``prepare_writer(writer)``, called once on the driver after the writer
+    is opened (e.g. to record its sampling plan, or refuse to resume a write another plan started).
     """
 
     shard_size: int
     num_gpus: float
 
-    def spec(self) -> SetSpec:
-        """The set this job writes (classes, kind, parents, generator record, config)."""
+    def spec(self, out: Path) -> SetSpec:
+        """The set this job writes at ``out`` (classes, kind, parents relative to it, generator record, config)."""
 
     def work(self) -> list[WorkItem]:
         """The job's work manifest in order: one item per image."""

@@ -151,6 +151,14 @@ def test_without_ray_the_backend_says_how_to_install(monkeypatch: pytest.MonkeyP
         generate(PatternGenerator(), tmp_path / "x", backend="ray")
 
 
+def test_features_command_without_ray_says_how_to_install(monkeypatch: pytest.MonkeyPatch, run_cli,
+                                                          local_pattern_set: ImageSet) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)
+    code, out, err = run_cli("features", local_pattern_set.root, "--features", "inception", "--backend", "ray")
+    assert code == 1
+    assert "pip install 'imgsynth[ray]'" in err and "Traceback" not in err
+
+
 # --------------------------------------------------------------------------------------------- ranks
 
 def test_rank_shards_cover_every_shard_once() -> None:
@@ -249,13 +257,19 @@ def mean_colour_extractor():
     return MeanColourExtractor()
 
 
-def test_ray_feature_extraction_equals_local(ray_cluster, local_pattern_set: ImageSet) -> None:
+def test_ray_feature_extraction_fills_the_metrics_cache_with_the_local_features(
+        ray_cluster, local_pattern_set: ImageSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from imgsynth.distributed.features import extract_features_distributed
+    from imgsynth.distributed.features import warm_feature_cache
+    from imgsynth.metrics.features import cached_features
 
     extractor = mean_colour_extractor()
     local = extractor.extract(local_pattern_set, batch_size=2)
-    spread = extract_features_distributed(local_pattern_set, extractor, workers=2, batch_size=2, chunk_size=3)
-    assert spread.shape == (12, 6)
-    assert torch.equal(spread, local)
+    path = warm_feature_cache(local_pattern_set, extractor, cache_dir=tmp_path, workers=2, batch_size=2, chunk_size=3)
+    assert path.is_file()
+    # The metrics engine now reads the cache instead of extracting again.
+    monkeypatch.setattr(type(extractor), "extract", lambda *a, **k: pytest.fail("cache miss: extracted again"))
+    cached = cached_features(local_pattern_set, extractor, cache_dir=tmp_path, batch_size=2)
+    assert cached.shape == (12, 6)
+    assert torch.equal(cached, local)

@@ -6,11 +6,15 @@ Each process loads MODEL (a class-conditional model dir or a text-to-image pipel
 writes its share of the job's shards (see :mod:`imgsynth.distributed.ranks`), and the main process
 finalizes the set after all are done. The set is byte-identical to ``imgsynth generate MODEL OUT`` with
 the same settings (same id); an interrupted launch resumes when started again, with any process count.
-``accelerate launch --cpu`` runs it on CPU processes (gloo), e.g. to try it out.
+On a machine without GPUs, ``torchrun --nproc_per_node N -m imgsynth.distributed.accelerate_launch …``
+(or ``accelerate launch --multi_gpu``) runs N CPU processes over gloo; ``accelerate launch --cpu`` alone
+starts a single process.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -64,7 +68,11 @@ def main(
     """Generate an ImageSet with every process of an ``accelerate launch``, one device each."""
     from accelerate import PartialState
 
-    state = PartialState()
+    import torch
+
+    # PartialState reads ACCELERATE_USE_CPU only through Accelerator; CPU-only machines use gloo ranks.
+    cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
+    state = PartialState(cpu=cpu)
     options = sampling_options(model, per_class=per_class, guidance=guidance, steps=steps, seed=seed,
                                batch_size=batch_size, shard_size=shard_size, classes=classes, prompts=prompts,
                                noise_temperature=noise_temperature, generation=generation, dtype=dtype)
@@ -75,5 +83,16 @@ def main(
         typer.echo(f"{result.root}: {len(result)} images from {state.num_processes} processes, id {result.id[:12]}")
 
 
+def run() -> None:
+    """Entry point: user errors print one line on stderr and exit with status 1, as ``imgsynth`` does."""
+    from imgsynth.imageset import ImageSetError
+
+    try:
+        app()
+    except (ImageSetError, FileNotFoundError, ValueError) as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(1)
+
+
 if __name__ == "__main__":
-    app()
+    run()

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from imgsynth.distributed.backend import DEFAULT_RETRIES, dataset_of_rows, map_on_actor_pool, ray_session
+from imgsynth.distributed.backend import DEFAULT_RETRIES, dataset_of_rows, map_on_actor_pool, ray_session, require_ray
 from imgsynth.imageset import ImageSet
 
 DEFAULT_CHUNK_BATCHES = 16
@@ -88,3 +88,57 @@ def extract_features_distributed(image_set: ImageSet | str | os.PathLike, extrac
     if missing:
         raise RuntimeError(f"{image_set.root}: feature chunks starting at rows {missing[:5]} never came back")
     return torch.from_numpy(np.concatenate([parts[start] for start, _ in bounds]).copy())
+
+
+def warm_feature_cache(image_set: ImageSet | str | os.PathLike, extractor: Any, *, backend: str = "ray",
+                       cache_dir: str | os.PathLike | None = None, workers: int | None = None,
+                       address: str | None = None, batch_size: int = 64, chunk_size: int | None = None,
+                       device: str | None = None, progress: bool = False) -> Path:
+    """Compute a set's features (on Ray, or locally) into the metrics feature cache; returns the cache file.
+
+    The file is the one ``imgsynth.metrics.features.cached_features`` looks up (same key, same metadata),
+    so a later ``imgsynth metrics`` or ``evaluate`` run on any machine sharing the cache reads it instead
+    of extracting again. A cache entry that is already valid is left as it is.
+    """
+    from safetensors.torch import save_file
+
+    from imgsynth.metrics.features import cached_features, create_extractor, feature_cache_dir, feature_cache_key
+
+    if backend not in ("local", "ray"):
+        raise ValueError(f"unknown backend {backend!r}; choose local or ray")
+    if backend == "ray":
+        require_ray()  # before loading anything: say how to install it at once
+    image_set = image_set if isinstance(image_set, ImageSet) else ImageSet.open(image_set)
+    built = create_extractor(extractor, device)
+    folder = feature_cache_dir(cache_dir)
+    path = folder / f"{feature_cache_key(image_set, built)}.safetensors"
+    if backend == "local":
+        cached_features(image_set, built, cache_dir=cache_dir, batch_size=batch_size, device=device)
+        return path
+    if _valid_cache_entry(path, image_set, built):
+        return path
+    # Workers build their own copy from the name; an instance is shipped as it is.
+    features = extract_features_distributed(image_set, extractor, workers=workers, address=address,
+                                            batch_size=batch_size, chunk_size=chunk_size, device=device,
+                                            progress=progress)
+    metadata = {"set_id": image_set.id, "extractor_id": built.id, "preprocessing": built.preprocessing,
+                "n": str(len(image_set))}
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{path.stem}.{os.getpid()}.tmp"
+    save_file({"features": features.contiguous()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+    return path
+
+
+def _valid_cache_entry(path: Path, image_set: ImageSet, extractor: Any) -> bool:
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        return False
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError):
+        return False
+    return metadata.get("set_id") == image_set.id and metadata.get("extractor_id") == extractor.id and \
+        metadata.get("n") == str(len(image_set))

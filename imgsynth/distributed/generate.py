@@ -21,7 +21,8 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from imgsynth.distributed.backend import DEFAULT_RETRIES, dataset_of_rows, map_on_actor_pool, ray_session
+from imgsynth.distributed.backend import (DEFAULT_RETRIES, dataset_of_rows, map_on_actor_pool, ray_session,
+                                          require_ray)
 from imgsynth.distributed.protocol import SetSpec, ShardGenerator, decode_items, encode_items, job_shards
 from imgsynth.imageset import MANIFEST, ImageSet, ImageSetError, ImageSetWriter
 from imgsynth.pipelines.work import WorkItem
@@ -52,6 +53,8 @@ def generate(generator: ShardGenerator, out: str | os.PathLike, *, backend: str 
     if backend == "local" and workers not in (None, 1):
         raise ValueError(f"the local backend runs one worker (got workers={workers}); use --backend ray, "
                          "or `accelerate launch -m imgsynth.distributed.accelerate_launch` for several GPUs")
+    if backend == "ray":
+        require_ray()  # before loading any model: say how to install it at once
     out = Path(out).absolute()
     spec = generator.spec(out)
     existing = finished_set(out, spec)

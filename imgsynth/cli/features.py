@@ -1,0 +1,38 @@
+"""`imgsynth features SET --features NAME [--backend local|ray]`: fill the feature cache, on a Ray cluster if asked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def features_command(
+    image_set: Path = typer.Argument(..., help="ImageSet whose features to compute."),
+    features: str = typer.Option(..., "--features", help="Feature extractor name, as for `imgsynth metrics`."),
+    backend: str = typer.Option("local", "--backend", help="local, or ray (needs `pip install 'imgsynth[ray]'`)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster: auto, ray://host:port "
+                                          "(default: the running session, else a local one)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Ray actors, one extractor each "
+                                          "(default: one per CPU, or per GPU on CUDA)."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Feature cache folder (default "
+                                             "$IMGSYNTH_CACHE/features or ~/.cache/imgsynth/features)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda … (default: cuda if available)."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per batch."),
+) -> None:
+    """Compute a set's features into the cache that `imgsynth metrics` reads, so it need not extract them."""
+    from imgsynth.distributed import RayNotInstalled
+    from imgsynth.distributed.features import warm_feature_cache
+
+    try:
+        path = warm_feature_cache(image_set, features, backend=backend, cache_dir=cache_dir, workers=workers,
+                                  address=address, batch_size=batch_size, device=device, progress=True)
+    except RayNotInstalled as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"features of {image_set} [{features}] cached in {path}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("features")(features_command)

@@ -7,6 +7,7 @@ import sys
 import typer
 
 from imgsynth.cli import curate, data, experiments
+from imgsynth.cli import features as features_cli
 from imgsynth.cli import finetune as finetune_cli
 from imgsynth.cli import metrics as metrics_cli
 from imgsynth.imageset import ImageSetError
@@ -21,6 +22,7 @@ experiments.register(app)
 curate.register(app)
 finetune_cli.register(app)
 metrics_cli.register(app)
+features_cli.register(app)
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from imgsynth.cli import curate, data, experiments
+from imgsynth.cli import classify, curate, data, experiments
 from imgsynth.cli import features as features_cli
 from imgsynth.cli import finetune as finetune_cli
 from imgsynth.cli import metrics as metrics_cli
@@ -18,6 +18,7 @@ app = typer.Typer(help="Labeled synthetic image datasets and model-collapse expe
 # One line per command module; keep this list the only place commands are wired in.
 app.add_typer(data.app, name="data", help="Import, inspect, verify and export ImageSets.")
 data.register(app)
+app.add_typer(classify.app, name="classify", help="Train classifiers on ImageSets and score them on test sets.")
 experiments.register(app)
 curate.register(app)
 finetune_cli.register(app)

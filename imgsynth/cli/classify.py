@@ -1,0 +1,63 @@
+"""`imgsynth classify ...`: train a classifier on an ImageSet and score it on a test set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(no_args_is_help=True)
+
+
+@app.command("train")
+def train_command(
+    train_set: Path = typer.Argument(..., help="ImageSet to train on."),
+    out: Path = typer.Argument(..., help="Checkpoint folder to create (model.safetensors + classifier.json)."),
+    arch: str = typer.Option("resnet18_small", help="'resnet18_small' (16-64 px) or a torchvision model name."),
+    epochs: Optional[int] = typer.Option(None, help="Training epochs [default: the library default]."),
+    seed: int = typer.Option(0, help="Seed of weight init, shuffling and augmentation."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size [default: the library default]."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate [default: the library default]."),
+    width: Optional[int] = typer.Option(None, help="Base width of resnet18_small."),
+    image_size: Optional[int] = typer.Option(None, help="Square input size (default: the set's, or the model's)."),
+    augment: bool = typer.Option(True, help="Light affine augmentation."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 … (default: cuda if available)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Train a classifier on TRAIN_SET and write its checkpoint to OUT."""
+    # torch is imported here, not at module level, so `imgsynth --help` stays fast.
+    from imgsynth.classifier import ClassifierConfig, train_classifier
+
+    options = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "width": width, "image_size": image_size}
+    config = ClassifierConfig(arch=arch, seed=seed, augment=augment, device=device,
+                              **{k: v for k, v in options.items() if v is not None})
+    checkpoint = train_classifier(train_set, out, config, progress=progress)
+    training = json.loads((checkpoint / "classifier.json").read_text(encoding="utf-8"))["training"]
+    typer.echo(f"checkpoint: {checkpoint}")
+    typer.echo(f"trained {config.epochs} epochs in {training['seconds']:.1f}s on {training['device']}: "
+               f"final loss {training['final_loss']:.4f}, train accuracy {training['final_accuracy']:.4f}")
+
+
+@app.command("eval")
+def eval_command(
+    checkpoint: Path = typer.Argument(..., help="Classifier checkpoint folder."),
+    test_set: Path = typer.Argument(..., help="Labeled ImageSet to score on (classes matched by name)."),
+    out: Optional[Path] = typer.Option(None, help="Folder for report.json, confusion.csv and confusion.png."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda … (default: cuda if available)."),
+) -> None:
+    """Score CHECKPOINT on TEST_SET: accuracy, macro-F1 and per-class accuracy."""
+    from imgsynth.classifier import evaluate_classifier, load_classifier
+
+    report = evaluate_classifier(load_classifier(checkpoint, device=device), test_set, out)
+    typer.echo(f"accuracy  {report.accuracy:.4f}\nmacro-F1  {report.macro_f1:.4f}\nimages    {report.n}")
+    width = max(len("class"), *(len(c) for c in report.classes))
+    support = dict(zip(report.classes, report.confusion.sum(axis=1).tolist()))
+    typer.echo(f"\n{'class':<{width}}  {'n':>6}  {'accuracy':>8}  {'F1':>6}")
+    for name, accuracy in report.per_class_accuracy.items():
+        typer.echo(f"{name:<{width}}  {support[name]:>6}  {accuracy:>8.4f}  {report.per_class_f1[name]:>6.4f}")
+    if report.missing_classes:
+        typer.echo(f"\nclasses with no test images: {', '.join(report.missing_classes)}")
+    if out is not None:
+        typer.echo(f"\nreport written to {out}")

@@ -301,12 +301,13 @@ def perturb(image: Image.Image, jpeg_quality: int = 75, resize_by: int = 1,
 
 def contaminated_set(real: ImageSet, generated: ImageSet, out: str | os.PathLike, *, exact: int, perturbed: int,
                      seed: int = 0, jpeg_qualities: Sequence[int] = (50, 75, 90),
-                     resize_by: Sequence[int] = (1, -1)) -> ImageSet:
+                     resize_by: Sequence[int] = (1, -1),
+                     resample: Image.Resampling = Image.Resampling.BICUBIC) -> ImageSet:
     """A set with known ground truth, to measure the audit (or choose a threshold) on your own data.
 
     It holds every image of ``real``, ``exact`` byte-identical copies of generated images and
     ``perturbed`` generated images passed through :func:`perturb` (cycling through the JPEG
-    qualities and resizes), drawn without overlap with a seeded generator. The ``audit_truth``
+    qualities and resizes, with the ``resample`` filter), drawn without overlap with a seeded generator. The ``audit_truth``
     column says which is which (``real`` / ``exact`` / ``perturbed``) and ``audit_source`` names
     the generated file a copy came from. Copies carry no ``generator`` column: like scraped data,
     they do not declare where they came from.
@@ -318,7 +319,8 @@ def contaminated_set(real: ImageSet, generated: ImageSet, out: str | os.PathLike
     writer = ImageSetWriter(out, classes, kind="mixed", parents=[real, generated],
                             config={"audit_calibration": {"exact": exact, "perturbed": perturbed, "seed": seed,
                                                           "jpeg_qualities": list(jpeg_qualities),
-                                                          "resize_by": list(resize_by)}})
+                                                          "resize_by": list(resize_by),
+                                                          "resample": Image.Resampling(resample).name}})
 
     def samples() -> Iterable[Sample]:
         for i, record in enumerate(real.records):
@@ -332,7 +334,7 @@ def contaminated_set(real: ImageSet, generated: ImageSet, out: str | os.PathLike
             else:
                 m = n - exact
                 image = perturb(generated.load_image(g), jpeg_qualities[m % len(jpeg_qualities)],
-                                resize_by[(m // len(jpeg_qualities)) % len(resize_by)])
+                                resize_by[(m // len(jpeg_qualities)) % len(resize_by)], resample)
                 truth = "perturbed"
             yield Sample(image, record.label, record.caption, image_id=f"{truth}-{n:06d}",
                          extra={"audit_truth": truth, "audit_source": record.file_name})

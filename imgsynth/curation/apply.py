@@ -147,7 +147,7 @@ def _confidence_filter(samples: ImageSet, alive: np.ndarray, classifier: Any, th
                        batch_size: int, log: CurationLog) -> np.ndarray:
     from imgsynth.classifier import load_classifier, predict
 
-    loaded = load_classifier(classifier) if isinstance(classifier, (str, os.PathLike)) else classifier
+    loaded = load_classifier(classifier)
     classes = list(loaded.classes)
     missing = [c for c in samples.classes if samples.counts.get(c) and c not in classes]
     if missing:

@@ -90,9 +90,9 @@ def resolve_embedding(spec: str | Extractor) -> Extractor:
     pixel = parse_pixel_spec(spec)
     if pixel is not None:
         return pixel
-    from imgsynth.metrics.features import get_extractor
+    from imgsynth.metrics.features import create_extractor
 
-    return get_extractor(spec)
+    return create_extractor(spec)
 
 
 def embed_images(images: ImageSet, extractor: Extractor, indices: Sequence[int] | None = None,

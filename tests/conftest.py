@@ -44,3 +44,11 @@ def run_cli(capsys: pytest.CaptureFixture[str]):
         return code, out.out, out.err
 
     return invoke
+
+
+@pytest.fixture(scope="session")
+def tiny_text2image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-init Stable Diffusion pipeline folder (``imgsynth.testing``), built once; read-only."""
+    from imgsynth.testing import tiny_text2image_pipeline
+
+    return tiny_text2image_pipeline(tmp_path_factory.mktemp("tiny-sd") / "pipeline")

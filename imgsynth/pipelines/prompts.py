@@ -233,14 +233,14 @@ class CaptionRewriter:
     instruction = "Rewrite this image description as one fluent, vivid sentence: {caption}\nRewritten:"
 
     def __init__(self, model_path: str | Path, *, max_new_tokens: int = 48, device: str = "cpu") -> None:
-        import torch
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
-
         path = Path(model_path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"caption model {str(model_path)!r}: not a local transformers model folder "
                                     "(no config.json); save one with model.save_pretrained(PATH) and "
                                     "tokenizer.save_pretrained(PATH)")
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
         self.path = path
         self.max_new_tokens = max_new_tokens
         config = AutoConfig.from_pretrained(path, local_files_only=True)

@@ -270,9 +270,9 @@ class Text2ImageGenerator:
         import torch
 
         device = resolve_device(device)
+        record = lora_record(lora) if lora else None  # a wrong LoRA path fails before the slow load
         pipe = load_text2image_pipeline(model, device=device, dtype=dtype)
-        if lora:
-            record = lora_record(lora)  # checks the path before diffusers tries it
+        if record is not None:
             try:
                 pipe.load_lora_weights(record["path"])
             except (ValueError, OSError, KeyError) as exc:

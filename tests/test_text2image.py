@@ -1,0 +1,250 @@
+"""Text-to-image generation with the tiny offline Stable Diffusion pipeline, loaded like a real model.
+
+What must hold: a labeled set comes back with every per-image record; the same seed gives the same
+bytes however the work is split or resumed; batch size changes pixels by at most one level; bad
+models, class lists and prompt files fail with clear messages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imgsynth.imageset import ImageSet, ImageSetWriter
+from imgsynth.pipelines.prompts import load_prompt_bank, resolve_bank
+from imgsynth.pipelines.text2image import (SamplingOptions, Text2ImageGenerator, generate_text2image,
+                                           plan_text2image, write_text2image_shards)
+from imgsynth.pipelines.work import image_seed, shards
+
+CLASSES = ["kitchen", "bedroom", "office"]
+SEED = 7
+# 3 classes x 2 images in shards of 2: three shards, each mixing classes.
+SETTINGS = dict(classes=CLASSES, per_class=2, seed=SEED, steps=2, shard_size=2, progress=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tests share two cores with other processes; torch's spinning worker threads then cost 10x."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_text2image: Path) -> Text2ImageGenerator:
+    return Text2ImageGenerator.from_pretrained(tiny_text2image, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_text2image: Path, generator, tmp_path_factory) -> ImageSet:
+    out = tmp_path_factory.mktemp("t2i") / "reference"
+    return generate_text2image(tiny_text2image, out, batch_size=2, generator=generator, **SETTINGS)
+
+
+def rows(image_set: ImageSet) -> list[tuple]:
+    return [(r.file_name, r.label, r.caption, r.seed, r.sha256) for r in image_set.records]
+
+
+def file_bytes(image_set: ImageSet) -> dict[str, bytes]:
+    return {r.file_name: image_set.read_bytes(i) for i, r in enumerate(image_set.records)}
+
+
+class Interrupted(Exception):
+    pass
+
+
+def interrupt_at(monkeypatch, generator, call: int) -> list[str]:
+    """Make ``generator.render`` raise on its ``call``-th shard; returns the first image id of each call."""
+    calls: list[str] = []
+    render = Text2ImageGenerator.render.__get__(generator)
+
+    def flaky(items, *args, **kwargs):
+        calls.append(items[0].image_id)
+        if len(calls) == call:
+            raise Interrupted
+        return render(items, *args, **kwargs)
+
+    monkeypatch.setattr(generator, "render", flaky)
+    return calls
+
+
+# --------------------------------------------------------------------------------------------- the set
+
+def test_three_class_set_loads_back_with_every_record(reference: ImageSet, tiny_text2image: Path):
+    image_set = ImageSet.open(reference.root)
+    assert image_set.classes == CLASSES and image_set.kind == "generated"
+    assert image_set.counts == {c: 2 for c in CLASSES}
+    assert image_set.image_size == (16, 16) and image_set.manifest["image_mode"] == "RGB"
+    indoor = load_prompt_bank("indoor-scenes")
+    for record in image_set.records:
+        index = int(Path(record.file_name).stem.rsplit("-", 1)[1])
+        assert record.seed == image_seed(SEED, record.label, index)
+        assert record.caption == indoor.caption(record.label, SEED, index).text
+        assert record.label in record.caption
+        extra = record.extra
+        assert extra["prompt"] == record.caption
+        assert extra["negative_prompt"] == indoor.negative_prompt
+        assert (extra["guidance_scale"], extra["steps"], extra["generation"]) == (7.5, 2, 0)
+        assert extra["generator"] == f"StableDiffusionPipeline:{tiny_text2image}"
+        assert extra["caption_fields"]["style"] in record.caption
+    image, label, caption = image_set[0]
+    assert tuple(image.shape) == (3, 16, 16) and caption == image_set.records[0].caption
+    pixels = image_set.as_array()
+    assert len({p.tobytes() for p in pixels}) == len(pixels), "every image has its own noise"
+
+    generator = image_set.manifest["generator"]
+    unet_file = tiny_text2image / "unet" / "diffusion_pytorch_model.safetensors"
+    file_hash = hashlib.sha256(unet_file.read_bytes()).hexdigest()
+    expected = hashlib.sha256(f"{unet_file.name}\t{file_hash}\n".encode()).hexdigest()
+    assert generator["weights_sha256"] == expected
+    assert generator["pipeline_class"] == "StableDiffusionPipeline" and generator["scheduler"] == "DDIMScheduler"
+    assert (generator["steps"], generator["guidance_scale"], generator["seed"]) == (2, 7.5, SEED)
+    assert generator["model"] == str(tiny_text2image) and generator["lora"] is None
+    assert generator["prompt_bank"] == "indoor-scenes"  # bare class names found in the shipped bank
+    assert generator["license"]["name"] == "unknown" and image_set.manifest["license"]["name"] == "unknown"
+
+
+def test_resume_after_interruption_gives_the_same_bytes_without_duplicates(
+        reference, tiny_text2image, generator, tmp_path, monkeypatch):
+    out = tmp_path / "resumed"
+    interrupt_at(monkeypatch, generator, call=2)
+    with pytest.raises(Interrupted):
+        generate_text2image(tiny_text2image, out, batch_size=2, generator=generator, **SETTINGS)
+    assert not out.exists()  # a half-written set never looks like a whole one
+    calls = interrupt_at(monkeypatch, generator, call=0)
+    resumed = generate_text2image(tiny_text2image, out, batch_size=2, generator=generator, **SETTINGS)
+    # Only the two shards that were missing were rendered again.
+    assert calls == ["office-000000", "bedroom-000001"]
+    assert len(resumed) == 6 and len({r.file_name for r in resumed.records}) == 6
+    assert sorted(p.name for p in (out / "images").rglob("*.png")) == sorted(Path(r.file_name).name
+                                                                             for r in reference.records)
+    assert rows(resumed) == rows(reference) and file_bytes(resumed) == file_bytes(reference)
+    assert resumed.id == reference.id
+
+
+def test_workers_splitting_the_shards_write_the_same_set(reference, generator, tmp_path):
+    bank = resolve_bank(CLASSES)
+    work = shards(plan_text2image(bank, 2, SEED), 2)
+    options = SamplingOptions(steps=2, guidance_scale=7.5, negative_prompt=bank.negative_prompt)
+    out = tmp_path / "split"
+    # Two workers, each with its own writer on the same folder, take alternate shards.
+    for mine in ({0, 2}, {1}):
+        writer = ImageSetWriter(out, bank.class_names, kind="generated")
+        written = write_text2image_shards(generator, writer, work, options, batch_size=2, shard_indices=mine,
+                                          progress=False)
+        assert written == sorted(mine)
+    split = writer.finalize()
+    assert rows(split) == rows(reference) and split.id == reference.id
+
+
+def test_batch_size_changes_no_label_seed_or_caption_and_pixels_by_at_most_one_level(
+        tiny_text2image, generator, tmp_path):
+    settings = {**SETTINGS, "shard_size": 6}
+    one = generate_text2image(tiny_text2image, tmp_path / "b1", batch_size=1, generator=generator, **settings)
+    four = generate_text2image(tiny_text2image, tmp_path / "b4", batch_size=4, generator=generator, **settings)
+    assert [(r.label, r.seed, r.caption, r.file_name) for r in one.records] == \
+        [(r.label, r.seed, r.caption, r.file_name) for r in four.records]
+    difference = np.abs(one.as_array().astype(int) - four.as_array().astype(int))
+    assert difference.max() <= 1
+
+
+def test_turbo_defaults_and_no_negative_prompt_without_guidance(tiny_text2image, generator, tmp_path):
+    image_set = generate_text2image(tiny_text2image, tmp_path / "g0", classes=["zebra"], per_class=1, steps=1,
+                                    guidance_scale=0.0, negative_prompt="ugly", generator=generator, progress=False)
+    record = image_set.records[0]
+    assert record.extra["negative_prompt"] == "" and record.extra["guidance_scale"] == 0.0
+    assert "zebra" in record.caption
+    from imgsynth.pipelines.text2image import default_sampling
+
+    assert default_sampling("stabilityai/sd-turbo") == (4, 0.0)
+    assert default_sampling("runwayml/stable-diffusion-v1-5") == (30, 7.5)
+
+
+# --------------------------------------------------------------------------------------------- bad input
+
+def test_unknown_model_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"model '/no/such/model': no such folder"):
+        generate_text2image("/no/such/model", tmp_path / "out", classes=CLASSES)
+    assert not (tmp_path / "out").exists()
+
+
+def test_uncached_hub_id_says_what_to_download_where(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"HF_HUB_OFFLINE=1 is set.*hf download imgsynth-test/not-cached"):
+        generate_text2image("imgsynth-test/not-cached", tmp_path / "out", classes=CLASSES)
+
+
+def test_folder_without_a_pipeline(tmp_path):
+    (tmp_path / "weights").mkdir()
+    with pytest.raises(ValueError, match="not a diffusers pipeline folder \\(no model_index.json\\)"):
+        generate_text2image(tmp_path / "weights", tmp_path / "out", classes=CLASSES)
+
+
+def test_pipeline_that_is_not_text_to_image(tmp_path):
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    unet = UNet2DModel(sample_size=8, block_out_channels=(8, 8), norm_num_groups=4,
+                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+    DDPMPipeline(unet, DDPMScheduler()).save_pretrained(tmp_path / "ddpm")
+    with pytest.raises(ValueError, match="is a DDPMPipeline, which is not a text-to-image pipeline"):
+        generate_text2image(tmp_path / "ddpm", tmp_path / "out", classes=CLASSES)
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"classes": []}, ValueError, "class list is empty"),
+    ({"classes": [], "prompts": "indoor-scenes"}, ValueError, "class list is empty"),
+    ({"classes": ["kitchen", "garage"], "prompts": "indoor-scenes"}, ValueError,
+     "indoor-scenes.toml has no class 'garage'"),
+    ({"classes": CLASSES, "steps": 0}, ValueError, "steps must be at least 1"),
+    ({"classes": CLASSES, "batch_size": 0}, ValueError, "batch_size must be at least 1"),
+    ({"classes": CLASSES, "lora": "/no/such/lora"}, FileNotFoundError, "LoRA '/no/such/lora': no such file"),
+    ({"classes": CLASSES, "device": "cuda:7"}, ValueError, "CUDA is not available|device"),
+])
+def test_bad_arguments(tiny_text2image, tmp_path, kwargs, error, message):
+    import torch
+
+    if "device" in kwargs and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(error, match=message):
+        generate_text2image(tiny_text2image, tmp_path / "out", per_class=1, **kwargs)
+
+
+def test_prompt_file_with_an_unknown_class(tiny_text2image, tmp_path):
+    bank = tmp_path / "rooms.toml"
+    bank.write_text('templates = ["a photo of a {name}"]\n[classes.kitchen]\n[classes.bedroom]\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"rooms.toml has no class 'attic' \(it has: kitchen, bedroom\)"):
+        generate_text2image(tiny_text2image, tmp_path / "out", classes=["kitchen", "attic"], prompts=bank)
+
+
+def test_resuming_with_other_settings_starts_over_instead_of_mixing(tiny_text2image, generator, tmp_path,
+                                                                    monkeypatch):
+    out = tmp_path / "mixed"
+    interrupt_at(monkeypatch, generator, call=2)
+    with pytest.raises(Interrupted):
+        generate_text2image(tiny_text2image, out, batch_size=2, generator=generator, **SETTINGS)
+    monkeypatch.undo()
+    with pytest.warns(UserWarning, match="discarding an unfinished write of a different job"):
+        other = generate_text2image(tiny_text2image, out, batch_size=2, generator=generator, **{**SETTINGS, "seed": 8})
+    for record in other.records:
+        index = int(Path(record.file_name).stem.rsplit("-", 1)[1])
+        assert record.seed == image_seed(8, record.label, index)
+
+
+def test_resuming_after_the_prompt_bank_changed_is_refused(tiny_text2image, generator, tmp_path, monkeypatch):
+    bank = tmp_path / "rooms.toml"
+    bank.write_text('templates = ["a photo of a {name}"]\n[classes.kitchen]\n[classes.bedroom]\n', encoding="utf-8")
+    settings = {**SETTINGS, "classes": None, "prompts": bank}
+    out = tmp_path / "edited"
+    interrupt_at(monkeypatch, generator, call=2)
+    with pytest.raises(Interrupted):
+        generate_text2image(tiny_text2image, out, batch_size=2, generator=generator, **settings)
+    monkeypatch.undo()
+    bank.write_text('templates = ["a drawing of a {name}"]\n[classes.kitchen]\n[classes.bedroom]\n', encoding="utf-8")
+    with pytest.raises(ValueError, match="half-written set from a generation with other settings"):
+        generate_text2image(tiny_text2image, out, batch_size=2, generator=generator, **settings)

@@ -8,6 +8,7 @@ import typer
 
 from imgsynth.cli import classify, curate, data, experiments
 from imgsynth.cli import features as features_cli
+from imgsynth.cli import generate as generate_cli
 from imgsynth.cli import finetune as finetune_cli
 from imgsynth.cli import metrics as metrics_cli
 from imgsynth.imageset import ImageSetError
@@ -24,6 +25,7 @@ curate.register(app)
 finetune_cli.register(app)
 metrics_cli.register(app)
 features_cli.register(app)
+generate_cli.register(app)
 
 
 def main() -> None:

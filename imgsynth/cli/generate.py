@@ -1,0 +1,94 @@
+"""`imgsynth train` (a class-conditional model on an ImageSet) and `imgsynth generate` (any generator → ImageSet).
+
+`generate` is one command for every generator; which one runs is decided by MODEL alone:
+a folder with ``imgsynth_model.json`` is a class-conditional model from `imgsynth train`; anything else
+(a diffusers pipeline folder with ``model_index.json``, or a Hub id) goes to the text-to-image pipeline.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+# Heavy modules (torch, diffusers) are imported inside the commands so `imgsynth --help` stays quick.
+
+
+def train_command(
+    image_set: Path = typer.Argument(..., metavar="SET", help="Labeled ImageSet to train on."),
+    out_model: Path = typer.Argument(..., metavar="OUT_MODEL", help="Model folder to write (resumes if partial)."),
+    preset: str = typer.Option("digits16-cpu", help="Training preset: digits16-cpu, smoke, cifar32-gpu, 64-gpu."),
+    steps: Optional[int] = typer.Option(None, help="Optimizer steps (default: the preset's)."),
+    batch_size: Optional[int] = typer.Option(None, help="Training batch size (default: the preset's)."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate (default: the preset's)."),
+    seed: int = typer.Option(0, help="Seed of weights, batches and noise."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda or auto (default: CUDA when present)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Train a class-conditional diffusion model (with classifier-free guidance) on an ImageSet."""
+    from imgsynth.imageset import ImageSet
+    from imgsynth.pipelines import conditional
+
+    overrides = {name: value for name, value in (("steps", steps), ("batch_size", batch_size), ("lr", lr),
+                                                 ("device", device)) if value is not None}
+    config = conditional.preset(preset, seed=seed, **overrides)
+    model_dir = conditional.train(ImageSet.open(image_set), out_model, config, progress=progress)
+    info = conditional.read_model_info(model_dir)
+    stats = info.get("stats", {})
+    typer.echo(f"model: {model_dir}  ({len(info['classes'])} classes, {config.steps} steps, "
+               f"loss {stats.get('final_loss', float('nan')):.4f}, {stats.get('train_seconds', 0):.1f}s)")
+
+
+def generate_command(
+    model: str = typer.Argument(..., metavar="MODEL",
+                                help="Model folder from `imgsynth train`, a diffusers pipeline folder, or a Hub id."),
+    out: Path = typer.Argument(..., metavar="OUT", help="ImageSet folder to write (resumes if partial)."),
+    per_class: int = typer.Option(..., "--per-class", help="Images per class."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale "
+                                             "(default: the model's)."),
+    steps: Optional[int] = typer.Option(None, help="Sampling steps (default: the model's)."),
+    seed: int = typer.Option(0, help="Base seed; each image's seed derives from it, its class and index."),
+    batch_size: int = typer.Option(64, help="Images per forward pass."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda or auto (default: CUDA when present)."),
+    noise_temperature: float = typer.Option(1.0, help="Scale of the starting noise (class-conditional models)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Sample a labeled ImageSet from a class-conditional model or a text-to-image pipeline."""
+    from imgsynth.pipelines import conditional
+
+    if conditional.is_model_dir(model):
+        result = conditional.sample(model, out, per_class, guidance_scale=guidance, steps=steps, seed=seed,
+                                    batch_size=batch_size, device=device, noise_temperature=noise_temperature,
+                                    progress=progress)
+    else:
+        if noise_temperature != 1.0:
+            raise ValueError("--noise-temperature applies to class-conditional models only; "
+                             f"{model} is not one (no {conditional.MODEL_FILE})")
+        text2image = _text2image_module(model)
+        result = text2image.generate_text2image(model, out, per_class=per_class, guidance_scale=guidance,
+                                                steps=steps, seed=seed, batch_size=batch_size, device=device,
+                                                progress=progress)
+    typer.echo(f"{result.root}  ({len(result)} images, {len(result.classes)} classes, id {result.id[:12]})")
+
+
+def _text2image_module(model: str):  # noqa: ANN202 - a module
+    """The text-to-image pipeline module, imported only when a text-to-image model is asked for."""
+    path = Path(model)
+    if path.is_dir() and not (path / "model_index.json").is_file():
+        raise ValueError(f"{model}: neither a class-conditional model folder (no imgsynth_model.json) nor a "
+                         "diffusers pipeline folder (no model_index.json)")
+    try:
+        from imgsynth.pipelines import text2image
+    except ModuleNotFoundError as exc:
+        if exc.name != "imgsynth.pipelines.text2image":
+            raise
+        raise ValueError(f"{model} is a text-to-image model, but this imgsynth has no text-to-image pipeline "
+                         "(imgsynth.pipelines.text2image is missing)") from exc
+    return text2image
+
+
+def register(app: typer.Typer) -> None:
+    """Add `train` and `generate` to the top level of the app."""
+    app.command("train")(train_command)
+    app.command("generate")(generate_command)

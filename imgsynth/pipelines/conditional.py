@@ -1,0 +1,897 @@
+"""A small class-conditional diffusion model trained from scratch on a labeled ImageSet, and its sampler.
+
+Built from diffusers parts: a ``UNet2DModel`` whose class embedding has one extra row, the *null* class,
+used for classifier-free guidance (labels are dropped to it during training); a ``DDPMScheduler`` for the
+training noise; DPM-Solver++ (or DDIM, eta 0) for sampling; ``EMAModel`` for the averaged weights that
+are saved. Images may be folded into channels before the UNet (``patch_size``, a pixel-unshuffle), which
+makes the 16-pixel CPU preset four times cheaper at no loss for such small images.
+
+``train`` writes a *model dir*: the EMA UNet (``save_pretrained``, safetensors only), the training
+scheduler's config and ``imgsynth_model.json`` (classes, training config, the training set as parent,
+the weights' hash). Training checkpoints land in ``<model dir>/checkpoints`` and a killed run resumes
+from the latest; every step's batch, noise and timesteps derive from (seed, step), so a resumed run
+ends where an uninterrupted one would.
+
+``sample`` writes a balanced, labeled ImageSet. Each image's starting noise comes from its own seed
+(``work.image_seed``), the sampler is deterministic, and work is computed in the fixed shards of the
+manifest, so the same seed gives byte-identical images however the work is split or resumed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Collection, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from imgsynth.imageset import ImageSet, ImageSetError, ImageSetWriter, Sample
+from imgsynth.pipelines import device as devices
+from imgsynth.pipelines.work import DEFAULT_SHARD_SIZE, WorkItem, balanced_work, batches, shards
+from imgsynth.provenance import sha256_file, software_versions
+
+PIPELINE_NAME = "ClassConditionalDiffusion"
+MODEL_FILE = "imgsynth_model.json"
+WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
+CHECKPOINTS = "checkpoints"
+MODEL_FORMAT_VERSION = 1
+PLAN_FILE = "conditional-plan.json"
+DEFAULT_GUIDANCE_SCALE = 2.0
+DEFAULT_SAMPLE_STEPS = 20
+SAMPLERS = ("dpm++", "ddim")
+# Pickle-based weight files: loading them can run code, so imgsynth refuses them.
+UNSAFE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+# Fields that do not change what a training run computes; a resumed run may differ in them.
+RUNTIME_FIELDS = ("device", "checkpoint_every", "keep_checkpoints", "compile")
+
+
+# --------------------------------------------------------------------------------------------- config
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run; plain data, so ``dataclasses.asdict`` is JSON-ready.
+
+    Architecture: ``block_out_channels`` per UNet level (each level halves the resolution),
+    ``attention_levels`` the level indices with self-attention, ``patch_size`` the pixel-unshuffle factor
+    applied before the UNet. Diffusion: ``label_dropout`` is the fraction of labels replaced by the null
+    class (classifier-free guidance); ``snr_gamma`` enables Min-SNR loss weighting. ``sampler``,
+    ``sample_steps`` and ``guidance_scale`` are the defaults ``sample`` uses for this model.
+    ``mixed_precision`` (bf16 autocast) and ``compile`` apply on CUDA only.
+    """
+
+    preset: str = "custom"
+    # data and architecture
+    image_size: int = 16
+    channels: int = 1
+    patch_size: int = 1
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    layers_per_block: int = 1
+    attention_levels: tuple[int, ...] = ()
+    mid_block: bool = True
+    norm_num_groups: int = 8
+    dropout: float = 0.0
+    hflip: bool = False
+    # optimisation
+    steps: int = 1000
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    lr_schedule: str = "cosine"
+    warmup_steps: int = 50
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    ema_power: float = 0.75
+    # diffusion
+    label_dropout: float = 0.1
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"
+    prediction_type: str = "epsilon"
+    snr_gamma: float | None = 5.0
+    sampler: str = "dpm++"
+    sample_steps: int = DEFAULT_SAMPLE_STEPS
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE
+    # run
+    seed: int = 0
+    device: str | None = None
+    checkpoint_every: int = 500
+    keep_checkpoints: bool = False
+    mixed_precision: bool = True
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        # JSON round trips turn tuples into lists; keep the declared types.
+        self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
+        self.attention_levels = tuple(int(c) for c in self.attention_levels)
+
+    def validate(self) -> TrainConfig:
+        """Raise ``ValueError`` naming the first invalid field; return ``self`` when all are valid."""
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ValueError(f"TrainConfig ({self.preset}): {message}")
+
+        levels = len(self.block_out_channels)
+        need(self.image_size >= 4, f"image_size must be at least 4, got {self.image_size}")
+        need(self.channels in (1, 3), f"channels must be 1 (grayscale) or 3 (RGB), got {self.channels}")
+        need(self.patch_size >= 1, f"patch_size must be at least 1, got {self.patch_size}")
+        need(levels >= 1 and all(c > 0 for c in self.block_out_channels),
+             f"block_out_channels must be positive, got {self.block_out_channels}")
+        factor = self.patch_size * 2 ** (levels - 1)
+        need(self.image_size % factor == 0,
+             f"image_size {self.image_size} must be divisible by patch_size × 2^(levels-1) = {factor}")
+        need(all(c % self.norm_num_groups == 0 for c in self.block_out_channels),
+             f"every block_out_channels entry must be divisible by norm_num_groups={self.norm_num_groups}")
+        need(all(0 <= i < levels for i in self.attention_levels),
+             f"attention_levels must index block_out_channels (0..{levels - 1}), got {self.attention_levels}")
+        need(self.layers_per_block >= 1, f"layers_per_block must be at least 1, got {self.layers_per_block}")
+        need(self.steps >= 1, f"steps must be at least 1, got {self.steps}")
+        need(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
+        need(self.lr > 0, f"lr must be positive, got {self.lr}")
+        need(self.lr_schedule in ("cosine", "constant"),
+             f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
+        need(self.warmup_steps >= 0, f"warmup_steps must be ≥ 0, got {self.warmup_steps}")
+        need(self.grad_clip >= 0, f"grad_clip must be ≥ 0 (0 disables), got {self.grad_clip}")
+        need(0.0 <= self.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        need(0.0 <= self.label_dropout < 1.0, f"label_dropout must be in [0, 1), got {self.label_dropout}")
+        need(self.num_train_timesteps >= 2, f"num_train_timesteps must be ≥ 2, got {self.num_train_timesteps}")
+        need(self.prediction_type in ("epsilon", "v_prediction"),
+             f"prediction_type must be 'epsilon' or 'v_prediction', got {self.prediction_type!r}")
+        need(self.snr_gamma is None or self.snr_gamma > 0, f"snr_gamma must be positive or None, got {self.snr_gamma}")
+        need(self.sampler in SAMPLERS, f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        need(self.sample_steps >= 1, f"sample_steps must be at least 1, got {self.sample_steps}")
+        need(self.checkpoint_every >= 0, f"checkpoint_every must be ≥ 0 (0 disables), got {self.checkpoint_every}")
+        return self
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The fields that decide the trained weights (runtime-only fields left out)."""
+        return {k: v for k, v in _jsonable(dataclasses.asdict(self)).items() if k not in RUNTIME_FIELDS}
+
+
+PRESETS: dict[str, TrainConfig] = {
+    # The embedded CPU default: 16 px grayscale digits, folded 2×2 into 8×8×4 before a two-level UNet.
+    # Sized so one training run takes well under half a minute on two cores (benchmarks/README.md).
+    "digits16-cpu": TrainConfig(
+        preset="digits16-cpu", image_size=16, channels=1, patch_size=2, block_out_channels=(32, 64),
+        layers_per_block=1, mid_block=False, norm_num_groups=8, steps=300, batch_size=128, lr=2e-3,
+        warmup_steps=30, ema_decay=0.995, ema_power=0.75, label_dropout=0.1, prediction_type="epsilon",
+        snr_gamma=5.0, sampler="dpm++", sample_steps=20, guidance_scale=2.0, checkpoint_every=100),
+    # For tests: a tiny UNet and a handful of steps; exercises every code path in about a second.
+    "smoke": TrainConfig(
+        preset="smoke", image_size=16, channels=1, patch_size=2, block_out_channels=(8, 16),
+        layers_per_block=1, mid_block=False, norm_num_groups=4, steps=6, batch_size=16, lr=1e-3,
+        warmup_steps=2, ema_decay=0.9, sample_steps=4, checkpoint_every=2),
+    # CIFAR-like 32 px RGB on a GPU: the DDPM CIFAR-10 layout, shortened.
+    "cifar32-gpu": TrainConfig(
+        preset="cifar32-gpu", image_size=32, channels=3, patch_size=1, block_out_channels=(128, 256, 256),
+        layers_per_block=2, attention_levels=(1,), mid_block=True, norm_num_groups=32, dropout=0.1,
+        hflip=True, steps=30_000, batch_size=128, lr=2e-4, warmup_steps=1000, ema_decay=0.9999,
+        ema_power=2 / 3, snr_gamma=5.0, sample_steps=25, guidance_scale=2.0, checkpoint_every=2000,
+        compile=True),
+    # 64 px RGB on a GPU: one more level, attention at 16 px.
+    "64-gpu": TrainConfig(
+        preset="64-gpu", image_size=64, channels=3, patch_size=1, block_out_channels=(128, 256, 256, 512),
+        layers_per_block=2, attention_levels=(2, 3), mid_block=True, norm_num_groups=32, dropout=0.1,
+        hflip=True, steps=50_000, batch_size=64, lr=1e-4, warmup_steps=1000, ema_decay=0.9999,
+        ema_power=2 / 3, snr_gamma=5.0, sample_steps=25, guidance_scale=2.0, checkpoint_every=2000,
+        compile=True),
+}
+
+
+def preset(name: str, **overrides: Any) -> TrainConfig:
+    """A copy of ``PRESETS[name]`` with ``overrides`` applied (unknown names and fields are errors)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown TrainConfig field(s) {unknown}; known: {sorted(known)}")
+    return dataclasses.replace(PRESETS[name], **overrides).validate()
+
+
+# --------------------------------------------------------------------------------------------- model parts
+
+def build_unet(config: TrainConfig, num_classes: int) -> Any:
+    """The denoiser: a diffusers ``UNet2DModel`` with ``num_classes + 1`` class embeddings (last = null)."""
+    from diffusers import UNet2DModel
+
+    levels = range(len(config.block_out_channels))
+    attention = set(config.attention_levels)
+    return UNet2DModel(
+        sample_size=config.image_size // config.patch_size,
+        in_channels=config.channels * config.patch_size ** 2,
+        out_channels=config.channels * config.patch_size ** 2,
+        block_out_channels=config.block_out_channels,
+        layers_per_block=config.layers_per_block,
+        down_block_types=tuple("AttnDownBlock2D" if i in attention else "DownBlock2D" for i in levels),
+        up_block_types=tuple("AttnUpBlock2D" if i in attention else "UpBlock2D" for i in reversed(levels)),
+        mid_block_type="UNetMidBlock2D" if config.mid_block else None,
+        add_attention=bool(attention),
+        norm_num_groups=config.norm_num_groups,
+        dropout=config.dropout,
+        num_class_embeds=num_classes + 1,
+    )
+
+
+def build_noise_scheduler(config: TrainConfig) -> Any:
+    """The training (forward-process) scheduler; samplers are derived from its config."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
+                         prediction_type=config.prediction_type, clip_sample=False)
+
+
+def build_sampler(name: str, scheduler_config: Mapping[str, Any]) -> Any:
+    """A deterministic sampler from the training scheduler's config: DPM-Solver++ (2M) or DDIM with eta 0.
+
+    Both clip their running estimate of the clean image to the data range [-1, 1] (DPM-Solver's
+    thresholding, DDIM's clip_sample): the cosine schedule's last timestep has almost no signal, and
+    an unclipped estimate there divides the model's error by ~1e-4 and saturates every pixel.
+    "trailing" spacing starts at that last timestep, which matters with few sampling steps.
+    """
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    if name == "dpm++":
+        return DPMSolverMultistepScheduler.from_config(scheduler_config, algorithm_type="dpmsolver++",
+                                                       solver_order=2, timestep_spacing="trailing",
+                                                       thresholding=True, sample_max_value=1.0)
+    if name == "ddim":
+        return DDIMScheduler.from_config(scheduler_config, timestep_spacing="trailing", clip_sample=True,
+                                         clip_sample_range=1.0, set_alpha_to_one=False)
+    raise ValueError(f"unknown sampler {name!r}; known: {SAMPLERS}")
+
+
+# --------------------------------------------------------------------------------------------- training data
+
+@dataclass
+class TrainingData:
+    """A labeled ImageSet held in memory as uint8 (N, C, H, W): small sets fit, and batches are free."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+    class_captions: dict[str, str]
+    mode: str
+
+
+def load_training_data(image_set: ImageSet, config: TrainConfig) -> TrainingData:
+    """Read and check the training set: two or more classes, one image size, the config's size and mode."""
+    where = str(image_set.root)
+    counts = image_set.counts
+    present = [c for c, n in counts.items() if n > 0]
+    if len(present) < 2:
+        raise ImageSetError(f"{where}: a class-conditional model needs images of at least two classes; "
+                            f"this set has {len(present)} ({', '.join(present) or 'none'})")
+    empty = [c for c, n in counts.items() if n == 0]
+    if empty:
+        warnings.warn(f"{where}: classes {empty} have no images; their samples will not resemble anything",
+                      stacklevel=3)
+    size = image_set.image_size
+    if size is None:
+        raise ImageSetError(f"{where}: images have mixed sizes (manifest image_size is null); resize them "
+                            "to one size before training")
+    if tuple(size) != (config.image_size, config.image_size):
+        raise ImageSetError(f"{where}: images are {size[0]}×{size[1]} px but the '{config.preset}' config "
+                            f"expects {config.image_size}×{config.image_size}; pick a preset for this size or "
+                            f"set image_size={size[0]} (square images only)")
+    mode = image_set.manifest.get("image_mode") or "L"
+    channels = 1 if mode == "L" else 3
+    if channels != config.channels:
+        raise ImageSetError(f"{where}: images are {mode} ({channels} channel(s)) but the '{config.preset}' "
+                            f"config has channels={config.channels}")
+    array = np.stack([np.asarray(image_set.load_image(i).convert(mode)) for i in range(len(image_set))])
+    if array.shape[1:3] != (config.image_size, config.image_size):
+        raise ImageSetError(f"{where}: found images of {array.shape[1]}×{array.shape[2]} px although the "
+                            f"manifest says {size}")
+    images = torch.from_numpy(array[:, None] if array.ndim == 3 else array.transpose(0, 3, 1, 2)).contiguous()
+    captions: dict[str, Counter[str]] = {c: Counter() for c in image_set.classes}
+    for record in image_set.records:
+        captions[record.label][record.caption] += 1
+    class_captions = {c: (next(iter(n)) if len(n) == 1 and next(iter(n)) else f"a {c}") for c, n in captions.items()}
+    return TrainingData(images, torch.tensor(image_set.labels, dtype=torch.long), image_set.classes,
+                        class_captions, mode)
+
+
+def _derived_seed(*parts: Any) -> int:
+    digest = hashlib.sha256("/".join(str(p) for p in ("imgsynth-conditional", *parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
+
+
+class BatchOrder:
+    """Which images make up step ``s``'s batch: a fresh seeded permutation every epoch, read as a stream.
+
+    A function of (seed, step) alone, so a resumed run draws exactly the batches the killed one would have.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self._cache: dict[int, torch.Tensor] = {}
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._cache:
+            if len(self._cache) > 2:
+                self._cache.clear()
+            generator = torch.Generator().manual_seed(_derived_seed(self.seed, "epoch", epoch))
+            self._cache[epoch] = torch.randperm(self.n, generator=generator)
+        return self._cache[epoch]
+
+    def indices(self, step: int) -> torch.Tensor:
+        epoch, offset = divmod(step * self.batch_size, self.n)
+        parts, need = [], self.batch_size
+        while need:
+            chunk = self._permutation(epoch)[offset:offset + need]
+            parts.append(chunk)
+            need -= len(chunk)
+            epoch, offset = epoch + 1, 0
+        return torch.cat(parts)
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+
+def _check_safetensors_only(folder: Path, what: str) -> None:
+    unsafe = sorted(p.name for p in folder.iterdir() if p.suffix in UNSAFE_WEIGHT_SUFFIXES) if folder.is_dir() else []
+    if unsafe:
+        raise ValueError(f"{folder}: {what} holds pickle-based weights ({', '.join(unsafe)}) and no safetensors "
+                         "file; imgsynth loads weights from safetensors only (pickle files can run code). "
+                         "Convert them with safetensors.torch.save_file first")
+
+
+class Checkpoints:
+    """Training checkpoints in ``<model dir>/checkpoints/step-NNNNNNNN``, each written to a temporary folder
+    and renamed into place, so a checkpoint on disk is always whole.
+
+    Weights (model and EMA) are a safetensors file; optimizer, LR schedule, EMA counters and RNG states are
+    plain tensors and numbers in ``training_state.pt``, read back with ``torch.load(weights_only=True)``.
+    """
+
+    def __init__(self, root: Path, identity: Mapping[str, Any]) -> None:
+        self.root = root
+        self.identity = dict(identity)
+
+    def latest(self) -> Path | None:
+        if not self.root.is_dir():
+            return None
+        found = sorted(p for p in self.root.iterdir() if p.is_dir() and p.name.startswith("step-"))
+        return found[-1] if found else None
+
+    def save(self, step: int, unet: torch.nn.Module, ema: Any, optimizer: torch.optim.Optimizer,
+             lr_scheduler: Any) -> Path:
+        from safetensors.torch import save_file
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        final = self.root / f"step-{step:08d}"
+        tmp = self.root / f".step-{step:08d}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        tensors = {f"model.{k}": v.detach().to("cpu").contiguous() for k, v in unet.state_dict().items()}
+        tensors.update({f"ema.{i:05d}": p.detach().to("cpu").contiguous() for i, p in enumerate(ema.shadow_params)})
+        save_file(tensors, str(tmp / "weights.safetensors"))
+        ema_state = {k: v for k, v in ema.state_dict().items() if k != "shadow_params"}
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        torch.save({"step": step, "optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
+                    "ema": ema_state, "rng": rng}, tmp / "training_state.pt")
+        (tmp / "checkpoint.json").write_text(json.dumps({**self.identity, "step": step}, indent=2), encoding="utf-8")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in self.root.iterdir():
+            if old.is_dir() and old.name.startswith("step-") and old.name < final.name:
+                shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def load(self, path: Path, unet: torch.nn.Module, ema: Any, optimizer: torch.optim.Optimizer,
+             lr_scheduler: Any, device: torch.device) -> int:
+        """Restore everything from ``path``; returns the number of steps already done."""
+        from safetensors.torch import load_file
+
+        weights = path / "weights.safetensors"
+        if not weights.is_file():
+            _check_safetensors_only(path, "the training checkpoint")
+            raise ValueError(f"{path}: training checkpoint has no weights.safetensors; delete {path} to restart "
+                             "from the previous checkpoint or from scratch")
+        meta_path = path / "checkpoint.json"
+        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+        for key, value in self.identity.items():
+            if meta.get(key) != value:
+                raise ValueError(f"{path}: checkpoint was made by a different run ({key} differs); resume with "
+                                 f"the same training set and config, or delete {self.root} to start over")
+        tensors = load_file(str(weights), device=str(device))
+        unet.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        shadow = [tensors[k] for k in sorted(k for k in tensors if k.startswith("ema."))]
+        state = torch.load(path / "training_state.pt", map_location="cpu", weights_only=True)
+        ema.load_state_dict({**state["ema"], "shadow_params": shadow})
+        optimizer.load_state_dict(state["optimizer"])
+        lr_scheduler.load_state_dict(state["lr_scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        return int(state["step"])
+
+
+# --------------------------------------------------------------------------------------------- training
+
+StepCallback = Callable[[int, float], None]
+
+
+def train(image_set: ImageSet | str | os.PathLike, out_dir: str | os.PathLike, config: TrainConfig,
+          progress: bool = True, *, callback: StepCallback | None = None) -> Path:
+    """Train a class-conditional diffusion model on ``image_set``; returns the model dir (``out_dir``).
+
+    Resumes from the latest checkpoint in ``out_dir/checkpoints`` when one from the same set and config
+    is there; returns at once when ``out_dir`` already holds the finished model of this set and config.
+    ``callback(step, loss)`` runs after every optimizer step (``step`` counts from 1), e.g. for logging.
+    """
+    from diffusers.optimization import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+    from diffusers.training_utils import EMAModel, compute_snr
+    from tqdm.auto import tqdm
+
+    config.validate()
+    if not isinstance(image_set, ImageSet):
+        image_set = ImageSet.open(image_set)
+    out = Path(out_dir).absolute()
+    identity = {"training_set": image_set.id, "config": config.fingerprint()}
+    if (out / MODEL_FILE).is_file():
+        done = read_model_info(out)
+        if done.get("parent", {}).get("id") == image_set.id and done.get("config_fingerprint") == identity["config"]:
+            return out
+        raise ValueError(f"{out}: already holds a model trained on another set or with another config; "
+                         "remove it or choose another folder")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: exists and is not a folder")
+    data = load_training_data(image_set, config)
+    device = devices.resolve_device(config.device)
+    torch.manual_seed(config.seed)  # weight initialisation
+
+    unet = devices.prepare_module(build_unet(config, len(data.classes)), device)
+    unet.train()
+    forward = devices.maybe_compile(unet, device, config.compile)
+    noise_scheduler = build_noise_scheduler(config)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                  **({"fused": True} if device.type == "cuda" else {}))
+    if config.lr_schedule == "cosine":
+        lr_scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
+    else:
+        lr_scheduler = get_constant_schedule_with_warmup(optimizer, config.warmup_steps)
+    ema = EMAModel(unet.parameters(), decay=config.ema_decay, use_ema_warmup=True, power=config.ema_power,
+                   foreach=True)
+
+    checkpoints = Checkpoints(out / CHECKPOINTS, identity)
+    start = 0
+    latest = checkpoints.latest()
+    if latest is not None:
+        start = checkpoints.load(latest, unet, ema, optimizer, lr_scheduler, device)
+
+    on_gpu = device.type == "cuda"
+    images = data.images.to(device) if on_gpu and data.images.numel() < 2**31 else data.images
+    labels = data.labels.to(images.device)
+    order = BatchOrder(len(images), config.batch_size, config.seed)
+    null_class = len(data.classes)
+    bar = tqdm(total=config.steps, initial=start, disable=not progress, desc=f"train {config.preset}",
+               unit="step", dynamic_ncols=True)
+    smoothed = None
+    t0 = time.perf_counter()
+    for step in range(start, config.steps):
+        generator = torch.Generator(device).manual_seed(_derived_seed(config.seed, "step", step))
+        index = order.indices(step).to(images.device)
+        x0 = devices.prepare_input(images[index], device).float().div_(127.5).sub_(1.0)
+        y = labels[index].to(device)
+        n = x0.shape[0]
+        if config.hflip:
+            flip = torch.rand(n, generator=generator, device=device) < 0.5
+            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+        noise = torch.randn(x0.shape, generator=generator, device=device)
+        timesteps = torch.randint(0, config.num_train_timesteps, (n,), generator=generator, device=device)
+        drop = torch.rand(n, generator=generator, device=device) < config.label_dropout
+        y = torch.where(drop, torch.full_like(y, null_class), y)
+        if config.patch_size > 1:
+            x0, noise = F.pixel_unshuffle(x0, config.patch_size), F.pixel_unshuffle(noise, config.patch_size)
+        noisy = noise_scheduler.add_noise(x0, noise, timesteps)
+        target = noise if config.prediction_type == "epsilon" else noise_scheduler.get_velocity(x0, noise, timesteps)
+        with devices.autocast(device, config.mixed_precision):
+            prediction = forward(noisy, timesteps, class_labels=y).sample
+        per_image = F.mse_loss(prediction.float(), target, reduction="none").mean(dim=(1, 2, 3))
+        if config.snr_gamma is not None:
+            snr = compute_snr(noise_scheduler, timesteps)
+            clipped = torch.clamp(snr, max=config.snr_gamma)
+            weight = clipped / snr if config.prediction_type == "epsilon" else clipped / (snr + 1)
+            loss = (per_image * weight).mean()
+        else:
+            loss = per_image.mean()
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(unet.parameters(), config.grad_clip)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.step(unet.parameters())
+
+        done = step + 1
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise FloatingPointError(f"training loss became {value} at step {done}; lower lr "
+                                     f"(now {config.lr}) or enable grad_clip")
+        smoothed = value if smoothed is None else 0.95 * smoothed + 0.05 * value
+        bar.update(1)
+        if done % 10 == 0 or done == config.steps:
+            bar.set_postfix(loss=f"{smoothed:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
+        if config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.steps:
+            checkpoints.save(done, unet, ema, optimizer, lr_scheduler)
+        if callback is not None:
+            callback(done, value)
+    bar.close()
+    seconds = time.perf_counter() - t0
+
+    ema.copy_to(unet.parameters())
+    _write_model_dir(out, unet, noise_scheduler, config, data, image_set, identity,
+                     {"final_loss": smoothed, "train_seconds": round(seconds, 3), "resumed_from_step": start,
+                      "device": str(device)})
+    if not config.keep_checkpoints:
+        shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+    return out
+
+
+def _write_model_dir(out: Path, unet: Any, noise_scheduler: Any, config: TrainConfig, data: TrainingData,
+                     image_set: ImageSet, identity: Mapping[str, Any], stats: Mapping[str, Any]) -> None:
+    """Save the EMA UNet and scheduler, then ``imgsynth_model.json`` last: its presence marks a finished model."""
+    out.mkdir(parents=True, exist_ok=True)
+    unet.to("cpu").to(memory_format=torch.contiguous_format)
+    unet.save_pretrained(out, safe_serialization=True)
+    noise_scheduler.save_pretrained(out)
+    info = {
+        "format_version": MODEL_FORMAT_VERSION,
+        "pipeline": PIPELINE_NAME,
+        "classes": data.classes,
+        "null_class_index": len(data.classes),
+        "class_captions": data.class_captions,
+        "image_size": [config.image_size, config.image_size],
+        "image_mode": data.mode,
+        "channels": config.channels,
+        "patch_size": config.patch_size,
+        "sampler": config.sampler,
+        "sample_steps": config.sample_steps,
+        "guidance_scale": config.guidance_scale,
+        "training_config": _jsonable(dataclasses.asdict(config)),
+        "config_fingerprint": identity["config"],
+        "parent": {"id": image_set.id, "path": os.path.relpath(image_set.root, out), "kind": image_set.kind,
+                   "num_images": len(image_set)},
+        "weights": WEIGHTS_FILE,
+        "weights_sha256": sha256_file(out / WEIGHTS_FILE),
+        "stats": dict(stats),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "software": software_versions(),
+    }
+    tmp = out / (MODEL_FILE + ".tmp")
+    tmp.write_text(json.dumps(info, indent=2), encoding="utf-8")
+    os.replace(tmp, out / MODEL_FILE)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+def is_model_dir(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a folder written by ``train`` (it holds ``imgsynth_model.json``)."""
+    return (Path(path) / MODEL_FILE).is_file()
+
+
+def read_model_info(model_dir: str | os.PathLike) -> dict[str, Any]:
+    """The model dir's ``imgsynth_model.json``, checked for the fields sampling needs."""
+    folder = Path(model_dir)
+    path = folder / MODEL_FILE
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such model folder")
+    if not path.is_file():
+        raise ValueError(f"{folder}: not a class-conditional model folder ({MODEL_FILE} is missing)")
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: malformed JSON ({exc.msg})") from exc
+    for key in ("classes", "image_size", "image_mode", "patch_size", "training_config", "weights_sha256"):
+        if key not in info:
+            raise ValueError(f"{path}: missing field {key!r}")
+    return info
+
+
+@dataclass
+class LoadedModel:
+    """A trained model ready to sample: the UNet on its device, its info and the training scheduler config."""
+
+    unet: Any
+    info: dict[str, Any]
+    scheduler_config: dict[str, Any]
+    weights_hash: str
+    device: torch.device
+    path: Path = field(default_factory=Path)
+
+
+def load_model(model_dir: str | os.PathLike, device: str | None = None) -> LoadedModel:
+    """Load a model dir (safetensors weights only), verifying the weights against the recorded hash."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    folder = Path(model_dir).absolute()
+    info = read_model_info(folder)
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        _check_safetensors_only(folder, "the model folder")
+        raise ValueError(f"{folder}: no weights ({WEIGHTS_FILE} is missing); the training run did not finish "
+                         "or the file was removed")
+    weights_hash = sha256_file(weights)
+    if weights_hash != info["weights_sha256"]:
+        raise ValueError(f"{weights}: content does not match the sha256 recorded in {MODEL_FILE}; "
+                         "the weights were changed or damaged after training")
+    resolved = devices.resolve_device(device)
+    unet = UNet2DModel.from_pretrained(folder, use_safetensors=True)
+    unet = devices.prepare_module(unet, resolved).eval()
+    scheduler_config = dict(DDPMScheduler.load_config(folder))
+    return LoadedModel(unet, info, scheduler_config, weights_hash, resolved, folder)
+
+
+# --------------------------------------------------------------------------------------------- sampling
+
+@torch.inference_mode()
+def denoise(model: LoadedModel, noise: torch.Tensor, class_indices: torch.Tensor, *, guidance_scale: float,
+            steps: int, sampler: str) -> torch.Tensor:
+    """Run the sampler from ``noise`` (N, C, H, W in image space) to images in [-1, 1] (image space).
+
+    Classifier-free guidance mixes the conditional and null-class predictions in one doubled batch;
+    scales 1 and 0 need only one of them.
+    """
+    info = model.info
+    patch = int(info["patch_size"])
+    null_class = int(info.get("null_class_index", len(info["classes"])))
+    scheduler = build_sampler(sampler, model.scheduler_config)
+    scheduler.set_timesteps(steps, device=model.device)
+    x = devices.prepare_input(noise, model.device) * scheduler.init_noise_sigma
+    if patch > 1:
+        x = F.pixel_unshuffle(x, patch)
+    cond = class_indices.to(model.device)
+    uncond = torch.full_like(cond, null_class)
+    if guidance_scale == 1.0:
+        labels = cond
+    elif guidance_scale == 0.0:
+        labels = uncond
+    else:
+        labels = torch.cat([cond, uncond])
+    autocast_enabled = bool(info["training_config"].get("mixed_precision", True))
+    for t in scheduler.timesteps:
+        model_input = scheduler.scale_model_input(x, t)
+        if len(labels) != len(x):
+            model_input = torch.cat([model_input, model_input])
+        with devices.autocast(model.device, autocast_enabled):
+            out = model.unet(model_input, t, class_labels=labels).sample.float()
+        if len(labels) != len(x):
+            conditional, unconditional = out.chunk(2)
+            out = unconditional + guidance_scale * (conditional - unconditional)
+        x = scheduler.step(out, t, x).prev_sample
+    if patch > 1:
+        x = F.pixel_shuffle(x, patch)
+    return x
+
+
+def initial_noise(items: Sequence[WorkItem], shape: Sequence[int], temperature: float = 1.0) -> torch.Tensor:
+    """Each item's starting noise from its own CPU generator, so an image never depends on its batch."""
+    noise = [torch.randn(tuple(shape), generator=torch.Generator().manual_seed(item.seed)) for item in items]
+    return torch.stack(noise) * temperature
+
+
+def to_pil(images: torch.Tensor, mode: str) -> list[Image.Image]:
+    """Images in [-1, 1] (N, C, H, W) → 8-bit PIL images (rounded, not truncated)."""
+    array = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+    if mode == "L":
+        return [Image.fromarray(a[0], mode="L") for a in array]
+    return [Image.fromarray(a.transpose(1, 2, 0), mode="RGB") for a in array]
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """What to sample and how; one plan, one set of bytes (up to the batch size's rounding)."""
+
+    classes: list[str]
+    per_class: int
+    seed: int
+    guidance_scale: float
+    steps: int
+    sampler: str
+    noise_temperature: float
+    shard_size: int
+    generation: int | None
+
+
+def _plan_record(plan: SamplingPlan, weights_hash: str) -> dict[str, Any]:
+    return {**dataclasses.asdict(plan), "weights_sha256": weights_hash}
+
+
+def _check_plan(writer: ImageSetWriter, record: Mapping[str, Any]) -> None:
+    """Refuse to resume a half-written set that another plan started (it would mix two generations).
+
+    The plan lives next to the shard files, which ``finalize`` removes with them.
+    """
+    path = writer.partial / "shards" / PLAN_FILE
+    if path.is_file() and writer.done_shards:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+        if previous != json.loads(json.dumps(record)):
+            changed = sorted(k for k in record if previous.get(k) != record[k])
+            raise ValueError(f"{writer.partial}: a half-written set from a sampling run with other settings "
+                             f"({', '.join(changed)}) is there; resume with the same settings or delete it")
+    path.write_text(json.dumps(record, indent=2), encoding="utf-8")
+
+
+def sample(model_dir: str | os.PathLike, out: str | os.PathLike, per_class: int, *,
+           guidance_scale: float | None = None, steps: int | None = None, seed: int = 0, batch_size: int = 64,
+           device: str | None = None, noise_temperature: float = 1.0, classes: Sequence[str] | None = None,
+           generation: int | None = None, progress: bool = True, shard_size: int = DEFAULT_SHARD_SIZE,
+           sampler: str | None = None) -> ImageSet:
+    """Sample ``per_class`` images of every class (or of ``classes``) into a generated ImageSet at ``out``.
+
+    ``guidance_scale`` (classifier-free guidance; default: the model's) and ``noise_temperature`` (scale
+    of the starting noise) are the sampling-bias knobs, recorded per image and in the manifest. Work is
+    done in fixed shards of ``shard_size`` items; an interrupted call resumes from the last whole shard,
+    and a finished set with the same settings is returned as it is.
+    """
+    job = SamplingJob(model_dir, out, per_class, guidance_scale=guidance_scale, steps=steps, seed=seed,
+                      device=device, noise_temperature=noise_temperature, classes=classes,
+                      generation=generation, shard_size=shard_size, sampler=sampler)
+    if job.finished is not None:
+        return job.finished
+    job.run(job.pending(), batch_size, progress)
+    return job.writer.finalize()
+
+
+def sample_shards(model_dir: str | os.PathLike, out: str | os.PathLike, per_class: int,
+                  shard_indices: Collection[int], *, batch_size: int = 64, progress: bool = True,
+                  **settings: Any) -> list[int]:
+    """Compute only ``shard_indices`` of a ``sample`` job (one worker's share); returns those written.
+
+    Takes ``sample``'s settings; a later ``sample`` call with the same settings computes the shards still
+    missing and finalizes the set, byte-identical to a set made in one call.
+    """
+    job = SamplingJob(model_dir, out, per_class, **settings)
+    if job.finished is not None:
+        return []
+    wanted = set(shard_indices)
+    bad = sorted(wanted - set(range(len(job.work))))
+    if bad:
+        raise ValueError(f"shards {bad} do not exist; this job has shards 0..{len(job.work) - 1}")
+    todo = [i for i in job.pending() if i in wanted]
+    job.run(todo, batch_size, progress)
+    return todo
+
+
+class SamplingJob:
+    """One sampling job: the loaded model, the plan, the writer on ``out`` and the fixed work shards."""
+
+    def __init__(self, model_dir: str | os.PathLike, out: str | os.PathLike, per_class: int, *,
+                 guidance_scale: float | None = None, steps: int | None = None, seed: int = 0,
+                 device: str | None = None, noise_temperature: float = 1.0, classes: Sequence[str] | None = None,
+                 generation: int | None = None, shard_size: int = DEFAULT_SHARD_SIZE,
+                 sampler: str | None = None) -> None:
+        self.model = model = load_model(model_dir, device)
+        info = model.info
+        self.plan = plan = _make_plan(info, per_class, classes, seed, guidance_scale, steps, sampler,
+                                      noise_temperature, shard_size, generation)
+        self.out = Path(out).absolute()
+        self.work = shards(balanced_work(plan.classes, plan.per_class, plan.seed), plan.shard_size)
+        generator_record = {
+            "pipeline": PIPELINE_NAME, "model_path": str(model.path), "weights_hash": model.weights_hash,
+            "scheduler": type(build_sampler(plan.sampler, model.scheduler_config)).__name__,
+            "sampler": plan.sampler, "steps": plan.steps, "guidance_scale": plan.guidance_scale,
+            "seed": plan.seed, "noise_temperature": plan.noise_temperature,
+            "prediction_type": model.scheduler_config.get("prediction_type"), "shard_size": plan.shard_size,
+        }
+        self.finished = _finished_set(self.out, generator_record)
+        if self.finished is not None:
+            return
+        parent = info.get("parent") or {}
+        parents = []
+        if parent.get("id"):
+            parent_root = (model.path / parent.get("path", "")).resolve()
+            parents.append({"id": parent["id"], "path": os.path.relpath(parent_root, self.out),
+                            "kind": parent.get("kind")})
+        self.writer = ImageSetWriter(
+            self.out, plan.classes, kind="generated", parents=parents, generator=generator_record,
+            config={"per_class": plan.per_class, "generation": plan.generation, "classes": plan.classes,
+                    "training_config": info["training_config"]},
+            license={"name": "generated", "note": "sampled from a model trained on the parent set; "
+                     "the parent's license terms apply"})
+        _check_plan(self.writer, _plan_record(plan, model.weights_hash))
+
+    def pending(self) -> list[int]:
+        done = self.writer.done_shards
+        return [i for i in range(len(self.work)) if i not in done]
+
+    def run(self, todo: Sequence[int], batch_size: int, progress: bool = True) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        write_shards(self.model, self.writer, self.work, todo, self.plan, batch_size, progress)
+
+
+def _make_plan(info: Mapping[str, Any], per_class: int, classes: Sequence[str] | None, seed: int,
+               guidance_scale: float | None, steps: int | None, sampler: str | None, noise_temperature: float,
+               shard_size: int, generation: int | None) -> SamplingPlan:
+    known = list(info["classes"])
+    if classes is None:
+        chosen = known
+    else:
+        chosen = list(dict.fromkeys(classes))
+        unknown = [c for c in chosen if c not in known]
+        if unknown or not chosen:
+            raise ValueError(f"classes {unknown or chosen} are not classes of this model; it knows {known}")
+    config = info["training_config"]
+    guidance = float(config.get("guidance_scale", DEFAULT_GUIDANCE_SCALE) if guidance_scale is None else guidance_scale)
+    n_steps = int(config.get("sample_steps", DEFAULT_SAMPLE_STEPS) if steps is None else steps)
+    name = sampler or config.get("sampler", "dpm++")
+    if per_class < 1:
+        raise ValueError(f"per_class must be at least 1, got {per_class}")
+    if n_steps < 1:
+        raise ValueError(f"steps must be at least 1, got {n_steps}")
+    if guidance < 0 or not math.isfinite(guidance):
+        raise ValueError(f"guidance_scale must be a finite number ≥ 0, got {guidance}")
+    if not (noise_temperature > 0 and math.isfinite(noise_temperature)):
+        raise ValueError(f"noise_temperature must be positive, got {noise_temperature}")
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; known: {SAMPLERS}")
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be at least 1, got {shard_size}")
+    return SamplingPlan(chosen, int(per_class), int(seed), guidance, n_steps, name, float(noise_temperature),
+                        int(shard_size), generation)
+
+
+def _finished_set(out: Path, generator_record: Mapping[str, Any]) -> ImageSet | None:
+    """The set already at ``out`` when it came from the same model and settings; an error when it did not."""
+    if not (out / "imageset.json").is_file():
+        return None
+    existing = ImageSet.open(out)
+    previous = existing.manifest.get("generator") or {}
+    keys = ("weights_hash", "sampler", "steps", "guidance_scale", "seed", "noise_temperature")
+    if all(previous.get(k) == generator_record[k] for k in keys):
+        return existing
+    raise ImageSetError(f"{out}: already holds an ImageSet made with other settings; remove it or choose "
+                        "another folder")
+
+
+def write_shards(model: LoadedModel, writer: ImageSetWriter, work: Sequence[Sequence[WorkItem]],
+                 todo: Sequence[int], plan: SamplingPlan, batch_size: int, progress: bool = True) -> None:
+    """Compute and write the shards ``todo`` of ``work``, batch by batch."""
+    from tqdm.auto import tqdm
+
+    info = model.info
+    height, width = info["image_size"]
+    channels = 1 if info["image_mode"] == "L" else 3
+    class_index = {c: i for i, c in enumerate(info["classes"])}
+    captions = info.get("class_captions") or {}
+    tag = f"{PIPELINE_NAME}:{model.weights_hash[:12]}"
+    total = sum(len(work[i]) for i in todo)
+    with tqdm(total=total, disable=not progress, desc="sample", unit="img", dynamic_ncols=True) as bar:
+        for index in todo:
+            samples: list[Sample] = []
+            for batch in batches(work[index], batch_size):
+                noise = initial_noise(batch, (channels, height, width), plan.noise_temperature)
+                labels = torch.tensor([class_index[item.label] for item in batch], dtype=torch.long)
+                images = denoise(model, noise, labels, guidance_scale=plan.guidance_scale, steps=plan.steps,
+                                 sampler=plan.sampler)
+                for item, image in zip(batch, to_pil(images, info["image_mode"])):
+                    caption = captions.get(item.label) or f"a {item.label}"
+                    samples.append(Sample(image, item.label, caption, item.seed, item.image_id, {
+                        "generator": tag, "generation": plan.generation, "prompt": caption,
+                        "guidance_scale": plan.guidance_scale, "steps": plan.steps,
+                        "noise_temperature": plan.noise_temperature}))
+                bar.update(len(batch))
+            writer.write_shard(index, samples)

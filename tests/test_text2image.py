@@ -248,3 +248,34 @@ def test_resuming_after_the_prompt_bank_changed_is_refused(tiny_text2image, gene
     bank.write_text('templates = ["a drawing of a {name}"]\n[classes.kitchen]\n[classes.bedroom]\n', encoding="utf-8")
     with pytest.raises(ValueError, match="half-written set from a generation with other settings"):
         generate_text2image(tiny_text2image, out, batch_size=2, generator=generator, **settings)
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+def test_cli_generate_dispatches_a_pipeline_folder_to_text_to_image(tiny_text2image, tmp_path, run_cli):
+    code, out, err = run_cli("generate", tiny_text2image, tmp_path / "cli", "--classes", "kitchen, zebra",
+                             "--per-class", "1", "--steps", "1", "--guidance", "2.5", "--seed", "5",
+                             "--negative-prompt", "", "--device", "cpu", "--no-progress")
+    assert code == 0, err
+    image_set = ImageSet.open(tmp_path / "cli")
+    assert image_set.classes == ["kitchen", "zebra"] and "2 images, 2 classes" in out
+    assert [r.seed for r in image_set.records] == [image_seed(5, "kitchen", 0), image_seed(5, "zebra", 0)]
+    assert {(r.extra["steps"], r.extra["guidance_scale"], r.extra["negative_prompt"]) for r in image_set.records} \
+        == {(1, 2.5, "")}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--classes", ""], "class list is empty"),
+    (["--classes", "kitchen,garage", "--prompts", "indoor-scenes"], "has no class 'garage'"),
+    ([], "give the classes to generate"),
+    (["--classes", "kitchen", "--noise-temperature", "0.5"], "applies to class-conditional models only"),
+])
+def test_cli_generate_bad_input(tiny_text2image, tmp_path, run_cli, args, message):
+    code, _, err = run_cli("generate", tiny_text2image, tmp_path / "out", "--per-class", "1", *args)
+    assert code == 1 and message in err
+
+
+def test_cli_generate_unknown_model(tmp_path, run_cli):
+    code, _, err = run_cli("generate", tmp_path / "nothing" / "here", tmp_path / "out", "--per-class", "1",
+                           "--classes", "kitchen")
+    assert code == 1 and "no such folder" in err

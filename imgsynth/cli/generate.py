@@ -49,26 +49,54 @@ def generate_command(
                                              "(default: the model's)."),
     steps: Optional[int] = typer.Option(None, help="Sampling steps (default: the model's)."),
     seed: int = typer.Option(0, help="Base seed; each image's seed derives from it, its class and index."),
-    batch_size: int = typer.Option(64, help="Images per forward pass."),
+    batch_size: Optional[int] = typer.Option(None, help="Images per forward pass (default: 64 for "
+                                             "class-conditional models, 4 for text-to-image pipelines)."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda or auto (default: CUDA when present)."),
     noise_temperature: float = typer.Option(1.0, help="Scale of the starting noise (class-conditional models)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
+    # Text-to-image pipelines only.
+    classes: Optional[str] = typer.Option(None, help="Text-to-image: comma-separated class names, e.g. "
+                                          "kitchen,bedroom (default: every class of --prompts)."),
+    prompts: Optional[str] = typer.Option(None, help="Text-to-image: prompt bank, a TOML file or a shipped "
+                                          "name (indoor-scenes)."),
+    negative_prompt: Optional[str] = typer.Option(None, help="Text-to-image: negative prompt (default: the "
+                                                  "bank's; '' for none)."),
+    lora: Optional[Path] = typer.Option(None, help="Text-to-image: LoRA from `imgsynth finetune`."),
+    caption_model: Optional[Path] = typer.Option(None, help="Text-to-image: local transformers language model "
+                                                 "that rewrites every caption."),
+    height: Optional[int] = typer.Option(None, help="Text-to-image: image height (default: the model's)."),
+    width: Optional[int] = typer.Option(None, help="Text-to-image: image width (default: the model's)."),
+    dtype: Optional[str] = typer.Option(None, help="Text-to-image: bf16, fp16 or fp32 (default: bf16 on CUDA, "
+                                        "fp32 on CPU)."),
+    compile: bool = typer.Option(False, "--compile", help="Text-to-image: torch.compile the denoiser."),
+    license: Optional[str] = typer.Option(None, help="Text-to-image: the model's license, when its card "
+                                          "does not say."),
 ) -> None:
     """Sample a labeled ImageSet from a class-conditional model or a text-to-image pipeline."""
     from imgsynth.pipelines import conditional
 
+    text_options = {"--classes": classes, "--prompts": prompts, "--negative-prompt": negative_prompt,
+                    "--lora": lora, "--caption-model": caption_model, "--height": height, "--width": width,
+                    "--dtype": dtype, "--compile": compile or None, "--license": license}
     if conditional.is_model_dir(model):
+        given = [name for name, value in text_options.items() if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} apply to text-to-image pipelines only; {model} is a "
+                             "class-conditional model")
         result = conditional.sample(model, out, per_class, guidance_scale=guidance, steps=steps, seed=seed,
-                                    batch_size=batch_size, device=device, noise_temperature=noise_temperature,
-                                    progress=progress)
+                                    batch_size=batch_size or 64, device=device,
+                                    noise_temperature=noise_temperature, progress=progress)
     else:
         if noise_temperature != 1.0:
             raise ValueError("--noise-temperature applies to class-conditional models only; "
                              f"{model} is not one (no {conditional.MODEL_FILE})")
         text2image = _text2image_module(model)
-        result = text2image.generate_text2image(model, out, per_class=per_class, guidance_scale=guidance,
-                                                steps=steps, seed=seed, batch_size=batch_size, device=device,
-                                                progress=progress)
+        class_list = None if classes is None else [c.strip() for c in classes.split(",") if c.strip()]
+        result = text2image.generate_text2image(
+            model, out, classes=class_list, prompts=prompts, per_class=per_class, guidance_scale=guidance,
+            steps=steps, seed=seed, negative_prompt=negative_prompt, batch_size=batch_size or 4, height=height,
+            width=width, lora=lora, compile=compile, dtype=dtype, device=device, caption_model=caption_model,
+            license=license, progress=progress)
     typer.echo(f"{result.root}  ({len(result)} images, {len(result.classes)} classes, id {result.id[:12]})")
 
 

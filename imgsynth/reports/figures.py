@@ -19,6 +19,7 @@ from imgsynth.reports.tables import metric_label  # noqa: E402
 PANEL_ORDER = ["fid", "kid", "precision", "recall", "density", "coverage", "diversity", "clip_diversity",
                "vendi", "clip_score", "cmmd", "cas_accuracy", "cas_macro_f1", "train_size"]
 # Which way is better, for the panel titles.
+LOWER_IS_BETTER = {"fid", "kid", "cmmd"}
 HIGHER_IS_BETTER = {"precision", "recall", "density", "coverage", "diversity", "clip_diversity", "vendi",
                     "clip_score", "cas_accuracy", "cas_macro_f1"}
 
@@ -63,7 +64,7 @@ def dashboard(frame: pd.DataFrame, path: str | Path, title: str = "", note: str 
             low, high = line["ci_low"].astype(float), line["ci_high"].astype(float)
             if low.notna().any():
                 ax.fill_between(line["generation"], low, high, alpha=0.2, color=color)
-        arrow = "↑" if metric in HIGHER_IS_BETTER else ("↓" if metric not in ("train_size",) else "")
+        arrow = "↑" if metric in HIGHER_IS_BETTER else ("↓" if metric in LOWER_IS_BETTER else "")
         ax.set_title(f"{metric_label(metric, extractor)} {arrow}", fontsize=10)
         ax.set_xlabel("generation")
         ax.grid(alpha=0.3)

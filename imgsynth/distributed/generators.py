@@ -43,7 +43,12 @@ def _uses_gpu(device: str | None) -> bool:
 
 @dataclasses.dataclass
 class ConditionalShardGenerator:
-    """Sampling from a model dir written by ``conditional.train``; arguments as ``conditional.sample``'s."""
+    """Sampling from a model dir written by ``conditional.train``; arguments as ``conditional.sample``'s.
+
+    ``spec`` opens a ``conditional.SamplingJob`` on the driver (the model is small; on a driver without
+    the workers' GPU it loads on the CPU), so the writer job, plan file and generator record are exactly
+    ``conditional.sample``'s.
+    """
 
     model_dir: str
     per_class: int
@@ -59,15 +64,10 @@ class ConditionalShardGenerator:
     sampler: str | None = None
 
     def __post_init__(self) -> None:
-        from imgsynth.pipelines import conditional
-
         self.model_dir = str(Path(self.model_dir).absolute())
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
-        self.info = conditional.read_model_info(self.model_dir)
-        self.plan = conditional._make_plan(
-            self.info, self.per_class, self.classes, self.seed, self.guidance_scale, self.steps, self.sampler,
-            self.noise_temperature, self.shard_size, self.generation)
+        self.plan: Any = None
         self.model: Any = None
 
     @property
@@ -77,52 +77,26 @@ class ConditionalShardGenerator:
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "model": None}  # workers load their own copy
 
-    def _weights_hash(self) -> str:
-        from imgsynth.pipelines import conditional
-        from imgsynth.provenance import sha256_file
-
-        if self.model is not None:
-            return self.model.weights_hash
-        weights = Path(self.model_dir) / conditional.WEIGHTS_FILE
-        if not weights.is_file():
-            conditional.load_model(self.model_dir, "cpu")  # raises the module's own clear error
-        return sha256_file(weights)
-
     def spec(self, out: Path) -> SetSpec:
-        from diffusers import DDPMScheduler
+        import torch
 
         from imgsynth.pipelines import conditional
 
-        plan, info = self.plan, self.info
-        scheduler_config = dict(DDPMScheduler.load_config(self.model_dir))
-        weights_hash = self._weights_hash()
-        generator = {
-            "pipeline": conditional.PIPELINE_NAME, "model_path": self.model_dir, "weights_hash": weights_hash,
-            "scheduler": type(conditional.build_sampler(plan.sampler, scheduler_config)).__name__,
-            "sampler": plan.sampler, "steps": plan.steps, "guidance_scale": plan.guidance_scale, "seed": plan.seed,
-            "noise_temperature": plan.noise_temperature,
-            "prediction_type": scheduler_config.get("prediction_type"),
-            "batch_size": self.batch_size, "shard_size": plan.shard_size,
-        }
-        parents = []
-        parent = info.get("parent") or {}
-        if parent.get("id"):
-            parent_root = (Path(self.model_dir) / parent.get("path", "")).resolve()
-            parents.append({"id": parent["id"], "path": os.path.relpath(parent_root, Path(out).absolute()),
-                            "kind": parent.get("kind")})
-        return SetSpec(plan.classes, kind="generated", parents=parents, generator=generator,
-                       config={"per_class": plan.per_class, "generation": plan.generation, "classes": plan.classes,
-                               "training_config": info["training_config"]},
-                       license={"name": "generated", "note": "sampled from a model trained on the parent set; "
-                                "the parent's license terms apply"})
-
-    def prepare_writer(self, writer: ImageSetWriter) -> None:
-        """Record (or check, when resuming) the sampling plan exactly as ``conditional.sample`` does."""
-        from imgsynth.pipelines import conditional
-
-        conditional._check_plan(writer, conditional._plan_record(self.plan, self._weights_hash()))
+        here = self.device if not _uses_gpu(self.device) or torch.cuda.is_available() else "cpu"
+        job = conditional.SamplingJob(
+            self.model_dir, out, self.per_class, guidance_scale=self.guidance_scale, steps=self.steps,
+            seed=self.seed, device=here, noise_temperature=self.noise_temperature, classes=self.classes,
+            generation=self.generation, shard_size=self.shard_size, sampler=self.sampler)
+        self.plan = job.plan
+        if here == self.device:
+            self.model = job.model  # the local backend samples with it
+        if job.finished is not None:
+            return SetSpec.of_manifest(job.finished.manifest)
+        return SetSpec.of_writer(job.writer)
 
     def work(self) -> list[WorkItem]:
+        if self.plan is None:
+            raise RuntimeError("ConditionalShardGenerator.work() needs spec(out) first (it reads the model's plan)")
         return balanced_work(self.plan.classes, self.plan.per_class, self.plan.seed)
 
     def load(self) -> None:

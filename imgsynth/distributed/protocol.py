@@ -45,6 +45,20 @@ class SetSpec:
                               generator=self.generator, config=self.config, license=self.license,
                               annotations=self.annotations)
 
+    @classmethod
+    def of_writer(cls, writer: ImageSetWriter) -> SetSpec:
+        """The spec of the set an already opened writer is writing (for generators that open their own)."""
+        return cls(list(writer.classes), kind=writer.kind, parents=list(writer.parents),
+                   generator=dict(writer.generator), config=dict(writer.config), license=dict(writer.license),
+                   annotations=dict(writer.annotations))
+
+    @classmethod
+    def of_manifest(cls, manifest: Mapping[str, Any]) -> SetSpec:
+        """The spec a finished set's manifest records."""
+        return cls(list(manifest["classes"]), kind=manifest["kind"], parents=list(manifest.get("parents") or []),
+                   generator=dict(manifest.get("generator") or {}), config=dict(manifest.get("config") or {}),
+                   license=manifest.get("license"))
+
     def for_workers(self, writer: ImageSetWriter) -> SetSpec:
         """This spec with parents and license as the driver's writer recorded them (plain, picklable)."""
         return dataclasses.replace(self, classes=list(writer.classes), parents=list(writer.parents),

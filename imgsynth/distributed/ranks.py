@@ -2,8 +2,8 @@
 
 Rank ``r`` of ``world`` takes the shards ``i`` with ``i % world == r`` that are not written yet, so the
 split is fixed by the shard index alone and a relaunch with another number of processes still resumes.
-Rank 0 opens the writer first (it records the job in the partial folder), everyone waits, every rank
-writes its own shards into the same partial folder, everyone waits again, and rank 0 finalizes.
+Ranks open the job in turn, rank 0 first (it records the job in the partial folder), every rank writes
+its own shards into the same partial folder, everyone waits, and rank 0 finalizes.
 """
 
 from __future__ import annotations
@@ -29,24 +29,29 @@ def generate_on_rank(generator: ShardGenerator, out: str | os.PathLike, *, rank:
     """This process's part of a job; rank 0 returns the finished set, other ranks None.
 
     Every rank must call this with an equivalent generator (only its device may differ) and a
-    ``barrier`` that waits for all ranks (``PartialState().wait_for_everyone``).
+    ``barrier`` that waits for all ranks (``PartialState().wait_for_everyone``). Ranks open the job one
+    after another (rank 0 first), because opening may claim the partial folder or write a plan file;
+    only the shard computation runs concurrently.
     """
     out = Path(out).absolute()
-    spec = generator.spec(out)
-    existing = finished_set(out, spec)  # read-only, so every rank agrees without talking
-    if existing is not None:
-        return existing if rank == 0 else None
-    if rank == 0:
-        writer = spec.writer(out)
-        prepare = getattr(generator, "prepare_writer", None)
-        if prepare is not None:
-            prepare(writer)
+    existing: ImageSet | None = None
+    writer = None
+    for turn in range(world_size):
+        if turn == rank:
+            spec = generator.spec(out)
+            existing = finished_set(out, spec)  # the same answer on every rank: nothing finalizes before the end
+            if existing is None:
+                writer = spec.writer(out)
+                prepare = getattr(generator, "prepare_writer", None)
+                if prepare is not None and rank == 0:
+                    prepare(writer)
+        barrier()
+    all_shards = job_shards(generator)
+    if writer is not None:
+        mine = [i for i in rank_shards(len(all_shards), rank, world_size) if i not in writer.done_shards]
+        if mine:
+            write_shards_local(generator, writer, all_shards, mine, progress=progress and rank == 0)
     barrier()
     if rank != 0:
-        writer = spec.writer(out)  # the same job: reuses rank 0's partial folder
-    all_shards = job_shards(generator)
-    mine = [i for i in rank_shards(len(all_shards), rank, world_size) if i not in writer.done_shards]
-    if mine:
-        write_shards_local(generator, writer, all_shards, mine, progress=progress and rank == 0)
-    barrier()
-    return finalize_job(writer, len(all_shards)) if rank == 0 else None
+        return None
+    return existing if writer is None else finalize_job(writer, len(all_shards))

@@ -129,6 +129,15 @@ def test_resume_after_interruption_gives_the_same_bytes_without_duplicates(
     assert resumed.id == reference.id
 
 
+def test_a_finished_set_is_returned_not_regenerated(reference, tiny_text2image, generator, monkeypatch):
+    calls = interrupt_at(monkeypatch, generator, call=0)
+    again = generate_text2image(tiny_text2image, reference.root, batch_size=4, generator=generator, **SETTINGS)
+    assert calls == [] and again.id == reference.id
+    with pytest.raises(ValueError, match="already holds an ImageSet made with other settings"):
+        generate_text2image(tiny_text2image, reference.root, generator=generator, **{**SETTINGS, "steps": 3})
+    assert calls == []
+
+
 def test_workers_splitting_the_shards_write_the_same_set(reference, generator, tmp_path):
     bank = resolve_bank(CLASSES)
     work = shards(plan_text2image(bank, 2, SEED), 2)

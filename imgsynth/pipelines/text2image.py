@@ -273,6 +273,9 @@ class Text2ImageGenerator:
         record = lora_record(lora) if lora else None  # a wrong LoRA path fails before the slow load
         pipe = load_text2image_pipeline(model, device=device, dtype=dtype)
         if record is not None:
+            if not hasattr(pipe, "load_lora_weights"):
+                raise ValueError(f"{type(pipe).__name__} cannot load LoRA weights (diffusers has no LoRA loader "
+                                 "for it); generate without --lora")
             try:
                 pipe.load_lora_weights(record["path"])
             except (ValueError, OSError, KeyError) as exc:
@@ -470,12 +473,15 @@ def generate_text2image(model: str | os.PathLike, out: str | os.PathLike, *,
     parents = list(parents) + _lora_parents(generator.lora, Path(out))
     sampling = {**dataclasses.asdict(options), "seed": seed, "negative_prompt": options.negative_prompt
                 if options.guided else ""}
+    generator_record = {**record, **sampling, "prompt_bank": bank.source or bank.name,
+                        "caption_model": str(caption_model) if caption_model else None}
+    config = {"per_class": per_class, "shard_size": shard_size, "batch_size": batch_size,
+              "generation": generation, "classes": bank.class_names}
+    finished = _finished_set(Path(out), generator_record, config)
+    if finished is not None:
+        return finished
     writer = ImageSetWriter(
-        out, bank.class_names, kind="generated", parents=parents,
-        generator={**record, **sampling, "prompt_bank": bank.source or bank.name,
-                   "caption_model": str(caption_model) if caption_model else None},
-        config={"per_class": per_class, "shard_size": shard_size, "batch_size": batch_size,
-                "generation": generation, "classes": bank.class_names},
+        out, bank.class_names, kind="generated", parents=parents, generator=generator_record, config=config,
         license=record["license"] if license is None else model_license(record["model_path"] or model, license))
     _check_plan(writer, _plan_fingerprint(items, {
         "weights": record["weights_sha256"], "lora": (record["lora"] or {}).get("sha256"), "dtype": record["dtype"],
@@ -484,6 +490,28 @@ def generate_text2image(model: str | os.PathLike, out: str | os.PathLike, *,
     write_text2image_shards(generator, writer, work, options, batch_size=batch_size, rewriter=rewriter,
                             generation=generation, progress=progress)
     return writer.finalize()
+
+
+# What decides the pixels and labels; batch size, compilation and shard size do not (beyond rounding).
+_SAME_SET_GENERATOR_KEYS = ("pipeline_class", "weights_sha256", "scheduler", "dtype", "steps", "guidance_scale",
+                            "negative_prompt", "seed", "height", "width", "prompt_bank", "caption_model")
+_SAME_SET_CONFIG_KEYS = ("per_class", "classes", "generation")
+
+
+def _finished_set(out: Path, generator: Mapping[str, Any], config: Mapping[str, Any]) -> ImageSet | None:
+    """The finished set at ``out`` when the same settings made it (nothing to do); an error when others did."""
+    if not (out / "imageset.json").is_file():
+        return None
+    existing = ImageSet.open(out)
+    previous_generator = existing.manifest.get("generator") or {}
+    previous_config = existing.manifest.get("config") or {}
+    same = all(previous_generator.get(k) == generator.get(k) for k in _SAME_SET_GENERATOR_KEYS) and \
+        (previous_generator.get("lora") or {}).get("sha256") == (generator.get("lora") or {}).get("sha256") and \
+        all(previous_config.get(k) == config.get(k) for k in _SAME_SET_CONFIG_KEYS)
+    if not same:
+        raise ValueError(f"{out}: already holds an ImageSet made with other settings (model, LoRA, sampling, "
+                         "prompts or classes differ); remove it or choose another folder")
+    return existing
 
 
 def _check_plan(writer: ImageSetWriter, fingerprint: str) -> None:

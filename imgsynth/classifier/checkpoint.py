@@ -172,7 +172,7 @@ def load_classifier(checkpoint: str | os.PathLike | LoadedClassifier,
     path = checkpoint_dir(checkpoint)
     metadata = read_metadata(path)
     spec = metadata["model"]
-    model = build_model(spec["arch"], int(spec["num_classes"]), int(spec["in_channels"]), int(spec.get("width", 16)))
+    model = build_model(spec["arch"], int(spec["num_classes"]), int(spec["in_channels"]), int(spec.get("width") or 16))
     try:
         load_model(model, str(path / WEIGHTS), strict=True)
     except (SafetensorError, RuntimeError, OSError) as exc:

@@ -1,0 +1,223 @@
+"""Classifier: training quality, determinism, class matching by name, checkpoint safety, scores vs sklearn,
+penultimate features, report files and the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.metrics import confusion_matrix, f1_score, recall_score
+
+from imgsynth.classifier import (
+    Augmentation, ClassifierConfig, ClassifierError, classification_scores, evaluate_classifier,
+    load_classifier, penultimate_features, predict, train_classifier,
+)
+from imgsynth.imageset import ImageSet
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These 16 px models are too small to gain from a second thread, and OpenMP threads slow down many
+    times over when the CPUs are oversubscribed (a parallel test run); one thread keeps the budget."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def trained(digits_sets, tmp_path_factory) -> Path:
+    """resnet18_small (width 16) trained 3 epochs on the real digits train split."""
+    train, _ = digits_sets
+    return train_classifier(train, tmp_path_factory.mktemp("clf") / "ckpt", ClassifierConfig(epochs=3), progress=False)
+
+
+@pytest.fixture(scope="module")
+def small_train(digits_sets, tmp_path_factory) -> ImageSet:
+    """12 images per digit: enough for a few optimisation steps in well under a second."""
+    train, _ = digits_sets
+    indices = [i for c in train.classes for i in train.indices_of_class(c)[:12]]
+    return train.subset(indices, tmp_path_factory.mktemp("small") / "train")
+
+
+TINY = dict(epochs=1, width=4, batch_size=32)
+
+
+def test_classifier_trained_on_real_digits_scores_well_on_real_test(trained, digits_sets, tmp_path):
+    _, test = digits_sets
+    report = evaluate_classifier(trained, test, tmp_path / "report")
+    # Chance is 0.1 and a model that learnt nothing useful sits far below; the full default run reaches ≥0.95.
+    assert report.accuracy >= 0.9 and report.macro_f1 >= 0.9
+    assert report.n == len(test) and report.missing_classes == [] and report.classes == test.classes
+    assert report.confusion.sum() == len(test)
+    assert np.trace(report.confusion) / len(test) == pytest.approx(report.accuracy)
+    assert set(report.per_class_accuracy) == set(test.classes)
+
+    written = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert written["accuracy"] == report.accuracy and written["confusion"] == report.confusion.tolist()
+    assert written["test_set"]["id"] == test.id
+    with open(tmp_path / "report" / "confusion.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0][1:] == test.classes and [r[0] for r in rows[1:]] == test.classes
+    assert np.array_equal(np.array([[int(v) for v in r[1:]] for r in rows[1:]]), report.confusion)
+    with Image.open(tmp_path / "report" / "confusion.png") as png:
+        assert png.format == "PNG" and min(png.size) > 100
+
+    metadata = json.loads((trained / "classifier.json").read_text())
+    assert metadata["training_set"]["id"] == digits_sets[0].id
+    assert metadata["preprocessing"]["mode"] == "L" and metadata["preprocessing"]["image_size"] == [16, 16]
+    assert len(metadata["training"]["epochs"]) == 3
+
+
+def test_same_seed_gives_identical_weights_and_predictions(small_train, digits_sets, tmp_path):
+    _, test = digits_sets
+    first = train_classifier(small_train, tmp_path / "a", ClassifierConfig(seed=7, **TINY), progress=False)
+    second = train_classifier(small_train, tmp_path / "b", ClassifierConfig(seed=7, **TINY), progress=False)
+    other = train_classifier(small_train, tmp_path / "c", ClassifierConfig(seed=8, **TINY), progress=False)
+    weights = [load_classifier(p, device="cpu").model.state_dict() for p in (first, second, other)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
+    assert np.array_equal(predict(first, test)[1], predict(second, test)[1])
+    assert evaluate_classifier(first, test).accuracy == evaluate_classifier(second, test).accuracy
+
+
+def test_training_leaves_global_torch_state_alone(small_train, tmp_path):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    train_classifier(small_train, tmp_path / "ckpt", ClassifierConfig(**TINY), progress=False)
+    assert torch.equal(torch.rand(3), expected)
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_classes_are_matched_by_name_and_missing_ones_reported(trained, digits_sets, tmp_path):
+    _, test = digits_sets
+    baseline = evaluate_classifier(trained, test)
+    reordered = test.subset(range(len(test)), tmp_path / "reordered", classes=test.classes[::-1])
+    assert reordered.labels != test.labels  # same images, other label indices
+    assert evaluate_classifier(trained, reordered).accuracy == baseline.accuracy
+
+    low = [i for i, r in enumerate(test.records) if r.label in {"0", "1", "2", "3", "4"}]
+    partial = evaluate_classifier(trained, test.subset(low, tmp_path / "low"))
+    assert partial.missing_classes == ["5", "6", "7", "8", "9"]
+    assert sorted(partial.per_class_accuracy) == ["0", "1", "2", "3", "4"]
+    assert partial.n == len(low) and partial.confusion.shape == (10, 10)
+    assert partial.confusion[5:].sum() == 0
+
+
+def test_test_class_unknown_to_the_classifier_is_an_error_naming_it(trained, digits_sets, tmp_path):
+    _, test = digits_sets
+    renamed = tmp_path / "renamed"
+    shutil.copytree(trained, renamed)
+    metadata = json.loads((renamed / "classifier.json").read_text())
+    metadata["classes"][9] = "nine"
+    (renamed / "classifier.json").write_text(json.dumps(metadata))
+    with pytest.raises(ClassifierError, match=r"test classes \['9'\] are unknown to the classifier"):
+        evaluate_classifier(renamed, test)
+
+
+def test_only_safetensors_checkpoints_load(trained, tmp_path):
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    shutil.copy(trained / "classifier.json", pickled)
+    torch.save(load_classifier(trained, device="cpu").model.state_dict(), pickled / "model.pt")
+    with pytest.raises(ClassifierError, match=r"missing model.safetensors; found model.pt, but only safetensors"):
+        load_classifier(pickled)
+    with pytest.raises(ClassifierError, match="not a classifier checkpoint"):
+        load_classifier(pickled / "model.pt")
+    with pytest.raises(FileNotFoundError, match="no such classifier checkpoint"):
+        load_classifier(tmp_path / "absent")
+    broken = tmp_path / "broken"
+    shutil.copytree(trained, broken)
+    (broken / "model.safetensors").write_bytes(b"not safetensors at all")
+    with pytest.raises(ClassifierError, match="cannot load as resnet18_small weights"):
+        load_classifier(broken)
+
+
+def test_bad_config_and_occupied_output_are_clear_errors(small_train, trained):
+    with pytest.raises(ClassifierError, match="unknown classifier architecture 'resnet_nope'"):
+        ClassifierConfig(arch="resnet_nope")
+    with pytest.raises(ClassifierError, match="invalid epochs=0"):
+        ClassifierConfig(epochs=0)
+    with pytest.raises(ClassifierError, match="already holds a classifier checkpoint"):
+        train_classifier(small_train, trained, ClassifierConfig(**TINY), progress=False)
+
+
+def test_scores_agree_with_sklearn():
+    rng = np.random.default_rng(0)
+    k = 6
+    y_true = rng.choice([0, 1, 2, 4, 5], size=300)  # class 3 has no support
+    y_pred = np.where(rng.random(300) < 0.7, y_true, rng.integers(0, k, 300))
+    scores = classification_scores(y_true, y_pred, k)
+    present = [0, 1, 2, 4, 5]
+    assert np.array_equal(scores["confusion"], confusion_matrix(y_true, y_pred, labels=range(k)))
+    assert scores["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, labels=present, average="macro"))
+    assert scores["f1"][present] == pytest.approx(f1_score(y_true, y_pred, labels=present, average=None))
+    assert scores["recall"][present] == pytest.approx(recall_score(y_true, y_pred, labels=present, average=None))
+    assert np.isnan(scores["recall"][3]) and scores["present"].tolist() == present
+    # A hand-worked case: class 0 F1 = 2·1/(2·1+0+1) = 2/3, class 1 F1 = 2·2/(2·2+1+0) = 4/5.
+    small = classification_scores([0, 0, 1, 1], [0, 1, 1, 1], 2)
+    assert small["accuracy"] == 0.75 and small["macro_f1"] == pytest.approx((2 / 3 + 4 / 5) / 2)
+    with pytest.raises(ValueError, match="outside 0..1"):
+        classification_scores([0, 2], [0, 1], 2)
+
+
+def test_penultimate_features_are_the_heads_input(trained, digits_sets):
+    _, test = digits_sets
+    classifier = load_classifier(trained, device="cpu")
+    features = penultimate_features(classifier, test, batch_size=100)
+    assert features.shape == (len(test), 8 * 16) and features.dtype == torch.float32
+    images = [test.load_image(i) for i in range(20)]
+    assert torch.allclose(penultimate_features(trained, images), features[:20], atol=1e-5)
+    # The head applied to the features gives the logits: these really are the penultimate activations.
+    batch = torch.stack([classifier.preprocess(im) for im in images])
+    with torch.no_grad():
+        assert torch.allclose(classifier.model.fc(classifier.features(batch)), classifier.logits(batch), atol=1e-4)
+    # Any size or mode is brought to the classifier's input: a 32 px RGB copy gives features of the same shape.
+    bigger = [im.convert("RGB").resize((32, 32)) for im in images]
+    assert penultimate_features(trained, bigger).shape == (20, 128)
+    labels, probs = predict(trained, test)
+    assert probs.shape == (len(test), 10) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    assert np.array_equal(labels, probs.argmax(axis=1))
+
+
+def test_augmentation_is_identity_at_zero_strength_and_flips_exactly():
+    images = torch.rand(4, 1, 16, 16)
+    generator = torch.Generator().manual_seed(0)
+    still = Augmentation(degrees=0, translate=0, scale=0)(images, generator)
+    assert torch.allclose(still, images, atol=1e-5)
+    flipped = Augmentation(degrees=0, translate=0, scale=0, hflip=True)(images, torch.Generator().manual_seed(1))
+    is_flip = [torch.allclose(f, torch.flip(x, dims=[-1]), atol=1e-5) for f, x in zip(flipped, images)]
+    is_same = [torch.allclose(f, x, atol=1e-5) for f, x in zip(flipped, images)]
+    assert all(a != b for a, b in zip(is_flip, is_same))
+
+
+def test_torchvision_model_by_name_gets_rgb_input_at_its_size(small_train, tmp_path):
+    config = ClassifierConfig(arch="resnet18", image_size=32, epochs=1, batch_size=60, lr=1e-3)
+    checkpoint = train_classifier(small_train, tmp_path / "tv", config, progress=False)
+    classifier = load_classifier(checkpoint, device="cpu")
+    assert classifier.mode == "RGB" and classifier.image_size == (32, 32)
+    assert classifier.preprocess(small_train.load_image(0)).shape == (3, 32, 32)
+    assert penultimate_features(classifier, small_train).shape == (len(small_train), 512)
+
+
+def test_cli_trains_and_evaluates(small_train, digits_sets, tmp_path, run_cli):
+    _, test = digits_sets
+    code, out, err = run_cli("classify", "train", small_train.root, tmp_path / "ckpt", "--epochs", "1",
+                             "--width", "4", "--batch-size", "32", "--seed", "3", "--no-progress")
+    assert code == 0, err
+    assert "checkpoint:" in out
+    assert json.loads((tmp_path / "ckpt" / "classifier.json").read_text())["config"]["seed"] == 3
+    code, out, err = run_cli("classify", "eval", tmp_path / "ckpt", test.root, "--out", tmp_path / "rep")
+    assert code == 0, err
+    accuracy = json.loads((tmp_path / "rep" / "report.json").read_text())["accuracy"]
+    assert f"accuracy  {accuracy:.4f}" in out and "macro-F1" in out
+    assert len([line for line in out.splitlines() if line.split()[:1] in ([c] for c in test.classes)]) == 10
+    code, _, err = run_cli("classify", "eval", tmp_path / "ckpt" / "classifier.json.bak", test.root)
+    assert code == 1 and "no such classifier checkpoint" in err

@@ -216,14 +216,12 @@ def evaluate(candidate_set: ImageSet, reference_set: ImageSet, extractor: str | 
     is_clip = isinstance(extractor, ClipExtractor)
     text = extractor.encode_text(_caption_texts(candidate_set)) if is_clip else None
     classes = list(reference_set.classes) + [c for c in candidate_set.classes if c not in reference_set.classes]
-    with warnings.catch_warnings():
-        warnings.simplefilter("always", EvaluationNote)  # every note reaches the caller, even repeated ones
-        return evaluate_features(
-            candidate, reference, candidate_labels=[r.label for r in candidate_set.records],
-            reference_labels=[r.label for r in reference_set.records], extractor=extractor.name, classes=classes,
-            per_class=per_class, bootstrap=bootstrap, seed=seed, metrics=metrics, candidate_text=text,
-            is_clip=is_clip, k=k, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
-            confidence=confidence, interval=interval, device=device or extractor.device)
+    return evaluate_features(
+        candidate, reference, candidate_labels=[r.label for r in candidate_set.records],
+        reference_labels=[r.label for r in reference_set.records], extractor=extractor.name, classes=classes,
+        per_class=per_class, bootstrap=bootstrap, seed=seed, metrics=metrics, candidate_text=text,
+        is_clip=is_clip, k=k, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
+        confidence=confidence, interval=interval, device=device or extractor.device)
 
 
 def rows_to_frame(rows: Iterable[MetricRow]) -> pd.DataFrame:

@@ -205,6 +205,28 @@ def test_pipeline_that_is_not_text_to_image(tmp_path):
         generate_text2image(tmp_path / "ddpm", tmp_path / "out", classes=CLASSES)
 
 
+def test_inpainting_checkpoint_is_refused_and_img2img_loads_as_text_to_image(tiny_text2image, tmp_path):
+    import shutil
+
+    from diffusers import UNet2DConditionModel
+
+    def variant(name: str, class_name: str) -> Path:
+        folder = tmp_path / name
+        shutil.copytree(tiny_text2image, folder)
+        index = json.loads((folder / "model_index.json").read_text())
+        (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": class_name}))
+        return folder
+
+    inpaint = variant("inpaint", "StableDiffusionInpaintPipeline")
+    config = dict(UNet2DConditionModel.load_config(inpaint / "unet"), in_channels=9)
+    UNet2DConditionModel.from_config(config).save_pretrained(inpaint / "unet")
+    with pytest.raises(ValueError, match="9 input channels for 4 latent channels.*inpainting"):
+        Text2ImageGenerator.from_pretrained(inpaint, device="cpu")
+    # An img2img folder holds the same components; diffusers' text-to-image form of it is used.
+    img2img = Text2ImageGenerator.from_pretrained(variant("img2img", "StableDiffusionImg2ImgPipeline"), device="cpu")
+    assert type(img2img.pipe).__name__ == "StableDiffusionPipeline"
+
+
 @pytest.mark.parametrize("kwargs, error, message", [
     ({"classes": []}, ValueError, "class list is empty"),
     ({"classes": [], "prompts": "indoor-scenes"}, ValueError, "class list is empty"),

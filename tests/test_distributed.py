@@ -159,6 +159,25 @@ def test_features_command_without_ray_says_how_to_install(monkeypatch: pytest.Mo
     assert "pip install 'imgsynth[ray]'" in err and "Traceback" not in err
 
 
+def test_generate_command_without_ray_says_how_to_install(monkeypatch: pytest.MonkeyPatch, run_cli,
+                                                          tmp_path: Path) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)
+    code, out, err = run_cli("generate", tmp_path / "some-pipeline", tmp_path / "out", "--per-class", "2",
+                             "--classes", "kitchen,bedroom", "--backend", "ray", "--workers", "2")
+    assert code == 1
+    assert "pip install 'imgsynth[ray]'" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_generate_command_refuses_options_of_the_other_generator_kind(run_cli, tmp_path: Path) -> None:
+    code, _, err = run_cli("generate", tmp_path / "pipe", tmp_path / "out", "--per-class", "2",
+                           "--noise-temperature", "0.5", "--backend", "ray")
+    assert code == 1 and "--noise-temperature applies to class-conditional models only" in err
+    code, _, err = run_cli("generate", tmp_path / "pipe", tmp_path / "out", "--per-class", "2",
+                           "--address", "auto")
+    assert code == 1 and "--address applies to --backend ray only" in err
+
+
 # --------------------------------------------------------------------------------------------- ranks
 
 def test_rank_shards_cover_every_shard_once() -> None:
@@ -288,13 +307,14 @@ def conditional_model(digits_sets, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def test_ray_conditional_set_equals_conditional_sample(ray_cluster, conditional_model: Path, tmp_path: Path) -> None:
-    from imgsynth.distributed.generators import ConditionalShardGenerator
+    from imgsynth.distributed.generators import generate_with_backend
     from imgsynth.pipelines import conditional
 
     settings = dict(seed=3, batch_size=4, shard_size=5, guidance_scale=2.0, noise_temperature=0.9)
     local = conditional.sample(conditional_model, tmp_path / "local", 2, progress=False, **settings)
-    spread = generate(ConditionalShardGenerator(str(conditional_model), 2, **settings), tmp_path / "ray",
-                      backend="ray", workers=2)
+    # What `imgsynth generate MODEL OUT --backend ray --workers 2` runs.
+    spread = generate_with_backend(conditional_model, tmp_path / "ray", backend="ray", workers=2, progress=False,
+                                   per_class=2, **settings)
     assert spread.id == local.id
     assert verify(spread.root).ok
     assert spread.manifest["generator"] == local.manifest["generator"]

@@ -22,15 +22,10 @@ def features_command(
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per batch."),
 ) -> None:
     """Compute a set's features into the cache that `imgsynth metrics` reads, so it need not extract them."""
-    from imgsynth.distributed import RayNotInstalled
     from imgsynth.distributed.features import warm_feature_cache
 
-    try:
-        path = warm_feature_cache(image_set, features, backend=backend, cache_dir=cache_dir, workers=workers,
-                                  address=address, batch_size=batch_size, device=device, progress=True)
-    except RayNotInstalled as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from exc
+    path = warm_feature_cache(image_set, features, backend=backend, cache_dir=cache_dir, workers=workers,
+                              address=address, batch_size=batch_size, device=device, progress=True)
     typer.echo(f"features of {image_set} [{features}] cached in {path}")
 
 

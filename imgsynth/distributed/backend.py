@@ -21,8 +21,12 @@ INSTALL_HINT = "the Ray backend needs Ray Data: pip install 'imgsynth[ray]'"
 DEFAULT_RETRIES = 3
 
 
-class RayNotInstalled(ImportError):
-    """Ray (with Ray Data) is not importable; the message says how to install the extra."""
+class RayNotInstalled(ImportError, ValueError):
+    """Ray (with Ray Data) is not importable; the message says how to install the extra.
+
+    Also a ValueError: asking for ``--backend ray`` where Ray is missing is a usage error, which the
+    CLI reports as one line (``error: …``) rather than a traceback.
+    """
 
 
 def require_ray() -> Any:

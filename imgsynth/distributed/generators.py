@@ -245,3 +245,42 @@ def generator_for(model: str | os.PathLike, **options: Any) -> Any:
     if conditional.is_model_dir(model):
         return ConditionalShardGenerator(str(model), **options)
     return Text2ImageShardGenerator(str(model), **options)
+
+
+# Options that only one kind of generator takes (the `imgsynth generate` flags, by parameter name).
+TEXT2IMAGE_ONLY = ("classes", "prompts", "negative_prompt", "lora", "caption_model", "height", "width", "dtype",
+                   "compile", "license")
+CONDITIONAL_ONLY = ("noise_temperature",)
+
+
+def generate_with_backend(model: str | os.PathLike, out: str | os.PathLike, *, backend: str = "local",
+                          address: str | None = None, workers: int | None = None, progress: bool = True,
+                          **options: Any) -> Any:
+    """``imgsynth generate`` on a backend: pick the adapter for ``model``, check its options, run the job.
+
+    ``options`` are the command's sampling options by parameter name (``per_class``, ``guidance_scale``,
+    ``steps``, ``seed``, ``batch_size``, ``device``, and the kind-specific ones); None or False means
+    unset. ``classes`` may be a comma-separated string. Returns the finished ImageSet.
+    """
+    from imgsynth.distributed.generate import generate
+    from imgsynth.pipelines import conditional
+
+    if address is not None and backend != "ray":
+        raise ValueError("--address applies to --backend ray only")
+    given = {name: value for name, value in options.items() if value is not None and value is not False}
+    if isinstance(given.get("classes"), str):
+        given["classes"] = [c.strip() for c in given["classes"].split(",") if c.strip()] or None
+    for name in ("lora", "caption_model"):
+        if name in given:
+            given[name] = str(given[name])
+    if conditional.is_model_dir(model):
+        wrong = [f"--{name.replace('_', '-')}" for name in given if name in TEXT2IMAGE_ONLY]
+        if wrong:
+            raise ValueError(f"{', '.join(wrong)} apply to text-to-image pipelines only; {model} is a "
+                             "class-conditional model")
+    else:
+        if given.pop("noise_temperature", 1.0) != 1.0:
+            raise ValueError(f"--noise-temperature applies to class-conditional models only; {model} is not one "
+                             f"(no {conditional.MODEL_FILE})")
+    adapter = generator_for(model, **given)
+    return generate(adapter, out, backend=backend, workers=workers, address=address, progress=progress)

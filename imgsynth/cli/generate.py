@@ -71,6 +71,13 @@ def generate_command(
     compile: bool = typer.Option(False, "--compile", help="Text-to-image: torch.compile the denoiser."),
     license: Optional[str] = typer.Option(None, help="Text-to-image: the model's license, when its card "
                                           "does not say."),
+    # Scale-out (imgsynth.distributed); the set is byte-identical whichever backend makes it.
+    backend: str = typer.Option("local", help="local (this process) or ray (a Ray cluster; needs "
+                                "`pip install 'imgsynth[ray]'`)."),
+    address: Optional[str] = typer.Option(None, help="Ray: cluster address, auto or ray://host:port "
+                                          "(default: a local cluster)."),
+    workers: Optional[int] = typer.Option(None, min=1, help="Ray: actors, one model each (default: one per "
+                                          "CPU, or per GPU on CUDA)."),
 ) -> None:
     """Sample a labeled ImageSet from a class-conditional model or a text-to-image pipeline."""
     from imgsynth.pipelines import conditional
@@ -78,7 +85,16 @@ def generate_command(
     text_options = {"--classes": classes, "--prompts": prompts, "--negative-prompt": negative_prompt,
                     "--lora": lora, "--caption-model": caption_model, "--height": height, "--width": width,
                     "--dtype": dtype, "--compile": compile or None, "--license": license}
-    if conditional.is_model_dir(model):
+    if backend != "local" or workers is not None or address is not None:
+        from imgsynth.distributed.generators import generate_with_backend
+
+        result = generate_with_backend(
+            model, out, backend=backend, address=address, workers=workers, progress=progress, per_class=per_class,
+            guidance_scale=guidance, steps=steps, seed=seed, batch_size=batch_size, device=device,
+            noise_temperature=noise_temperature, classes=classes, prompts=prompts, negative_prompt=negative_prompt,
+            lora=lora, caption_model=caption_model, height=height, width=width, dtype=dtype, compile=compile,
+            license=license)
+    elif conditional.is_model_dir(model):
         given = [name for name, value in text_options.items() if value is not None]
         if given:
             raise ValueError(f"{', '.join(given)} apply to text-to-image pipelines only; {model} is a "

@@ -247,13 +247,15 @@ class Text2ImageGenerator:
     whichever batch size, shard or process renders them (up to float rounding across batch sizes).
     """
 
-    def __init__(self, pipe: Any, model: str, *, device: str, lora: str | Path | None = None,
+    def __init__(self, pipe: Any, model: str, *, device: str, lora: str | Path | Mapping[str, Any] | None = None,
                  compiled: bool = False) -> None:
         self.pipe = pipe
         self.model = model
         self.device = device
-        self.lora = lora_record(lora) if lora else None
+        # The LoRA already loaded into ``pipe``: its path, or the record ``lora_record`` made of it.
+        self.lora = dict(lora) if isinstance(lora, Mapping) else (lora_record(lora) if lora else None)
         self.compiled = compiled
+        self._provenance: dict[str, Any] | None = None
         self.denoiser = denoiser_name(pipe)
         self._call_parameters = set(inspect.signature(pipe.__call__).parameters)
         pipe.set_progress_bar_config(disable=True)  # one outer bar over images, not one per batch
@@ -293,11 +295,19 @@ class Text2ImageGenerator:
             torch.backends.cudnn.allow_tf32 = True
         if compile:
             setattr(pipe, name, torch.compile(getattr(pipe, name), dynamic=False))
-        return cls(pipe, str(model), device=device, lora=lora, compiled=compile)
+        return cls(pipe, str(model), device=device, lora=record, compiled=compile)
 
     # ---- provenance
     def provenance(self) -> dict[str, Any]:
-        """The manifest's record of the model: pipeline and scheduler class, path or id, weights hash, LoRA."""
+        """The manifest's record of the model: pipeline and scheduler class, path or id, weights hash, LoRA.
+
+        Computed once per loaded pipeline (hashing multi-gigabyte weights takes seconds).
+        """
+        if self._provenance is None:
+            self._provenance = self._describe()
+        return dict(self._provenance)
+
+    def _describe(self) -> dict[str, Any]:
         pipe = self.pipe
         folder = component_folder(pipe, self.denoiser)
         root = folder.parent if folder is not None else None

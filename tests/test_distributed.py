@@ -322,7 +322,7 @@ def test_ray_conditional_set_equals_conditional_sample(ray_cluster, conditional_
     assert [r.to_row() for r in spread.records] == [r.to_row() for r in local.records]
 
 
-def test_text2image_adapter_writes_the_generate_text2image_set(tmp_path: Path) -> None:
+def test_accelerate_entry_writes_the_generate_text2image_set(tmp_path: Path) -> None:
     from imgsynth.distributed.generators import Text2ImageShardGenerator, generator_for
     from imgsynth.pipelines.text2image import generate_text2image
     from imgsynth.testing import tiny_text2image_pipeline
@@ -330,12 +330,18 @@ def test_text2image_adapter_writes_the_generate_text2image_set(tmp_path: Path) -
     pipe = tiny_text2image_pipeline(tmp_path / "pipe")
     settings = dict(classes=["kitchen", "bedroom"], per_class=2, steps=2, batch_size=2, shard_size=3, seed=5)
     local = generate_text2image(pipe, tmp_path / "local", progress=False, device="cpu", **settings)
-    adapter = generator_for(pipe, device="cpu", **settings)
-    assert isinstance(adapter, Text2ImageShardGenerator)
-    # Through the rank splitter with one rank: the same code path each accelerate process takes.
-    from imgsynth.distributed.ranks import generate_on_rank
+    assert isinstance(generator_for(pipe, device="cpu", **settings), Text2ImageShardGenerator)
+    # The accelerate entry point, here as its single process (PartialState without a launcher).
+    from typer.testing import CliRunner
 
-    ranked = generate_on_rank(adapter, tmp_path / "ranked", rank=0, world_size=1, barrier=lambda: None)
+    from imgsynth.distributed.accelerate_launch import app
+
+    launched = CliRunner().invoke(app, [str(pipe), str(tmp_path / "ranked"), "--per-class", "2", "--class", "kitchen",
+                                        "--class", "bedroom", "--steps", "2", "--batch-size", "2", "--shard-size", "3",
+                                        "--seed", "5"])
+    assert launched.exit_code == 0, launched.output
+    assert "by 1 process" in launched.output
+    ranked = ImageSet.open(tmp_path / "ranked")
     assert ranked.id == local.id
     assert ranked.manifest["generator"] == local.manifest["generator"]
     assert [r.to_row() for r in ranked.records] == [r.to_row() for r in local.records]

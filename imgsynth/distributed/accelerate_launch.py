@@ -80,7 +80,8 @@ def main(
     result = generate_on_rank(generator, out, rank=state.process_index, world_size=state.num_processes,
                               barrier=state.wait_for_everyone, progress=True)
     if result is not None:
-        typer.echo(f"{result.root}: {len(result)} images from {state.num_processes} processes, id {result.id[:12]}")
+        processes = f"{state.num_processes} process{'es' if state.num_processes > 1 else ''}"
+        typer.echo(f"{result.root}: {len(result)} images by {processes}, id {result.id[:12]}")
 
 
 def run() -> None:

@@ -103,6 +103,32 @@ def test_training_is_seeded_and_a_finished_lora_is_reused(lora, tiny_text2image,
     assert (lora / WEIGHTS_FILE).stat().st_mtime_ns == stamp
 
 
+def test_a_killed_training_resumes_from_its_checkpoint_to_the_same_weights(lora, tiny_text2image, train_set,
+                                                                           tmp_path):
+    from safetensors.torch import load_file
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_last_step(step: int, loss: float) -> None:
+        if step == CONFIG.steps:
+            raise Killed
+
+    out = tmp_path / "resumed"
+    with pytest.raises(Killed):
+        finetune_lora(tiny_text2image, train_set, out, CONFIG, device="cpu", checkpoint_every=2,
+                      on_step=kill_at_last_step, progress=False)
+    assert not out.exists() and (tmp_path / ".resumed.partial" / "checkpoint.pt").is_file()
+    steps: list[int] = []
+    finetune_lora(tiny_text2image, train_set, out, CONFIG, device="cpu", checkpoint_every=2,
+                  on_step=lambda step, loss: steps.append(step), progress=False)
+    assert steps == [3], "only the step after the checkpoint is trained again"
+    first, resumed = load_file(lora / WEIGHTS_FILE), load_file(out / WEIGHTS_FILE)
+    assert all((first[k] == resumed[k]).all() for k in first)
+    assert json.loads((out / INFO_FILE).read_text())["losses"] == json.loads((lora / INFO_FILE).read_text())["losses"]
+    assert not (out / "checkpoint.pt").exists()
+
+
 # --------------------------------------------------------------------------------------------- bad input
 
 def test_a_different_lora_in_the_output_folder_is_not_overwritten(lora, tiny_text2image, train_set):

@@ -28,6 +28,8 @@ def finetune_command(
     dtype: Optional[str] = typer.Option(None, help="Weights dtype: bf16, fp16, fp32 (default bf16 on CUDA, "
                                                    "fp32 on CPU)."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda or cuda:N (default: CUDA when available)."),
+    checkpoint_every: int = typer.Option(100, help="Save a resumable checkpoint every N steps (0: never); "
+                                                   "run the same command again to continue a killed run."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Train a LoRA on an ImageSet so `imgsynth generate PIPELINE OUT2 --lora OUT` samples the tuned model."""
@@ -37,7 +39,8 @@ def finetune_command(
 
     config = LoraConfig(steps=steps, rank=rank, alpha=alpha, lr=lr, batch_size=batch_size, resolution=resolution,
                         seed=seed, caption_column=caption, random_flip=random_flip)
-    folder = finetune_lora(pipeline, image_set, out, config, device=device, dtype=dtype, progress=progress)
+    folder = finetune_lora(pipeline, image_set, out, config, device=device, dtype=dtype,
+                           checkpoint_every=checkpoint_every, progress=progress)
     info = json.loads((folder / INFO_FILE).read_text(encoding="utf-8"))
     losses = info.get("losses") or [float("nan")]
     typer.echo(f"{folder}: LoRA rank {rank}, {len(losses)} steps on {info['train_set']['num_images']} images, "

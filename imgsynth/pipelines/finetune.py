@@ -23,7 +23,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from imgsynth.imageset import ImageSet
 from imgsynth.pipelines.text2image import (component_folder, load_text2image_pipeline, resolve_device,
@@ -31,6 +31,7 @@ from imgsynth.pipelines.text2image import (component_folder, load_text2image_pip
 from imgsynth.provenance import software_versions
 
 INFO_FILE = "imgsynth_lora.json"
+CHECKPOINT_FILE = "checkpoint.pt"
 WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
 CAPTION_COLUMNS = ("caption", "prompt", "label")
 
@@ -71,12 +72,15 @@ class LoraConfig:
 
 def finetune_lora(model: str | os.PathLike, train_set: ImageSet | str | os.PathLike, out: str | os.PathLike,
                   config: LoraConfig = LoraConfig(), *, device: str | None = None, dtype: Any = None,
+                  checkpoint_every: int = 100, on_step: Callable[[int, float], None] | None = None,
                   progress: bool = True) -> Path:
     """Train a LoRA on ``train_set`` for ``model``'s UNet and save it to ``out``; returns ``out``.
 
     If ``out`` already holds a LoRA trained with the same model, set and config it is returned as it
     is (a resumed experiment does not retrain); a different one there is an error. The folder appears
-    only when training has finished.
+    only when training has finished. Every ``checkpoint_every`` steps the adapters, optimizer, data
+    order and random state are saved next to it, so a killed run continues where it stopped and ends
+    with the same weights. ``on_step(step, loss)`` is called after each step (1-based).
     """
     import torch
 
@@ -99,15 +103,16 @@ def finetune_lora(model: str | os.PathLike, train_set: ImageSet | str | os.PathL
     from diffusers.training_utils import cast_training_params
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig as PeftLoraConfig
-    from peft.utils import get_peft_model_state_dict
+    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
     from tqdm.auto import tqdm
 
-    torch.manual_seed(config.seed)  # peft's gaussian LoRA init draws from the global generator
     unet, vae, text_encoder, tokenizer = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer
     for module in (unet, vae, text_encoder):
         module.requires_grad_(False)
-    unet.add_adapter(PeftLoraConfig(r=config.rank, lora_alpha=config.alpha or config.rank,
-                                    init_lora_weights="gaussian", target_modules=list(config.target_modules)))
+    with torch.random.fork_rng(devices=[]):  # peft's gaussian init draws from the global generator
+        torch.manual_seed(config.seed)
+        unet.add_adapter(PeftLoraConfig(r=config.rank, lora_alpha=config.alpha or config.rank,
+                                        init_lora_weights="gaussian", target_modules=list(config.target_modules)))
     if weight_dtype != torch.float32:
         cast_training_params(unet, dtype=torch.float32)  # adapters train in fp32 over half-precision weights
     unet.to(device).train()
@@ -121,10 +126,23 @@ def finetune_lora(model: str | os.PathLike, train_set: ImageSet | str | os.PathL
     generator = torch.Generator("cpu").manual_seed(config.seed)
     autocast = torch.autocast(device_type=device.split(":")[0], dtype=weight_dtype,
                               enabled=weight_dtype != torch.float32 and device.startswith("cuda"))
+
+    partial = out.parent / f".{out.name}.partial"
+    checkpoint = partial / CHECKPOINT_FILE
     losses: list[float] = []
     order: list[int] = []
-    with tqdm(total=config.steps, desc="finetune", unit="step", disable=not progress) as bar:
-        for _ in range(config.steps):
+    state = _load_checkpoint(checkpoint, info)
+    if state is not None:
+        set_peft_model_state_dict(unet, state["lora"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["rng"])
+        losses, order = list(state["losses"]), list(state["order"])
+    else:
+        shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True, exist_ok=True)
+
+    with tqdm(total=config.steps, initial=len(losses), desc="finetune", unit="step", disable=not progress) as bar:
+        for step in range(len(losses), config.steps):
             if len(order) < config.batch_size:  # a fresh seeded permutation each epoch
                 order += torch.randperm(len(data), generator=generator).tolist()
             indices, order = order[:config.batch_size], order[config.batch_size:]
@@ -147,7 +165,7 @@ def finetune_lora(model: str | os.PathLike, train_set: ImageSet | str | os.PathL
                 prediction = unet(noisy, timesteps, text, return_dict=False)[0]
             loss = torch.nn.functional.mse_loss(prediction.float(), target.float())
             if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"LoRA training diverged at step {len(losses)} (loss {loss.item()}); "
+                raise FloatingPointError(f"LoRA training diverged at step {step + 1} (loss {loss.item()}); "
                                          "lower the learning rate")
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
@@ -156,19 +174,42 @@ def finetune_lora(model: str | os.PathLike, train_set: ImageSet | str | os.PathL
             losses.append(round(loss.item(), 6))
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            if checkpoint_every and len(losses) % checkpoint_every == 0 and len(losses) < config.steps:
+                _save_checkpoint(checkpoint, {
+                    "info": json.dumps(info, sort_keys=True), "lora": get_peft_model_state_dict(unet),
+                    "optimizer": optimizer.state_dict(), "rng": generator.get_state(), "losses": losses,
+                    "order": order})
+            if on_step is not None:
+                on_step(len(losses), losses[-1])
 
-    partial = out.parent / f".{out.name}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
     type(pipe).save_lora_weights(save_directory=str(partial), unet_lora_layers=layers, safe_serialization=True)
     info.update(losses=losses, resolution=resolution, software=software_versions())
     (partial / INFO_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
+    checkpoint.unlink(missing_ok=True)
     if out.exists():
-        shutil.rmtree(out)  # only reached when _existing found no LoRA there (an empty or stale folder)
+        shutil.rmtree(out)  # only reached when _existing found no LoRA there (an empty folder)
     out.parent.mkdir(parents=True, exist_ok=True)
     os.rename(partial, out)
     return out
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    import torch
+
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # a kill mid-save leaves the previous checkpoint whole
+
+
+def _load_checkpoint(path: Path, info: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint of an unfinished run of the same training, or None (a different one is discarded)."""
+    import torch
+
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state if state.get("info") == json.dumps(info, sort_keys=True) else None
 
 
 def _check_trainable(pipe: Any, model: str) -> None:

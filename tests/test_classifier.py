@@ -85,6 +85,18 @@ def test_same_seed_gives_identical_weights_and_predictions(small_train, digits_s
     assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
     assert np.array_equal(predict(first, test)[1], predict(second, test)[1])
     assert evaluate_classifier(first, test).accuracy == evaluate_classifier(second, test).accuracy
+    assert load_classifier(first).config == ClassifierConfig(seed=7, **TINY)
+
+
+def test_streamed_training_matches_in_memory_training(small_train, tmp_path, monkeypatch):
+    """Sets too large to decode into memory stream through a DataLoader with the same seeded order."""
+    from imgsynth.classifier import training
+
+    cached = train_classifier(small_train, tmp_path / "cached", ClassifierConfig(**TINY), progress=False)
+    monkeypatch.setattr(training, "CACHE_LIMIT_BYTES", 0)
+    streamed = train_classifier(small_train, tmp_path / "streamed", ClassifierConfig(**TINY), progress=False)
+    a, b = (load_classifier(p, device="cpu").model.state_dict() for p in (cached, streamed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_training_leaves_global_torch_state_alone(small_train, tmp_path):

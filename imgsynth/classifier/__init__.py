@@ -10,7 +10,8 @@ from imgsynth.classifier.checkpoint import LoadedClassifier, load_classifier
 from imgsynth.classifier.evaluation import ClassifierReport, classification_scores, evaluate_classifier
 from imgsynth.classifier.inference import penultimate_features, predict
 from imgsynth.classifier.preprocessing import Augmentation, Preprocessing
-from imgsynth.classifier.training import ClassifierConfig, train_classifier
+from imgsynth.classifier.config import ClassifierConfig
+from imgsynth.classifier.training import train_classifier
 
 __all__ = [
     "SMALL_RESNET", "Augmentation", "ClassifierConfig", "ClassifierError", "ClassifierReport", "LoadedClassifier",

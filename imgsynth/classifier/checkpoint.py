@@ -24,6 +24,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from imgsynth.classifier.architectures import ClassifierError, build_model, classification_head, logits_of
+from imgsynth.classifier.config import ClassifierConfig
 from imgsynth.classifier.preprocessing import Preprocessing
 
 WEIGHTS = "model.safetensors"
@@ -52,7 +53,7 @@ class LoadedClassifier:
         self.classes = list(classes)
         self.preprocessing = preprocessing
         self.metadata = dict(metadata)
-        self.config: dict[str, Any] = dict(metadata.get("config", {}))
+        self.config = ClassifierConfig.from_dict(metadata.get("config", {}))
         self.path = path
         self.device = device
         self._head = classification_head(self.model)

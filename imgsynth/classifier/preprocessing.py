@@ -32,14 +32,7 @@ class Preprocessing:
 
     def to_uint8(self, image: Image.Image) -> torch.Tensor:
         """Convert mode and resize (bicubic) as needed; returns a uint8 tensor (C, H, W)."""
-        if image.mode != self.mode:
-            image = image.convert(self.mode)
-        height, width = self.image_size
-        if image.size != (width, height):
-            image = image.resize((width, height), Image.Resampling.BICUBIC)
-        array = np.asarray(image, dtype=np.uint8)
-        array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-        return torch.from_numpy(array.copy())
+        return pil_to_uint8(image, self.mode, self.image_size)
 
     def standardize(self, batch: torch.Tensor) -> torch.Tensor:
         """Float images in [0, 1] (N, C, H, W) → normalised with the stored mean and std."""
@@ -59,6 +52,18 @@ class Preprocessing:
     def from_dict(cls, data: Mapping[str, Any]) -> Preprocessing:
         return cls(mode=str(data["mode"]), image_size=tuple(int(s) for s in data["image_size"]),
                    mean=tuple(float(m) for m in data["mean"]), std=tuple(float(s) for s in data["std"]))
+
+
+def pil_to_uint8(image: Image.Image, mode: str, size: tuple[int, int]) -> torch.Tensor:
+    """``image`` in PIL ``mode`` at ``size`` (H, W), resized bicubically if needed, as uint8 (C, H, W)."""
+    if image.mode != mode:
+        image = image.convert(mode)
+    height, width = size
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.BICUBIC)
+    array = np.asarray(image, dtype=np.uint8)
+    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+    return torch.from_numpy(array.copy())
 
 
 def channel_statistics(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import asdict, dataclass
+import functools
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -22,11 +23,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from imgsynth.classifier.architectures import (
-    SMALL_RESNET, ClassifierError, build_model, check_arch, classification_head, is_small_arch, logits_of,
-    native_input_size,
+    SMALL_RESNET, ClassifierError, build_model, classification_head, is_small_arch, logits_of, native_input_size,
 )
 from imgsynth.classifier.checkpoint import FORMAT_VERSION, check_output_folder, resolve_device, save_checkpoint
-from imgsynth.classifier.preprocessing import Augmentation, Preprocessing, channel_statistics
+from imgsynth.classifier.config import ClassifierConfig
+from imgsynth.classifier.preprocessing import Augmentation, Preprocessing, channel_statistics, pil_to_uint8
 from imgsynth.imageset import ImageSet
 from imgsynth.provenance import software_versions
 
@@ -34,42 +35,6 @@ from imgsynth.provenance import software_versions
 CACHE_LIMIT_BYTES = 2 * 1024**3
 # Images decoded to estimate the normalisation of a set too large to cache.
 STATISTICS_SAMPLE = 4096
-
-
-@dataclass
-class ClassifierConfig:
-    """How a classifier is trained; plain data, stored in the checkpoint via ``dataclasses.asdict``.
-
-    The defaults train ``resnet18_small`` (width 16, 0.7M parameters) to ≥95% on the 16 px digits in well
-    under a minute on two CPU cores: AdamW with a one-cycle schedule peaking at ``lr``, light per-image
-    affine augmentation. Torchvision models trained from scratch usually want a lower ``lr`` (1e-3).
-    ``width`` applies to ``resnet18_small`` only; ``image_size`` (square) overrides the input size, which is
-    otherwise the training set's for ``resnet18_small`` and the model's native one for torchvision models.
-    """
-
-    arch: str = SMALL_RESNET
-    epochs: int = 6
-    batch_size: int = 64
-    lr: float = 1e-2
-    weight_decay: float = 0.05
-    seed: int = 0
-    augment: bool = True
-    device: str | None = None
-    width: int = 16
-    image_size: int | None = None
-    hflip: bool = False
-    label_smoothing: float = 0.0
-    num_workers: int = 0
-
-    def __post_init__(self) -> None:
-        check_arch(self.arch)
-        checks = [("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1), ("lr", self.lr > 0),
-                  ("weight_decay", self.weight_decay >= 0), ("width", self.width >= 1),
-                  ("image_size", self.image_size is None or self.image_size >= 8),
-                  ("label_smoothing", 0 <= self.label_smoothing < 1), ("num_workers", self.num_workers >= 0)]
-        for name, ok in checks:
-            if not ok:
-                raise ClassifierError(f"classifier config: invalid {name}={getattr(self, name)!r}")
 
 
 def train_classifier(train_set: ImageSet | str | os.PathLike, out_dir: str | os.PathLike,
@@ -89,7 +54,7 @@ def train_classifier(train_set: ImageSet | str | os.PathLike, out_dir: str | os.
         raise ClassifierError(f"{train_set.root}: {len(train_set)} image(s) is too few to train a classifier")
     device = resolve_device(config.device)
     mode, size = input_geometry(train_set, config)
-    data = TrainingImages(train_set, mode, size, config)
+    data = TrainingImages(train_set, mode, size, config, progress)
     mean, std = data.statistics()
     preprocessing = Preprocessing(mode, size, mean, std)
 
@@ -139,10 +104,11 @@ def input_geometry(train_set: ImageSet, config: ClassifierConfig) -> tuple[str, 
 class TrainingImages:
     """The training set as uint8 batches at input size, reshuffled each epoch by a seeded generator."""
 
-    def __init__(self, image_set: ImageSet, mode: str, size: tuple[int, int], config: ClassifierConfig) -> None:
+    def __init__(self, image_set: ImageSet, mode: str, size: tuple[int, int], config: ClassifierConfig,
+                 progress: bool = False) -> None:
         self.image_set = image_set
         self.config = config
-        self.to_uint8 = Preprocessing(mode, size, (0.0,), (1.0,)).to_uint8
+        self.to_uint8 = functools.partial(pil_to_uint8, mode=mode, size=size)
         self.labels = torch.tensor(image_set.labels, dtype=torch.long)
         self.batch_size = min(config.batch_size, len(image_set))
         # Whole batches only: a last batch of one image would break BatchNorm and skew the loss.
@@ -150,7 +116,8 @@ class TrainingImages:
         channels = 1 if mode == "L" else 3
         self.images: torch.Tensor | None = None
         if len(image_set) * channels * size[0] * size[1] <= CACHE_LIMIT_BYTES:
-            self.images = torch.stack([self.to_uint8(image_set.load_image(i)) for i in range(len(image_set))])
+            decoding = tqdm(range(len(image_set)), desc="decode", unit="image", disable=not progress, leave=False)
+            self.images = torch.stack([self.to_uint8(image_set.load_image(i)) for i in decoding])
 
     def statistics(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         if self.images is not None:
@@ -160,16 +127,16 @@ class TrainingImages:
         return channel_statistics(torch.stack([self.to_uint8(self.image_set.load_image(int(i))) for i in sample]))
 
     def batches(self, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of (uint8 images, labels) batches; in memory and streamed sets see the same order."""
+        order = torch.randperm(len(self.labels), generator=generator)
+        steps = [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(self.steps_per_epoch)]
         if self.images is not None:
-            order = torch.randperm(len(self.labels), generator=generator)
-            for step in range(self.steps_per_epoch):
-                index = order[step * self.batch_size:(step + 1) * self.batch_size]
+            for index in steps:
                 yield self.images[index], self.labels[index]
             return
         loader = torch.utils.data.DataLoader(
-            self.image_set.with_transform(self.to_uint8), batch_size=self.batch_size, shuffle=True,
-            drop_last=True, generator=generator, num_workers=self.config.num_workers,
-            pin_memory=torch.cuda.is_available())
+            self.image_set.with_transform(self.to_uint8), batch_sampler=[s.tolist() for s in steps],
+            num_workers=self.config.num_workers, pin_memory=torch.cuda.is_available())
         for images, labels, _captions in loader:
             yield images, labels
 

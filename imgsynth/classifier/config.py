@@ -1,0 +1,50 @@
+"""The classifier training configuration: plain data, stored in every checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+from imgsynth.classifier.architectures import SMALL_RESNET, ClassifierError, check_arch
+
+
+@dataclass
+class ClassifierConfig:
+    """How a classifier is trained; plain data, stored in the checkpoint via ``dataclasses.asdict``.
+
+    The defaults train ``resnet18_small`` (width 16, 0.7M parameters) to ≥95% on the 16 px digits in well
+    under a minute on two CPU cores: AdamW with a one-cycle schedule peaking at ``lr``, light per-image
+    affine augmentation. Torchvision models trained from scratch usually want a lower ``lr`` (1e-3).
+    ``width`` applies to ``resnet18_small`` only; ``image_size`` (square) overrides the input size, which is
+    otherwise the training set's for ``resnet18_small`` and the model's native one for torchvision models.
+    """
+
+    arch: str = SMALL_RESNET
+    epochs: int = 6
+    batch_size: int = 64
+    lr: float = 1e-2
+    weight_decay: float = 0.05
+    seed: int = 0
+    augment: bool = True
+    device: str | None = None
+    width: int = 16
+    image_size: int | None = None
+    hflip: bool = False
+    label_smoothing: float = 0.0
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        check_arch(self.arch)
+        checks = [("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1), ("lr", self.lr > 0),
+                  ("weight_decay", self.weight_decay >= 0), ("width", self.width >= 1),
+                  ("image_size", self.image_size is None or self.image_size >= 8),
+                  ("label_smoothing", 0 <= self.label_smoothing < 1), ("num_workers", self.num_workers >= 0)]
+        for name, ok in checks:
+            if not ok:
+                raise ClassifierError(f"classifier config: invalid {name}={getattr(self, name)!r}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ClassifierConfig:
+        """Rebuild from ``asdict`` output, ignoring keys this version does not know."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

@@ -119,6 +119,20 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+class _Preprocessed(torch.utils.data.Dataset):
+    """Images (an ImageSet, read lazily, or PIL images) through a preprocessing function."""
+
+    def __init__(self, images: ImageSet | Sequence[Image.Image], preprocess: Callable[[Image.Image], torch.Tensor]):
+        self.images, self.preprocess = images, preprocess
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        image = self.images.load_image(index) if isinstance(self.images, ImageSet) else self.images[index]
+        return self.preprocess(image)
+
+
 class FeatureExtractor:
     """An image → feature-vector model with a fixed, described preprocessing.
 
@@ -142,18 +156,11 @@ class FeatureExtractor:
     def extract(self, images: ImageSet | Sequence[Image.Image], batch_size: int = 64,
                 num_workers: int = 0) -> torch.Tensor:
         """Features of every image, in order, as a float32 CPU tensor (N, D)."""
-        if isinstance(images, ImageSet):
-            dataset: Any = images.with_transform(self.preprocess)
-            first = lambda item: item[0]  # noqa: E731  (ImageSet items are (image, label, caption))
-        else:
-            dataset = [self.preprocess(image) for image in images]
-            first = None
-        if len(dataset) == 0:
+        if len(images) == 0:
             raise ValueError(f"{self.name}: no images to extract features from")
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-            collate_fn=(lambda items: torch.stack([first(i) for i in items])) if first else torch.stack,
-            pin_memory=self.device.type == "cuda")
+        loader = torch.utils.data.DataLoader(_Preprocessed(images, self.preprocess), batch_size=batch_size,
+                                             shuffle=False, num_workers=num_workers,
+                                             pin_memory=self.device.type == "cuda")
         parts = [self.forward(batch.to(self.device, non_blocking=True)).float().cpu() for batch in loader]
         return torch.cat(parts)
 

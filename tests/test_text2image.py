@@ -176,6 +176,21 @@ def test_turbo_defaults_and_no_negative_prompt_without_guidance(tiny_text2image,
     assert default_sampling("runwayml/stable-diffusion-v1-5") == (30, 7.5)
 
 
+def test_captions_rewritten_by_a_local_model_are_what_is_stored_and_prompted(tiny_text2image, generator, tmp_path):
+    from imgsynth.testing import tiny_caption_model
+
+    lm = tiny_caption_model(tmp_path / "lm")
+    image_set = generate_text2image(tiny_text2image, tmp_path / "rewritten", classes=["kitchen", "office"],
+                                    per_class=1, seed=SEED, steps=1, caption_model=lm, generator=generator,
+                                    progress=False)
+    indoor = load_prompt_bank("indoor-scenes")
+    for record in image_set.records:
+        template = indoor.caption(record.label, SEED, 0).text
+        assert record.extra["caption_fields"]["template_caption"] == template
+        assert record.extra["prompt"] == record.caption and record.caption
+    assert image_set.manifest["generator"]["caption_model"] == str(lm)
+
+
 # --------------------------------------------------------------------------------------------- bad input
 
 def test_unknown_model_folder(tmp_path):

@@ -248,6 +248,8 @@ class CaptionRewriter:
         model_class = AutoModelForSeq2SeqLM if self.encoder_decoder else AutoModelForCausalLM
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self.model = model_class.from_pretrained(path, local_files_only=True).to(device).eval()
+        positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+        self.context_length = None if self.encoder_decoder else positions
         self.device = device
         self._torch = torch
 
@@ -256,7 +258,11 @@ class CaptionRewriter:
 
     def rewrite(self, caption: str) -> str:
         """The model's rewrite of one caption; the original when the model produces nothing usable."""
-        inputs = self.tokenizer(self.instruction.format(caption=caption), return_tensors="pt").to(self.device)
+        # Keep the end of an over-long input ("... Rewritten:"), and room for the new tokens.
+        self.tokenizer.truncation_side = "left"
+        limit = self.context_length - self.max_new_tokens if self.context_length else None
+        inputs = self.tokenizer(self.instruction.format(caption=caption), return_tensors="pt",
+                                truncation=limit is not None, max_length=limit).to(self.device)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         with self._torch.inference_mode():
             output = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,

@@ -6,7 +6,8 @@ PixArt, FLUX, … from a local ``save_pretrained`` folder or a Hub id (from the 
 (:mod:`imgsynth.pipelines.prompts`); every image has its own ``torch.Generator`` seeded from (base seed,
 class, index) and handed to the pipeline as a list, so an image's noise does not depend on which batch,
 shard or worker it lands in. Work is cut into fixed shards (:mod:`imgsynth.pipelines.work`) written by
-``ImageSetWriter``; an interrupted run resumes at the first missing shard and produces the same bytes.
+``ImageSetWriter``; an interrupted run resumes at the first missing shard and produces the same bytes,
+and a finished set made with the same settings is returned as it is.
 
 On CUDA the pipeline runs in bf16 (fp16 where bf16 is unsupported) with PyTorch's scaled-dot-product
 attention (the diffusers default on torch 2), channels-last UNets and, optionally, a compiled denoiser.
@@ -18,7 +19,6 @@ import dataclasses
 import hashlib
 import inspect
 import json
-import logging
 import os
 import re
 from dataclasses import dataclass
@@ -33,9 +33,7 @@ from imgsynth.pipelines.prompts import CaptionRewriter, PromptBank, resolve_bank
 from imgsynth.pipelines.work import DEFAULT_SHARD_SIZE, WorkItem, balanced_work, batches, shards
 from imgsynth.provenance import model_license, sha256_file
 
-logger = logging.getLogger(__name__)
-
-DENOISERS = ("unet", "transformer", "prior")
+DENOISERS = ("unet", "transformer")
 # Distilled few-step models: sample in a handful of steps without classifier-free guidance.
 FEW_STEP_MODELS = re.compile(r"turbo|lightning|hyper-?sd|lcm|schnell", re.IGNORECASE)
 DEFAULT_STEPS, DEFAULT_GUIDANCE = 30, 7.5

@@ -310,8 +310,11 @@ def test_ray_conditional_set_equals_conditional_sample(ray_cluster, conditional_
     from imgsynth.distributed.generators import generate_with_backend
     from imgsynth.pipelines import conditional
 
+    from imgsynth.distributed.generate import torch_threads
+
     settings = dict(seed=3, batch_size=4, shard_size=5, guidance_scale=2.0, noise_temperature=0.9)
-    local = conditional.sample(conditional_model, tmp_path / "local", 2, progress=False, **settings)
+    with torch_threads(1):  # CPU floats depend on the thread count; every backend computes with one
+        local = conditional.sample(conditional_model, tmp_path / "local", 2, progress=False, **settings)
     # What `imgsynth generate MODEL OUT --backend ray --workers 2` runs.
     spread = generate_with_backend(conditional_model, tmp_path / "ray", backend="ray", workers=2, progress=False,
                                    per_class=2, **settings)
@@ -329,7 +332,10 @@ def test_accelerate_entry_writes_the_generate_text2image_set(tmp_path: Path) -> 
 
     pipe = tiny_text2image_pipeline(tmp_path / "pipe")
     settings = dict(classes=["kitchen", "bedroom"], per_class=2, steps=2, batch_size=2, shard_size=3, seed=5)
-    local = generate_text2image(pipe, tmp_path / "local", progress=False, device="cpu", **settings)
+    from imgsynth.distributed.generate import torch_threads
+
+    with torch_threads(1):  # CPU floats depend on the thread count; every backend computes with one
+        local = generate_text2image(pipe, tmp_path / "local", progress=False, device="cpu", **settings)
     assert isinstance(generator_for(pipe, device="cpu", **settings), Text2ImageShardGenerator)
     # The accelerate entry point, here as its single process (PartialState without a launcher).
     from typer.testing import CliRunner
@@ -345,3 +351,17 @@ def test_accelerate_entry_writes_the_generate_text2image_set(tmp_path: Path) -> 
     assert ranked.id == local.id
     assert ranked.manifest["generator"] == local.manifest["generator"]
     assert [r.to_row() for r in ranked.records] == [r.to_row() for r in local.records]
+
+
+def test_torch_threads_is_scoped() -> None:
+    import torch
+
+    from imgsynth.distributed.generate import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="cpu_threads must be at least 1"):
+        with torch_threads(0):
+            pass

@@ -8,6 +8,11 @@ a fixed pool of actors, each actor loads the model once and writes its shards' P
 the partial folder itself (the same filesystem: a local disk, or a shared one on a cluster), and returns
 only the shard index. The driver then checks every shard is there and writes the manifest.
 
+On the CPU, float results depend on the number of intra-op threads (reductions split differently), so
+every backend computes shards with the same ``cpu_threads`` torch threads (default 1: one thread per
+worker, as Ray gives a one-CPU actor); sets from different backends and worker counts are then
+byte-identical. On CUDA the thread count does not touch the pixels.
+
 A worker that dies mid-shard leaves at most uncommitted images; Ray restarts the actor and retries the
 shard, which rewrites the same bytes, and finalize drops anything never committed. If retries run out,
 the job stops with the shards written so far kept, and running it again computes only the rest.
@@ -15,11 +20,13 @@ the job stops with the shards written so far kept, and running it again computes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from imgsynth.distributed.backend import (DEFAULT_RETRIES, dataset_of_rows, map_on_actor_pool, ray_session,
                                           require_ray)
@@ -28,6 +35,7 @@ from imgsynth.imageset import MANIFEST, ImageSet, ImageSetError, ImageSetWriter
 from imgsynth.pipelines.work import WorkItem
 
 BACKENDS = ("local", "ray")
+DEFAULT_CPU_THREADS = 1
 ShardCallback = Callable[[int, int], None]  # (shard index, images written)
 
 
@@ -37,7 +45,8 @@ class IncompleteGenerationError(ImageSetError):
 
 def generate(generator: ShardGenerator, out: str | os.PathLike, *, backend: str = "local",
              workers: int | None = None, address: str | None = None, retries: int = DEFAULT_RETRIES,
-             progress: bool = False, on_shard: ShardCallback | None = None) -> ImageSet:
+             cpu_threads: int | None = DEFAULT_CPU_THREADS, progress: bool = False,
+             on_shard: ShardCallback | None = None) -> ImageSet:
     """Write the generator's ImageSet to ``out`` on ``backend`` and return it, resuming an unfinished write.
 
     ``backend="local"`` computes the shards one after another in this process (``workers`` must be
@@ -45,6 +54,8 @@ def generate(generator: ShardGenerator, out: str | os.PathLike, *, backend: str 
     GPUs when the generator needs one) on the Ray cluster at ``address`` (``auto``, ``ray://host:port``),
     on the session already running in this process, or on a local cluster started for this call.
     The set is byte-identical, with the same id, whichever backend and number of workers.
+    ``cpu_threads`` is the torch intra-op thread count every worker computes with (None: leave torch's
+    setting); on the CPU it is part of what fixes the bytes.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -67,11 +78,12 @@ def generate(generator: ShardGenerator, out: str | os.PathLike, *, backend: str 
         prepare(writer)
     pending = sorted(set(range(len(all_shards))) - writer.done_shards)
     if pending and backend == "local":
-        write_shards_local(generator, writer, all_shards, pending, progress=progress, on_shard=on_shard)
+        write_shards_local(generator, writer, all_shards, pending, cpu_threads=cpu_threads, progress=progress,
+                           on_shard=on_shard)
     elif pending:
         write_shards_ray(generator, spec.for_workers(writer), writer.root, all_shards, pending,
-                         workers=workers, address=address, retries=retries, progress=progress,
-                         on_shard=on_shard)
+                         workers=workers, address=address, retries=retries, cpu_threads=cpu_threads,
+                         progress=progress, on_shard=on_shard)
     return finalize_job(writer, len(all_shards))
 
 
@@ -109,8 +121,8 @@ def write_shard(generator: ShardGenerator, writer: ImageSetWriter, index: int,
 
 
 def write_shards_local(generator: ShardGenerator, writer: ImageSetWriter, all_shards: Sequence[Sequence[WorkItem]],
-                       indices: Sequence[int], *, progress: bool = False,
-                       on_shard: ShardCallback | None = None) -> None:
+                       indices: Sequence[int], *, cpu_threads: int | None = DEFAULT_CPU_THREADS,
+                       progress: bool = False, on_shard: ShardCallback | None = None) -> None:
     """Load the generator once and write the given shards in order, in this process."""
     generator.load()
     iterator: Any = indices
@@ -118,19 +130,40 @@ def write_shards_local(generator: ShardGenerator, writer: ImageSetWriter, all_sh
         from tqdm.auto import tqdm
 
         iterator = tqdm(indices, desc="shards", unit="shard")
-    for index in iterator:
-        written = write_shard(generator, writer, index, all_shards[index])
-        if on_shard is not None:
-            on_shard(index, written)
+    with torch_threads(cpu_threads):
+        for index in iterator:
+            written = write_shard(generator, writer, index, all_shards[index])
+            if on_shard is not None:
+                on_shard(index, written)
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Run with ``count`` torch intra-op threads, restoring the previous count after (no-op without torch)."""
+    torch = sys.modules.get("torch")  # a generator that never imported torch computes nothing with it
+    if count is None or torch is None:
+        yield
+        return
+    if count < 1:
+        raise ValueError(f"cpu_threads must be at least 1, got {count}")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 class ShardWriterActor:
     """The Ray actor: loads the generator once, then computes and writes whole shards it is handed."""
 
-    def __init__(self, generator: ShardGenerator, spec: SetSpec, out: str) -> None:
+    def __init__(self, generator: ShardGenerator, spec: SetSpec, out: str, cpu_threads: int | None) -> None:
         self.generator = generator
         self.generator.load()
         self.writer = spec.writer(out)
+        torch = sys.modules.get("torch")
+        if cpu_threads is not None and torch is not None:
+            torch.set_num_threads(cpu_threads)  # the actor's process is its own: no need to restore
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[int]]:
         shards_done, images, pids = [], [], []
@@ -142,26 +175,28 @@ class ShardWriterActor:
         return {"shard": shards_done, "images": images, "pid": pids}
 
 
-def default_workers(ray: Any, generator: ShardGenerator, pending: int) -> int:
-    """One worker per GPU (GPU generators) or per CPU in the cluster, never more than there are shards."""
+def default_workers(ray: Any, generator: ShardGenerator, pending: int, cpus_per_worker: int = 1) -> int:
+    """One worker per GPU (GPU generators) or per ``cpus_per_worker`` CPUs of the cluster, at most one per shard."""
     resources = ray.cluster_resources()
     gpus = float(getattr(generator, "num_gpus", 0) or 0)
-    capacity = int(resources.get("GPU", 0) // gpus) if gpus else int(resources.get("CPU", 1))
+    capacity = int(resources.get("GPU", 0) // gpus) if gpus else int(resources.get("CPU", 1) // cpus_per_worker)
     return max(1, min(capacity, pending))
 
 
 def write_shards_ray(generator: ShardGenerator, spec: SetSpec, out: Path, all_shards: Sequence[Sequence[WorkItem]],
                      indices: Sequence[int], *, workers: int | None = None, address: str | None = None,
-                     retries: int = DEFAULT_RETRIES, progress: bool = False,
-                     on_shard: ShardCallback | None = None) -> None:
+                     retries: int = DEFAULT_RETRIES, cpu_threads: int | None = DEFAULT_CPU_THREADS,
+                     progress: bool = False, on_shard: ShardCallback | None = None) -> None:
     """Write the given shards on a Ray actor pool; the driver only schedules and collects shard indices."""
     rows = [{"shard": i, "items": encode_items(all_shards[i])} for i in indices]
     with ray_session(address) as ray:
         # More actors than shards would only load models that never work.
-        pool = min(workers or default_workers(ray, generator, len(indices)), len(indices))
+        gpus = float(getattr(generator, "num_gpus", 0) or 0)
+        cpus = 1 if gpus or cpu_threads is None else cpu_threads  # a CPU worker reserves the cores it computes on
+        pool = min(workers or default_workers(ray, generator, len(indices), cpus), len(indices))
         results = map_on_actor_pool(
             dataset_of_rows(rows), ShardWriterActor, workers=pool,
-            constructor_args=(generator, spec, str(out)), num_gpus=float(getattr(generator, "num_gpus", 0) or 0),
+            constructor_args=(generator, spec, str(out), cpu_threads), num_cpus=cpus, num_gpus=gpus,
             retries=retries, progress=progress)
         try:
             for row in results:

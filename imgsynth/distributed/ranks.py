@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from imgsynth.distributed.generate import finalize_job, finished_set, write_shards_local
+from imgsynth.distributed.generate import DEFAULT_CPU_THREADS, finalize_job, finished_set, write_shards_local
 from imgsynth.distributed.protocol import ShardGenerator, job_shards
 from imgsynth.imageset import ImageSet
 
@@ -25,11 +25,13 @@ def rank_shards(num_shards: int, rank: int, world_size: int) -> list[int]:
 
 
 def generate_on_rank(generator: ShardGenerator, out: str | os.PathLike, *, rank: int, world_size: int,
-                     barrier: Callable[[], None], progress: bool = False) -> ImageSet | None:
+                     barrier: Callable[[], None], cpu_threads: int | None = DEFAULT_CPU_THREADS,
+                     progress: bool = False) -> ImageSet | None:
     """This process's part of a job; rank 0 returns the finished set, other ranks None.
 
     Every rank must call this with an equivalent generator (only its device may differ) and a
-    ``barrier`` that waits for all ranks (``PartialState().wait_for_everyone``). Ranks open the job one
+    ``barrier`` that waits for all ranks (``PartialState().wait_for_everyone``). ``cpu_threads`` as in
+    :func:`imgsynth.distributed.generate.generate`. Ranks open the job one
     after another (rank 0 first), because opening may claim the partial folder or write a plan file;
     only the shard computation runs concurrently.
     """
@@ -50,7 +52,8 @@ def generate_on_rank(generator: ShardGenerator, out: str | os.PathLike, *, rank:
     if writer is not None:
         mine = [i for i in rank_shards(len(all_shards), rank, world_size) if i not in writer.done_shards]
         if mine:
-            write_shards_local(generator, writer, all_shards, mine, progress=progress and rank == 0)
+            write_shards_local(generator, writer, all_shards, mine, cpu_threads=cpu_threads,
+                               progress=progress and rank == 0)
     barrier()
     if rank != 0:
         return None

@@ -365,3 +365,46 @@ def test_torch_threads_is_scoped() -> None:
     with pytest.raises(ValueError, match="cpu_threads must be at least 1"):
         with torch_threads(0):
             pass
+
+
+class RecordingDataset:
+    """Stands in for a Ray dataset to record what the adapter asks ``map_batches`` for."""
+
+    def __init__(self) -> None:
+        self.options: dict = {}
+
+    def iter_rows(self):
+        return iter([{"shard": np.int64(3)}])
+
+
+def test_actor_pool_adapter_speaks_the_installed_and_the_older_ray_api(monkeypatch: pytest.MonkeyPatch) -> None:
+    from imgsynth.distributed.backend import map_on_actor_pool
+
+    class Current(RecordingDataset):  # Ray ≥ 2.10: compute=ActorPoolStrategy(size=…), extra remote args
+        def map_batches(self, fn, *, batch_size=None, compute=None, fn_constructor_args=None, num_cpus=None,
+                        num_gpus=None, concurrency=None, **ray_remote_args):
+            self.options = dict(compute=compute, concurrency=concurrency, **ray_remote_args)
+            return self
+
+    class Older(RecordingDataset):  # only concurrency=, no extra remote args
+        def map_batches(self, fn, *, batch_size=None, fn_constructor_args=None, num_cpus=None, num_gpus=None,
+                        concurrency=None):
+            self.options = dict(concurrency=concurrency)
+            return self
+
+    current = Current()
+    assert list(map_on_actor_pool(current, object, workers=2, retries=4)) == [{"shard": 3}]
+    assert isinstance(current.options["compute"], ray.data.ActorPoolStrategy)
+    assert current.options["concurrency"] is None
+    assert (current.options["max_restarts"], current.options["max_task_retries"]) == (4, 4)
+    older = Older()
+    list(map_on_actor_pool(older, object, workers=2))
+    assert older.options == {"concurrency": 2}
+
+    class OldStrategy:  # Ray < 2.10: ActorPoolStrategy(min_size, max_size)
+        def __init__(self, min_size=None, max_size=None):
+            self.bounds = (min_size, max_size)
+
+    monkeypatch.setattr(ray.data, "ActorPoolStrategy", OldStrategy)
+    list(map_on_actor_pool(current, object, workers=3))
+    assert current.options["compute"].bounds == (3, 3)

@@ -92,8 +92,6 @@ def map_on_actor_pool(dataset: Any, worker_class: type, *, workers: int,
     ray = require_ray()
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = progress
     options: dict[str, Any] = dict(batch_size=1, fn_constructor_args=tuple(constructor_args), num_cpus=num_cpus)
     if num_gpus:
         options["num_gpus"] = num_gpus
@@ -111,8 +109,14 @@ def map_on_actor_pool(dataset: Any, worker_class: type, *, workers: int,
         # Ray 2.60 deprecates extra remote args in favour of named ones it does not have yet for these two.
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
         mapped = dataset.map_batches(worker_class, **options)
-    for row in mapped.iter_rows():
-        yield {key: _plain(value) for key, value in row.items()}
+    context = ray.data.DataContext.get_current()
+    shown = context.enable_progress_bars
+    context.enable_progress_bars = progress
+    try:
+        for row in mapped.iter_rows():
+            yield {key: _plain(value) for key, value in row.items()}
+    finally:
+        context.enable_progress_bars = shown
 
 
 def _plain(value: Any) -> Any:

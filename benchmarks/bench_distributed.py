@@ -5,7 +5,7 @@ Run: ``python benchmarks/bench_distributed.py [ray|flops|all] [options]``
 1. ``ray``: the tiny offline text-to-image pipeline (``imgsynth.testing.tiny_text2image_pipeline``)
    generates the same job locally (one process, torch's default threads) and on a local Ray cluster
    (``ray.init(num_cpus=N)``) with 1 and 2 … N workers (one actor and one pipeline each, one CPU and one
-   torch thread each; the local row also uses ``--threads 1`` by default). Printed per run: wall time, images/s over the whole run (actor start and model
+   torch thread each: ``--threads``, the backends' ``cpu_threads``, also used by the local row). Printed per run: wall time, images/s over the whole run (actor start and model
    load included) and in steady state (from the first finished shard to the last), the speed-up over one
    Ray worker, and the set id, which must be the same in every row.
 2. ``flops``: the class-conditional UNet of a preset (random weights; sampling cost does not depend on
@@ -46,7 +46,8 @@ def ray_table(args: argparse.Namespace) -> list[dict[str, Any]]:
     def run(backend: str, workers: int | None, name: str) -> dict[str, Any]:
         finished: list[tuple[float, int]] = []
         start = time.perf_counter()
-        result = generate(job(), work / name, backend=backend, workers=workers,
+        # Every worker computes with --threads torch threads (the backends' cpu_threads): the same floats.
+        result = generate(job(), work / name, backend=backend, workers=workers, cpu_threads=args.threads,
                           on_shard=lambda index, n: finished.append((time.perf_counter(), n)))
         wall = time.perf_counter() - start
         steady = None
@@ -56,11 +57,6 @@ def ray_table(args: argparse.Namespace) -> list[dict[str, Any]]:
         return {"backend": backend, "workers": workers or 1, "images": len(result), "wall_s": wall,
                 "images_per_s": len(result) / wall, "steady_images_per_s": steady, "id": result.id[:12]}
 
-    import torch
-
-    # One torch thread, like each Ray actor (Ray sets OMP_NUM_THREADS to the actor's num_cpus=1), so the
-    # local row is one worker doing the same work in-process.
-    torch.set_num_threads(args.threads)
     rows = [run("local", None, "local")]
     ray.init(num_cpus=args.cpus, include_dashboard=False, configure_logging=False, log_to_driver=False)
     try:
@@ -186,7 +182,7 @@ def main() -> None:
     parser.add_argument("what", nargs="?", choices=("ray", "flops", "all"), default="all")
     ray_group = parser.add_argument_group("ray")
     ray_group.add_argument("--cpus", type=int, default=2, help="ray.init(num_cpus=…); workers 1..cpus are run")
-    ray_group.add_argument("--threads", type=int, default=1, help="torch threads of the local row")
+    ray_group.add_argument("--threads", type=int, default=1, help="torch threads per worker (cpu_threads)")
     ray_group.add_argument("--classes", type=int, default=4)
     ray_group.add_argument("--per-class", type=int, default=32)
     ray_group.add_argument("--shard-size", type=int, default=8)

@@ -98,3 +98,12 @@ def test_prdc_heavy_duplication_and_chunking_give_identical_results():
     small = precision_recall_density_coverage(real, fake, k=3, chunk=4)
     assert small == precision_recall_density_coverage(real, fake, k=3, chunk=4096)
     assert small == pytest.approx(brute_force_prdc(real, fake, 3), rel=1e-12)
+
+
+def test_prdc_exact_on_float32_features_with_a_large_offset():
+    # Inception-like: non-negative, large common mean; float32 as extractors return them.
+    rng = np.random.default_rng(4)
+    real = (np.abs(rng.standard_normal((90, 64))) * 3 + 40).astype(np.float32)
+    fake = np.concatenate([(np.abs(rng.standard_normal((70, 64))) * 3 + 40.2).astype(np.float32), real[:6]])
+    expected = brute_force_prdc(real.astype(np.float64), fake.astype(np.float64), 5)
+    assert precision_recall_density_coverage(real, fake, k=5, chunk=32) == pytest.approx(expected, rel=1e-12)

@@ -1,4 +1,4 @@
-"""Precision, recall, density and coverage (Naeem et al. 2020) with memory bounded by a row chunk.
+"""Precision, recall, density and coverage (Naeem et al. 2020), exact, with memory bounded by a row chunk.
 
 Conventions follow the authors' code (the ``prdc`` package, clovaai/generative-evaluation-prdc):
 
@@ -13,119 +13,194 @@ Conventions follow the authors' code (the ``prdc`` package, clovaai/generative-e
   it; coverage = fraction of real samples whose nearest fake lies inside their own ball (equivalently:
   with some fake inside their ball).
 
-Exactness: distances come from one matrix product (‖x‖² + ‖y‖² − 2xᵀy), whose round-off would make
-such ties fall either way depending on blocking. So every comparison within a relative 1e-10 band of
-its threshold, and every k-NN radius, is re-decided with squared distances computed directly as
-Σ(xᵢ − yᵢ)², which give a copied image exactly the distance of its original. ``prdc`` leaves these
-ties to round-off; elsewhere the results are identical.
+How it is fast and still exact: squared distances come from float32 GEMMs of augmented rows
+``[−2x, ‖x‖², 1] · [y, 1, ‖y‖²]`` on features centred on the real mean, in row blocks (the two
+within-set matrices are symmetric, so only their upper block triangle is computed, with a streaming
+top-k). A comparison is trusted only when it clears its threshold by more than a rigorous bound on
+that GEMM's round-off, γ = (2(d + 2) + 8)·u·(max‖x‖² + max‖y‖²) with u = 2⁻²⁴; the few comparisons
+inside the band, and every k-NN radius, are decided with float64 squared distances Σ(xᵢ − yᵢ)² taken
+directly from the input rows. These give a copied image exactly the distance of its original, so ties
+fall the same way every time. ``prdc`` leaves such ties to round-off; elsewhere results are identical.
 
-Memory: where ``prdc`` builds three full n × n distance matrices (plus sorting buffers), this streams
-blocks of ``chunk`` rows: peak extra memory is a few ``chunk × max(n_real, n_fake)`` float64 buffers.
+Memory: ``prdc`` builds three full n × n float32 distance matrices plus sorting buffers; this keeps a
+float32 copy of each set (plus two columns) and a few ``chunk × n`` blocks.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch
 
 from imgsynth.metrics.inputs import as_features, same_width
 
 F64 = torch.float64
-DEFAULT_CHUNK = 1024
-# Squared distances from the matrix-product expansion are trusted outside ±BAND·(‖x‖² + ‖y‖²) of a
-# threshold; float64 round-off is ~1e-13 of that scale even at d = 2048, so the band is wide.
-BAND = 1e-10
-EXACT_BLOCK = 1 << 22  # elements per direct-difference block (32 MiB of float64)
+F32 = torch.float32
+DEFAULT_CHUNK = 2048
+EXACT_BLOCK = 1 << 19  # elements per direct-difference block (4 MiB of float64: stays in cache)
+
+
+@contextmanager
+def _ieee_float32_matmul() -> Iterator[None]:
+    """The error bound assumes true float32 GEMMs: no TF32 / bf16 shortcuts, whatever the caller set."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+def _exact_squared(a: torch.Tensor, rows_a: torch.Tensor, b: torch.Tensor, rows_b: torch.Tensor) -> torch.Tensor:
+    """Σ(a[i] − b[j])² in float64 for the index pairs (rows_a, rows_b), gathered block by block.
+
+    Equal vectors give exactly 0 and equal pairs equal values, whichever set a row came from.
+    """
+    step = max(1, EXACT_BLOCK // a.shape[1])
+    out = torch.empty(len(rows_a), dtype=F64, device=a.device)
+    for s in range(0, len(rows_a), step):
+        difference = a[rows_a[s:s + step]].to(F64)
+        difference.sub_(b[rows_b[s:s + step]])
+        out[s:s + step] = difference.mul_(difference).sum(dim=1)
+    return out
 
 
 class _Points:
-    """One set's float64 rows, centred, stored as the left part of ``augmented = [x, 1, ‖x‖²]``.
+    """One set: the caller's rows (for exact distances) and ``augmented = [x − c, 1, ‖x − c‖²]`` in float32."""
 
-    With a block's left operand ``[−2x, ‖x‖², 1]``, one GEMM yields ‖x‖² + ‖y‖² − 2xᵀy: squared
-    distances with no broadcast passes over the n × chunk result, and no second copy of the features.
-    """
-
-    def __init__(self, x: torch.Tensor, centre: torch.Tensor) -> None:
-        n, d = x.shape
-        self.augmented = torch.empty(n, d + 2, dtype=F64, device=x.device)
-        self.x = self.augmented[:, :d]
-        self.x.copy_(x).sub_(centre)
-        self.sq = self.x.square().sum(dim=1)
+    def __init__(self, raw: torch.Tensor, centre: torch.Tensor, chunk: int) -> None:
+        n, d = raw.shape
+        self.raw = raw
+        self.augmented = torch.empty(n, d + 2, dtype=F32, device=raw.device)
+        self.sq = torch.empty(n, dtype=F64, device=raw.device)
+        for start in range(0, n, chunk):  # centre in float64 block by block: no full float64 copy
+            block = raw[start:start + chunk].to(F64) - centre
+            rounded = block.to(F32)
+            self.augmented[start:start + chunk, :d] = rounded
+            self.sq[start:start + chunk] = rounded.to(F64).square().sum(dim=1)
         self.augmented[:, d] = 1
-        self.augmented[:, d + 1] = self.sq
+        self.augmented[:, d + 1] = self.sq.to(F32)
 
     def __len__(self) -> int:
-        return self.x.shape[0]
+        return self.raw.shape[0]
 
-    def squared_distances(self, start: int, stop: int, other: "_Points") -> torch.Tensor:
-        """‖x − y‖² for rows start:stop of this set × all rows of ``other`` (tiny negatives possible near 0)."""
-        block = self.x[start:stop]
-        left = torch.cat([-2 * block, self.sq[start:stop, None], torch.ones_like(self.sq[start:stop, None])], dim=1)
-        return left @ other.augmented.mT
+    def squared_distances(self, start: int, stop: int, other: "_Points", other_start: int = 0,
+                          other_stop: int | None = None) -> torch.Tensor:
+        """Approximate ‖x − y‖² (float32) for rows start:stop of this set × rows of ``other``."""
+        d = self.augmented.shape[1] - 2
+        block = self.augmented[start:stop]
+        left = torch.cat([-2 * block[:, :d], block[:, d + 1:], block[:, d:d + 1]], dim=1)
+        return left @ other.augmented[other_start:other_stop].mT
 
 
-def _exact_squared(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Σ(aᵢ − bᵢ)² along the last dim, in blocks: equal vectors give exactly 0, equal pairs equal values."""
-    per_row = max(1, torch.Size(torch.broadcast_shapes(a.shape, b.shape)[1:]).numel())
-    rows = max(1, EXACT_BLOCK // per_row)
-    return torch.cat([(a[s:s + rows] - b[s:s + rows]).square().sum(dim=-1) for s in range(0, a.shape[0], rows)])
+def _band(d: int, *square_norm_maxima: float) -> float:
+    """Rigorous bound on |float32 GEMM expansion − true squared distance| (see the module docstring)."""
+    unit = 2.0 ** -24
+    return (2 * (d + 2) + 8) * unit * sum(square_norm_maxima)
+
+
+def _merge_topk(values: torch.Tensor, indices: torch.Tensor, new_values: torch.Tensor, new_indices: torch.Tensor,
+                m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    merged_values = torch.cat([values, new_values], dim=1)
+    merged_indices = torch.cat([indices, new_indices], dim=1)
+    top, where = torch.topk(merged_values, m, dim=1, largest=False, sorted=True)
+    return top, torch.gather(merged_indices, 1, where)
+
+
+def _nearest_candidates(points: _Points, m: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The m smallest approximate squared distances per row (self included at 0) and their indices.
+
+    Only blocks (I, J) with J ≥ I are multiplied; block (I, J) serves the rows of I and, transposed,
+    the rows of J, each merged into a running top-m.
+    """
+    n, device = len(points), points.raw.device
+    values = torch.full((n, m), float("inf"), dtype=F32, device=device)
+    indices = torch.zeros((n, m), dtype=torch.int64, device=device)
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        for other in range(start, n, chunk):
+            other_stop = min(other + chunk, n)
+            sq = points.squared_distances(start, stop, points, other, other_stop)
+            columns = torch.arange(other, other_stop, device=device)
+            if other == start:
+                sq.fill_diagonal_(0)
+            width = min(m, other_stop - other)
+            top, where = torch.topk(sq, width, dim=1, largest=False)
+            values[start:stop], indices[start:stop] = _merge_topk(values[start:stop], indices[start:stop], top,
+                                                                  columns[where], m)
+            if other != start:
+                rows = torch.arange(start, stop, device=device)
+                top, where = torch.topk(sq, min(m, stop - start), dim=0, largest=False)
+                values[other:other_stop], indices[other:other_stop] = _merge_topk(
+                    values[other:other_stop], indices[other:other_stop], top.mT, rows[where].mT, m)
+    return values, indices
 
 
 def _knn_radii_squared(points: _Points, k: int, chunk: int) -> torch.Tensor:
-    """Exact squared distance from each row to its k-th nearest other row (self included as the 0-th).
+    """Exact (float64) squared distance from each row to its k-th nearest other row.
 
-    The expansion ranks neighbours; the k-th one's distance is then recomputed directly. Where the
-    ranking is not certain (neighbours within the round-off band of each other: duplicates, ties),
-    all candidates are recomputed and sorted, and rows with more near-ties than candidates fall back
-    to direct distances to every row.
+    The float32 expansion ranks m = 2(k+1) candidates. Candidates more than two round-off bands below
+    the k-th are surely nearer, those more than two bands above surely farther; only the cluster in
+    between (usually the k-th alone) gets direct distances, and the k-th value is read off them. A row
+    whose cluster reaches the last candidate (more near-ties than candidates) is decided against every row.
     """
-    n, x, x_sq = len(points), points.x, points.sq
+    n = len(points)
     if n <= k:
         raise ValueError(f"k-nearest-neighbour radii with k={k} need at least {k + 1} samples, got {n}")
-    candidates = min(n, 2 * (k + 1))
-    radii_sq = torch.empty(n, dtype=F64, device=x.device)
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
-        block = x[start:stop]
-        sq = points.squared_distances(start, stop, points)
-        sq[torch.arange(stop - start, device=x.device), torch.arange(start, stop, device=x.device)] = 0
-        approx, nearest = torch.topk(sq, candidates, dim=1, largest=False, sorted=True)
-        del sq
-        band = BAND * (x_sq[start:stop] + x_sq.max())
-        radii_sq[start:stop] = _exact_squared(block, x[nearest[:, k]])
-        ambiguous = approx[:, k] - approx[:, k - 1] <= 2 * band
-        if candidates > k + 1:
-            ambiguous |= approx[:, k + 1] - approx[:, k] <= 2 * band
-        else:
-            ambiguous[:] = True
-        rows = torch.nonzero(ambiguous).flatten()
-        if len(rows):
-            exact = _exact_squared(block[rows][:, None, :], x[nearest[rows]]).sort(dim=1).values
-            radii_sq[start + rows] = exact[:, k]
-            # A row outside the candidates has expansion distance ≥ approx[:, -1], so exact distance ≥
-            # approx[:, -1] − band; if that still exceeds the k-th exact value the radius is settled.
-            if candidates < n:
-                unsettled = rows[approx[rows, -1] - band[rows] <= exact[:, k]]
-                for row in unsettled.tolist():  # more near-ties than candidates: decide directly
-                    radii_sq[start + row] = _exact_squared(x[start + row].expand_as(x), x).sort().values[k]
+    m = min(n, 2 * (k + 1))
+    approx, nearest = _nearest_candidates(points, m, chunk)
+    approx = approx.to(F64)
+    raw, device = points.raw, points.raw.device
+    margin = 2 * _band(raw.shape[1], 2 * float(points.sq.max()))
+    kth = approx[:, k:k + 1]
+    surely_nearer = approx < kth - margin
+    cluster = ~surely_nearer & (approx <= kth + margin)
+    rows, slots = torch.nonzero(cluster, as_tuple=True)
+    exact = torch.full((n, m), float("inf"), dtype=F64, device=device)
+    exact[surely_nearer] = float("-inf")
+    exact[rows, slots] = _exact_squared(raw, rows, raw, nearest[rows, slots])
+    radii_sq = exact.sort(dim=1).values[:, k]
+    if m < n:
+        for row in torch.nonzero(cluster[:, -1]).flatten().tolist():
+            everyone = torch.arange(n, device=device)
+            radii_sq[row] = _exact_squared(raw, torch.full_like(everyone, row), raw, everyone).sort().values[k]
     return radii_sq
 
 
 def knn_radii(x: Any, k: int, chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
-    """Distance from each row of ``x`` to its k-th nearest other row, computed ``chunk`` rows at a time."""
+    """Distance from each row of ``x`` to its k-th nearest other row (float64), ``chunk`` rows at a time."""
     x = as_features(x, "x", min_samples=1)
-    return _knn_radii_squared(_Points(x, x.mean(dim=0, dtype=F64)), k, chunk).sqrt()
+    with _ieee_float32_matmul():
+        return _knn_radii_squared(_Points(x, x.mean(dim=0, dtype=F64), chunk), k, chunk).sqrt()
 
 
-def _strictly_inside(sq: torch.Tensor, threshold_sq: torch.Tensor, band: float, rows: torch.Tensor,
+class _Threshold:
+    """Squared radii for ``distance < radius`` tests on float32 blocks: exact values plus float32 bounds.
+
+    ``low``/``high`` are float32 and widened by the float32 rounding of the thresholds themselves, so
+    ``sq < low`` proves inside and ``sq >= high`` proves outside; anything between is decided exactly.
+    """
+
+    def __init__(self, exact: torch.Tensor, band: float) -> None:
+        self.exact = exact
+        widened = band + 2.0 ** -23 * float(exact.abs().max())
+        self.low, self.high = (exact - widened).to(F32), (exact + widened).to(F32)
+
+    def view(self, shape: tuple[int, ...], index: slice = slice(None)) -> "_Threshold":
+        view = object.__new__(_Threshold)
+        view.exact, view.low, view.high = (t[index].reshape(shape) for t in (self.exact, self.low, self.high))
+        return view
+
+
+def _strictly_inside(sq: torch.Tensor, threshold: _Threshold, rows: torch.Tensor,
                      columns: torch.Tensor) -> torch.Tensor:
-    """``distance < radius`` for a block (rows × columns); comparisons within ``band`` re-decided exactly."""
-    inside = sq < threshold_sq - band
-    near = (sq < threshold_sq + band) ^ inside
+    """``distance < radius`` for a block (rows × columns of raw features); near-ties decided exactly."""
+    inside = sq < threshold.low
+    near = (sq < threshold.high) ^ inside
     if bool(near.any()):
         i, j = torch.nonzero(near, as_tuple=True)
-        inside[i, j] = _exact_squared(rows[i], columns[j]) < threshold_sq.expand_as(sq)[i, j]
+        inside[i, j] = _exact_squared(rows, i, columns, j) < threshold.exact.expand_as(sq)[i, j]
     return inside
 
 
@@ -134,7 +209,7 @@ def precision_recall_density_coverage(real: Any, fake: Any, k: int = 5,
     """Precision, recall, density and coverage of ``fake`` against ``real`` features (k nearest neighbours).
 
     Returns ``{"precision", "recall", "density", "coverage"}`` as floats; both sets need at least k+1
-    samples. One pass over fake row blocks computes every cross distance once.
+    samples. Runs on the features' device; ``chunk`` rows are processed at a time.
     """
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
@@ -143,31 +218,37 @@ def precision_recall_density_coverage(real: Any, fake: Any, k: int = 5,
     real = as_features(real, "real", min_samples=k + 1)
     fake = as_features(fake, "fake", min_samples=k + 1, device=real.device)
     same_width(real, fake, ("real", "fake"))
-    # Distances do not change under a common shift; centring on the real mean shrinks the norms the
-    # expansion's round-off scales with (Inception features, e.g., are all positive with a large mean).
-    centre = real.mean(dim=0, dtype=F64)
-    real_points, fake_points = _Points(real, centre), _Points(fake, centre)
-    del real, fake  # the caller's tensors stay alive; only the float64 working copies are used below
-    real_radii_sq = _knn_radii_squared(real_points, k, chunk)
-    fake_radii_sq = _knn_radii_squared(fake_points, k, chunk)
-    band = BAND * float(real_points.sq.max() + fake_points.sq.max())
+    if not real.is_floating_point():
+        real = real.to(F64)
+    if not fake.is_floating_point():
+        fake = fake.to(F64)
+    with _ieee_float32_matmul():
+        # Distances do not change under a common shift; centring on the real mean shrinks the norms the
+        # round-off scales with (Inception features, e.g., are all positive with a large mean).
+        centre = real.mean(dim=0, dtype=F64)
+        real_points, fake_points = _Points(real, centre, chunk), _Points(fake, centre, chunk)
+        real_radii_sq = _knn_radii_squared(real_points, k, chunk)
+        fake_radii_sq = _knn_radii_squared(fake_points, k, chunk)
+        band = _band(real.shape[1], float(real_points.sq.max()), float(fake_points.sq.max()))
 
-    n_real, n_fake, device = len(real_points), len(fake_points), real_radii_sq.device
-    fake_in_real_ball = torch.empty(n_fake, dtype=torch.bool, device=device)
-    real_balls_per_fake = torch.empty(n_fake, dtype=torch.int64, device=device)
-    real_in_fake_ball = torch.zeros(n_real, dtype=torch.bool, device=device)
-    real_ball_has_fake = torch.zeros(n_real, dtype=torch.bool, device=device)
-    for start in range(0, n_fake, chunk):
-        stop = min(start + chunk, n_fake)
-        block = fake_points.x[start:stop]
-        sq = fake_points.squared_distances(start, stop, real_points)  # (fakes in block, reals)
-        in_real = _strictly_inside(sq, real_radii_sq[None, :], band, block, real_points.x)
-        fake_in_real_ball[start:stop] = in_real.any(dim=1)
-        real_balls_per_fake[start:stop] = torch.count_nonzero(in_real, dim=1)
-        real_ball_has_fake |= in_real.any(dim=0)
-        del in_real
-        in_fake = _strictly_inside(sq, fake_radii_sq[start:stop, None], band, block, real_points.x)
-        real_in_fake_ball |= in_fake.any(dim=0)
+        n_real, n_fake, device = len(real_points), len(fake_points), real.device
+        fake_in_real_ball = torch.empty(n_fake, dtype=torch.bool, device=device)
+        real_balls_per_fake = torch.empty(n_fake, dtype=torch.int64, device=device)
+        real_in_fake_ball = torch.zeros(n_real, dtype=torch.bool, device=device)
+        real_ball_has_fake = torch.zeros(n_real, dtype=torch.bool, device=device)
+        real_balls = _Threshold(real_radii_sq, band).view((1, n_real))
+        fake_balls = _Threshold(fake_radii_sq, band)
+        for start in range(0, n_fake, chunk):
+            stop = min(start + chunk, n_fake)
+            block = fake[start:stop]
+            sq = fake_points.squared_distances(start, stop, real_points)  # float32 (fakes in block, reals)
+            in_real = _strictly_inside(sq, real_balls, block, real)
+            fake_in_real_ball[start:stop] = in_real.any(dim=1)
+            real_balls_per_fake[start:stop] = torch.count_nonzero(in_real, dim=1)
+            real_ball_has_fake |= in_real.any(dim=0)
+            del in_real
+            in_fake = _strictly_inside(sq, fake_balls.view((stop - start, 1), slice(start, stop)), block, real)
+            real_in_fake_ball |= in_fake.any(dim=0)
     return {
         "precision": float(fake_in_real_ball.to(F64).mean()),
         "recall": float(real_in_fake_ball.to(F64).mean()),

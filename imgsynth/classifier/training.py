@@ -8,9 +8,9 @@ with its own seeded generator, so neither worker processes nor the device change
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import time
-import functools
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,7 +43,8 @@ def train_classifier(train_set: ImageSet | str | os.PathLike, out_dir: str | os.
 
     The class list is the training set's manifest order (never filesystem order), including classes with
     no images, so a classifier trained on a generation that lost a class still scores that class (as
-    wrong) on real data. The same config and seed give bit-identical weights on CPU.
+    wrong) on real data. The same config and seed give bit-identical weights on CPU (for a fixed number of
+    torch threads, which sets the order of float reductions).
     """
     config = config or ClassifierConfig()
     out_dir = Path(out_dir).absolute()

@@ -29,6 +29,7 @@ float32 copy of each set (plus two columns) and a few ``chunk × n`` blocks.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
@@ -175,6 +176,7 @@ def knn_radii(x: Any, k: int, chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
         return _knn_radii_squared(_Points(x, x.mean(dim=0, dtype=F64), chunk), k, chunk).sqrt()
 
 
+@dataclass(frozen=True)
 class _Threshold:
     """Squared radii for ``distance < radius`` tests on float32 blocks: exact values plus float32 bounds.
 
@@ -182,15 +184,17 @@ class _Threshold:
     ``sq < low`` proves inside and ``sq >= high`` proves outside; anything between is decided exactly.
     """
 
-    def __init__(self, exact: torch.Tensor, band: float) -> None:
-        self.exact = exact
+    exact: torch.Tensor
+    low: torch.Tensor
+    high: torch.Tensor
+
+    @classmethod
+    def around(cls, exact: torch.Tensor, band: float) -> "_Threshold":
         widened = band + 2.0 ** -23 * float(exact.abs().max())
-        self.low, self.high = (exact - widened).to(F32), (exact + widened).to(F32)
+        return cls(exact, (exact - widened).to(F32), (exact + widened).to(F32))
 
     def view(self, shape: tuple[int, ...], index: slice = slice(None)) -> "_Threshold":
-        view = object.__new__(_Threshold)
-        view.exact, view.low, view.high = (t[index].reshape(shape) for t in (self.exact, self.low, self.high))
-        return view
+        return _Threshold(*(t[index].reshape(shape) for t in (self.exact, self.low, self.high)))
 
 
 def _strictly_inside(sq: torch.Tensor, threshold: _Threshold, rows: torch.Tensor,
@@ -236,8 +240,8 @@ def precision_recall_density_coverage(real: Any, fake: Any, k: int = 5,
         real_balls_per_fake = torch.empty(n_fake, dtype=torch.int64, device=device)
         real_in_fake_ball = torch.zeros(n_real, dtype=torch.bool, device=device)
         real_ball_has_fake = torch.zeros(n_real, dtype=torch.bool, device=device)
-        real_balls = _Threshold(real_radii_sq, band).view((1, n_real))
-        fake_balls = _Threshold(fake_radii_sq, band)
+        real_balls = _Threshold.around(real_radii_sq, band).view((1, n_real))
+        fake_balls = _Threshold.around(fake_radii_sq, band)
         for start in range(0, n_fake, chunk):
             stop = min(start + chunk, n_fake)
             block = fake[start:stop]

@@ -2,7 +2,8 @@
 
 Ray is an optional extra (``pip install 'imgsynth[ray]'``); :func:`require_ray` turns its absence into
 an error that says so. :func:`ray_session` connects to a cluster (``auto``, ``ray://host:port``) or
-starts a local one, and shuts down only what it started. :func:`map_on_actor_pool` runs a callable class
+starts a local one, and shuts down only what it started (``ray://`` addresses need Ray Client,
+``pip install 'ray[client]'``). :func:`map_on_actor_pool` runs a callable class
 over a dataset on a fixed-size actor pool, one instance (one loaded model) per actor: Ray Data ≥ 2.10
 takes ``compute=ActorPoolStrategy(size=n)`` and deprecates ``concurrency=``; older releases took
 ``compute=ActorPoolStrategy(min_size, max_size)`` or ``concurrency=n``. Actor restarts and task
@@ -53,7 +54,11 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
         return
     options: dict[str, Any] = {"include_dashboard": False, "configure_logging": False}
     if address:
-        ray.init(address=address, **options)
+        try:
+            ray.init(address=address, **options)
+        except ConnectionError as exc:  # a usage error: say what to do rather than print a traceback
+            raise ValueError(f"no Ray cluster at --address {address} ({exc}); start one with `ray start --head`, "
+                             "or leave --address out to run on a local cluster started for this command") from exc
     else:
         ray.init(num_cpus=num_cpus, num_gpus=num_gpus, **options)
     try:

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from imgsynth.distributed import IncompleteGenerationError, SetSpec, ShardGenerator, generate, job_shards
-from imgsynth.imageset import ImageSet, Sample, verify
+from imgsynth.imageset import ImageSet, ImageSetError, Sample, verify
 from imgsynth.pipelines.work import WorkItem, balanced_work
 
 ray = pytest.importorskip("ray")
@@ -132,6 +132,15 @@ def test_local_backend_resumes_only_missing_shards(local_pattern_set: ImageSet, 
     resumed = generate(crashing, out)
     assert computed_shards(calls, crashing) == [0, 1, 2, 3]  # 0 and 1 once each, not again
     assert resumed.id == local_pattern_set.id
+
+
+def test_a_finished_set_is_returned_and_another_jobs_set_refused(local_pattern_set: ImageSet, tmp_path: Path) -> None:
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    again = generate(PatternGenerator(calls_dir=str(calls)), local_pattern_set.root)
+    assert again.id == local_pattern_set.id and not any(calls.iterdir())
+    with pytest.raises(ImageSetError, match="already holds an ImageSet made by another job"):
+        generate(PatternGenerator(seed=1), local_pattern_set.root)
 
 
 def test_bad_backend_arguments_are_explained(tmp_path: Path) -> None:
@@ -349,6 +358,9 @@ def test_accelerate_entry_writes_the_generate_text2image_set(tmp_path: Path) -> 
     assert "by 1 process" in launched.output
     ranked = ImageSet.open(tmp_path / "ranked")
     assert ranked.id == local.id
+    # A finished set is returned as it is when only the batch size differs (generate_text2image's rule).
+    again = generate(generator_for(pipe, device="cpu", **{**settings, "batch_size": 3}), tmp_path / "local")
+    assert again.root == local.root and again.manifest["created"] == local.manifest["created"]
     assert ranked.manifest["generator"] == local.manifest["generator"]
     assert [r.to_row() for r in ranked.records] == [r.to_row() for r in local.records]
 

@@ -68,7 +68,7 @@ def generate(generator: ShardGenerator, out: str | os.PathLike, *, backend: str 
         require_ray()  # before loading any model: say how to install it at once
     out = Path(out).absolute()
     spec = generator.spec(out)
-    existing = finished_set(out, spec)
+    existing = existing_set(generator, out, spec)
     if existing is not None:
         return existing
     all_shards = job_shards(generator)
@@ -85,6 +85,12 @@ def generate(generator: ShardGenerator, out: str | os.PathLike, *, backend: str 
                          workers=workers, address=address, retries=retries, cpu_threads=cpu_threads,
                          progress=progress, on_shard=on_shard)
     return finalize_job(writer, len(all_shards))
+
+
+def existing_set(generator: ShardGenerator, out: Path, spec: SetSpec) -> ImageSet | None:
+    """A finished set already at ``out`` that this job would write (judged by the generator if it knows how)."""
+    judge = getattr(generator, "finished_set", None)
+    return judge(out, spec) if judge is not None else finished_set(out, spec)
 
 
 def finished_set(out: Path, spec: SetSpec) -> ImageSet | None:

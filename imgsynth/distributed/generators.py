@@ -217,6 +217,12 @@ class Text2ImageShardGenerator:
         self.spec(writer.root)
         t2i._check_plan(writer, self._fingerprint)
 
+    def finished_set(self, out: Path, spec: SetSpec) -> Any:
+        """``generate_text2image``'s rule: batch size, shard size and compilation do not make another set."""
+        from imgsynth.pipelines import text2image as t2i
+
+        return t2i._finished_set(Path(out), spec.generator, spec.config)
+
     def work(self) -> list[WorkItem]:
         from imgsynth.pipelines import text2image as t2i
 

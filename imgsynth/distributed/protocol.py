@@ -73,7 +73,10 @@ class ShardGenerator(Protocol):
     work and resumption). ``num_gpus`` is what one worker reserves on a cluster (0 on CPU).
     ``generate`` must be deterministic given the items: same items, same bytes, whichever worker.
     A generator may also define ``prepare_writer(writer)``, called once on the driver after the writer
-    is opened (e.g. to record its sampling plan, or refuse to resume a write another plan started).
+    is opened (e.g. to record its sampling plan, or refuse to resume a write another plan started), and
+    ``finished_set(out, spec)``, which returns the finished set at ``out`` when it is this job's (None
+    when there is none, an error when another job's), for generators whose own rule is looser than an
+    exact match of the generator record and config.
     """
 
     shard_size: int

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from imgsynth.distributed.generate import DEFAULT_CPU_THREADS, finalize_job, finished_set, write_shards_local
+from imgsynth.distributed.generate import DEFAULT_CPU_THREADS, existing_set, finalize_job, write_shards_local
 from imgsynth.distributed.protocol import ShardGenerator, job_shards
 from imgsynth.imageset import ImageSet
 
@@ -41,7 +41,7 @@ def generate_on_rank(generator: ShardGenerator, out: str | os.PathLike, *, rank:
     for turn in range(world_size):
         if turn == rank:
             spec = generator.spec(out)
-            existing = finished_set(out, spec)  # the same answer on every rank: nothing finalizes before the end
+            existing = existing_set(generator, out, spec)  # the same answer on every rank: nothing finalizes before the end
             if existing is None:
                 writer = spec.writer(out)
                 prepare = getattr(generator, "prepare_writer", None)

@@ -48,7 +48,6 @@ MODEL_FILE = "imgsynth_model.json"
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
 CHECKPOINTS = "checkpoints"
 MODEL_FORMAT_VERSION = 1
-PLAN_FILE = "conditional-plan.json"
 DEFAULT_GUIDANCE_SCALE = 2.0
 DEFAULT_SAMPLE_STEPS = 20
 SAMPLERS = ("dpm++", "ddim")
@@ -715,25 +714,6 @@ class SamplingPlan:
     generation: int | None
 
 
-def _plan_record(plan: SamplingPlan, weights_hash: str) -> dict[str, Any]:
-    return {**dataclasses.asdict(plan), "weights_sha256": weights_hash}
-
-
-def _check_plan(writer: ImageSetWriter, record: Mapping[str, Any]) -> None:
-    """Refuse to resume a half-written set that another plan started (it would mix two generations).
-
-    The plan lives next to the shard files, which ``finalize`` removes with them.
-    """
-    path = writer.partial / "shards" / PLAN_FILE
-    if path.is_file() and writer.done_shards:
-        previous = json.loads(path.read_text(encoding="utf-8"))
-        if previous != json.loads(json.dumps(record)):
-            changed = sorted(k for k in record if previous.get(k) != record[k])
-            raise ValueError(f"{writer.partial}: a half-written set from a sampling run with other settings "
-                             f"({', '.join(changed)}) is there; resume with the same settings or delete it")
-    path.write_text(json.dumps(record, indent=2), encoding="utf-8")
-
-
 def sample(model_dir: str | os.PathLike, out: str | os.PathLike, per_class: int, *,
            guidance_scale: float | None = None, steps: int | None = None, seed: int = 0, batch_size: int = 64,
            device: str | None = None, noise_temperature: float = 1.0, classes: Sequence[str] | None = None,
@@ -811,7 +791,6 @@ class SamplingJob:
                     "training_config": info["training_config"]},
             license={"name": "generated", "note": "sampled from a model trained on the parent set; "
                      "the parent's license terms apply"})
-        _check_plan(self.writer, _plan_record(plan, model.weights_hash))
 
     def pending(self) -> list[int]:
         done = self.writer.done_shards

@@ -57,9 +57,9 @@ def test_training_set_sizes_follow_the_loop_modes(smoke_run):
     mixed = ImageSet.open(smoke_run / "mix" / "gen_2" / "train_set")
     kinds = [p["kind"] for p in mixed.parents]
     assert kinds == ["real", "generated"]
-    # λ = 0.5 of the mixed set is real: its image ids carry the real parent's short id.
-    real_prefix = ImageSet.open(smoke_run / "real" / "train").id[:8]
-    n_real = sum(1 for r in mixed.records if r.file_name.split("/")[-1].startswith(real_prefix))
+    # λ = 0.5 of the mixed set is real: those images are byte-identical to real training images.
+    real_hashes = {r.sha256 for r in ImageSet.open(smoke_run / "real" / "train").records}
+    n_real = sum(1 for r in mixed.records if r.sha256 in real_hashes)
     assert n_real == round(recipe.loop.mix_real_fraction * synthetic)
 
 

@@ -97,7 +97,9 @@ class TrainConfig:
     label_dropout: float = 0.1
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
-    prediction_type: str = "epsilon"
+    # v-prediction: the cosine schedule's last timestep has almost no signal, where an epsilon model's
+    # image estimate is ill-conditioned; v keeps it well-posed (and trained better here: benchmarks/README.md).
+    prediction_type: str = "v_prediction"
     snr_gamma: float | None = 5.0
     sampler: str = "dpm++"
     sample_steps: int = DEFAULT_SAMPLE_STEPS
@@ -159,32 +161,32 @@ class TrainConfig:
 
 
 PRESETS: dict[str, TrainConfig] = {
-    # The embedded CPU default: 16 px grayscale digits, folded 2×2 into 8×8×4 before a two-level UNet.
-    # Sized so one training run takes well under half a minute on two cores (benchmarks/README.md).
+    # The embedded CPU default: 16 px grayscale digits folded 2×2 into 8×8×4 before a small two-level UNet.
+    # ~13 s of training on two idle cores; samples ≥ 97% recognisable (benchmarks/README.md).
     "digits16-cpu": TrainConfig(
-        preset="digits16-cpu", image_size=16, channels=1, patch_size=2, block_out_channels=(32, 64),
-        layers_per_block=1, mid_block=False, norm_num_groups=8, steps=300, batch_size=128, lr=2e-3,
-        warmup_steps=30, ema_decay=0.995, ema_power=0.75, label_dropout=0.1, prediction_type="epsilon",
-        snr_gamma=5.0, sampler="dpm++", sample_steps=20, guidance_scale=2.0, checkpoint_every=100),
+        preset="digits16-cpu", image_size=16, channels=1, patch_size=2, block_out_channels=(16, 32),
+        layers_per_block=1, mid_block=False, norm_num_groups=8, steps=400, batch_size=64, lr=2e-3,
+        warmup_steps=30, ema_decay=0.995, ema_power=0.75, label_dropout=0.1, prediction_type="v_prediction",
+        snr_gamma=5.0, sampler="dpm++", sample_steps=12, guidance_scale=2.0, checkpoint_every=100),
     # For tests: a tiny UNet and a handful of steps; exercises every code path in about a second.
     "smoke": TrainConfig(
         preset="smoke", image_size=16, channels=1, patch_size=2, block_out_channels=(8, 16),
         layers_per_block=1, mid_block=False, norm_num_groups=4, steps=6, batch_size=16, lr=1e-3,
-        warmup_steps=2, ema_decay=0.9, sample_steps=4, checkpoint_every=2),
+        warmup_steps=2, ema_decay=0.9, prediction_type="v_prediction", sample_steps=4, checkpoint_every=2),
     # CIFAR-like 32 px RGB on a GPU: the DDPM CIFAR-10 layout, shortened.
     "cifar32-gpu": TrainConfig(
         preset="cifar32-gpu", image_size=32, channels=3, patch_size=1, block_out_channels=(128, 256, 256),
         layers_per_block=2, attention_levels=(1,), mid_block=True, norm_num_groups=32, dropout=0.1,
         hflip=True, steps=30_000, batch_size=128, lr=2e-4, warmup_steps=1000, ema_decay=0.9999,
-        ema_power=2 / 3, snr_gamma=5.0, sample_steps=25, guidance_scale=2.0, checkpoint_every=2000,
-        compile=True),
-    # 64 px RGB on a GPU: one more level, attention at 16 px.
+        ema_power=2 / 3, prediction_type="v_prediction", snr_gamma=5.0, sample_steps=25, guidance_scale=2.0,
+        checkpoint_every=2000, compile=True),
+    # 64 px RGB on a GPU: one more level, attention at 16 and 8 px.
     "64-gpu": TrainConfig(
         preset="64-gpu", image_size=64, channels=3, patch_size=1, block_out_channels=(128, 256, 256, 512),
         layers_per_block=2, attention_levels=(2, 3), mid_block=True, norm_num_groups=32, dropout=0.1,
         hflip=True, steps=50_000, batch_size=64, lr=1e-4, warmup_steps=1000, ema_decay=0.9999,
-        ema_power=2 / 3, snr_gamma=5.0, sample_steps=25, guidance_scale=2.0, checkpoint_every=2000,
-        compile=True),
+        ema_power=2 / 3, prediction_type="v_prediction", snr_gamma=5.0, sample_steps=25, guidance_scale=2.0,
+        checkpoint_every=2000, compile=True),
 }
 
 
@@ -431,11 +433,8 @@ def train(image_set: ImageSet | str | os.PathLike, out_dir: str | os.PathLike, c
     Resumes from the latest checkpoint in ``out_dir/checkpoints`` when one from the same set and config
     is there; returns at once when ``out_dir`` already holds the finished model of this set and config.
     ``callback(step, loss)`` runs after every optimizer step (``step`` counts from 1), e.g. for logging.
+    The caller's global RNG state is left as it was.
     """
-    from diffusers.optimization import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
-    from diffusers.training_utils import EMAModel, compute_snr
-    from tqdm.auto import tqdm
-
     config.validate()
     if not isinstance(image_set, ImageSet):
         image_set = ImageSet.open(image_set)
@@ -451,32 +450,46 @@ def train(image_set: ImageSet | str | os.PathLike, out_dir: str | os.PathLike, c
         raise ValueError(f"{out}: exists and is not a folder")
     data = load_training_data(image_set, config)
     device = devices.resolve_device(config.device)
-    torch.manual_seed(config.seed)  # weight initialisation
+    cuda_devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda_devices):
+        torch.manual_seed(config.seed)  # weight initialisation (and dropout, in the GPU presets)
+        stats = _fit(data, out, config, identity, device, progress, callback)
+    _write_model_info(out, config, data, image_set, identity, stats)
+    if not config.keep_checkpoints:
+        shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+    return out
+
+
+def _fit(data: TrainingData, out: Path, config: TrainConfig, identity: Mapping[str, Any], device: torch.device,
+         progress: bool, callback: StepCallback | None) -> dict[str, Any]:
+    """The training loop: build or restore, optimise, checkpoint, then save the EMA weights to ``out``.
+
+    Returns training statistics for the model info.
+    """
+    from diffusers.optimization import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+    from diffusers.training_utils import EMAModel
+    from tqdm.auto import tqdm
 
     unet = devices.prepare_module(build_unet(config, len(data.classes)), device)
     unet.train()
     forward = devices.maybe_compile(unet, device, config.compile)
     noise_scheduler = build_noise_scheduler(config)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-                                  **({"fused": True} if device.type == "cuda" else {}))
+                                  **({"fused": True} if device.type == "cuda" else {"foreach": True}))
     if config.lr_schedule == "cosine":
         lr_scheduler = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
     else:
         lr_scheduler = get_constant_schedule_with_warmup(optimizer, config.warmup_steps)
     ema = EMAModel(unet.parameters(), decay=config.ema_decay, use_ema_warmup=True, power=config.ema_power,
                    foreach=True)
-
     checkpoints = Checkpoints(out / CHECKPOINTS, identity)
-    start = 0
     latest = checkpoints.latest()
-    if latest is not None:
-        start = checkpoints.load(latest, unet, ema, optimizer, lr_scheduler, device)
+    start = 0 if latest is None else checkpoints.load(latest, unet, ema, optimizer, lr_scheduler, device)
 
     on_gpu = device.type == "cuda"
     images = data.images.to(device) if on_gpu and data.images.numel() < 2**31 else data.images
     labels = data.labels.to(images.device)
     order = BatchOrder(len(images), config.batch_size, config.seed)
-    null_class = len(data.classes)
     bar = tqdm(total=config.steps, initial=start, disable=not progress, desc=f"train {config.preset}",
                unit="step", dynamic_ncols=True)
     smoothed = None
@@ -485,29 +498,8 @@ def train(image_set: ImageSet | str | os.PathLike, out_dir: str | os.PathLike, c
         generator = torch.Generator(device).manual_seed(_derived_seed(config.seed, "step", step))
         index = order.indices(step).to(images.device)
         x0 = devices.prepare_input(images[index], device).float().div_(127.5).sub_(1.0)
-        y = labels[index].to(device)
-        n = x0.shape[0]
-        if config.hflip:
-            flip = torch.rand(n, generator=generator, device=device) < 0.5
-            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-        noise = torch.randn(x0.shape, generator=generator, device=device)
-        timesteps = torch.randint(0, config.num_train_timesteps, (n,), generator=generator, device=device)
-        drop = torch.rand(n, generator=generator, device=device) < config.label_dropout
-        y = torch.where(drop, torch.full_like(y, null_class), y)
-        if config.patch_size > 1:
-            x0, noise = F.pixel_unshuffle(x0, config.patch_size), F.pixel_unshuffle(noise, config.patch_size)
-        noisy = noise_scheduler.add_noise(x0, noise, timesteps)
-        target = noise if config.prediction_type == "epsilon" else noise_scheduler.get_velocity(x0, noise, timesteps)
-        with devices.autocast(device, config.mixed_precision):
-            prediction = forward(noisy, timesteps, class_labels=y).sample
-        per_image = F.mse_loss(prediction.float(), target, reduction="none").mean(dim=(1, 2, 3))
-        if config.snr_gamma is not None:
-            snr = compute_snr(noise_scheduler, timesteps)
-            clipped = torch.clamp(snr, max=config.snr_gamma)
-            weight = clipped / snr if config.prediction_type == "epsilon" else clipped / (snr + 1)
-            loss = (per_image * weight).mean()
-        else:
-            loss = per_image.mean()
+        loss = diffusion_loss(forward, noise_scheduler, x0, labels[index].to(device), generator, config,
+                              null_class=len(data.classes))
         loss.backward()
         if config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(unet.parameters(), config.grad_clip)
@@ -530,24 +522,57 @@ def train(image_set: ImageSet | str | os.PathLike, out_dir: str | os.PathLike, c
         if callback is not None:
             callback(done, value)
     bar.close()
+
     seconds = time.perf_counter() - t0
-
     ema.copy_to(unet.parameters())
-    _write_model_dir(out, unet, noise_scheduler, config, data, image_set, identity,
-                     {"final_loss": smoothed, "train_seconds": round(seconds, 3), "resumed_from_step": start,
-                      "device": str(device)})
-    if not config.keep_checkpoints:
-        shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
-    return out
+    _write_model_weights(out, unet, noise_scheduler)
+    return {"final_loss": smoothed, "train_seconds": round(seconds, 3), "resumed_from_step": start,
+            "device": str(device), "threads": torch.get_num_threads()}
 
 
-def _write_model_dir(out: Path, unet: Any, noise_scheduler: Any, config: TrainConfig, data: TrainingData,
-                     image_set: ImageSet, identity: Mapping[str, Any], stats: Mapping[str, Any]) -> None:
-    """Save the EMA UNet and scheduler, then ``imgsynth_model.json`` last: its presence marks a finished model."""
+def diffusion_loss(forward: Callable[..., Any], noise_scheduler: Any, x0: torch.Tensor, labels: torch.Tensor,
+                   generator: torch.Generator, config: TrainConfig, null_class: int) -> torch.Tensor:
+    """The denoising loss of one batch (images in [-1, 1]); every random draw comes from ``generator``.
+
+    Labels are dropped to ``null_class`` at rate ``label_dropout`` (classifier-free guidance); the target
+    is the noise or the velocity; Min-SNR-γ weighting keeps the easy low-noise steps from dominating.
+    """
+    from diffusers.training_utils import compute_snr
+
+    n, device = x0.shape[0], x0.device
+    if config.hflip:
+        flip = torch.rand(n, generator=generator, device=device) < 0.5
+        x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+    noise = torch.randn(x0.shape, generator=generator, device=device)
+    timesteps = torch.randint(0, config.num_train_timesteps, (n,), generator=generator, device=device)
+    drop = torch.rand(n, generator=generator, device=device) < config.label_dropout
+    labels = torch.where(drop, torch.full_like(labels, null_class), labels)
+    if config.patch_size > 1:
+        x0, noise = F.pixel_unshuffle(x0, config.patch_size), F.pixel_unshuffle(noise, config.patch_size)
+    noisy = noise_scheduler.add_noise(x0, noise, timesteps)
+    target = noise if config.prediction_type == "epsilon" else noise_scheduler.get_velocity(x0, noise, timesteps)
+    with devices.autocast(device, config.mixed_precision):
+        prediction = forward(noisy, timesteps, class_labels=labels).sample
+    per_image = F.mse_loss(prediction.float(), target, reduction="none").mean(dim=(1, 2, 3))
+    if config.snr_gamma is None:
+        return per_image.mean()
+    snr = compute_snr(noise_scheduler, timesteps)
+    clipped = torch.clamp(snr, max=config.snr_gamma)
+    weight = clipped / snr if config.prediction_type == "epsilon" else clipped / (snr + 1)
+    return (per_image * weight).mean()
+
+
+def _write_model_weights(out: Path, unet: Any, noise_scheduler: Any) -> None:
+    """Save the (EMA) UNet with ``save_pretrained`` (safetensors) and the training scheduler's config."""
     out.mkdir(parents=True, exist_ok=True)
     unet.to("cpu").to(memory_format=torch.contiguous_format)
     unet.save_pretrained(out, safe_serialization=True)
     noise_scheduler.save_pretrained(out)
+
+
+def _write_model_info(out: Path, config: TrainConfig, data: TrainingData, image_set: ImageSet,
+                      identity: Mapping[str, Any], stats: Mapping[str, Any]) -> None:
+    """Write ``imgsynth_model.json`` after the weights: its presence marks a finished model."""
     info = {
         "format_version": MODEL_FORMAT_VERSION,
         "pipeline": PIPELINE_NAME,
@@ -647,8 +672,11 @@ def load_model(model_dir: str | os.PathLike, device: str | None = None) -> Loade
 
 @torch.inference_mode()
 def denoise(model: LoadedModel, noise: torch.Tensor, class_indices: torch.Tensor, *, guidance_scale: float,
-            steps: int, sampler: str) -> torch.Tensor:
+            steps: int, sampler: str | Any) -> torch.Tensor:
     """Run the sampler from ``noise`` (N, C, H, W in image space) to images in [-1, 1] (image space).
+
+    ``sampler`` is a name from ``SAMPLERS`` or a scheduler built by ``build_sampler`` (reused: its state
+    is reset by ``set_timesteps``).
 
     Classifier-free guidance mixes the conditional and null-class predictions in one doubled batch;
     scales 1 and 0 need only one of them.
@@ -656,7 +684,7 @@ def denoise(model: LoadedModel, noise: torch.Tensor, class_indices: torch.Tensor
     info = model.info
     patch = int(info["patch_size"])
     null_class = int(info.get("null_class_index", len(info["classes"])))
-    scheduler = build_sampler(sampler, model.scheduler_config)
+    scheduler = build_sampler(sampler, model.scheduler_config) if isinstance(sampler, str) else sampler
     scheduler.set_timesteps(steps, device=model.device)
     x = devices.prepare_input(noise, model.device) * scheduler.init_noise_sigma
     if patch > 1:
@@ -858,6 +886,7 @@ def write_shards(model: LoadedModel, writer: ImageSetWriter, work: Sequence[Sequ
     captions = info.get("class_captions") or {}
     tag = f"{PIPELINE_NAME}:{model.weights_hash[:12]}"
     total = sum(len(work[i]) for i in todo)
+    scheduler = build_sampler(plan.sampler, model.scheduler_config)
     with tqdm(total=total, disable=not progress, desc="sample", unit="img", dynamic_ncols=True) as bar:
         for index in todo:
             samples: list[Sample] = []
@@ -865,7 +894,7 @@ def write_shards(model: LoadedModel, writer: ImageSetWriter, work: Sequence[Sequ
                 noise = initial_noise(batch, (channels, height, width), plan.noise_temperature)
                 labels = torch.tensor([class_index[item.label] for item in batch], dtype=torch.long)
                 images = denoise(model, noise, labels, guidance_scale=plan.guidance_scale, steps=plan.steps,
-                                 sampler=plan.sampler)
+                                 sampler=scheduler)
                 for item, image in zip(batch, to_pil(images, info["image_mode"])):
                     caption = captions.get(item.label) or f"a {item.label}"
                     samples.append(Sample(image, item.label, caption, item.seed, item.image_id, {

@@ -4,7 +4,7 @@ Built from diffusers parts: a ``UNet2DModel`` whose class embedding has one extr
 used for classifier-free guidance (labels are dropped to it during training); a ``DDPMScheduler`` for the
 training noise; DPM-Solver++ (or DDIM, eta 0) for sampling; ``EMAModel`` for the averaged weights that
 are saved. Images may be folded into channels before the UNet (``patch_size``, a pixel-unshuffle), which
-makes the 16-pixel CPU preset four times cheaper at no loss for such small images.
+makes the 16-pixel CPU preset about five times cheaper to train for a point or two of class accuracy.
 
 ``train`` writes a *model dir*: the EMA UNet (``save_pretrained``, safetensors only), the training
 scheduler's config and ``imgsynth_model.json`` (classes, training config, the training set as parent,
@@ -804,7 +804,7 @@ class SamplingJob:
             "seed": plan.seed, "noise_temperature": plan.noise_temperature,
             "prediction_type": model.scheduler_config.get("prediction_type"), "shard_size": plan.shard_size,
         }
-        self.finished = _finished_set(self.out, generator_record)
+        self.finished = _finished_set(self.out, generator_record, {c: plan.per_class for c in plan.classes})
         if self.finished is not None:
             return
         parent = info.get("parent") or {}
@@ -861,14 +861,14 @@ def _make_plan(info: Mapping[str, Any], per_class: int, classes: Sequence[str] |
                         int(shard_size), generation)
 
 
-def _finished_set(out: Path, generator_record: Mapping[str, Any]) -> ImageSet | None:
-    """The set already at ``out`` when it came from the same model and settings; an error when it did not."""
+def _finished_set(out: Path, generator_record: Mapping[str, Any], counts: Mapping[str, int]) -> ImageSet | None:
+    """The set already at ``out`` when it came from the same model, settings and counts; else an error."""
     if not (out / "imageset.json").is_file():
         return None
     existing = ImageSet.open(out)
     previous = existing.manifest.get("generator") or {}
     keys = ("weights_hash", "sampler", "steps", "guidance_scale", "seed", "noise_temperature")
-    if all(previous.get(k) == generator_record[k] for k in keys):
+    if all(previous.get(k) == generator_record[k] for k in keys) and existing.counts == dict(counts):
         return existing
     raise ImageSetError(f"{out}: already holds an ImageSet made with other settings; remove it or choose "
                         "another folder")

@@ -269,3 +269,71 @@ def test_recipes_accept_curated_loop_modes_and_reject_useless_ones():
         recipe_from_dict({"loop": {"modes": ["bogus+curate"]}, "curate": {"dedup": 0.9}})
     with pytest.raises(RecipeError, match=r"\[curate\] nothing to do"):
         recipe_from_dict({"loop": {"modes": ["replace+curate"]}, "curate": {"rebalance": False}})
+
+
+# --------------------------------------------------------------------------------------------- with a classifier
+
+@pytest.fixture(scope="module")
+def classifier(digits_sets, tmp_path_factory):
+    from imgsynth.classifier import ClassifierConfig, train_classifier
+
+    train, _ = digits_sets
+    return train_classifier(train, tmp_path_factory.mktemp("classifier") / "ckpt",
+                            ClassifierConfig(epochs=2, width=8, seed=0), progress=False)
+
+
+def test_confidence_filter_keeps_what_the_reference_classifier_recognises(samples, classifier, tmp_path):
+    from imgsynth.classifier import load_classifier, predict
+
+    curated = curate(samples, tmp_path / "confident", min_confidence=0.9, classifier=classifier, rebalance=False)
+    _, probs = predict(classifier, samples)  # the whole set at once: a different path than curate's batches
+    classes = load_classifier(classifier).classes
+    own = probs[np.arange(len(samples)), [classes.index(r.label) for r in samples.records]]
+    assert {r.file_name for r in curated.records} == {r.file_name for r, p in zip(samples.records, own) if p >= 0.9}
+    by_name = {r.file_name: p for r, p in zip(samples.records, own)}
+    for drop in curation_record(curated)["drops"]:
+        assert drop["filter"] == "confidence" and drop["probability"] == pytest.approx(by_name[drop["file_name"]],
+                                                                                      abs=1e-5)
+    assert curation_record(curated)["filters"][0]["classifier"] == str(classifier)
+
+
+def test_confidence_filter_drops_mislabeled_images(digits_sets, classifier, tmp_path):
+    _, test = digits_sets
+    zeros, ones = test.indices_of_class("0")[:10], test.indices_of_class("1")[:10]
+    writer = ImageSetWriter(tmp_path / "labels", test.classes, kind="generated")
+    writer.write_all([Sample(test.read_bytes(i), "1", image_id=f"zero-as-one-{i}") for i in zeros] +
+                     [Sample(test.read_bytes(i), "1", image_id=f"one-{i}") for i in ones])
+    curated = curate(writer.finalize(), tmp_path / "out", min_confidence=0.5, classifier=classifier, rebalance=False)
+    kept = [r.file_name for r in curated.records]
+    assert sum("zero-as-one" in name for name in kept) <= 1
+    assert sum("/one-" in name for name in kept) >= 8
+
+
+def test_dedup_defaults_to_the_classifier_domain_features(samples, classifier, tmp_path):
+    curated = curate(samples, tmp_path / "domain", dedup=0.999, classifier=classifier, rebalance=False)
+    (dedup,) = curation_record(curated)["filters"]
+    assert dedup["embedding"].startswith("domain:")
+
+
+def test_loop_compares_a_mode_with_and_without_curation(tmp_path):
+    from imgsynth.experiments.config import load_recipe
+    from imgsynth.experiments.loop import Experiment
+    from imgsynth.experiments.recipes import shipped_recipes
+
+    recipe = load_recipe(shipped_recipes()["smoke"], ["loop.generations=2", 'loop.modes=["replace", "replace+curate"]',
+                                                      "curate.dedup=0.3", 'curate.embedding="pixels:8"'])
+    run = Experiment(recipe, tmp_path / "run").run()
+    base = ImageSet.open(run / "gen_0" / "samples")
+    start = ImageSet.open(run / "replace+curate" / "gen_0" / "curated")
+    assert start.kind == "curated" and start.parents[0]["id"] == base.id and len(start) < len(base)
+    curated = ImageSet.open(run / "replace+curate" / "gen_1" / "curated")
+    assert len(set(curated.counts.values())) == 1  # rebalanced
+    assert not (run / "replace" / "gen_1" / "curated").exists() and not (run / "gen_0" / "curated").exists()
+    trained_on = {mode: json.loads((run / mode / "gen_1" / "metrics.json").read_text())["train_set"]["id"]
+                  for mode in ("replace", "replace+curate")}
+    assert trained_on == {"replace": base.id, "replace+curate": start.id}
+    import pandas as pd
+
+    frame = pd.read_csv(run / "metrics.csv")
+    counts = frame[frame["metric"] == "sample_count"].set_index(["mode", "generation"])["value"]
+    assert counts[("replace+curate", 1)] == len(curated) and counts[("replace", 1)] == len(base)

@@ -26,14 +26,26 @@ def train_command(
     device: Optional[str] = typer.Option(None, help="cpu, cuda or auto (default: CUDA when present)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
-    """Train a class-conditional diffusion model (with classifier-free guidance) on an ImageSet."""
+    """Train a class-conditional diffusion model (with classifier-free guidance) on an ImageSet.
+
+    Under ``accelerate launch``/torchrun with several processes, they train one model data-parallel.
+    """
+    from imgsynth.distributed.accelerate_train import AccelerateDataParallel, launched_world_size
     from imgsynth.imageset import ImageSet
     from imgsynth.pipelines import conditional
 
+    parallel = AccelerateDataParallel() if launched_world_size() > 1 else None
+    if parallel is not None:
+        if device is not None:
+            raise typer.BadParameter("under a launcher every process uses the device it was given; drop --device",
+                                     param_hint="--device")
+        device = str(parallel.device)
     overrides = {name: value for name, value in (("steps", steps), ("batch_size", batch_size), ("lr", lr),
                                                  ("device", device)) if value is not None}
     config = conditional.preset(preset, seed=seed, **overrides)
-    model_dir = conditional.train(ImageSet.open(image_set), out_model, config, progress=progress)
+    model_dir = conditional.train(ImageSet.open(image_set), out_model, config, progress=progress, parallel=parallel)
+    if parallel is not None and parallel.rank != 0:
+        return
     info = conditional.read_model_info(model_dir)
     stats = info.get("stats", {})
     typer.echo(f"model: {model_dir}  ({len(info['classes'])} classes, {config.steps} steps, "

@@ -8,7 +8,8 @@ finalizes the set after all are done. The set is byte-identical to ``imgsynth ge
 the same settings (same id); an interrupted launch resumes when started again, with any process count.
 On a machine without GPUs, ``torchrun --nproc_per_node N -m imgsynth.distributed.accelerate_launch …``
 (or ``accelerate launch --multi_gpu``) runs N CPU processes over gloo; ``accelerate launch --cpu`` alone
-starts a single process.
+starts a single process. Training under a launcher is ``imgsynth train`` itself (``accelerate launch -m
+imgsynth train SET OUT``), see :mod:`imgsynth.distributed.accelerate_train`.
 """
 
 from __future__ import annotations

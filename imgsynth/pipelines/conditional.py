@@ -31,7 +31,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Collection, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -426,16 +426,44 @@ class Checkpoints:
 StepCallback = Callable[[int, float], None]
 
 
+class DataParallel(Protocol):
+    """The processes of one data-parallel training run (see :mod:`imgsynth.distributed.accelerate_train`).
+
+    Every process computes the loss of its part of each global batch; ``wrap`` makes the backward pass
+    average the gradients over processes (DistributedDataParallel), so the global batch, the optimizer
+    and the result are those of a single-process run with ``batch_size``, up to float summation order.
+    """
+
+    rank: int
+    world_size: int
+
+    def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
+        """The module whose forward/backward synchronises gradients across processes."""
+
+    def barrier(self) -> None:
+        """Wait until every process gets here."""
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean of ``value`` over all processes (every process gets it)."""
+
+
 def train(image_set: ImageSet | str | os.PathLike, out_dir: str | os.PathLike, config: TrainConfig,
-          progress: bool = True, *, callback: StepCallback | None = None) -> Path:
+          progress: bool = True, *, callback: StepCallback | None = None,
+          parallel: DataParallel | None = None) -> Path:
     """Train a class-conditional diffusion model on ``image_set``; returns the model dir (``out_dir``).
 
     Resumes from the latest checkpoint in ``out_dir/checkpoints`` when one from the same set and config
     is there; returns at once when ``out_dir`` already holds the finished model of this set and config.
     ``callback(step, loss)`` runs after every optimizer step (``step`` counts from 1), e.g. for logging.
-    The caller's global RNG state is left as it was.
+    The caller's global RNG state is left as it was. With ``parallel``, every process of the run calls
+    this with the same arguments (its own ``config.device``); each computes ``batch_size / world_size``
+    images of every batch, and process 0 alone writes checkpoints and the model. A run may resume with
+    another number of processes.
     """
     config.validate()
+    if parallel is not None and config.batch_size % parallel.world_size:
+        raise ValueError(f"batch_size {config.batch_size} does not split evenly over {parallel.world_size} "
+                         "processes; choose a batch size divisible by the process count")
     if not isinstance(image_set, ImageSet):
         image_set = ImageSet.open(image_set)
     out = Path(out_dir).absolute()
@@ -453,26 +481,32 @@ def train(image_set: ImageSet | str | os.PathLike, out_dir: str | os.PathLike, c
     cuda_devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(config.seed)  # weight initialisation (and dropout, in the GPU presets)
-        stats = _fit(data, out, config, identity, device, progress, callback)
-    _write_model_info(out, config, data, image_set, identity, stats)
-    if not config.keep_checkpoints:
-        shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+        stats = _fit(data, out, config, identity, device, progress, callback, parallel)
+    if parallel is None or parallel.rank == 0:
+        _write_model_info(out, config, data, image_set, identity, stats)
+        if not config.keep_checkpoints:
+            shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+    if parallel is not None:
+        parallel.barrier()  # no process returns before the model is on disk
     return out
 
 
 def _fit(data: TrainingData, out: Path, config: TrainConfig, identity: Mapping[str, Any], device: torch.device,
-         progress: bool, callback: StepCallback | None) -> dict[str, Any]:
+         progress: bool, callback: StepCallback | None, parallel: DataParallel | None = None) -> dict[str, Any]:
     """The training loop: build or restore, optimise, checkpoint, then save the EMA weights to ``out``.
 
     Returns training statistics for the model info.
     """
+    rank, world = (0, 1) if parallel is None else (parallel.rank, parallel.world_size)
+    main = rank == 0
     from diffusers.optimization import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
 
     unet = devices.prepare_module(build_unet(config, len(data.classes)), device)
     unet.train()
-    forward = devices.maybe_compile(unet, device, config.compile)
+    # Gradients flow through the wrapper (their all-reduce); optimizer, EMA and saving use the module itself.
+    forward = devices.maybe_compile(unet if parallel is None else parallel.wrap(unet), device, config.compile)
     noise_scheduler = build_noise_scheduler(config)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                   **({"fused": True} if device.type == "cuda" else {"foreach": True}))
@@ -490,7 +524,7 @@ def _fit(data: TrainingData, out: Path, config: TrainConfig, identity: Mapping[s
     images = data.images.to(device) if on_gpu and data.images.numel() < 2**31 else data.images
     labels = data.labels.to(images.device)
     order = BatchOrder(len(images), config.batch_size, config.seed)
-    bar = tqdm(total=config.steps, initial=start, disable=not progress, desc=f"train {config.preset}",
+    bar = tqdm(total=config.steps, initial=start, disable=not (progress and main), desc=f"train {config.preset}",
                unit="step", dynamic_ncols=True)
     smoothed = None
     t0 = time.perf_counter()
@@ -499,7 +533,7 @@ def _fit(data: TrainingData, out: Path, config: TrainConfig, identity: Mapping[s
         index = order.indices(step).to(images.device)
         x0 = devices.prepare_input(images[index], device).float().div_(127.5).sub_(1.0)
         loss = diffusion_loss(forward, noise_scheduler, x0, labels[index].to(device), generator, config,
-                              null_class=len(data.classes))
+                              null_class=len(data.classes), part=(rank, world))
         loss.backward()
         if config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(unet.parameters(), config.grad_clip)
@@ -509,7 +543,8 @@ def _fit(data: TrainingData, out: Path, config: TrainConfig, identity: Mapping[s
         ema.step(unet.parameters())
 
         done = step + 1
-        value = float(loss.detach())
+        # The global batch's loss on every process, so a non-finite loss stops all of them together.
+        value = float(loss.detach() if parallel is None else parallel.mean(loss.detach()))
         if not math.isfinite(value):
             raise FloatingPointError(f"training loss became {value} at step {done}; lower lr "
                                      f"(now {config.lr}) or enable grad_clip")
@@ -518,34 +553,46 @@ def _fit(data: TrainingData, out: Path, config: TrainConfig, identity: Mapping[s
         if done % 10 == 0 or done == config.steps:
             bar.set_postfix(loss=f"{smoothed:.4f}", lr=f"{lr_scheduler.get_last_lr()[0]:.2e}")
         if config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.steps:
-            checkpoints.save(done, unet, ema, optimizer, lr_scheduler)
+            if main:
+                checkpoints.save(done, unet, ema, optimizer, lr_scheduler)
+            if parallel is not None:
+                parallel.barrier()
         if callback is not None:
             callback(done, value)
     bar.close()
 
     seconds = time.perf_counter() - t0
     ema.copy_to(unet.parameters())
-    _write_model_weights(out, unet, noise_scheduler)
+    if main:
+        _write_model_weights(out, unet, noise_scheduler)
     return {"final_loss": smoothed, "train_seconds": round(seconds, 3), "resumed_from_step": start,
-            "device": str(device), "threads": torch.get_num_threads()}
+            "device": str(device), "threads": torch.get_num_threads(), "processes": world}
 
 
 def diffusion_loss(forward: Callable[..., Any], noise_scheduler: Any, x0: torch.Tensor, labels: torch.Tensor,
-                   generator: torch.Generator, config: TrainConfig, null_class: int) -> torch.Tensor:
+                   generator: torch.Generator, config: TrainConfig, null_class: int,
+                   part: tuple[int, int] = (0, 1)) -> torch.Tensor:
     """The denoising loss of one batch (images in [-1, 1]); every random draw comes from ``generator``.
 
     Labels are dropped to ``null_class`` at rate ``label_dropout`` (classifier-free guidance); the target
     is the noise or the velocity; Min-SNR-γ weighting keeps the easy low-noise steps from dominating.
+    ``part=(rank, world)`` computes the loss of rows ``rank::world`` only, after drawing the noise of the
+    whole batch, so the parts of ``world`` processes are exactly the rows of the one-process batch.
     """
     from diffusers.training_utils import compute_snr
 
     n, device = x0.shape[0], x0.device
-    if config.hflip:
-        flip = torch.rand(n, generator=generator, device=device) < 0.5
-        x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+    flip = torch.rand(n, generator=generator, device=device) < 0.5 if config.hflip else None
     noise = torch.randn(x0.shape, generator=generator, device=device)
     timesteps = torch.randint(0, config.num_train_timesteps, (n,), generator=generator, device=device)
     drop = torch.rand(n, generator=generator, device=device) < config.label_dropout
+    rank, world = part
+    if world > 1:
+        rows = slice(rank, None, world)
+        x0, noise, timesteps, drop, labels = x0[rows], noise[rows], timesteps[rows], drop[rows], labels[rows]
+        flip = None if flip is None else flip[rows]
+    if flip is not None:
+        x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
     labels = torch.where(drop, torch.full_like(labels, null_class), labels)
     if config.patch_size > 1:
         x0, noise = F.pixel_unshuffle(x0, config.patch_size), F.pixel_unshuffle(noise, config.patch_size)

@@ -193,7 +193,7 @@ class Text2ImageShardGenerator:
         record = loaded.provenance()
         if _uses_gpu(self.device) and loaded.device == "cpu":
             record["compiled"] = self.compile
-        parents = list(self.parents) + t2i._lora_parents(loaded.lora, out)
+        parents = list(self.parents) + t2i.lora_parents(loaded.lora, out)
         sampling = {**dataclasses.asdict(self.options), "seed": self.seed,
                     "negative_prompt": self.options.negative_prompt if self.options.guided else ""}
         spec = SetSpec(
@@ -204,7 +204,7 @@ class Text2ImageShardGenerator:
                     "generation": self.generation, "classes": self.bank.class_names},
             license=record["license"] if self.license is None else
             model_license(record["model_path"] or self.model, self.license))
-        self._fingerprint = t2i._plan_fingerprint(self.work(), {
+        self._fingerprint = t2i.plan_fingerprint(self.work(), {
             "weights": record["weights_sha256"], "lora": (record["lora"] or {}).get("sha256"),
             "dtype": record["dtype"], "sampling": sampling, "caption_model": str(self.caption_model or ""),
             "shard_size": self.shard_size, "generation": self.generation})
@@ -215,13 +215,13 @@ class Text2ImageShardGenerator:
         from imgsynth.pipelines import text2image as t2i
 
         self.spec(writer.root)
-        t2i._check_plan(writer, self._fingerprint)
+        t2i.check_plan(writer, self._fingerprint)
 
     def finished_set(self, out: Path, spec: SetSpec) -> Any:
         """``generate_text2image``'s rule: batch size, shard size and compilation do not make another set."""
         from imgsynth.pipelines import text2image as t2i
 
-        return t2i._finished_set(Path(out), spec.generator, spec.config)
+        return t2i.finished_set(Path(out), spec.generator, spec.config)
 
     def work(self) -> list[WorkItem]:
         from imgsynth.pipelines import text2image as t2i

@@ -412,7 +412,8 @@ def plan_text2image(bank: PromptBank, per_class: int, seed: int) -> list[WorkIte
     return items
 
 
-def _plan_fingerprint(items: Sequence[WorkItem], settings: Mapping[str, Any]) -> str:
+def plan_fingerprint(items: Sequence[WorkItem], settings: Mapping[str, Any]) -> str:
+    """A hash of the work items and the sampling settings: what a half-written set must be resumed with."""
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for item in items:
         digest.update(f"{item.label}\t{item.index}\t{item.seed}\t{item.prompt}\n".encode())
@@ -478,20 +479,20 @@ def generate_text2image(model: str | os.PathLike, out: str | os.PathLike, *,
         generator = Text2ImageGenerator.from_pretrained(model, device=device, dtype=dtype, lora=lora,
                                                         compile=compile)
     record = generator.provenance()
-    parents = list(parents) + _lora_parents(generator.lora, Path(out))
+    parents = list(parents) + lora_parents(generator.lora, Path(out))
     sampling = {**dataclasses.asdict(options), "seed": seed, "negative_prompt": options.negative_prompt
                 if options.guided else ""}
     generator_record = {**record, **sampling, "prompt_bank": bank.source or bank.name,
                         "caption_model": str(caption_model) if caption_model else None}
     config = {"per_class": per_class, "shard_size": shard_size, "batch_size": batch_size,
               "generation": generation, "classes": bank.class_names}
-    finished = _finished_set(Path(out), generator_record, config)
+    finished = finished_set(Path(out), generator_record, config)
     if finished is not None:
         return finished
     writer = ImageSetWriter(
         out, bank.class_names, kind="generated", parents=parents, generator=generator_record, config=config,
         license=record["license"] if license is None else model_license(record["model_path"] or model, license))
-    _check_plan(writer, _plan_fingerprint(items, {
+    check_plan(writer, plan_fingerprint(items, {
         "weights": record["weights_sha256"], "lora": (record["lora"] or {}).get("sha256"), "dtype": record["dtype"],
         "sampling": sampling, "caption_model": str(caption_model or ""), "shard_size": shard_size,
         "generation": generation}))
@@ -506,7 +507,7 @@ _SAME_SET_GENERATOR_KEYS = ("pipeline_class", "weights_sha256", "scheduler", "dt
 _SAME_SET_CONFIG_KEYS = ("per_class", "classes", "generation")
 
 
-def _finished_set(out: Path, generator: Mapping[str, Any], config: Mapping[str, Any]) -> ImageSet | None:
+def finished_set(out: Path, generator: Mapping[str, Any], config: Mapping[str, Any]) -> ImageSet | None:
     """The finished set at ``out`` when the same settings made it (nothing to do); an error when others did."""
     if not (out / "imageset.json").is_file():
         return None
@@ -522,7 +523,7 @@ def _finished_set(out: Path, generator: Mapping[str, Any], config: Mapping[str, 
     return existing
 
 
-def _check_plan(writer: ImageSetWriter, fingerprint: str) -> None:
+def check_plan(writer: ImageSetWriter, fingerprint: str) -> None:
     """Refuse to resume a half-written set that was started with other settings (it would mix them).
 
     The fingerprint lives next to the shard files, which ``finalize`` removes with them.
@@ -537,7 +538,7 @@ def _check_plan(writer: ImageSetWriter, fingerprint: str) -> None:
     plan.write_text(json.dumps({"fingerprint": fingerprint}), encoding="utf-8")
 
 
-def _lora_parents(lora: Mapping[str, Any] | None, out: Path) -> list[dict[str, Any]]:
+def lora_parents(lora: Mapping[str, Any] | None, out: Path) -> list[dict[str, Any]]:
     """The set a LoRA was trained on is a parent of what it generates (lineage walks back through it)."""
     trained = (lora or {}).get("trained") or {}
     source = trained.get("train_set")

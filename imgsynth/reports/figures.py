@@ -75,7 +75,9 @@ def dashboard(frame: pd.DataFrame, path: str | Path, title: str = "", note: str 
     fig.legend(handles, labels, loc="upper center", ncol=min(6, len(labels)), frameon=False,
                bbox_to_anchor=(0.5, 1.0 + 0.02 / rows))
     if title or note:
-        fig.suptitle("\n".join(t for t in (title, note) if t), y=1.0 + 0.09 / rows, fontsize=11)
+        lines = [t for t in (title, note) if t]
+        # Each title line needs its own room above the legend, or a two-line title runs into it.
+        fig.suptitle("\n".join(lines), y=1.0 + (0.05 + 0.04 * len(lines)) / rows, fontsize=11)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -309,10 +309,14 @@ def test_confidence_filter_drops_mislabeled_images(digits_sets, classifier, tmp_
     assert sum("/one-" in name for name in kept) >= 8
 
 
-def test_dedup_defaults_to_the_classifier_domain_features(samples, classifier, tmp_path):
-    curated = curate(samples, tmp_path / "domain", dedup=0.999, classifier=classifier, rebalance=False)
-    (dedup,) = curation_record(curated)["filters"]
-    assert dedup["embedding"].startswith("domain:")
+def test_dedup_stays_perceptual_with_a_classifier_unless_domain_is_asked_for(samples, classifier, tmp_path):
+    """A classifier's features pull a class together by design; dedup there must be an explicit choice."""
+    pixels = curate(samples, tmp_path / "pixels", dedup=0.98, classifier=classifier, rebalance=False)
+    assert curation_record(pixels)["filters"][0]["embedding"] == "pixels:16"
+    domain = curate(samples, tmp_path / "domain", dedup=0.98, classifier=classifier, rebalance=False,
+                    embedding=f"domain:{classifier}")
+    assert curation_record(domain)["filters"][0]["embedding"].startswith("domain:")
+    assert len(domain) < len(pixels)  # at the same threshold the class-clustered space drops more
 
 
 def test_loop_compares_a_mode_with_and_without_curation(tmp_path):

@@ -25,7 +25,7 @@ def curate_command(
                                                          "(for --min-confidence; default dedup space)."),
     clip: Optional[str] = typer.Option(None, help="open_clip model for the CLIP filter (weights on disk)."),
     embedding: Optional[str] = typer.Option(None, help="Dedup space: pixels:<size>, domain:<ckpt>, clip:<name> "
-                                                       "(default domain:<classifier>, else pixels:16)."),
+                                                       "(default pixels:16)."),
     rebalance: bool = typer.Option(True, "--rebalance/--no-rebalance", help="Downsample every class to the "
                                                                              "smallest kept class."),
     seed: int = typer.Option(0, help="Seed of the rebalancing draw."),

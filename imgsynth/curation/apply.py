@@ -81,9 +81,10 @@ def curate(samples: ImageSet | str | os.PathLike, out: str | os.PathLike, *, ded
     ``classifier`` is a checkpoint folder (or a loaded classifier) trained on real data, needed by
     ``min_confidence``; ``clip`` is an open_clip model name for the ``clip:`` extractor (or an
     extractor object), needed by ``min_clip_score`` / ``clip_top_fraction``. ``embedding`` chooses
-    the space for ``dedup``: default ``domain:<classifier>`` when a classifier checkpoint is given,
-    else the ``pixels:16`` thumbnail correlation; any ``imgsynth.metrics.features`` name or
-    ``pixels:<size>`` works. A filter left at ``None`` is skipped. Raises ``ValueError`` for
+    the space for ``dedup``: default the ``pixels:16`` thumbnail correlation (a near-copy is a perceptual
+    notion; a classifier's features put a class's images close together by design, so ``domain:`` at
+    0.98 would drop 69% of the real digits, see benchmarks/README.md); any ``imgsynth.metrics.features``
+    name or ``pixels:<size>`` works. A filter left at ``None`` is skipped. Raises ``ValueError`` for
     settings that cannot work and ``ImageSetError`` when nothing would be kept.
     """
     samples = samples if isinstance(samples, ImageSet) else ImageSet.open(samples)
@@ -98,7 +99,7 @@ def curate(samples: ImageSet | str | os.PathLike, out: str | os.PathLike, *, ded
     if min_clip_score is not None or clip_top_fraction is not None:
         alive &= _clip_filter(samples, alive, clip, min_clip_score, clip_top_fraction, batch_size, log)
     if dedup is not None:
-        extractor = resolve_embedding(embedding or _default_embedding(classifier))
+        extractor = resolve_embedding(embedding or PIXEL_DEDUP_EMBEDDING)
         alive &= _dedup_filter(samples, alive, labels, extractor, dedup, batch_size, log)
     if rebalance:
         alive &= _rebalance_filter(samples, alive, labels, seed, log)
@@ -135,12 +136,6 @@ def _check_settings(dedup: float | None, min_confidence: float | None, min_clip_
     if all(v is None for v in (dedup, min_confidence, min_clip_score, clip_top_fraction)) and not rebalance:
         raise ValueError("no curation filter requested: set dedup, min_confidence, min_clip_score, "
                          "clip_top_fraction or rebalance")
-
-
-def _default_embedding(classifier: Any) -> str:
-    if isinstance(classifier, (str, os.PathLike)):
-        return f"domain:{classifier}"
-    return PIXEL_DEDUP_EMBEDDING
 
 
 def _confidence_filter(samples: ImageSet, alive: np.ndarray, classifier: Any, threshold: float,

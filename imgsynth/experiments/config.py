@@ -111,7 +111,7 @@ class CurateConfig:
     clip_top_fraction: float | None = None
     rebalance: bool = True
     modes: list[str] = field(default_factory=list)
-    # Dedup space: "" = domain:<reference classifier> (else pixels:16), or pixels:<size>, clip:<name>.
+    # Dedup space: "" = pixels:16, or pixels:<size>, domain (the reference classifier), clip:<name>.
     embedding: str = ""
 
 

@@ -286,15 +286,17 @@ class Experiment:
 
         c = self.recipe.curate
         self.stage_hook("curate", key)
+        embedding = f"domain:{reference_ckpt}" if c.embedding == "domain" else c.embedding or None
         return curation.curate(samples, out, dedup=c.dedup, min_confidence=c.min_confidence,
                                min_clip_score=c.min_clip_score, clip_top_fraction=c.clip_top_fraction,
                                classifier=reference_ckpt, clip=self.recipe.metrics.clip or None,
-                               rebalance=c.rebalance, seed=self.recipe.seed, embedding=c.embedding or None)
+                               rebalance=c.rebalance, seed=self.recipe.seed, embedding=embedding)
 
     # ------------------------------------------------------------------ evaluation
     def _reference_classifier(self, full_train: ImageSet) -> Path | None:
         needs_domain = any(e.split(":", 1)[0] == "domain" for e in self.recipe.metrics.extractors)
-        if not (needs_domain or self.recipe.classifier.enabled or self.recipe.curate.min_confidence):
+        curate = self.recipe.curate
+        if not (needs_domain or self.recipe.classifier.enabled or curate.min_confidence or curate.embedding == "domain"):
             return None
         out = self.run_dir / "real" / "classifier"
         if (out / "classifier.json").is_file():

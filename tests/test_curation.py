@@ -269,6 +269,11 @@ def test_recipes_accept_curated_loop_modes_and_reject_useless_ones():
         recipe_from_dict({"loop": {"modes": ["bogus+curate"]}, "curate": {"dedup": 0.9}})
     with pytest.raises(RecipeError, match=r"\[curate\] nothing to do"):
         recipe_from_dict({"loop": {"modes": ["replace+curate"]}, "curate": {"rebalance": False}})
+    for bad, message in (("pixels:x", "expected pixels:<size>"), ("sift", "unknown space 'sift'")):
+        with pytest.raises(RecipeError, match=message):
+            recipe_from_dict({"loop": {"modes": ["replace+curate"]}, "curate": {"dedup": 0.9, "embedding": bad}})
+    for good in ("pixels:8", "domain", "clip:ViT-B-32"):
+        recipe_from_dict({"loop": {"modes": ["replace+curate"]}, "curate": {"dedup": 0.9, "embedding": good}})
 
 
 # --------------------------------------------------------------------------------------------- with a classifier

@@ -242,6 +242,17 @@ def validate(recipe: Recipe, where: str = "recipe") -> Recipe:
     if bad_curate_modes:
         fail(f"[curate] modes {bad_curate_modes} are not among [loop] modes {recipe.loop.modes}")
     c = recipe.curate
+    if c.embedding:
+        from imgsynth.curation.similarity import PIXELS, parse_pixel_spec
+
+        prefix = c.embedding.split(":", 1)[0]
+        try:
+            known = prefix == PIXELS and parse_pixel_spec(c.embedding) is not None or prefix in EXTRACTOR_PREFIXES
+        except ValueError as exc:
+            fail(f"[curate] embedding: {exc}")
+        if not known:
+            fail(f"[curate] embedding: unknown space {c.embedding!r}; use pixels:<size>, \"domain\" (the reference "
+                 f"classifier) or an extractor ({', '.join(EXTRACTOR_PREFIXES)})")
     curating = c.enabled or any(m.endswith(CURATED_SUFFIX) for m in recipe.loop.modes)
     no_filter = all(v is None for v in (c.dedup, c.min_confidence, c.min_clip_score, c.clip_top_fraction))
     if curating and no_filter and not c.rebalance:

@@ -16,6 +16,20 @@ from imgsynth.imageset import ImageSet  # noqa: E402
 from imgsynth.sources import import_source  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Every test computes with one torch thread: CPU float results depend on the thread count (summation
+    order), so this keeps results the same on any machine, and on a shared 2-core machine spinning
+    OpenMP threads make these tiny models 10-40x slower. Subprocesses get OMP_NUM_THREADS=1."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def digits_sets(tmp_path_factory: pytest.TempPathFactory) -> tuple[ImageSet, ImageSet]:
     """The embedded digits at 16 px, split 80/20 with seed 0: (train, test). Read-only; copy to modify."""

@@ -21,16 +21,6 @@ from imgsynth.classifier import (
 from imgsynth.imageset import ImageSet
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These 16 px models are too small to gain from a second thread, and OpenMP threads slow down many
-    times over when the CPUs are oversubscribed (a parallel test run); one thread keeps the budget."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def trained(digits_sets, tmp_path_factory) -> Path:
     """resnet18_small (width 16) trained 3 epochs on the real digits train split."""

@@ -24,17 +24,8 @@ from imgsynth.pipelines.work import image_seed
 from imgsynth.provenance import sha256_file
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_cpu_thread():
-    """One intra-op thread: on a shared 2-core machine two spinning threads make tiny convs 10-40× slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def smoke_model(one_cpu_thread, digits_sets, tmp_path_factory) -> Path:
+def smoke_model(digits_sets, tmp_path_factory) -> Path:
     train_set, _ = digits_sets
     out = tmp_path_factory.mktemp("conditional") / "model"
     return conditional.train(train_set, out, conditional.preset("smoke"), progress=False)

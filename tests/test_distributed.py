@@ -371,8 +371,8 @@ def test_torch_threads_is_scoped() -> None:
     from imgsynth.distributed.generate import torch_threads
 
     before = torch.get_num_threads()
-    with torch_threads(1):
-        assert torch.get_num_threads() == 1
+    with torch_threads(before + 1):
+        assert torch.get_num_threads() == before + 1
     assert torch.get_num_threads() == before
     with pytest.raises(ValueError, match="cpu_threads must be at least 1"):
         with torch_threads(0):

@@ -18,17 +18,6 @@ CONFIG = LoraConfig(steps=3, rank=4, lr=1e-2, batch_size=2, seed=0)
 GENERATE = dict(classes=["kitchen", "bedroom"], per_class=1, seed=3, steps=2, progress=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tests share two cores with other processes; torch's spinning worker threads then cost 10x."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def train_set(tmp_path_factory) -> ImageSet:
     """Four captioned 16 px images: two classes of flat colours plus noise."""

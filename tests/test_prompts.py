@@ -155,18 +155,7 @@ def test_caption_model_must_be_a_local_folder(tmp_path: Path):
         CaptionRewriter(tmp_path / "missing")
 
 
-@pytest.fixture
-def one_torch_thread():
-    """Tests share two cores with other processes; torch's spinning worker threads then cost 10x."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def test_caption_rewriting_with_a_local_model_is_deterministic(tmp_path: Path, indoor, one_torch_thread):
+def test_caption_rewriting_with_a_local_model_is_deterministic(tmp_path: Path, indoor):
     from imgsynth.testing import tiny_caption_model
 
     rewriter = CaptionRewriter(tiny_caption_model(tmp_path / "lm"), max_new_tokens=8)

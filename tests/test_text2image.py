@@ -26,17 +26,6 @@ SEED = 7
 SETTINGS = dict(classes=CLASSES, per_class=2, seed=SEED, steps=2, shard_size=2, progress=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tests share two cores with other processes; torch's spinning worker threads then cost 10x."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def generator(tiny_text2image: Path) -> Text2ImageGenerator:
     return Text2ImageGenerator.from_pretrained(tiny_text2image, device="cpu")

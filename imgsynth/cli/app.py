@@ -28,13 +28,18 @@ features_cli.register(app)
 generate_cli.register(app)
 
 
-def main() -> None:
-    """Console entry point: user errors print one clear line to stderr and exit with status 1."""
+def run_app(typer_app: typer.Typer) -> None:
+    """Run a Typer app so that user errors print one clear line to stderr and exit with status 1."""
     try:
-        app()
+        typer_app()
     except (ImageSetError, FileNotFoundError, ValueError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(1)
+
+
+def main() -> None:
+    """Console entry point (``imgsynth``)."""
+    run_app(app)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ imgsynth train SET OUT``), see :mod:`imgsynth.distributed.accelerate_train`.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -87,13 +86,9 @@ def main(
 
 def run() -> None:
     """Entry point: user errors print one line on stderr and exit with status 1, as ``imgsynth`` does."""
-    from imgsynth.imageset import ImageSetError
+    from imgsynth.cli.app import run_app
 
-    try:
-        app()
-    except (ImageSetError, FileNotFoundError, ValueError) as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        sys.exit(1)
+    run_app(app)
 
 
 if __name__ == "__main__":

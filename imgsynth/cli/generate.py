@@ -34,11 +34,12 @@ def train_command(
     from imgsynth.imageset import ImageSet
     from imgsynth.pipelines import conditional
 
-    parallel = AccelerateDataParallel() if launched_world_size() > 1 else None
-    if parallel is not None:
+    parallel = None
+    if launched_world_size() > 1:
         if device is not None:
             raise typer.BadParameter("under a launcher every process uses the device it was given; drop --device",
                                      param_hint="--device")
+        parallel = AccelerateDataParallel()
         device = str(parallel.device)
     overrides = {name: value for name, value in (("steps", steps), ("batch_size", batch_size), ("lr", lr),
                                                  ("device", device)) if value is not None}

@@ -1,8 +1,9 @@
-"""Data-parallel training under a launcher: two torchrun CPU processes (gloo) train the one-process model.
+"""Under a launcher (torchrun here; ``accelerate launch`` sets the same variables): two CPU processes
+over gloo write the one-process set, and train the one-process model.
 
-Each process computes half the rows of every global batch after drawing the whole batch's noise, and
-DistributedDataParallel averages the gradients, so the result equals one process's up to float
-summation order; a run checkpointed by one process resumes with two.
+Training: each process computes half the rows of every global batch after drawing the whole batch's
+noise, and DistributedDataParallel averages the gradients, so the result equals one process's up to
+float summation order; a run checkpointed by one process resumes with two.
 """
 
 from __future__ import annotations
@@ -24,11 +25,15 @@ from imgsynth.pipelines import conditional
 STEPS, BATCH = 12, 16
 
 
-def torchrun(*args: str | Path, processes: int = 2) -> subprocess.CompletedProcess[str]:
-    """``torchrun --nproc_per_node N -m imgsynth …`` on CPUs, one torch thread per process."""
+def torchrun(*args: str | Path | float, processes: int = 2, module: str = "imgsynth") -> subprocess.CompletedProcess[str]:
+    """``torchrun --nproc_per_node N -m imgsynth …`` on CPUs, one torch thread per process.
+
+    With ``module=""`` the first argument names the module to run.
+    """
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    args = (module, *args) if module else args
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-               "--standalone", "-m", "imgsynth", *map(str, args)]
+               "--standalone", "-m", *map(str, args)]
     launcher = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 start_new_session=True)
     try:
@@ -123,3 +128,26 @@ def test_diffusion_loss_parts_are_the_rows_of_the_whole_batch() -> None:
     torch.testing.assert_close(parts.mean(), whole, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(parts[0], parts[1])  # the parts really are different rows
 
+
+
+def test_two_processes_generate_the_one_process_set(one_process_model: Path, tmp_path: Path) -> None:
+    settings = dict(seed=4, batch_size=4, shard_size=4, guidance_scale=2.0, steps=3)
+    with torch_threads(1):
+        local = conditional.sample(one_process_model, tmp_path / "local", 3, progress=False, **settings)
+    done = torchrun("imgsynth.distributed.accelerate_launch", one_process_model, tmp_path / "ranked",
+                    "--per-class", 3, "--seed", 4, "--batch-size", 4, "--shard-size", 4, "--guidance", 2.0,
+                    "--steps", 3, module="")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "by 2 processes" in done.stdout
+    ranked = ImageSet.open(tmp_path / "ranked")
+    assert ranked.id == local.id and len(ranked) == 30  # 8 shards, 4 per process
+    assert [r.to_row() for r in ranked.records] == [r.to_row() for r in local.records]
+
+
+def test_device_option_under_a_launcher_is_refused(small_set: ImageSet, run_cli, monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as a launcher sets it; the check comes before any process group
+    code, _, err = run_cli("train", small_set.root, tmp_path / "model", "--preset", "smoke", "--device", "cpu")
+    assert code != 0
+    assert "drop --device" in err
+    assert not (tmp_path / "model").exists()

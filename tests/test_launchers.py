@@ -118,10 +118,11 @@ def test_diffusion_loss_parts_are_the_rows_of_the_whole_batch() -> None:
     labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
 
     def loss(part: tuple[int, int]) -> torch.Tensor:
+        rank, world = part
         generator = torch.Generator().manual_seed(7)
         with torch.no_grad():
-            return conditional.diffusion_loss(unet, scheduler, x0, labels, generator, config, null_class=3,
-                                              part=part)
+            return conditional.diffusion_loss(unet, scheduler, x0[rank::world], labels[rank::world], generator,
+                                              config, null_class=3, part=part)
 
     whole = loss((0, 1))
     parts = torch.stack([loss((r, 4)) for r in range(4)])

@@ -497,11 +497,12 @@ def _fit(data: TrainingData, out: Path, config: TrainConfig, identity: Mapping[s
 
     Returns training statistics for the model info.
     """
-    rank, world = (0, 1) if parallel is None else (parallel.rank, parallel.world_size)
-    main = rank == 0
     from diffusers.optimization import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
+
+    rank, world = (0, 1) if parallel is None else (parallel.rank, parallel.world_size)
+    main = rank == 0
 
     unet = devices.prepare_module(build_unet(config, len(data.classes)), device)
     unet.train()
@@ -530,7 +531,7 @@ def _fit(data: TrainingData, out: Path, config: TrainConfig, identity: Mapping[s
     t0 = time.perf_counter()
     for step in range(start, config.steps):
         generator = torch.Generator(device).manual_seed(_derived_seed(config.seed, "step", step))
-        index = order.indices(step).to(images.device)
+        index = order.indices(step)[rank::world].to(images.device)  # this process's rows of the batch
         x0 = devices.prepare_input(images[index], device).float().div_(127.5).sub_(1.0)
         loss = diffusion_loss(forward, noise_scheduler, x0, labels[index].to(device), generator, config,
                               null_class=len(data.classes), part=(rank, world))
@@ -576,20 +577,21 @@ def diffusion_loss(forward: Callable[..., Any], noise_scheduler: Any, x0: torch.
 
     Labels are dropped to ``null_class`` at rate ``label_dropout`` (classifier-free guidance); the target
     is the noise or the velocity; Min-SNR-γ weighting keeps the easy low-noise steps from dominating.
-    ``part=(rank, world)`` computes the loss of rows ``rank::world`` only, after drawing the noise of the
-    whole batch, so the parts of ``world`` processes are exactly the rows of the one-process batch.
+    With ``part=(rank, world)``, ``x0`` and ``labels`` are rows ``rank::world`` of a batch ``world`` times
+    larger: the random draws are made for that whole batch and this part's rows kept, so the parts of
+    ``world`` processes are exactly the rows of the one-process batch.
     """
     from diffusers.training_utils import compute_snr
 
-    n, device = x0.shape[0], x0.device
+    rank, world = part
+    n, device = x0.shape[0] * world, x0.device
     flip = torch.rand(n, generator=generator, device=device) < 0.5 if config.hflip else None
-    noise = torch.randn(x0.shape, generator=generator, device=device)
+    noise = torch.randn((n, *x0.shape[1:]), generator=generator, device=device)
     timesteps = torch.randint(0, config.num_train_timesteps, (n,), generator=generator, device=device)
     drop = torch.rand(n, generator=generator, device=device) < config.label_dropout
-    rank, world = part
     if world > 1:
         rows = slice(rank, None, world)
-        x0, noise, timesteps, drop, labels = x0[rows], noise[rows], timesteps[rows], drop[rows], labels[rows]
+        noise, timesteps, drop = noise[rows], timesteps[rows], drop[rows]
         flip = None if flip is None else flip[rows]
     if flip is not None:
         x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)

@@ -22,7 +22,7 @@ def curate_command(
     clip_top_fraction: Optional[float] = typer.Option(None, help="Keep this top fraction of each class by CLIP "
                                                                  "score."),
     classifier: Optional[Path] = typer.Option(None, help="Classifier checkpoint trained on real data "
-                                                         "(for --min-confidence; default dedup space)."),
+                                                         "(for --min-confidence)."),
     clip: Optional[str] = typer.Option(None, help="open_clip model for the CLIP filter (weights on disk)."),
     embedding: Optional[str] = typer.Option(None, help="Dedup space: pixels:<size>, domain:<ckpt>, clip:<name> "
                                                        "(default pixels:16)."),

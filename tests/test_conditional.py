@@ -174,6 +174,25 @@ def test_killed_training_resumes_and_ends_where_an_uninterrupted_run_would(digit
         torch.testing.assert_close(resumed[name], tensor, rtol=1e-5, atol=1e-6)
 
 
+def test_training_with_dropout_resumes_where_an_uninterrupted_run_would(digits_sets, tmp_path):
+    """With dropout (the GPU presets), a resumed run still ends where an uninterrupted one would."""
+    train_set, _ = digits_sets
+    config = conditional.preset("smoke", dropout=0.3)
+
+    def killed(step: int, loss: float) -> None:
+        if step == 3:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        conditional.train(train_set, tmp_path / "resumed", config, progress=False, callback=killed)
+    torch.manual_seed(1234)  # the caller's RNG must not matter either
+    resumed = conditional.train(train_set, tmp_path / "resumed", config, progress=False)
+    whole = conditional.train(train_set, tmp_path / "whole", config, progress=False)
+    a, b = load_file(str(resumed / conditional.WEIGHTS_FILE)), load_file(str(whole / conditional.WEIGHTS_FILE))
+    for name, tensor in b.items():
+        torch.testing.assert_close(a[name], tensor, rtol=1e-5, atol=1e-6)
+
+
 def test_finished_model_is_reused_and_another_config_is_refused(digits_sets, smoke_model, tmp_path):
     train_set, _ = digits_sets
     out = tmp_path / "model"

@@ -531,6 +531,10 @@ def _fit(data: TrainingData, out: Path, config: TrainConfig, identity: Mapping[s
     t0 = time.perf_counter()
     for step in range(start, config.steps):
         generator = torch.Generator(device).manual_seed(_derived_seed(config.seed, "step", step))
+        if config.dropout > 0:
+            # Dropout draws from the global RNG: seed it per (step, process), so a resumed run draws the
+            # masks an uninterrupted one would, and the processes of a parallel run draw different ones.
+            torch.manual_seed(_derived_seed(config.seed, "dropout", step, rank))
         index = order.indices(step)[rank::world].to(images.device)  # this process's rows of the batch
         x0 = devices.prepare_input(images[index], device).float().div_(127.5).sub_(1.0)
         loss = diffusion_loss(forward, noise_scheduler, x0, labels[index].to(device), generator, config,

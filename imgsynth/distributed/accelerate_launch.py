@@ -14,7 +14,6 @@ imgsynth train SET OUT``), see :mod:`imgsynth.distributed.accelerate_train`.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -68,11 +67,9 @@ def main(
     """Generate an ImageSet with every process of an ``accelerate launch``, one device each."""
     from accelerate import PartialState
 
-    import torch
+    from imgsynth.distributed.accelerate_train import launched_on_cpu
 
-    # PartialState reads ACCELERATE_USE_CPU only through Accelerator; CPU-only machines use gloo ranks.
-    cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
-    state = PartialState(cpu=cpu)
+    state = PartialState(cpu=launched_on_cpu())  # CPU-only machines use gloo ranks
     options = sampling_options(model, per_class=per_class, guidance=guidance, steps=steps, seed=seed,
                                batch_size=batch_size, shard_size=shard_size, classes=classes, prompts=prompts,
                                noise_temperature=noise_temperature, generation=generation, dtype=dtype)

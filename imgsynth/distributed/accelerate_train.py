@@ -17,6 +17,14 @@ import os
 import torch
 
 
+def launched_on_cpu() -> bool:
+    """Whether the launch asked for CPUs (``accelerate launch --cpu``) or the machine has no GPU.
+
+    PartialState reads ``ACCELERATE_USE_CPU`` only through Accelerator, so both entry points ask here.
+    """
+    return os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
+
+
 def launched_world_size() -> int:
     """How many processes the surrounding launcher started (1 when run directly)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
@@ -28,10 +36,7 @@ class AccelerateDataParallel:
     def __init__(self, cpu: bool | None = None) -> None:
         from accelerate import Accelerator
 
-        if cpu is None:
-            cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") \
-                or not torch.cuda.is_available()
-        self.accelerator = Accelerator(cpu=cpu)
+        self.accelerator = Accelerator(cpu=launched_on_cpu() if cpu is None else cpu)
         self.rank = self.accelerator.process_index
         self.world_size = self.accelerator.num_processes
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from imgsynth.imageset import ImageSet, ImageSetError
+from imgsynth.locking import locks_output
 
 EXPORT_FORMATS = ("parquet", "webdataset", "croissant")
 DEFAULT_ROWS_PER_FILE = 10_000
@@ -56,7 +57,7 @@ def export_parquet(image_set: ImageSet, out: str | os.PathLike,
         for number, (start, stop) in enumerate(chunks):
             rows = [image_set.records[i] for i in range(start, stop)]
             columns = {
-                "image": [{"bytes": image_set.read_bytes(i), "path": r.file_name} for i, r in zip(range(start, stop), rows)],
+                "image": [{"bytes": image_set.read_bytes(i, decode=True), "path": r.file_name} for i, r in zip(range(start, stop), rows)],
                 "label": [image_set.class_to_index[r.label] for r in rows],
                 "label_name": [r.label for r in rows],
                 "caption": [r.caption for r in rows],
@@ -92,7 +93,7 @@ def export_webdataset(image_set: ImageSet, out: str | os.PathLike,
                     record = image_set.records[i]
                     key = f"{i:08d}"
                     row = {**record.to_row(), "label_index": image_set.class_to_index[record.label]}
-                    members = [(".png", image_set.read_bytes(i)),
+                    members = [(".png", image_set.read_bytes(i, decode=True)),
                                (".cls", str(row["label_index"]).encode()),
                                (".txt", record.caption.encode("utf-8")),
                                (".json", json.dumps(row, sort_keys=True, default=str).encode("utf-8"))]
@@ -125,6 +126,7 @@ def _text(value: Any) -> str | None:
     return json.dumps(value, sort_keys=True, default=str)
 
 
+@locks_output("out")
 def _atomic_folder(out: Path, write: Callable[[Path], list[Path]]) -> list[Path]:
     """Run ``write`` into a hidden sibling folder, then rename it to ``out`` (which must not hold anything)."""
     out = out.absolute()

@@ -28,24 +28,23 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from imgsynth.errors import ImageSetError
+from imgsynth.image_files import ImageFileError, check_sha256, decode_image, read_regular_file
+from imgsynth.locking import FolderLock, acquire, release
+from imgsynth.set_schema import KINDS, check_manifest, label_problem, manifest_problems, parse_json, row_problems
 from imgsynth.provenance import content_id, license_record, sha256_bytes, sha256_file, software_versions
 
 FORMAT_VERSION = 1
 MANIFEST = "imageset.json"
 METADATA = "metadata.jsonl"
 IMAGES = "images"
-KINDS = ("real", "generated", "curated", "mixed")
 # Columns every metadata row carries, in this order; generators add their own after these.
 BASE_COLUMNS = ("file_name", "label", "caption", "seed", "sha256")
 JOB = "job.json"  # inside the partial folder: what the unfinished write is for
 # Files a finished set may hold at its root besides images/ (verify reports anything else as stray).
 ROOT_FILES = (MANIFEST, METADATA, "croissant.json", "README.md")
-
-
-class ImageSetError(ValueError):
-    """A set on disk (or a request to write one) is invalid; the message names the file and the problem."""
 
 
 @dataclass(frozen=True)
@@ -86,11 +85,9 @@ class ImageRecord:
 
 def check_label(label: Any, where: str) -> str:
     """Return ``label`` if it can name a folder inside the set, else raise naming ``where``."""
-    if not isinstance(label, str) or not label.strip():
-        raise ImageSetError(f"{where}: label must be a non-empty string, got {label!r}")
-    if label in (".", "..") or any(c in label for c in "/\\\x00") or label != label.strip():
-        raise ImageSetError(f"{where}: label {label!r} cannot be a folder name inside the set "
-                            "(no '/', '\\', '..', NUL or surrounding spaces)")
+    problem = label_problem(label)
+    if problem:
+        raise ImageSetError(f"{where}: {problem}")
     return label
 
 
@@ -100,19 +97,27 @@ def check_image_id(image_id: str, where: str) -> str:
     return image_id
 
 
-def resolve_inside(root: Path, file_name: Any, where: str) -> Path:
-    """Resolve a metadata ``file_name`` against the set root, refusing anything that escapes it."""
-    if not isinstance(file_name, str) or not file_name:
-        raise ImageSetError(f"{where}: file_name must be a non-empty string, got {file_name!r}")
+def resolve_inside(root: Path, file_name: Any, where: str, real_root: str | None = None) -> Path:
+    """The path a metadata ``file_name`` names, refusing names that escape the set or pass a symbolic link.
+
+    ``real_root`` is ``os.path.realpath(root)`` when the caller knows it (it is the same for every row).
+    """
+    if not isinstance(file_name, str) or not file_name or "\x00" in file_name:
+        raise ImageSetError(f"{where}: file_name must be a non-empty string without NUL, got {file_name!r}")
     if file_name.startswith(("/", "\\")) or os.path.isabs(file_name) or "\\" in file_name:
         raise ImageSetError(f"{where}: file_name {file_name!r} is absolute; it must be relative to the set")
     parts = Path(file_name).parts
     if ".." in parts or not parts or parts[0] != IMAGES:
         raise ImageSetError(f"{where}: file_name {file_name!r} escapes the set's {IMAGES}/ folder")
-    path = (root / file_name).resolve()
-    if not path.is_relative_to((root / IMAGES).resolve()):
-        raise ImageSetError(f"{where}: file_name {file_name!r} resolves outside the set")
-    return path
+    real_root = real_root or os.path.realpath(root)
+    lexical = os.path.normpath(os.path.join(real_root, file_name))
+    real = os.path.realpath(lexical)
+    if real != lexical:
+        # A link could point anywhere, and torchvision's ImageFolder would follow it too.
+        where_to = "that resolves outside the set" if not real.startswith(real_root + os.sep) else "inside the set"
+        raise ImageSetError(f"{where}: file_name {file_name!r} is a symbolic link (or lies behind one) {where_to}; "
+                            "an ImageSet holds regular files only")
+    return root / file_name
 
 
 # --------------------------------------------------------------------------------------------- encoding
@@ -124,24 +129,6 @@ def encode_png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=False, compress_level=6)
     return buffer.getvalue()
-
-
-def decode_png(data: bytes, where: str) -> Image.Image:
-    """Decode PNG bytes fully (so truncation is caught), raising a clear error naming ``where``."""
-    if not data:
-        raise ImageSetError(f"{where}: not a readable image (empty file)")
-    try:
-        with Image.open(io.BytesIO(data)) as probe:
-            probe.verify()
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except UnidentifiedImageError as exc:
-        raise ImageSetError(f"{where}: not a readable image (unrecognised data, {len(data)} bytes)") from exc
-    except Exception as exc:  # PIL raises a zoo of types for broken files
-        raise ImageSetError(f"{where}: not a readable image ({type(exc).__name__}: {exc})") from exc
-    if image.format != "PNG":
-        raise ImageSetError(f"{where}: expected a PNG image, found {image.format}")
-    return image
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -183,7 +170,7 @@ class ImageSetWriter:
     def __init__(self, root: str | os.PathLike, classes: Sequence[str], *, kind: str = "real",
                  parents: Sequence[Any] = (), generator: Mapping[str, Any] | None = None,
                  config: Mapping[str, Any] | None = None, license: Mapping[str, Any] | str | None = None,
-                 annotations: Mapping[str, Any] | None = None) -> None:
+                 annotations: Mapping[str, Any] | None = None, locked_by_driver: bool = False) -> None:
         self.root = Path(root).absolute()
         if kind not in KINDS:
             raise ImageSetError(f"{self.root}: kind must be one of {KINDS}, got {kind!r}")
@@ -192,8 +179,6 @@ class ImageSetWriter:
         self.classes = [check_label(c, str(self.root)) for c in classes]
         if len(set(self.classes)) != len(self.classes):
             raise ImageSetError(f"{self.root}: duplicate class names in {self.classes}")
-        if self.root.exists() and not (self.root / MANIFEST).is_file() and any(self.root.iterdir()):
-            raise ImageSetError(f"{self.root}: folder exists and is not an ImageSet; refusing to write into it")
         self.kind = kind
         self.parents = [_parent_entry(p, self.root) for p in parents]
         self.generator = dict(generator or {})
@@ -202,13 +187,41 @@ class ImageSetWriter:
         self.annotations = dict(annotations or {})
         self.partial = _partial_dir(self.root)
         self._classes_set = set(self.classes)
-        self._claim_partial()
+        # Workers of one job (Ray actors, accelerate ranks) write into the partial their driver holds.
+        self._joined = locked_by_driver
+        self._lock: FolderLock | None = None if locked_by_driver else acquire(self.root)
+        try:
+            if self.root.exists() and not (self.root / MANIFEST).is_file() and any(self.root.iterdir()):
+                raise ImageSetError(f"{self.root}: folder exists and is not an ImageSet; refusing to write into it")
+            self._claim_partial()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Give back the folder lock (``finalize`` and ``abort`` do this themselves); the partial stays."""
+        if self._lock is not None:
+            release(self._lock)
+            self._lock = None
+
+    def __enter__(self) -> ImageSetWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: the process exit drops the lock anyway
+            pass
 
     def _claim_partial(self) -> None:
         """Reuse an unfinished write of the same job, or discard one left by a different job.
 
         Shards are only interchangeable between writers doing the same job (same classes, kind,
         parents, generator and config); resuming from another job's shards would silently mix two sets.
+        Only the lock holder may discard: a worker that finds another job's partial stops instead.
         """
         job = json.dumps({"classes": self.classes, "kind": self.kind, "parents": self.parents,
                           "generator": self.generator, "config": self.config},
@@ -217,6 +230,9 @@ class ImageSetWriter:
         if self.partial.exists():
             previous = job_path.read_text(encoding="utf-8") if job_path.is_file() else None
             if previous != job:
+                if self._joined:
+                    raise ImageSetError(f"{self.partial}: holds an unfinished write of a different job than "
+                                        "this worker's driver started")
                 warnings.warn(f"{self.partial}: discarding an unfinished write of a different job", stacklevel=3)
                 shutil.rmtree(self.partial)
         (self.partial / "shards").mkdir(parents=True, exist_ok=True)
@@ -263,7 +279,16 @@ class ImageSetWriter:
             self.write_shard(index, batch)
 
     def finalize(self) -> ImageSet:
-        """Assemble metadata and manifest, and rename the set into place; returns the opened set."""
+        """Assemble metadata and manifest, and rename the set into place; returns the opened set.
+
+        The folder lock is given back afterwards, whether or not finalizing succeeded.
+        """
+        try:
+            return self._finalize()
+        finally:
+            self.close()
+
+    def _finalize(self) -> ImageSet:
         shard_indices = sorted(self.done_shards)
         if shard_indices != list(range(len(shard_indices))):
             missing = sorted(set(range(max(shard_indices, default=-1) + 1)) - set(shard_indices))
@@ -327,17 +352,19 @@ class ImageSetWriter:
                 path.rmdir()
 
     def abort(self) -> None:
-        """Throw away everything written so far."""
+        """Throw away everything written so far and give back the folder lock."""
         shutil.rmtree(self.partial, ignore_errors=True)
+        self.close()
 
     def _manifest(self, records: Sequence[ImageRecord]) -> dict[str, Any]:
         counts = Counter(r.label for r in records)
         with Image.open(self.partial / records[0].file_name) as first:
             first_size, first_mode = first.size, first.mode
-        sizes = {first_size}
+        sizes, modes = {first_size}, {first_mode}
         for r in records[:: max(1, len(records) // 64)]:
             with Image.open(self.partial / r.file_name) as image:
                 sizes.add(image.size)
+                modes.add(image.mode)
         return {
             "format_version": FORMAT_VERSION,
             "id": content_id((r.sha256, r.label) for r in records),
@@ -347,7 +374,7 @@ class ImageSetWriter:
             "counts": {c: counts.get(c, 0) for c in self.classes},
             "num_images": len(records),
             "image_size": list(first_size[::-1]) if len(sizes) == 1 else None,
-            "image_mode": first_mode,
+            "image_mode": first_mode if len(modes) == 1 else None,  # readers check it on every image
             "parents": self.parents,
             "generator": self.generator,
             "config": self.config,
@@ -382,6 +409,7 @@ class ImageSet:
         self.records = records
         self.transform = transform
         self.class_to_index = {c: i for i, c in enumerate(self.classes)}
+        self._real_root = os.path.realpath(root)
 
     # ---- opening
     @classmethod
@@ -395,21 +423,11 @@ class ImageSet:
         manifest_path = root / MANIFEST
         if not manifest_path.is_file():
             raise ImageSetError(f"{manifest_path}: missing; {root} is not a finished ImageSet")
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ImageSetError(f"{manifest_path}: malformed JSON ({exc})") from exc
-        for key in ("id", "classes", "counts", "kind"):
-            if key not in manifest:
-                raise ImageSetError(f"{manifest_path}: missing field {key!r}")
-        classes = manifest["classes"]
-        if not isinstance(classes, list) or not classes:
-            raise ImageSetError(f"{manifest_path}: 'classes' must be a non-empty list")
-        for c in classes:
-            check_label(c, str(manifest_path))
-        records = read_metadata(root, set(classes))
+        manifest = dict(check_manifest(parse_json(read_set_file(root, MANIFEST), str(manifest_path)),
+                                       str(manifest_path)))
+        records = read_metadata(root, set(manifest["classes"]))
         counts = Counter(r.label for r in records)
-        expected = {c: int(n) for c, n in manifest["counts"].items() if int(n)}
+        expected = {c: n for c, n in manifest["counts"].items() if n}
         if dict(counts) != expected:
             raise ImageSetError(f"{root / METADATA}: per-class counts {dict(counts)} disagree with "
                                 f"{MANIFEST} counts {expected}")
@@ -470,13 +488,35 @@ class ImageSet:
         return self.root / self.records[index].file_name
 
     def load_image(self, index: int) -> Image.Image:
-        """The image at ``index`` as a loaded PIL image (mode as stored: 'L' or 'RGB')."""
-        with Image.open(self.path_of(index)) as image:
-            image.load()
-            return image.copy()
+        """The image at ``index`` as a loaded PIL image (mode as stored: 'L' or 'RGB'), checked as it is read.
 
-    def read_bytes(self, index: int) -> bytes:
-        return self.path_of(index).read_bytes()
+        The bytes must hash to the recorded sha256 and decode to the manifest's mode and size
+        (:mod:`imgsynth.image_files`); anything else is an ImageSetError naming the file.
+        """
+        return decode_image(self.read_bytes(index), self.path_of(index), mode=self.manifest.get("image_mode"),
+                            size_hw=self.image_size)
+
+    def read_bytes(self, index: int, *, decode: bool = False) -> bytes:
+        """The file's bytes, only if it is a regular file inside the set whose sha256 is the recorded one.
+
+        With ``decode`` the bytes must also decode to the manifest's mode and size, for callers that
+        hand the bytes on without reading the pixels themselves (exports).
+        """
+        record = self.records[index]
+        data = read_regular_file(self.root, record.file_name, self._real_root)
+        check_sha256(data, record.sha256, self.path_of(index))
+        if decode:
+            decode_image(data, self.path_of(index), mode=self.manifest.get("image_mode"), size_hw=self.image_size)
+        return data
+
+    def check_files(self) -> None:
+        """Read and hash every image file (no decoding), raising at the first one that is not as recorded.
+
+        For readers that skip the pixels, such as a feature-cache hit, so that a changed file is still
+        refused rather than answered with the features of what the file used to be.
+        """
+        for index in range(len(self)):
+            self.read_bytes(index)
 
     def with_transform(self, transform: Callable[[Image.Image], Any] | None) -> ImageSet:
         """The same set with another per-item transform (no files are touched)."""
@@ -530,6 +570,32 @@ def _to_tensor(image: Image.Image) -> Any:
     return torch.from_numpy(array.copy()).float().div_(255.0)
 
 
+def read_set_file(root: Path, name: str) -> bytes:
+    """A file at the set's root (manifest or metadata), refused when it is a link or not a regular file."""
+    return read_regular_file(root, name, limit=1 << 31)
+
+
+def metadata_lines(root: Path) -> list[tuple[str, bytes]]:
+    """``(file:line, bytes)`` for each line of ``metadata.jsonl`` (decoded per line, so errors have a line)."""
+    path = root / METADATA
+    return [(f"{path}:{number}", line)
+            for number, line in enumerate(read_set_file(root, METADATA).splitlines(), start=1)]
+
+
+def parse_metadata_line(root: Path, where: str, line: bytes, classes: set[str] | None,
+                        real_root: str | None = None) -> dict[str, Any]:
+    """One metadata row, parsed and checked (schema, path inside ``images/<label>/``), or an error at ``where``."""
+    if not line.strip():
+        raise ImageSetError(f"{where}: blank line")
+    row = parse_json(line, where)
+    if isinstance(row, dict) and isinstance(row.get("file_name"), str):
+        resolve_inside(root, row["file_name"], where, real_root)  # an escaping name is the first thing to say
+    problems = row_problems(row, classes)
+    if problems:
+        raise ImageSetError(f"{where}: {problems[0]}")
+    return row
+
+
 def read_metadata(root: Path, classes: set[str]) -> list[ImageRecord]:
     """Parse and structurally check ``metadata.jsonl``: every line JSON, fields present, paths safe."""
     path = root / METADATA
@@ -537,25 +603,9 @@ def read_metadata(root: Path, classes: set[str]) -> list[ImageRecord]:
         raise ImageSetError(f"{path}: missing")
     records: list[ImageRecord] = []
     seen: set[str] = set()
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        where = f"{path}:{number}"
-        if not line.strip():
-            raise ImageSetError(f"{where}: blank line")
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ImageSetError(f"{where}: malformed JSON ({exc.msg})") from exc
-        if not isinstance(row, dict):
-            raise ImageSetError(f"{where}: expected a JSON object")
-        for key in ("file_name", "label", "sha256"):
-            if key not in row:
-                raise ImageSetError(f"{where}: missing field {key!r}")
-        label = check_label(row["label"], where)
-        if label not in classes:
-            raise ImageSetError(f"{where}: label {label!r} is not one of the manifest's classes")
-        resolve_inside(root, row["file_name"], where)
-        if Path(row["file_name"]).parts[1] != label:
-            raise ImageSetError(f"{where}: file {row['file_name']!r} is not in the folder of its label {label!r}")
+    real_root = os.path.realpath(root)
+    for where, line in metadata_lines(root):
+        row = parse_metadata_line(root, where, line, classes, real_root)
         if row["file_name"] in seen:
             raise ImageSetError(f"{where}: file_name {row['file_name']!r} appears twice")
         seen.add(row["file_name"])
@@ -632,9 +682,8 @@ def verify(path: str | os.PathLike) -> VerifyReport:
     claimed: set[str] = set()
     rows = _verify_metadata_lines(root, classes, report, claimed)
     metadata_whole = len(report.problems) == problems_before
-    expected_size = manifest.get("image_size") if manifest else None
     for where, row in rows:
-        _verify_image(root, where, row, expected_size, report)
+        _verify_image(root, where, row, manifest, report)
     _verify_no_strays(root, claimed, report)
     # With broken metadata lines the id and counts cannot agree; saying so again would only be noise.
     if manifest is not None and metadata_whole:
@@ -645,40 +694,28 @@ def verify(path: str | os.PathLike) -> VerifyReport:
 
 
 def _verify_manifest(root: Path, report: VerifyReport) -> dict[str, Any] | None:
+    """The manifest if it parses (its broken fields set to None so later checks skip them), else None."""
     path = root / MANIFEST
-    if not path.is_file():
+    if not path.is_file() and not path.is_symlink():
         report.add(path, "missing; this folder is not a finished ImageSet")
         return None
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        report.add(path, f"malformed JSON ({exc})")
+        manifest = parse_json(read_set_file(root, MANIFEST), str(path))
+    except ImageSetError as exc:
+        report.add(path, str(exc).removeprefix(f"{path}: "))
         return None
+    problems = manifest_problems(manifest)
+    for problem in problems:
+        report.add(path, problem)
     if not isinstance(manifest, dict):
-        report.add(path, "expected a JSON object")
         return None
-    for key in ("id", "classes", "counts", "kind"):
-        if key not in manifest:
-            report.add(path, f"missing field {key!r}")
-    classes = manifest.get("classes")
-    if "classes" in manifest and (not isinstance(classes, list) or not classes):
-        report.add(path, "'classes' must be a non-empty list")
-        manifest["classes"] = None
-    elif isinstance(classes, list):
-        good = []
-        for c in classes:
-            try:
-                good.append(check_label(c, str(path)))
-            except ImageSetError as exc:
-                report.add(path, str(exc).removeprefix(f"{path}: "))
-        manifest["classes"] = good
-    if "counts" in manifest and not isinstance(manifest["counts"], dict):
-        report.add(path, "'counts' must be an object of class -> count")
-        manifest["counts"] = None
+    for key in ("classes", "counts", "image_size", "image_mode"):
+        if any(problem.startswith(f"'{key}'") for problem in problems):
+            manifest[key] = None
     return manifest
 
 
-_FILE_NAME_IN_TEXT = re.compile(r'"file_name"\s*:\s*"([^"]+)"')
+_FILE_NAME_IN_TEXT = re.compile(rb'"file_name"\s*:\s*"([^"]+)"')
 
 
 def _verify_metadata_lines(root: Path, classes: set[str] | None, report: VerifyReport,
@@ -689,49 +726,25 @@ def _verify_metadata_lines(root: Path, classes: set[str] | None, report: VerifyR
     lines are not reported a second time as strays.
     """
     path = root / METADATA
-    if not path.is_file():
+    if not path.is_file() and not path.is_symlink():
         report.add(path, "missing")
         return []
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        report.add(path, f"not UTF-8 text ({exc})")
+        lines = metadata_lines(root)
+    except ImageSetError as exc:
+        report.add(path, str(exc).removeprefix(f"{path}: "))
         return []
     rows: list[tuple[str, dict[str, Any]]] = []
     seen: dict[str, str] = {}
-    for number, line in enumerate(lines, start=1):
-        where = f"{path}:{number}"
-        if not line.strip():
-            report.add(where, "blank line")
-            continue
+    real_root = os.path.realpath(root)
+    for where, line in lines:
+        named = _FILE_NAME_IN_TEXT.search(line)
+        if named:
+            claimed.add(named.group(1).decode("utf-8", "replace"))
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            named = _FILE_NAME_IN_TEXT.search(line)
-            if named:
-                claimed.add(named.group(1))
-            report.add(where, f"malformed JSON ({exc.msg})" + (f" for {named.group(1)!r}" if named else ""))
-            continue
-        if isinstance(row, dict) and isinstance(row.get("file_name"), str):
-            claimed.add(row["file_name"])
-        if not isinstance(row, dict):
-            report.add(where, "expected a JSON object")
-            continue
-        missing = [key for key in ("file_name", "label", "sha256") if key not in row]
-        if missing:
-            report.add(where, f"missing field(s) {missing}")
-            continue
-        try:
-            label = check_label(row["label"], where)
-            resolve_inside(root, row["file_name"], where)
+            row = parse_metadata_line(root, where, line, classes, real_root)
         except ImageSetError as exc:
             report.add(where, str(exc).removeprefix(f"{where}: "))
-            continue
-        if classes is not None and label not in classes:
-            report.add(where, f"unknown label {label!r}: not one of the manifest's classes {sorted(classes)}")
-            continue
-        if Path(row["file_name"]).parts[1] != label:
-            report.add(where, f"file {row['file_name']!r} is not in the folder of its label {label!r}")
             continue
         if row["file_name"] in seen:
             report.add(where, f"file_name {row['file_name']!r} already listed at {seen[row['file_name']]}")
@@ -743,46 +756,57 @@ def _verify_metadata_lines(root: Path, classes: set[str] | None, report: VerifyR
     return rows
 
 
-def _verify_image(root: Path, where: str, row: Mapping[str, Any], expected_size: Any,
+def _verify_image(root: Path, where: str, row: Mapping[str, Any], manifest: Mapping[str, Any] | None,
                   report: VerifyReport) -> None:
+    """Check one listed image as every reader would read it, then its hash, reporting each problem."""
     path = root / row["file_name"]
-    if not path.is_file():
-        report.add(path, f"missing (listed at {where})")
-        return
-    data = path.read_bytes()
-    actual = sha256_bytes(data)
-    if actual != row["sha256"]:
-        report.add(path, f"sha256 mismatch: {where} records {str(row['sha256'])[:16]}…, "
-                         f"the file hashes to {actual[:16]}…")
     try:
-        image = decode_png(data, str(path))
+        data = read_regular_file(root, row["file_name"])
+    except ImageFileError as exc:
+        report.add(path, f"{str(exc).split(': ', 1)[1]} (listed at {where})")
+        return
+    try:
+        check_sha256(data, row["sha256"], path)
+    except ImageFileError as exc:
+        report.add(path, f"sha256 mismatch: {where} records {str(row['sha256'])[:16]}…, the file hashes to "
+                         f"{sha256_bytes(data)[:16]}…")
+    manifest = manifest or {}
+    try:
+        decode_image(data, path, mode=manifest.get("image_mode"), size_hw=manifest.get("image_size"),
+                     check_crc=True)
     except ImageSetError as exc:
         report.add(path, str(exc).removeprefix(f"{path}: "))
-        return
-    if expected_size and list(image.size[::-1]) != list(expected_size):
-        report.add(path, f"image is {image.size[1]}x{image.size[0]} (HxW); the manifest says "
-                         f"{expected_size[0]}x{expected_size[1]}")
 
 
 def _verify_no_strays(root: Path, listed: set[str], report: VerifyReport) -> None:
-    """Files metadata does not list would be read by ImageFolder/imagefolder but not by ImageSet."""
+    """Files metadata does not list would be read by ImageFolder/imagefolder but not by ImageSet; links
+    would let either read files outside the set."""
     for entry in sorted(root.iterdir()):
-        if entry.name == IMAGES and entry.is_dir():
+        if entry.is_symlink():
+            report.add(entry, f"a symbolic link (to {os.readlink(entry)}); an ImageSet holds regular files only")
+        elif entry.name == IMAGES and entry.is_dir():
             continue
-        if entry.name not in ROOT_FILES:
+        elif entry.name not in ROOT_FILES:
             report.add(entry, f"stray {'folder' if entry.is_dir() else 'file'}: not part of an ImageSet")
     images = root / IMAGES
-    if not images.is_dir():
-        if listed:
+    if images.is_symlink() or not images.is_dir():
+        if listed and not images.is_symlink():
             report.add(images, "missing")
         return
     for folder, dirs, files in os.walk(images):
         dirs.sort()
+        for name in list(dirs):
+            if (Path(folder) / name).is_symlink():
+                report.add(Path(folder) / name, "a symbolic link to a folder; ImageFolder would read files "
+                                                "outside the set")
+                dirs.remove(name)
         if not dirs and not files:
             report.add(folder, "empty folder (torchvision ImageFolder fails on empty class folders)")
         for name in sorted(files):
             relative = (Path(folder) / name).relative_to(root).as_posix()
-            if relative not in listed:
+            if (Path(folder) / name).is_symlink() and relative not in listed:
+                report.add(Path(folder) / name, "a symbolic link; an ImageSet holds regular files only")
+            elif relative not in listed:
                 report.add(Path(folder) / name, f"stray file: on disk but not listed in {METADATA}")
 
 

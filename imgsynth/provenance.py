@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
@@ -345,12 +346,16 @@ def _read_manifest(path: Path) -> tuple[dict[str, Any] | None, str | None]:
         return None, "no such ImageSet folder"
     if not manifest_path.is_file():
         return None, "no imageset.json (not a finished ImageSet)"
+    from imgsynth.errors import ImageSetError
+    from imgsynth.set_schema import manifest_problems, parse_json
+
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return None, f"imageset.json is malformed ({exc})"
-    if not isinstance(manifest, dict) or "id" not in manifest:
-        return None, "imageset.json has no id"
+        manifest = parse_json(manifest_path.read_bytes(), str(manifest_path))
+    except ImageSetError as exc:
+        return None, f"imageset.json: {str(exc).removeprefix(f'{manifest_path}: ')}"
+    problems = manifest_problems(manifest)
+    if problems:
+        return None, f"imageset.json: {problems[0]}"
     return manifest, None
 
 
@@ -646,9 +651,12 @@ def write_croissant(image_set: Any, out: str | Path | None = None) -> Path:
     out = Path(out) if out is not None else Path(image_set.root) / CROISSANT_FILE
     if out.is_dir():
         out = out / CROISSANT_FILE
+    from imgsynth.locking import folder_lock
+
     text = json.dumps(croissant_metadata(image_set), indent=2, ensure_ascii=False) + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out)
+    with folder_lock(out):
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(out)
     return out

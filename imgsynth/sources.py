@@ -28,6 +28,7 @@ from PIL import Image
 
 from imgsynth.imageset import (ImageSet, ImageSetError, ImageSetWriter, Sample, check_label,
                                stratified_split_indices)
+from imgsynth.locking import locks_output
 from imgsynth.provenance import read_card_license
 
 DIGITS_LICENSE = {
@@ -317,6 +318,7 @@ def source_license(found: dict[str, Any], declared: str | None) -> dict[str, Any
     return {"name": "unknown"}
 
 
+@locks_output("out")
 def import_source(spec: str, out: str | os.PathLike, *, size: int | None = 16, mode: str = "L",
                   test_fraction: float = 0.2, seed: int = 0, license: str | None = None) -> tuple[ImageSet, ImageSet]:
     """Import a source into ``out/train`` and ``out/test`` ImageSets with a stratified, seeded split."""

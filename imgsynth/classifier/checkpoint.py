@@ -154,8 +154,10 @@ def read_metadata(path: Path) -> dict[str, Any]:
     file = path / METADATA
     try:
         metadata = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ClassifierError(f"{file}: malformed JSON ({exc})") from exc
+    except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, huge numbers, absurd nesting
+        raise ClassifierError(f"{file}: malformed JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
+    if not isinstance(metadata, dict):
+        raise ClassifierError(f"{file}: expected a JSON object")
     for key in ("classes", "model", "preprocessing"):
         if key not in metadata:
             raise ClassifierError(f"{file}: missing field {key!r}")

@@ -27,6 +27,7 @@ from imgsynth.classifier.architectures import (
 )
 from imgsynth.classifier.checkpoint import FORMAT_VERSION, check_output_folder, resolve_device, save_checkpoint
 from imgsynth.classifier.config import ClassifierConfig
+from imgsynth.locking import locks_output
 from imgsynth.classifier.preprocessing import Augmentation, Preprocessing, channel_statistics, pil_to_uint8
 from imgsynth.imageset import ImageSet
 from imgsynth.provenance import software_versions
@@ -37,6 +38,7 @@ CACHE_LIMIT_BYTES = 2 * 1024**3
 STATISTICS_SAMPLE = 4096
 
 
+@locks_output("out_dir")
 def train_classifier(train_set: ImageSet | str | os.PathLike, out_dir: str | os.PathLike,
                      config: ClassifierConfig | None = None, progress: bool = True) -> Path:
     """Train a classifier on ``train_set`` and write its checkpoint folder ``out_dir``; returns that folder.
@@ -117,8 +119,10 @@ class TrainingImages:
         channels = 1 if mode == "L" else 3
         self.images: torch.Tensor | None = None
         if len(image_set) * channels * size[0] * size[1] <= CACHE_LIMIT_BYTES:
-            decoding = tqdm(range(len(image_set)), desc="decode", unit="image", disable=not progress, leave=False)
-            self.images = torch.stack([self.to_uint8(image_set.load_image(i)) for i in decoding])
+            # A context manager, so a bad image's error line is not printed on the bar's line.
+            with tqdm(range(len(image_set)), desc="decode", unit="image", disable=not progress,
+                      leave=False) as decoding:
+                self.images = torch.stack([self.to_uint8(image_set.load_image(i)) for i in decoding])
 
     def statistics(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         if self.images is not None:

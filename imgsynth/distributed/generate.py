@@ -131,12 +131,9 @@ def write_shards_local(generator: ShardGenerator, writer: ImageSetWriter, all_sh
                        progress: bool = False, on_shard: ShardCallback | None = None) -> None:
     """Load the generator once and write the given shards in order, in this process."""
     generator.load()
-    iterator: Any = indices
-    if progress:
-        from tqdm.auto import tqdm
+    from tqdm.auto import tqdm
 
-        iterator = tqdm(indices, desc="shards", unit="shard")
-    with torch_threads(cpu_threads):
+    with torch_threads(cpu_threads), tqdm(indices, desc="shards", unit="shard", disable=not progress) as iterator:
         for index in iterator:
             written = write_shard(generator, writer, index, all_shards[index])
             if on_shard is not None:
@@ -166,7 +163,7 @@ class ShardWriterActor:
     def __init__(self, generator: ShardGenerator, spec: SetSpec, out: str, cpu_threads: int | None) -> None:
         self.generator = generator
         self.generator.load()
-        self.writer = spec.writer(out)
+        self.writer = spec.writer(out, worker=True)
         torch = sys.modules.get("torch")
         if cpu_threads is not None and torch is not None:
             torch.set_num_threads(cpu_threads)  # the actor's process is its own: no need to restore

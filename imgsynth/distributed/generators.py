@@ -92,7 +92,7 @@ class ConditionalShardGenerator:
             self.model = job.model  # the local backend samples with it
         if job.finished is not None:
             return SetSpec.of_manifest(job.finished.manifest)
-        return SetSpec.of_writer(job.writer)
+        return SetSpec(**job.writer_arguments)
 
     def work(self) -> list[WorkItem]:
         if self.plan is None:

@@ -39,18 +39,15 @@ class SetSpec:
     license: Mapping[str, Any] | str | None = None
     annotations: Mapping[str, Any] = field(default_factory=dict)
 
-    def writer(self, out: str | Path) -> ImageSetWriter:
-        """Open (or resume) the writer of this set at ``out``."""
+    def writer(self, out: str | Path, *, worker: bool = False) -> ImageSetWriter:
+        """Open (or resume) the writer of this set at ``out``.
+
+        The driver's writer holds the folder lock; a ``worker`` writes into the partial the driver
+        holds (it must not take the lock, which the driver has, nor discard the driver's partial).
+        """
         return ImageSetWriter(out, list(self.classes), kind=self.kind, parents=list(self.parents),
                               generator=self.generator, config=self.config, license=self.license,
-                              annotations=self.annotations)
-
-    @classmethod
-    def of_writer(cls, writer: ImageSetWriter) -> SetSpec:
-        """The spec of the set an already opened writer is writing (for generators that open their own)."""
-        return cls(list(writer.classes), kind=writer.kind, parents=list(writer.parents),
-                   generator=dict(writer.generator), config=dict(writer.config), license=dict(writer.license),
-                   annotations=dict(writer.annotations))
+                              annotations=self.annotations, locked_by_driver=worker)
 
     @classmethod
     def of_manifest(cls, manifest: Mapping[str, Any]) -> SetSpec:

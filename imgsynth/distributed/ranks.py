@@ -43,7 +43,7 @@ def generate_on_rank(generator: ShardGenerator, out: str | os.PathLike, *, rank:
             spec = generator.spec(out)
             existing = existing_set(generator, out, spec)  # the same answer on every rank: nothing finalizes before the end
             if existing is None:
-                writer = spec.writer(out)
+                writer = spec.writer(out, worker=rank != 0)
                 prepare = getattr(generator, "prepare_writer", None)
                 if prepare is not None and rank == 0:
                     prepare(writer)

@@ -8,10 +8,12 @@ and validates; ``dump_recipe`` writes the resolved recipe back (saved as ``confi
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, NoReturn, Sequence
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -26,10 +28,88 @@ LOOP_MODES = ("replace", "accumulate", "mix", "fresh")
 CURATED_SUFFIX = "+curate"
 GENERATOR_KINDS = ("conditional", "text2image")
 EXTRACTOR_PREFIXES = ("domain", "inception", "clip", "dinov2")
+# imgsynth.classifier.architectures.SMALL_RESNET, the default architecture (checked without torch).
+_SMALL_RESNET = "resnet18_small"
 
 
 class RecipeError(ValueError):
     """A recipe is invalid; raised before any work starts, naming the recipe file and the field."""
+
+
+Fail = Callable[[str], NoReturn]
+
+
+@dataclass(frozen=True)
+class Range:
+    """The valid values of a numeric field, ``low``..``high``; an open end excludes its bound."""
+
+    low: float
+    high: float
+    open_low: bool = False
+    open_high: bool = False
+    note: str = ""
+
+    def __contains__(self, value: float) -> bool:
+        above = value > self.low if self.open_low else value >= self.low
+        below = value < self.high if self.open_high else value <= self.high
+        return above and below
+
+    def __str__(self) -> str:
+        low, high = _number(self.low), _number(self.high)
+        return f"{'(' if self.open_low else '['}{low}, {high}{')' if self.open_high else ']'}"
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+# The largest image side a recipe may ask for: real data and samples are held in memory as whole sets
+# (1024 px RGB is 3 MB an image), and no shipped generator trains beyond it.
+MAX_IMAGE_SIZE = 1024
+# Seeds feed numpy and torch generators and are offset per generation; 2^31 leaves room for both.
+MAX_SEED = 2**31 - 1
+# Counts past these are typing slips, not experiments: work lists and batches are built whole in memory.
+MAX_PER_CLASS = 1_000_000
+MAX_BATCH_SIZE = 65_536
+MAX_STEPS = 10_000_000
+# Classifier-free guidance beyond ~30 saturates every pixel; 100 leaves room for odd experiments.
+MAX_GUIDANCE_SCALE = 100.0
+# DDPM-family schedules are trained with 1000 timesteps; a sampler cannot take more distinct steps.
+MAX_SAMPLE_STEPS = 1000
+# Keep in step with imgsynth.metrics.alignment.CLIP_SCORE_SCALE (CLIP scores lie in [0, 100]).
+CLIP_SCORE_MAX = 100.0
+
+_FRACTION = Range(0.0, 1.0)
+_POSITIVE_RATE = Range(0.0, 1.0, open_low=True)
+# Every int and float field of every section, by section ("" = the recipe's top level); a test checks
+# that none is missing, so a new numeric field cannot skip validation.
+RANGES: dict[str, dict[str, Range]] = {
+    "": {"seed": Range(0, MAX_SEED)},
+    "data": {"size": Range(4, MAX_IMAGE_SIZE, note=f" px ({MAX_IMAGE_SIZE} px is the largest size imgsynth "
+                                                   "supports: sets are held in memory whole)"),
+             "test_fraction": Range(0.0, 1.0, True, True), "split_seed": Range(0, MAX_SEED),
+             "minority_keep": Range(1, MAX_PER_CLASS)},
+    "generator": {"train_steps": Range(1, MAX_STEPS), "batch_size": Range(1, MAX_BATCH_SIZE),
+                  "lr": _POSITIVE_RATE, "per_class": Range(1, MAX_PER_CLASS),
+                  "sample_steps": Range(1, MAX_SAMPLE_STEPS), "guidance_scale": Range(0.0, MAX_GUIDANCE_SCALE),
+                  "noise_temperature": Range(0.0, 10.0, open_low=True),
+                  "sample_batch_size": Range(1, MAX_BATCH_SIZE), "lora_steps": Range(1, MAX_STEPS),
+                  "lora_rank": Range(1, 1024)},
+    "loop": {"generations": Range(1, 1000), "mix_real_fraction": _FRACTION},
+    "metrics": {"bootstrap": Range(0, 100_000), "max_per_class": Range(1, MAX_PER_CLASS)},
+    "classifier": {"epochs": Range(1, 10_000), "batch_size": Range(1, MAX_BATCH_SIZE), "lr": _POSITIVE_RATE},
+    "curate": {"dedup": Range(-1.0, 1.0), "min_confidence": _FRACTION, "min_clip_score": Range(0.0, CLIP_SCORE_MAX),
+               "clip_top_fraction": Range(0.0, 1.0, open_low=True)},
+}
+# The conditional presets' image size and channels (imgsynth.pipelines.conditional.PRESETS, which a test
+# keeps in step): listed here so that checking a recipe does not import torch.
+CONDITIONAL_PRESETS: dict[str, tuple[int, int]] = {
+    "digits16-cpu": (16, 1), "smoke": (16, 1), "cifar32-gpu": (32, 3), "64-gpu": (64, 3),
+}
+IMAGE_MODES = {"L": 1, "RGB": 3}
+# What imgsynth.pipelines.device.resolve_device accepts (CPU and CUDA only; whether CUDA is present is
+# the run's question, so a recipe written for a GPU machine still validates on a laptop).
+DEVICE_PATTERN = re.compile(r"(auto|cpu|cuda(:[0-9]+)?)\Z")
 
 
 @dataclass
@@ -202,63 +282,154 @@ def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[st
 
 
 def validate(recipe: Recipe, where: str = "recipe") -> Recipe:
-    """Check every field that could otherwise fail hours into a run."""
-    def fail(message: str) -> None:
+    """Check every field that could otherwise fail minutes or hours into a run, and return ``recipe``.
+
+    Each problem is one ``RecipeError`` line, ``<where>: [section] field ...``, naming the bad value.
+    """
+    def fail(message: str) -> NoReturn:
         raise RecipeError(f"{where}: {message}")
 
-    if not recipe.name or "/" in recipe.name:
-        fail(f"name {recipe.name!r} must be a non-empty folder name")
-    unknown = [m for m in recipe.loop.modes if base_mode(m) not in LOOP_MODES]
+    _check_name(recipe.name, fail)
+    _check_numbers(recipe, fail)
+    _check_loop(recipe.loop, fail)
+    _check_data(recipe.data, fail, where)
+    _check_generator(recipe, fail)
+    _check_metrics(recipe.metrics, fail)
+    _check_classifier(recipe.classifier, fail)
+    _check_curate(recipe, fail)
+    return recipe
+
+
+def _check_numbers(recipe: Recipe, fail: Fail) -> None:
+    """Every numeric field finite and in its range (TOML allows ``nan`` and ``inf``, which pass the types)."""
+    for section, ranges in RANGES.items():
+        values = getattr(recipe, section) if section else recipe
+        for name, valid in ranges.items():
+            value = getattr(values, name)
+            if value is None:
+                continue
+            label = f"[{section}] {name}" if section else name
+            if isinstance(value, float) and not math.isfinite(value):
+                fail(f"{label} must be a finite number in {valid}, got {value!r}")
+            if value not in valid:
+                fail(f"{label} must lie in {valid}, got {value!r}{valid.note}")
+
+
+def _check_name(name: str, fail: Fail) -> None:
+    """``name`` becomes ``runs/<name>``: a plain folder name, so a run never lands in ``.`` or ``runs/``."""
+    bad = (not name.strip() or name in (".", "..") or name != name.strip() or len(name.encode()) > 255
+           or any(c in "/\\" or ord(c) < 32 for c in name))
+    if bad:
+        fail(f"name {name!r} must be a plain folder name: not empty, not '.' or '..', no '/', '\\' or control "
+             "characters, no leading or trailing spaces, at most 255 bytes")
+
+
+def _check_strings(label: str, values: Sequence[str], fail: Fail) -> None:
+    empty = [v for v in values if not v.strip()]
+    if empty:
+        fail(f"{label}: empty name in {list(values)}")
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        fail(f"{label}: repeated {repeated}")
+
+
+def _check_loop(loop: LoopConfig, fail: Fail) -> None:
+    unknown = [m for m in loop.modes if base_mode(m) not in LOOP_MODES]
     if unknown:
         fail(f"[loop] modes: unknown mode(s) {unknown}; known: {list(LOOP_MODES)}, "
              f"each optionally with {CURATED_SUFFIX!r}")
-    if not recipe.loop.modes:
+    if not loop.modes:
         fail("[loop] modes: at least one loop mode is needed")
-    if len(set(recipe.loop.modes)) != len(recipe.loop.modes):
-        fail(f"[loop] modes: repeated mode in {recipe.loop.modes}")
-    if not 0.0 <= recipe.loop.mix_real_fraction <= 1.0:
-        fail(f"[loop] mix_real_fraction must lie in [0, 1], got {recipe.loop.mix_real_fraction}")
-    if recipe.loop.generations < 1:
-        fail(f"[loop] generations must be at least 1, got {recipe.loop.generations}")
-    if not recipe.data.source:
+    if len(set(loop.modes)) != len(loop.modes):
+        fail(f"[loop] modes: repeated mode in {loop.modes}")
+
+
+def _check_data(data: DataConfig, fail: Fail, where: str) -> None:
+    if not data.source:
         fail("[data] source is missing (e.g. source = \"digits\" or \"folder:/path/to/classes\")")
-    _validate_source(recipe.data.source, where)
-    if not 0.0 < recipe.data.test_fraction < 1.0:
-        fail(f"[data] test_fraction must lie in (0, 1), got {recipe.data.test_fraction}")
-    if recipe.generator.kind not in GENERATOR_KINDS:
-        fail(f"[generator] kind must be one of {list(GENERATOR_KINDS)}, got {recipe.generator.kind!r}")
-    if recipe.generator.kind == "text2image" and not recipe.generator.model:
+    _validate_source(data.source, where)
+    if data.mode not in IMAGE_MODES:
+        fail(f"[data] mode must be one of {list(IMAGE_MODES)}, got {data.mode!r}")
+    _check_strings("[data] minority_classes", data.minority_classes, fail)
+
+
+def _check_generator(recipe: Recipe, fail: Fail) -> None:
+    g = recipe.generator
+    if g.kind not in GENERATOR_KINDS:
+        fail(f"[generator] kind must be one of {list(GENERATOR_KINDS)}, got {g.kind!r}")
+    if g.kind == "text2image" and not g.model:
         fail("[generator] model: a text2image generator needs a local pipeline path or hub id")
-    if recipe.generator.per_class < 1:
-        fail(f"[generator] per_class must be at least 1, got {recipe.generator.per_class}")
-    if not recipe.metrics.extractors:
+    if g.kind == "conditional":
+        _check_preset(recipe, fail)
+    if g.device and not DEVICE_PATTERN.match(g.device):
+        fail(f"[generator] device {g.device!r} is not a device imgsynth runs on; use 'auto', 'cpu', 'cuda' "
+             "or 'cuda:N'")
+    _check_strings("[generator] classes", g.classes, fail)
+
+
+def _check_preset(recipe: Recipe, fail: Fail) -> None:
+    """A conditional preset exists and trains on images of the recipe's size and mode."""
+    name, data = recipe.generator.preset, recipe.data
+    if name not in CONDITIONAL_PRESETS:
+        fail(f"[generator] preset {name!r} is not a conditional preset; known: {list(CONDITIONAL_PRESETS)}")
+    size, channels = CONDITIONAL_PRESETS[name]
+    if data.size != size:
+        fail(f"[generator] preset {name!r} trains on {size} px images but [data] size = {data.size}; "
+             f"set size = {size} or pick a preset for {data.size} px")
+    if IMAGE_MODES[data.mode] != channels:
+        fail(f"[generator] preset {name!r} trains on {channels}-channel images but [data] mode = {data.mode!r}")
+
+
+def _check_metrics(metrics: MetricsConfig, fail: Fail) -> None:
+    if not metrics.extractors:
         fail("[metrics] extractors: at least one feature extractor is needed (e.g. \"domain\")")
-    for name in recipe.metrics.extractors:
+    for name in metrics.extractors:
         if name.split(":", 1)[0] not in EXTRACTOR_PREFIXES:
             fail(f"[metrics] extractors: unknown extractor {name!r}; known prefixes: {list(EXTRACTOR_PREFIXES)}")
-    if recipe.metrics.bootstrap < 0:
-        fail(f"[metrics] bootstrap must be ≥ 0, got {recipe.metrics.bootstrap}")
-    bad_curate_modes = [m for m in recipe.curate.modes if m not in recipe.loop.modes]
-    if bad_curate_modes:
-        fail(f"[curate] modes {bad_curate_modes} are not among [loop] modes {recipe.loop.modes}")
-    c = recipe.curate
-    if c.embedding:
-        from imgsynth.curation.similarity import PIXELS, parse_pixel_spec
+    _check_strings("[metrics] extractors", metrics.extractors, fail)
 
-        prefix = c.embedding.split(":", 1)[0]
-        try:
-            known = prefix == PIXELS and parse_pixel_spec(c.embedding) is not None or prefix in EXTRACTOR_PREFIXES
-        except ValueError as exc:
-            fail(f"[curate] embedding: {exc}")
-        if not known:
-            fail(f"[curate] embedding: unknown space {c.embedding!r}; use pixels:<size>, \"domain\" (the reference "
-                 f"classifier) or an extractor ({', '.join(EXTRACTOR_PREFIXES)})")
+
+def _check_classifier(settings: ClassifierSettings, fail: Fail) -> None:
+    if settings.arch == _SMALL_RESNET:
+        return  # the default; checking any other name needs torchvision's model list (and so torch)
+    from imgsynth.classifier.architectures import check_arch
+
+    try:
+        check_arch(settings.arch)
+    except ValueError as exc:
+        fail(f"[classifier] arch: {exc}")
+
+
+def _check_curate(recipe: Recipe, fail: Fail) -> None:
+    c = recipe.curate
+    bad_modes = [m for m in c.modes if m not in recipe.loop.modes]
+    if bad_modes:
+        fail(f"[curate] modes {bad_modes} are not among [loop] modes {recipe.loop.modes}")
+    if c.embedding:
+        _check_embedding(c.embedding, fail)
     curating = c.enabled or any(m.endswith(CURATED_SUFFIX) for m in recipe.loop.modes)
     no_filter = all(v is None for v in (c.dedup, c.min_confidence, c.min_clip_score, c.clip_top_fraction))
     if curating and no_filter and not c.rebalance:
         fail("[curate] nothing to do: set dedup, min_confidence, min_clip_score, clip_top_fraction or "
              f"rebalance (needed by enabled = true and by {CURATED_SUFFIX!r} modes)")
-    return recipe
+    clip_filter = [n for n in ("min_clip_score", "clip_top_fraction") if getattr(c, n) is not None]
+    if curating and clip_filter and not recipe.metrics.clip:
+        fail(f"[curate] {clip_filter[0]} needs a CLIP model: set [metrics] clip (open_clip weights on disk)")
+
+
+def _check_embedding(embedding: str, fail: Fail) -> None:
+    from imgsynth.curation.similarity import PIXELS, parse_pixel_spec
+
+    prefix = embedding.split(":", 1)[0]
+    try:
+        pixels = parse_pixel_spec(embedding) if prefix == PIXELS else None
+    except ValueError as exc:
+        fail(f"[curate] embedding: {exc}")
+    if pixels is None and prefix not in EXTRACTOR_PREFIXES:
+        fail(f"[curate] embedding: unknown space {embedding!r}; use pixels:<size>, \"domain\" (the reference "
+             f"classifier) or an extractor ({', '.join(EXTRACTOR_PREFIXES)})")
+    if pixels is not None and pixels.size > MAX_IMAGE_SIZE:
+        fail(f"[curate] embedding {embedding!r}: thumbnails larger than {MAX_IMAGE_SIZE} px are not supported")
 
 
 def base_mode(mode: str) -> str:

@@ -30,6 +30,7 @@ from typing import Any, Callable
 from imgsynth.experiments.config import (CURATED_SUFFIX, Recipe, RecipeError, base_mode, dump_recipe, load_recipe,
                                          recipe_from_dict)
 from imgsynth.imageset import ImageSet, ImageSetError, concatenate, stratified_split_indices
+from imgsynth.locking import folder_lock
 from imgsynth.sources import import_source
 
 METRICS_FILE = "metrics.json"
@@ -75,7 +76,14 @@ class Experiment:
         return cls(load_recipe(Path(run_dir) / "config.toml"), run_dir, **kwargs)
 
     def run(self) -> Path:
-        """Run every generation of every loop mode, then write the reports; returns the run folder."""
+        """Run every generation of every loop mode, then write the reports; returns the run folder.
+
+        The run folder is locked for the whole run: a second ``imgsynth run`` into it is refused at once.
+        """
+        with folder_lock(self.run_dir):
+            return self._run()
+
+    def _run(self) -> Path:
         started = time.perf_counter()
         self._save_config()
         real_train, real_test, full_train = self._real_data()

@@ -13,7 +13,10 @@ Names (the registry maps the part before the first ``:`` to a constructor, as ti
 * ``domain:<checkpoint>`` — an imgsynth classifier checkpoint, penultimate layer (``imgsynth.classifier``).
 
 Nothing is ever downloaded: weights come from a local path or the user's cache, and a missing file is
-a ``FileNotFoundError`` naming exactly what to fetch and where to put it.
+a ``FileNotFoundError`` naming exactly what to fetch and where to put it. Nothing is ever unpickled with
+code-running pickle either (``imgsynth.safe_loading``): Inception weights are read by imgsynth itself with
+``torch.load(weights_only=True)`` after their sha256 is checked against the one a hub-style file name
+claims, and a refused file is an ``UnsafeFileError`` naming it.
 
 Resize convention (clean-fid, Parmar et al. 2022, showed the choice moves FID a lot): images are
 converted to RGB and resized on the uint8 PIL image with PIL's bicubic filter, which is properly
@@ -43,6 +46,7 @@ import torch
 from PIL import Image
 
 from imgsynth.imageset import ImageSet
+from imgsynth.safe_loading import check_claimed_digest, first_line, load_torch_file, pickle_files, refusing_pickles
 
 RESAMPLE = Image.Resampling.BICUBIC
 CACHE_FORMAT = 1
@@ -203,6 +207,78 @@ def default_inception_weights() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
 
 
+def _inception_layers() -> dict[str, torch.nn.Module]:
+    """The layers of torch-fidelity's FID Inception-v3, named and built exactly as its ``__init__`` does."""
+    from torch_fidelity import feature_extractor_inceptionv3 as tf
+
+    return {
+        "Conv2d_1a_3x3": tf.BasicConv2d(3, 32, kernel_size=3, stride=2),
+        "Conv2d_2a_3x3": tf.BasicConv2d(32, 32, kernel_size=3),
+        "Conv2d_2b_3x3": tf.BasicConv2d(32, 64, kernel_size=3, padding=1),
+        "MaxPool_1": torch.nn.MaxPool2d(kernel_size=3, stride=2),
+        "Conv2d_3b_1x1": tf.BasicConv2d(64, 80, kernel_size=1),
+        "Conv2d_4a_3x3": tf.BasicConv2d(80, 192, kernel_size=3),
+        "MaxPool_2": torch.nn.MaxPool2d(kernel_size=3, stride=2),
+        "Mixed_5b": tf.InceptionA(192, pool_features=32),
+        "Mixed_5c": tf.InceptionA(256, pool_features=64),
+        "Mixed_5d": tf.InceptionA(288, pool_features=64),
+        "Mixed_6a": tf.InceptionB(288),
+        "Mixed_6b": tf.InceptionC(768, channels_7x7=128),
+        "Mixed_6c": tf.InceptionC(768, channels_7x7=160),
+        "Mixed_6d": tf.InceptionC(768, channels_7x7=160),
+        "Mixed_6e": tf.InceptionC(768, channels_7x7=192),
+        "Mixed_7a": tf.InceptionD(768),
+        "Mixed_7b": tf.InceptionE_1(1280),
+        "Mixed_7c": tf.InceptionE_2(2048),
+        "AvgPool": torch.nn.AdaptiveAvgPool2d(output_size=(1, 1)),
+        "fc": torch.nn.Linear(2048, 1008),
+    }
+
+
+def inception_network(state: dict[str, Any], path: Path) -> torch.nn.Module:
+    """torch-fidelity's ``FeatureExtractorInceptionV3`` (2048-d pool features) holding ``state``, float32, eval.
+
+    Its own ``__init__`` is not run: it reads the weights itself with ``torch.load(weights_only=False)``
+    or downloads them. The instance gets its layers from ``_inception_layers`` instead (built on the meta
+    device, so no random init is computed), then ``state`` strictly, so its ``forward`` is torch-fidelity's.
+    A state that does not fit (``path`` is named) is a ``ValueError``.
+    """
+    from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    model = FeatureExtractorInceptionV3.__new__(FeatureExtractorInceptionV3)
+    FeatureExtractorBase.__init__(model, "inception-v3-compat", ["2048"])
+    model.feature_extractor_internal_dtype = torch.float32
+    with torch.device("meta"):
+        for name, layer in _inception_layers().items():
+            model.add_module(name, layer)
+    _check_inception_state(state, model.state_dict(), path)
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as exc:  # what the key/shape check cannot see, e.g. metadata of another version
+        raise ValueError(f"{path}: not the FID Inception weights ({first_line(exc)}); expected {INCEPTION_FILE} "
+                         f"from {INCEPTION_URL}") from exc
+    return model.to(torch.float32).requires_grad_(False).eval()
+
+
+def _check_inception_state(state: dict[str, Any], expected: dict[str, torch.Tensor], path: Path) -> None:
+    """One-line ``ValueError`` when ``state`` has other keys, shapes or non-tensor values than ``expected``.
+
+    BatchNorm's ``num_batches_tracked`` may be absent: the published file is a plain dict converted from
+    TensorFlow without them, and BatchNorm fills them in when loading a state dict without version metadata.
+    """
+    missing = [k for k in expected if k not in state and not k.endswith(".num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and not (isinstance(state[k], torch.Tensor)
+                                                        and state[k].shape == expected[k].shape)]
+    if missing or unexpected or wrong:
+        found = ", ".join(f"{len(keys)} {kind} (e.g. {keys[0]})" for kind, keys in
+                          (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong))
+                          if keys)
+        raise ValueError(f"{path}: not the FID Inception weights ({found}); expected {INCEPTION_FILE} "
+                         f"from {INCEPTION_URL}")
+
+
 @register_extractor("inception")
 class InceptionExtractor(FeatureExtractor):
     """FID Inception-v3 pool features (2048-d) from torch-fidelity's port of the TensorFlow graph."""
@@ -210,8 +286,6 @@ class InceptionExtractor(FeatureExtractor):
     size = 299
 
     def __init__(self, weights: str = "", device: torch.device | None = None) -> None:
-        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
-
         path = Path(weights).expanduser() if weights else default_inception_weights()
         if not path.is_file():
             where = f"the path you gave, {path}" if weights else f"{path}"
@@ -220,17 +294,16 @@ class InceptionExtractor(FeatureExtractor):
                 f"{INCEPTION_URL} on a machine with internet and put the file at {where} "
                 f"(or pass 'inception:/path/to/{INCEPTION_FILE}').")
         self.device = device or default_device()
-        try:
-            model = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
-                                                feature_extractor_weights_path=str(path))
-        except Exception as exc:  # wrong or truncated file: torch.load / load_state_dict errors
-            raise ValueError(f"{path}: not the FID Inception weights ({type(exc).__name__}: {exc}); "
-                             f"expected {INCEPTION_FILE} from {INCEPTION_URL}") from exc
-        self.model = model.to(self.device)
+        # The digest comes first: a file whose name claims the published hash is checked before any of
+        # its bytes are unpickled, and the id names exactly the bytes that were then loaded.
+        digest = file_digest(path)
+        check_claimed_digest(path, digest, "Inception FID weights", hint=f"fetch {INCEPTION_URL} again")
+        state = load_torch_file(path, "Inception FID weights")
+        self.model = inception_network(state, path).to(self.device)
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.name = f"inception:{path}" if weights else "inception"
-        self.id = f"inception-v3-fid:{file_digest(path)[:16]}"
+        self.id = f"inception-v3-fid:{digest[:16]}"
         self.preprocessing = f"rgb|pil-bicubic-uint8-{self.size}x{self.size}|no-crop|uint8"
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
@@ -285,6 +358,7 @@ class ClipExtractor(FeatureExtractor):
                                         "open_clip_config.json; a model without weights would be random")
             model_name, pretrained, weights_id = f"local-dir:{folder}", None, folder_digest(
                 folder, ("*.json", "*.safetensors", "*.bin", "*.pth", "*.pt"))
+            source = pickle_files(folder)  # open_clip prefers safetensors: only a pickle file can be refused
             self.name = f"clip:{folder}"
         else:
             model_name, _, pretrained = spec.partition(":")
@@ -316,13 +390,16 @@ class ClipExtractor(FeatureExtractor):
                 raise FileNotFoundError(
                     f"clip:{spec}: {pretrained!r} is neither a file nor a pretrained tag of {model_name} "
                     f"(tags: {open_clip.list_pretrained_tags_by_model(model_name)})")
-            pretrained = str(weights_file)
+            pretrained = source = str(weights_file)
             weights_id = file_digest(weights_file)
             self.name = f"clip:{spec}"
-        try:
-            model = open_clip.create_model(model_name, pretrained=pretrained, device="cpu", **options)
-        except (RuntimeError, ValueError, OSError) as exc:
-            raise ValueError(f"clip:{spec}: open_clip could not load the model ({exc})") from exc
+        with refusing_pickles(source, f"clip:{spec} weights"):
+            try:
+                # weights_only=True is open_clip's default; passed so that a changed default cannot loosen it
+                model = open_clip.create_model(model_name, pretrained=pretrained, device="cpu",
+                                               weights_only=True, **options)
+            except (RuntimeError, ValueError, OSError) as exc:
+                raise ValueError(f"clip:{spec}: open_clip could not load the model ({first_line(exc)})") from exc
         self.model = model.eval().to(self.device)
         self.tokenizer = open_clip.get_tokenizer(model_name)
         cfg = open_clip.get_model_preprocess_cfg(model)
@@ -382,10 +459,12 @@ class Dinov2Extractor(FeatureExtractor):
                     f"dinov2:{spec}: no such folder and not in the local Hugging Face cache; nothing is "
                     f"downloaded automatically. On a machine with internet run `huggingface-cli download "
                     f"{spec}` (or save_pretrained the model to a folder) and use 'dinov2:<folder>'.") from exc
-        try:
-            model = AutoModel.from_pretrained(folder, local_files_only=True)
-        except (OSError, ValueError) as exc:
-            raise FileNotFoundError(f"dinov2:{spec}: {folder} does not hold a loadable model ({exc})") from exc
+        with refusing_pickles(pickle_files(folder), f"dinov2:{spec} weights"):
+            try:
+                model = AutoModel.from_pretrained(folder, local_files_only=True, weights_only=True)
+            except (OSError, ValueError) as exc:
+                raise FileNotFoundError(f"dinov2:{spec}: {folder} does not hold a loadable model "
+                                        f"({first_line(exc)})") from exc
         self.model = model.eval().to(self.device)
         self.size = size
         self.name = f"dinov2:{spec}"
@@ -480,6 +559,8 @@ def cached_features(image_set: ImageSet, extractor: FeatureExtractor | str, cach
             if all(metadata.get(k) == v for k, v in expected.items()):
                 features = load_file(str(path))["features"]
                 if features.shape[0] == len(image_set):
+                    # The key is the recorded hashes: the files must still be those bytes to use it.
+                    image_set.check_files()
                     return features
         except (SafetensorError, OSError, KeyError):
             pass  # unreadable cache entry: recompute below

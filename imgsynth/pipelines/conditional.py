@@ -20,6 +20,7 @@ manifest, so the same seed gives byte-identical images however the work is split
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -39,9 +40,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from imgsynth.imageset import ImageSet, ImageSetError, ImageSetWriter, Sample
+from imgsynth.locking import folder_lock
 from imgsynth.pipelines import device as devices
 from imgsynth.pipelines.work import DEFAULT_SHARD_SIZE, WorkItem, balanced_work, batches, shards
 from imgsynth.provenance import sha256_file, software_versions
+from imgsynth.safe_loading import load_torch_file
 
 PIPELINE_NAME = "ClassConditionalDiffusion"
 MODEL_FILE = "imgsynth_model.json"
@@ -55,6 +58,24 @@ SAMPLERS = ("dpm++", "ddim")
 UNSAFE_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # Fields that do not change what a training run computes; a resumed run may differ in them.
 RUNTIME_FIELDS = ("device", "checkpoint_every", "keep_checkpoints", "compile")
+# The forward-process schedules both samplers (DPM-Solver++, DDIM) accept.
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+# Bounds past any model `imgsynth train` makes sensibly. They keep a hand-edited or damaged config from
+# asking for unbounded memory or time before any message; the size estimate (``estimate_size``) covers
+# what they leave open, such as very wide levels.
+MAX_IMAGE_SIZE = 1024
+MAX_LAYERS_PER_BLOCK = 16
+MAX_TRAIN_TIMESTEPS = 100_000
+MAX_PARAMETERS = 2_000_000_000
+# Loading or sampling a model whose estimated float32 weights plus activations exceed the memory of the
+# device it runs on (a CUDA device's memory, or the machine's RAM) is refused; this environment variable
+# sets another limit, in GB (10^9 bytes). Where the memory cannot be read the limit is 16 GB.
+MAX_MODEL_GB_ENV = "IMGSYNTH_MAX_MODEL_GB"
+FALLBACK_MAX_MODEL_GB = 16.0
+UNET_CONFIG_FILE = "config.json"
+SCHEDULER_CONFIG_FILE = "scheduler_config.json"
+MODEL_FILES = (MODEL_FILE, UNET_CONFIG_FILE, SCHEDULER_CONFIG_FILE, WEIGHTS_FILE)
 
 
 # --------------------------------------------------------------------------------------------- config
@@ -123,8 +144,13 @@ class TrainConfig:
             if not ok:
                 raise ValueError(f"TrainConfig ({self.preset}): {message}")
 
+        for spec in dataclasses.fields(self):
+            value = getattr(self, spec.name)
+            problem = _type_problem(str(spec.type), value)
+            need(problem is None, f"{spec.name} = {value!r} {problem}")
         levels = len(self.block_out_channels)
-        need(self.image_size >= 4, f"image_size must be at least 4, got {self.image_size}")
+        need(4 <= self.image_size <= MAX_IMAGE_SIZE,
+             f"image_size must lie in [4, {MAX_IMAGE_SIZE}], got {self.image_size}")
         need(self.channels in (1, 3), f"channels must be 1 (grayscale) or 3 (RGB), got {self.channels}")
         need(self.patch_size >= 1, f"patch_size must be at least 1, got {self.patch_size}")
         need(levels >= 1 and all(c > 0 for c in self.block_out_channels),
@@ -132,26 +158,38 @@ class TrainConfig:
         factor = self.patch_size * 2 ** (levels - 1)
         need(self.image_size % factor == 0,
              f"image_size {self.image_size} must be divisible by patch_size × 2^(levels-1) = {factor}")
+        need(self.norm_num_groups >= 1, f"norm_num_groups must be at least 1, got {self.norm_num_groups}")
         need(all(c % self.norm_num_groups == 0 for c in self.block_out_channels),
              f"every block_out_channels entry must be divisible by norm_num_groups={self.norm_num_groups}")
         need(all(0 <= i < levels for i in self.attention_levels),
              f"attention_levels must index block_out_channels (0..{levels - 1}), got {self.attention_levels}")
-        need(self.layers_per_block >= 1, f"layers_per_block must be at least 1, got {self.layers_per_block}")
+        need(1 <= self.layers_per_block <= MAX_LAYERS_PER_BLOCK,
+             f"layers_per_block must lie in [1, {MAX_LAYERS_PER_BLOCK}], got {self.layers_per_block}")
+        need(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
         need(self.steps >= 1, f"steps must be at least 1, got {self.steps}")
         need(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
-        need(self.lr > 0, f"lr must be positive, got {self.lr}")
+        need(0 < self.lr < math.inf, f"lr must be positive, got {self.lr}")
+        need(self.weight_decay >= 0, f"weight_decay must be ≥ 0, got {self.weight_decay}")
         need(self.lr_schedule in ("cosine", "constant"),
              f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
         need(self.warmup_steps >= 0, f"warmup_steps must be ≥ 0, got {self.warmup_steps}")
         need(self.grad_clip >= 0, f"grad_clip must be ≥ 0 (0 disables), got {self.grad_clip}")
         need(0.0 <= self.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        need(0 < self.ema_power < math.inf, f"ema_power must be positive, got {self.ema_power}")
         need(0.0 <= self.label_dropout < 1.0, f"label_dropout must be in [0, 1), got {self.label_dropout}")
-        need(self.num_train_timesteps >= 2, f"num_train_timesteps must be ≥ 2, got {self.num_train_timesteps}")
-        need(self.prediction_type in ("epsilon", "v_prediction"),
+        need(2 <= self.num_train_timesteps <= MAX_TRAIN_TIMESTEPS,
+             f"num_train_timesteps must lie in [2, {MAX_TRAIN_TIMESTEPS}], got {self.num_train_timesteps}")
+        need(self.beta_schedule in BETA_SCHEDULES,
+             f"beta_schedule must be one of {BETA_SCHEDULES}, got {self.beta_schedule!r}")
+        need(self.prediction_type in PREDICTION_TYPES,
              f"prediction_type must be 'epsilon' or 'v_prediction', got {self.prediction_type!r}")
         need(self.snr_gamma is None or self.snr_gamma > 0, f"snr_gamma must be positive or None, got {self.snr_gamma}")
         need(self.sampler in SAMPLERS, f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
-        need(self.sample_steps >= 1, f"sample_steps must be at least 1, got {self.sample_steps}")
+        # A sampler takes distinct timesteps of the training schedule; it has num_train_timesteps of them.
+        need(1 <= self.sample_steps <= self.num_train_timesteps, f"sample_steps must lie in "
+             f"[1, num_train_timesteps = {self.num_train_timesteps}], got {self.sample_steps}")
+        need(0 <= self.guidance_scale < math.inf,
+             f"guidance_scale must be a finite number ≥ 0, got {self.guidance_scale}")
         need(self.checkpoint_every >= 0, f"checkpoint_every must be ≥ 0 (0 disables), got {self.checkpoint_every}")
         return self
 
@@ -201,15 +239,57 @@ def preset(name: str, **overrides: Any) -> TrainConfig:
     return dataclasses.replace(PRESETS[name], **overrides).validate()
 
 
+def train_config_from_dict(values: Any, where: str) -> TrainConfig:
+    """A validated ``TrainConfig`` from plain data (a model's stored ``training_config``).
+
+    Every known field is type-checked before the dataclass converts it, so a damaged file gets a
+    ``ValueError`` naming ``where`` and the field, never a ``TypeError``; fields this version does not
+    know are ignored (a newer imgsynth may have written them), missing ones take their defaults.
+    """
+    if not isinstance(values, Mapping):
+        raise ValueError(f"{where} must be a JSON object, got {_json_kind(values)}")
+    specs = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    known = {k: v for k, v in values.items() if k in specs}
+    for name, value in known.items():
+        problem = _type_problem(str(specs[name].type), value)
+        if problem is not None:
+            raise ValueError(f"{where}: {name} = {_short(value)} {problem}")
+    try:
+        return TrainConfig(**known).validate()
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from exc
+
+
+_SCALAR_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def _type_problem(annotation: str, value: Any) -> str | None:
+    """Why ``value`` does not fit a ``TrainConfig`` field annotated ``annotation`` (as written), else None."""
+    base = annotation.removesuffix(" | None")
+    if value is None:
+        return None if base != annotation else f"should be {annotation}, not null"
+    if base == "tuple[int, ...]":
+        ok = isinstance(value, (list, tuple)) and all(_is_int(v) for v in value)
+        return None if ok else "should be a list of integers"
+    kinds = _SCALAR_TYPES.get(base)
+    if kinds is None:
+        return None  # an annotation this check does not know: validate's own rules cover the field
+    # bool is an int subclass; a flag where a number belongs is a mistake, not a 0 or 1.
+    ok = isinstance(value, kinds) and (base == "bool" or not isinstance(value, bool))
+    return None if ok else f"should be {annotation}"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 # --------------------------------------------------------------------------------------------- model parts
 
-def build_unet(config: TrainConfig, num_classes: int) -> Any:
-    """The denoiser: a diffusers ``UNet2DModel`` with ``num_classes + 1`` class embeddings (last = null)."""
-    from diffusers import UNet2DModel
-
+def unet_config(config: TrainConfig, num_classes: int) -> dict[str, Any]:
+    """The ``UNet2DModel`` arguments a config decides (the rest keep diffusers' defaults); last class = null."""
     levels = range(len(config.block_out_channels))
     attention = set(config.attention_levels)
-    return UNet2DModel(
+    return dict(
         sample_size=config.image_size // config.patch_size,
         in_channels=config.channels * config.patch_size ** 2,
         out_channels=config.channels * config.patch_size ** 2,
@@ -225,12 +305,24 @@ def build_unet(config: TrainConfig, num_classes: int) -> Any:
     )
 
 
+def build_unet(config: TrainConfig, num_classes: int) -> Any:
+    """The denoiser: a diffusers ``UNet2DModel`` with ``num_classes + 1`` class embeddings (last = null)."""
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(**unet_config(config, num_classes))
+
+
+def noise_scheduler_config(config: TrainConfig) -> dict[str, Any]:
+    """The ``DDPMScheduler`` arguments a config decides (the rest keep diffusers' defaults)."""
+    return dict(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
+                prediction_type=config.prediction_type, clip_sample=False)
+
+
 def build_noise_scheduler(config: TrainConfig) -> Any:
     """The training (forward-process) scheduler; samplers are derived from its config."""
     from diffusers import DDPMScheduler
 
-    return DDPMScheduler(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
-                         prediction_type=config.prediction_type, clip_sample=False)
+    return DDPMScheduler(**noise_scheduler_config(config))
 
 
 def build_sampler(name: str, scheduler_config: Mapping[str, Any]) -> Any:
@@ -411,7 +503,7 @@ class Checkpoints:
         tensors = load_file(str(weights), device=str(device))
         unet.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         shadow = [tensors[k] for k in sorted(k for k in tensors if k.startswith("ema."))]
-        state = torch.load(path / "training_state.pt", map_location="cpu", weights_only=True)
+        state = load_torch_file(path / "training_state.pt", "training state of a checkpoint")
         ema.load_state_dict({**state["ema"], "shadow_params": shadow})
         optimizer.load_state_dict(state["optimizer"])
         lr_scheduler.load_state_dict(state["lr_scheduler"])
@@ -460,6 +552,14 @@ def train(image_set: ImageSet | str | os.PathLike, out_dir: str | os.PathLike, c
     images of every batch, and process 0 alone writes checkpoints and the model. A run may resume with
     another number of processes.
     """
+    if parallel is not None and parallel.rank != 0:  # process 0 alone writes, and holds the folder lock
+        return _train(image_set, out_dir, config, progress, callback, parallel)
+    with folder_lock(out_dir):
+        return _train(image_set, out_dir, config, progress, callback, parallel)
+
+
+def _train(image_set: ImageSet | str | os.PathLike, out_dir: str | os.PathLike, config: TrainConfig,
+           progress: bool, callback: StepCallback | None, parallel: DataParallel | None) -> Path:
     config.validate()
     if parallel is not None and config.batch_size % parallel.world_size:
         raise ValueError(f"batch_size {config.batch_size} does not split evenly over {parallel.world_size} "
@@ -670,21 +770,288 @@ def is_model_dir(path: str | os.PathLike) -> bool:
 
 
 def read_model_info(model_dir: str | os.PathLike) -> dict[str, Any]:
-    """The model dir's ``imgsynth_model.json``, checked for the fields sampling needs."""
-    folder = Path(model_dir)
+    """The model dir's ``imgsynth_model.json``, checked: the fields sampling needs, their types, and the
+    training config (``TrainConfig.validate``), which the other fields must agree with."""
+    return _read_model_info(Path(model_dir))[0]
+
+
+def _read_model_info(folder: Path) -> tuple[dict[str, Any], TrainConfig]:
+    """(the info as stored, its validated training config); ``ValueError`` naming the file and field."""
     path = folder / MODEL_FILE
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such model folder")
     if not path.is_file():
         raise ValueError(f"{folder}: not a class-conditional model folder ({MODEL_FILE} is missing)")
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: malformed JSON ({exc.msg})") from exc
+    info = _read_json_object(path)
     for key in ("classes", "image_size", "image_mode", "patch_size", "training_config", "weights_sha256"):
         if key not in info:
             raise ValueError(f"{path}: missing field {key!r}")
-    return info
+    config = train_config_from_dict(info["training_config"], f"{path}: training_config")
+    _check_info_fields(info, config, path)
+    return info, config
+
+
+def _check_info_fields(info: Mapping[str, Any], config: TrainConfig, path: Path) -> None:
+    """The fields sampling reads directly: right types, and in agreement with the training config."""
+    def need(ok: bool, key: str, what: str) -> None:
+        if not ok:
+            raise ValueError(f"{path}: {key} = {_short(info.get(key))} {what}")
+
+    classes = info["classes"]
+    need(isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) and c for c in classes)
+         and len(set(classes)) == len(classes), "classes", "should be a list of two or more distinct class names")
+    side = config.image_size
+    need(info["image_size"] == [side, side] and all(_is_int(v) for v in info["image_size"]), "image_size",
+         f"should be [{side}, {side}], the training config's image_size")
+    need(info["image_mode"] == ("L" if config.channels == 1 else "RGB"), "image_mode",
+         f"should be {'L' if config.channels == 1 else 'RGB'!r} for the training config's channels={config.channels}")
+    need(_is_int(info["patch_size"]) and info["patch_size"] == config.patch_size, "patch_size",
+         f"should be {config.patch_size}, the training config's patch_size")
+    need(_is_int(info.get("channels", config.channels)) and info.get("channels", config.channels) == config.channels,
+         "channels", f"should be {config.channels}, the training config's channels")
+    null_class = info.get("null_class_index", len(classes))
+    need(_is_int(null_class) and null_class == len(classes), "null_class_index",
+         f"should be {len(classes)}, the number of classes")
+    digest = info["weights_sha256"]
+    need(isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest),
+         "weights_sha256", "should be a sha256 hex digest")
+    captions = info.get("class_captions") or {}  # sampling reads a null as no captions
+    need(isinstance(captions, dict) and all(isinstance(v, str) for v in captions.values()), "class_captions",
+         "should map class names to caption strings")
+    parent = info.get("parent") or {}
+    need(isinstance(parent, dict) and all(isinstance(parent.get(k, ""), str) for k in ("id", "path")), "parent",
+         "should be an object whose id and path are strings")
+    version = info.get("format_version", MODEL_FORMAT_VERSION)
+    need(_is_int(version) and version <= MODEL_FORMAT_VERSION, "format_version",
+         f"should be an integer ≤ {MODEL_FORMAT_VERSION} (a newer format needs a newer imgsynth)")
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: malformed JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a UTF-8 text file ({exc.reason})") from exc
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: should hold a JSON object, found {_json_kind(value)}")
+    return value
+
+
+def _json_kind(value: Any) -> str:
+    kinds = ((bool, "true/false"), (int, "an integer"), (float, "a number"), (str, "a string"),
+             (list, "a list"), (dict, "an object"), (type(None), "null"))
+    return next((name for kind, name in kinds if isinstance(value, kind)), type(value).__name__)
+
+
+def _short(value: Any) -> str:
+    """``repr`` cut to one short line: a damaged file may hold a list of a million entries."""
+    import reprlib
+
+    shortener = reprlib.Repr()
+    shortener.maxlist, shortener.maxstring, shortener.maxother = 6, 60, 60
+    return shortener.repr(value)
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """What sampling a model costs, estimated from its config alone: parameters and float32 bytes."""
+
+    parameters: int
+    # One forward pass of one image at the model's resolution, as ``_activation_floats`` counts it.
+    activation_bytes: int
+    # The config fields that decide the size, for messages.
+    fields: str = ""
+
+    def sampling_bytes(self, batch_size: int) -> int:
+        """Weights plus the activations of ``batch_size`` images (doubled by classifier-free guidance)."""
+        return 4 * self.parameters + 2 * batch_size * self.activation_bytes
+
+
+def estimate_size(config: TrainConfig, num_classes: int) -> ModelSize:
+    """Parameter count and activation memory of ``build_unet(config, num_classes)``, without building it.
+
+    The count follows diffusers' ``UNet2DModel`` layer by layer (a test compares it with built models);
+    it takes microseconds even for a config that would never fit in memory.
+    """
+    widths, layers, attention = config.block_out_channels, config.layers_per_block, set(config.attention_levels)
+    io = config.channels * config.patch_size ** 2
+    time_dim = 4 * widths[0]
+    total = _conv(io, widths[0], 3) + _linear(widths[0], time_dim) + _linear(time_dim, time_dim)
+    total += (num_classes + 1) * time_dim + 2 * widths[0] + _conv(widths[0], io, 3)
+    previous = widths[0]
+    for level, width in enumerate(widths):  # down
+        for j in range(layers):
+            total += _resnet(previous if j == 0 else width, width, time_dim) + (level in attention) * _attention(width)
+        total += _conv(width, width, 3) if level < len(widths) - 1 else 0
+        previous = width
+    if config.mid_block:
+        total += 2 * _resnet(widths[-1], widths[-1], time_dim) + bool(attention) * _attention(widths[-1])
+    reversed_widths = widths[::-1]
+    for i, width in enumerate(reversed_widths):  # up: each resnet also takes a skip connection
+        skip_in = reversed_widths[min(i + 1, len(widths) - 1)]
+        for j in range(layers + 1):
+            first = reversed_widths[max(i - 1, 0)] if j == 0 else width
+            skip = skip_in if j == layers else width
+            total += _resnet(first + skip, width, time_dim) + (len(widths) - 1 - i in attention) * _attention(width)
+        total += _conv(width, width, 3) if i < len(widths) - 1 else 0
+    fields = (f"block_out_channels={_short(list(widths))}, layers_per_block={layers}, "
+              f"sample_size={config.image_size // config.patch_size}")
+    return ModelSize(total, 4 * _activation_floats(config), fields)
+
+
+def _conv(inputs: int, outputs: int, kernel: int) -> int:
+    return inputs * outputs * kernel * kernel + outputs
+
+
+def _linear(inputs: int, outputs: int) -> int:
+    return inputs * outputs + outputs
+
+
+def _resnet(inputs: int, outputs: int, time_dim: int) -> int:
+    shortcut = _conv(inputs, outputs, 1) if inputs != outputs else 0
+    return 2 * inputs + _conv(inputs, outputs, 3) + _linear(time_dim, outputs) + 2 * outputs + \
+        _conv(outputs, outputs, 3) + shortcut
+
+
+def _attention(width: int) -> int:
+    inner = width // 8 * 8  # heads of diffusers' default attention_head_dim, 8
+    return 2 * width + 3 * _linear(width, inner) + _linear(inner, width)
+
+
+def _activation_floats(config: TrainConfig) -> int:
+    """Floats alive at once in one image's forward pass (inference: no autograd graph is kept).
+
+    The skip connections the down path hands to the up path, twenty maps of the widest level (an up
+    block's concatenated input, its norm, conv and time-shifted copies, and the kernels' workspaces) and
+    one attention score matrix: ``scaled_dot_product_attention`` does not hold one per head. Checked
+    against the per-image peak memory of CPU forward passes of the GPU presets: 1.0–1.4× of it.
+    """
+    side = config.image_size // config.patch_size
+    widths, last = config.block_out_channels, len(config.block_out_channels) - 1
+    pixels = [(side >> level) ** 2 for level in range(len(widths))]
+    skips = widths[0] * pixels[0] + sum(config.layers_per_block * w * p for w, p in zip(widths, pixels))
+    skips += sum(widths[i] * pixels[i + 1] for i in range(last))
+    working = 20 * max(w * p for w, p in zip(widths, pixels))
+    attended = set(config.attention_levels) | ({last} if config.mid_block and config.attention_levels else set())
+    scores = max((pixels[i] ** 2 for i in attended), default=0)
+    return skips + working + scores
+
+
+def max_model_bytes(device: torch.device | None = None) -> tuple[float, str]:
+    """(the memory limit for loading and sampling a model, in bytes; where the limit comes from)."""
+    raw = os.environ.get(MAX_MODEL_GB_ENV, "").strip()
+    if raw:
+        try:
+            limit = float(raw)
+        except ValueError:
+            limit = math.nan
+        if not (limit > 0 and math.isfinite(limit)):
+            raise ValueError(f"{MAX_MODEL_GB_ENV}={raw!r}: expected a positive number of gigabytes")
+        return limit * 1e9, f"set by {MAX_MODEL_GB_ENV}"
+    if device is not None and device.type == "cuda":
+        return float(torch.cuda.get_device_properties(device.index or 0).total_memory), f"the memory of {device}"
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")), "this machine's RAM"
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows)
+        return FALLBACK_MAX_MODEL_GB * 1e9, "imgsynth's default"
+
+
+def check_model_size(size: ModelSize, batch_size: int, path: str | os.PathLike, device: torch.device | None = None,
+                     hint: str = "") -> None:
+    """Refuse, in one line naming ``path`` and the fields, a model past ``MAX_PARAMETERS`` or one whose
+    batch of ``batch_size`` would need more than ``max_model_bytes(device)``."""
+    if size.parameters > MAX_PARAMETERS:
+        raise ValueError(f"{path}: {size.fields} give a UNet of ~{size.parameters:.3g} parameters, more than "
+                         f"imgsynth loads ({MAX_PARAMETERS:.0e})")
+    need, (limit, source) = size.sampling_bytes(batch_size), max_model_bytes(device)
+    if need > limit:
+        what = "one image" if batch_size == 1 else f"a batch of {batch_size}"
+        raise ValueError(f"{path}: {size.fields} give a UNet of ~{size.parameters:.3g} parameters needing "
+                         f"~{need / 1e9:.3g} GB to sample {what}, over the {limit / 1e9:.3g} GB limit ({source}; "
+                         f"set {MAX_MODEL_GB_ENV} to change it{hint})")
+
+
+def check_model_dir(model_dir: str | os.PathLike,
+                    device: torch.device | None = None) -> tuple[dict[str, Any], TrainConfig, ModelSize]:
+    """Check a model folder without allocating the model: (info, training config, size estimate).
+
+    Reads ``imgsynth_model.json``, ``config.json`` and ``scheduler_config.json``; both configs must be the
+    ones ``imgsynth train`` writes for the training config (``unet_config``, ``noise_scheduler_config``,
+    diffusers' defaults for the rest), and the model must fit ``check_model_size`` for one image on
+    ``device``. Every problem is a ``ValueError`` naming the file and the field; this takes milliseconds.
+    """
+    folder = Path(model_dir).absolute()
+    info, config = _read_model_info(folder)
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    unet = _read_model_file(folder, UNET_CONFIG_FILE)
+    _check_config_file(folder / UNET_CONFIG_FILE, _square_sample(unet), UNet2DModel,
+                       _square_sample(unet_config(config, len(info["classes"]))))
+    _check_config_file(folder / SCHEDULER_CONFIG_FILE, _read_model_file(folder, SCHEDULER_CONFIG_FILE),
+                       DDPMScheduler, noise_scheduler_config(config))
+    size = estimate_size(config, len(info["classes"]))
+    check_model_size(size, 1, folder / UNET_CONFIG_FILE, device)
+    return info, config, size
+
+
+def _read_model_file(folder: Path, name: str) -> dict[str, Any]:
+    if not (folder / name).is_file():
+        raise ValueError(f"{folder}: missing {name} (a model folder from `imgsynth train` holds "
+                         f"{', '.join(MODEL_FILES)})")
+    return _read_json_object(folder / name)
+
+
+def _square_sample(values: Mapping[str, Any]) -> dict[str, Any]:
+    # diffusers takes sample_size as one side or [height, width]; compare both spellings as the pair.
+    side = values.get("sample_size")
+    return {**values, "sample_size": [side, side]} if _is_int(side) else dict(values)
+
+
+def _check_config_file(path: Path, found: Mapping[str, Any], cls: type, expected: Mapping[str, Any]) -> None:
+    """``found`` holds what ``imgsynth train`` writes for ``cls``: ``expected`` for the fields the training
+    config decides, ``cls``'s defaults for the rest; keys ``cls`` does not know are ignored, as diffusers
+    ignores them."""
+    defaults = _init_defaults(cls)
+    name = found.get("_class_name", cls.__name__)
+    if name != cls.__name__:
+        raise ValueError(f"{path}: _class_name = {_short(name)} should be {cls.__name__!r}")
+    for key in sorted(set(found) | set(expected)):
+        if key.startswith("_") or (key not in expected and key not in defaults):
+            continue
+        want = _jsonable(expected[key] if key in expected else defaults[key])
+        source = f"the training config in {MODEL_FILE}" if key in expected else "`imgsynth train`"
+        if key not in found:
+            if key in defaults and _same(_jsonable(defaults[key]), want):
+                continue  # an older diffusers left it out; the default is what training used
+            raise ValueError(f"{path}: missing field {key!r} ({source} gives {_short(want)})")
+        value = found[key]
+        if _same(value, want):
+            continue
+        kinds = {_json_kind(value), _json_kind(want)}
+        if len(kinds) > 1 and not kinds <= {"an integer", "a number"}:
+            example = "" if want is None else f" ({_short(want)})"
+            raise ValueError(f"{path}: {key} = {_short(value)} should be {_json_kind(want)}{example}")
+        raise ValueError(f"{path}: {key} = {_short(value)} does not match {source}, which gives {_short(want)}")
+
+
+@functools.lru_cache(maxsize=None)
+def _init_defaults(cls: type) -> Mapping[str, Any]:
+    import inspect
+
+    parameters = inspect.signature(cls.__init__).parameters.values()
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+
+
+def _same(a: Any, b: Any) -> bool:
+    """JSON equality that keeps true apart from 1 (Python's ``True == 1``) and NaN apart from itself."""
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    return type(a) is type(b) and a == b
 
 
 @dataclass
@@ -697,14 +1064,20 @@ class LoadedModel:
     weights_hash: str
     device: torch.device
     path: Path = field(default_factory=Path)
+    size: ModelSize | None = None
 
 
 def load_model(model_dir: str | os.PathLike, device: str | None = None) -> LoadedModel:
-    """Load a model dir (safetensors weights only), verifying the weights against the recorded hash."""
-    from diffusers import DDPMScheduler, UNet2DModel
+    """Load a model dir (safetensors weights only), verifying the weights against the recorded hash.
+
+    The folder is checked first (``check_model_dir``), so a damaged or hand-edited one is refused in one
+    line before anything is allocated.
+    """
+    from diffusers import DDPMScheduler
 
     folder = Path(model_dir).absolute()
-    info = read_model_info(folder)
+    resolved = devices.resolve_device(device)
+    info, _, size = check_model_dir(folder, resolved)
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         _check_safetensors_only(folder, "the model folder")
@@ -714,11 +1087,22 @@ def load_model(model_dir: str | os.PathLike, device: str | None = None) -> Loade
     if weights_hash != info["weights_sha256"]:
         raise ValueError(f"{weights}: content does not match the sha256 recorded in {MODEL_FILE}; "
                          "the weights were changed or damaged after training")
-    resolved = devices.resolve_device(device)
-    unet = UNet2DModel.from_pretrained(folder, use_safetensors=True)
-    unet = devices.prepare_module(unet, resolved).eval()
+    unet = devices.prepare_module(_load_unet(folder), resolved).eval()
     scheduler_config = dict(DDPMScheduler.load_config(folder))
-    return LoadedModel(unet, info, scheduler_config, weights_hash, resolved, folder)
+    return LoadedModel(unet, info, scheduler_config, weights_hash, resolved, folder, size)
+
+
+def _load_unet(folder: Path) -> Any:
+    from diffusers import UNet2DModel
+
+    try:
+        return UNet2DModel.from_pretrained(folder, use_safetensors=True)
+    except (ValueError, RuntimeError, KeyError) as exc:
+        # Both configs were edited alike, so they agree, but the weights (whose hash matched) are the trained ones.
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        reason = text.split(". ")[0].replace("Cannot load because ", "")[:300]
+        raise ValueError(f"{folder / WEIGHTS_FILE}: does not fit {UNET_CONFIG_FILE} and the training config in "
+                         f"{MODEL_FILE} ({reason}); were they edited after training?") from exc
 
 
 # --------------------------------------------------------------------------------------------- sampling
@@ -866,12 +1250,18 @@ class SamplingJob:
             parent_root = (model.path / parent.get("path", "")).resolve()
             parents.append({"id": parent["id"], "path": os.path.relpath(parent_root, self.out),
                             "kind": parent.get("kind")})
-        self.writer = ImageSetWriter(
-            self.out, plan.classes, kind="generated", parents=parents, generator=generator_record,
+        # What the writer is opened with; a backend's driver may open it elsewhere (it holds the lock).
+        self.writer_arguments: dict[str, Any] = dict(
+            classes=list(plan.classes), kind="generated", parents=parents, generator=generator_record,
             config={"per_class": plan.per_class, "generation": plan.generation, "classes": plan.classes,
                     "training_config": info["training_config"]},
             license={"name": "generated", "note": "sampled from a model trained on the parent set; "
                      "the parent's license terms apply"})
+
+    @functools.cached_property
+    def writer(self) -> ImageSetWriter:
+        """The writer on ``out`` (opened, and the folder locked, on first use)."""
+        return ImageSetWriter(self.out, **self.writer_arguments)
 
     def pending(self) -> list[int]:
         done = self.writer.done_shards
@@ -939,6 +1329,9 @@ def write_shards(model: LoadedModel, writer: ImageSetWriter, work: Sequence[Sequ
     captions = info.get("class_captions") or {}
     tag = f"{PIPELINE_NAME}:{model.weights_hash[:12]}"
     total = sum(len(work[i]) for i in todo)
+    if model.size is not None:  # a LoadedModel assembled by hand may carry no estimate
+        check_model_size(model.size, batch_size, model.path / UNET_CONFIG_FILE, model.device,
+                         hint=", or lower the batch size")
     scheduler = build_sampler(plan.sampler, model.scheduler_config)
     with tqdm(total=total, disable=not progress, desc="sample", unit="img", dynamic_ncols=True) as bar:
         for index in todo:

@@ -26,9 +26,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from imgsynth.imageset import ImageSet
+from imgsynth.locking import locks_output
 from imgsynth.pipelines.text2image import (component_folder, load_text2image_pipeline, resolve_device,
                                            resolve_dtype, weights_hash)
 from imgsynth.provenance import software_versions
+from imgsynth.safe_loading import load_torch_file
 
 INFO_FILE = "imgsynth_lora.json"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -70,6 +72,7 @@ class LoraConfig:
         return values
 
 
+@locks_output("out")
 def finetune_lora(model: str | os.PathLike, train_set: ImageSet | str | os.PathLike, out: str | os.PathLike,
                   config: LoraConfig = LoraConfig(), *, device: str | None = None, dtype: Any = None,
                   checkpoint_every: int = 100, on_step: Callable[[int, float], None] | None = None,
@@ -204,11 +207,9 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 def _load_checkpoint(path: Path, info: dict[str, Any]) -> dict[str, Any] | None:
     """The checkpoint of an unfinished run of the same training, or None (a different one is discarded)."""
-    import torch
-
     if not path.is_file():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_torch_file(path, "LoRA fine-tuning checkpoint (delete it to train from the start)")
     return state if state.get("info") == json.dumps(info, sort_keys=True) else None
 
 

@@ -27,6 +27,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from imgsynth.imageset import ImageSetError, check_label
+from imgsynth.safe_loading import pickle_files, refusing_pickles
 
 PROMPTS_DIR = Path(__file__).resolve().parents[2] / "assets" / "prompts"
 GENERIC_BANK = "generic"
@@ -247,7 +248,10 @@ class CaptionRewriter:
         self.encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
         model_class = AutoModelForSeq2SeqLM if self.encoder_decoder else AutoModelForCausalLM
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.model = model_class.from_pretrained(path, local_files_only=True).to(device).eval()
+        # transformers reads .bin weights with torch.load(weights_only=True); a refusal is one error line
+        with refusing_pickles(pickle_files(path), f"caption model {str(model_path)!r}"):
+            model = model_class.from_pretrained(path, local_files_only=True, weights_only=True)
+        self.model = model.to(device).eval()
         positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
         self.context_length = None if self.encoder_decoder else positions
         self.device = device

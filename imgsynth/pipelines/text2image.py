@@ -32,6 +32,7 @@ from imgsynth.imageset import ImageSet, ImageSetWriter, Sample
 from imgsynth.pipelines.prompts import CaptionRewriter, PromptBank, resolve_bank
 from imgsynth.pipelines.work import DEFAULT_SHARD_SIZE, WorkItem, balanced_work, batches, shards
 from imgsynth.provenance import model_license, sha256_file
+from imgsynth.safe_loading import UnsafeFileError, pickle_files, refusing_pickles
 
 DENOISERS = ("unet", "transformer")
 # Distilled few-step models: sample in a handful of steps without classifier-free guidance.
@@ -107,8 +108,13 @@ def load_text2image_pipeline(model: str | os.PathLike, *, device: str | None = N
         source = name
     offline = hub_offline()
     try:
-        pipe = AutoPipelineForText2Image.from_pretrained(source, dtype=torch_dtype,
-                                                         local_files_only=offline or path.exists())
+        # No trust_remote_code, and .bin weights go through torch.load(weights_only=True) in diffusers and
+        # transformers alike (imgsynth.safe_loading); a refusal is one error line naming the pickle files.
+        with refusing_pickles(pickle_files(path, "*/*") if path.exists() else name, f"model {name!r}"):
+            pipe = AutoPipelineForText2Image.from_pretrained(source, dtype=torch_dtype,
+                                                             local_files_only=offline or path.exists())
+    except UnsafeFileError:
+        raise
     except ValueError as exc:
         if "AutoPipeline can't find" not in str(exc):
             raise
@@ -277,7 +283,10 @@ class Text2ImageGenerator:
                 raise ValueError(f"{type(pipe).__name__} cannot load LoRA weights (diffusers has no LoRA loader "
                                  "for it); generate without --lora")
             try:
-                pipe.load_lora_weights(record["path"])
+                with refusing_pickles(record["path"], "LoRA weights"):
+                    pipe.load_lora_weights(record["path"])
+            except UnsafeFileError:
+                raise
             except (ValueError, OSError, KeyError) as exc:
                 raise ValueError(f"LoRA {str(lora)!r} does not fit model {str(model)!r}: {exc}") from exc
         pipe.to(device)

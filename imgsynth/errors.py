@@ -1,0 +1,7 @@
+"""Error types shared by the layers that read and write sets (kept apart so those modules need not import each other)."""
+
+from __future__ import annotations
+
+
+class ImageSetError(ValueError):
+    """A set on disk (or a request to write one) is invalid; the message names the file and the problem."""

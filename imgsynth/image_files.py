@@ -15,9 +15,11 @@ Each failure is an :class:`ImageFileError` (an ``ImageSetError``) whose message 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
+import posixpath
 import stat
 from pathlib import Path
 from typing import Sequence
@@ -38,40 +40,47 @@ class ImageFileError(ImageSetError):
 
 
 def read_regular_file(root: Path, file_name: str, real_root: str | None = None,
-                      limit: int = MAX_FILE_BYTES) -> bytes:
+                      known_real_folders: set[str] | None = None, limit: int = MAX_FILE_BYTES) -> bytes:
     """The bytes of ``root/file_name`` (``file_name`` relative and normalised), which must be a regular
     file reached from the root without symbolic links: links inside a set would let it read (or let
-    ImageFolder read) files that are not part of it. ``real_root`` is ``os.path.realpath(root)``, if known.
+    ImageFolder read) files that are not part of it.
+
+    ``real_root`` is ``os.path.realpath(root)``, if known. ``known_real_folders`` remembers folders
+    already found free of links, so a set's few class folders are resolved once, not once per image
+    (resolving a path costs more than reading and hashing a small PNG).
     """
-    shown = root / file_name
-    path = os.path.join(real_root or os.path.realpath(root), file_name)
-    if os.path.realpath(path) != path:
-        raise ImageFileError(f"{shown}: a symbolic link (or a folder on its way is one); an ImageSet holds "
-                             "regular files only")
+    real_root = real_root or os.path.realpath(root)
+    folder = posixpath.dirname(file_name)
+    if known_real_folders is None or folder not in known_real_folders:
+        lexical = os.path.normpath(os.path.join(real_root, folder))
+        if os.path.realpath(lexical) != lexical:
+            raise ImageFileError(f"{root / file_name}: lies behind a symbolic link; an ImageSet holds regular "
+                                 "files only")
+        if known_real_folders is not None:
+            known_real_folders.add(folder)
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+        descriptor = os.open(os.path.join(real_root, file_name), os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
     except FileNotFoundError:
-        raise ImageFileError(f"{shown}: missing") from None
-    except IsADirectoryError:
-        raise ImageFileError(f"{shown}: a folder, not a file") from None
+        raise ImageFileError(f"{root / file_name}: missing") from None
     except OSError as exc:
-        raise ImageFileError(f"{shown}: cannot be opened ({exc.strerror})") from None
+        what = "a symbolic link" if exc.errno == errno.ELOOP else f"cannot be opened ({exc.strerror})"
+        raise ImageFileError(f"{root / file_name}: {what}; an ImageSet holds regular files only") from None
     info = os.fstat(descriptor)  # before fdopen, which refuses folders with a message naming the descriptor
     if not stat.S_ISREG(info.st_mode):
         os.close(descriptor)
         what = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file (a FIFO, socket or device)"
-        raise ImageFileError(f"{shown}: {what}; an ImageSet holds regular files only")
-    with os.fdopen(descriptor, "rb") as handle:
+        raise ImageFileError(f"{root / file_name}: {what}; an ImageSet holds regular files only")
+    with os.fdopen(descriptor, "rb", buffering=0) as handle:
         if info.st_size > limit:
-            raise ImageFileError(f"{shown}: {info.st_size} bytes, over the {limit}-byte limit for one image")
-        return handle.read(limit + 1)
+            raise ImageFileError(f"{root / file_name}: {info.st_size} bytes, over the {limit}-byte limit for one file")
+        return handle.read(info.st_size + 1)  # +1: a file that grew since fstat is read as it is now, to EOF
 
 
-def check_sha256(data: bytes, expected: str, path: Path | str) -> None:
-    """Raise unless ``data`` hashes to ``expected`` (the value recorded in ``metadata.jsonl``)."""
+def check_sha256(data: bytes, expected: str, root: Path, file_name: str) -> None:
+    """Raise unless ``data`` (of ``root/file_name``) hashes to ``expected``, the value in ``metadata.jsonl``."""
     actual = hashlib.sha256(data).hexdigest()
     if actual != expected:
-        raise ImageFileError(f"{path}: content changed since the set was written (sha256 {actual[:16]}…, "
+        raise ImageFileError(f"{root / file_name}: content changed since the set was written (sha256 {actual[:16]}…, "
                              f"metadata.jsonl records {str(expected)[:16]}…); the set cannot be trusted — "
                              "restore the file or rebuild the set")
 

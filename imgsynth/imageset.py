@@ -410,6 +410,7 @@ class ImageSet:
         self.transform = transform
         self.class_to_index = {c: i for i, c in enumerate(self.classes)}
         self._real_root = os.path.realpath(root)
+        self._real_folders: set[str] = set()  # folders of the set already checked to hold no link
 
     # ---- opening
     @classmethod
@@ -503,8 +504,8 @@ class ImageSet:
         hand the bytes on without reading the pixels themselves (exports).
         """
         record = self.records[index]
-        data = read_regular_file(self.root, record.file_name, self._real_root)
-        check_sha256(data, record.sha256, self.path_of(index))
+        data = read_regular_file(self.root, record.file_name, self._real_root, self._real_folders)
+        check_sha256(data, record.sha256, self.root, record.file_name)
         if decode:
             decode_image(data, self.path_of(index), mode=self.manifest.get("image_mode"), size_hw=self.image_size)
         return data
@@ -766,7 +767,7 @@ def _verify_image(root: Path, where: str, row: Mapping[str, Any], manifest: Mapp
         report.add(path, f"{str(exc).split(': ', 1)[1]} (listed at {where})")
         return
     try:
-        check_sha256(data, row["sha256"], path)
+        check_sha256(data, row["sha256"], root, row["file_name"])
     except ImageFileError as exc:
         report.add(path, f"sha256 mismatch: {where} records {str(row['sha256'])[:16]}…, the file hashes to "
                          f"{sha256_bytes(data)[:16]}…")

@@ -54,7 +54,7 @@ def test_training_set_sizes_follow_the_loop_modes(smoke_run):
     assert size[("mix", 2)] == synthetic
     assert size[("accumulate", 1)] == real + synthetic
     assert size[("accumulate", 2)] == real + 2 * synthetic
-    mixed = ImageSet.open(smoke_run / "mix" / "gen_2" / "train_set")
+    mixed = ImageSet.open(smoke_run / "seed_0" / "mix" / "gen_2" / "train_set")
     kinds = [p["kind"] for p in mixed.parents]
     assert kinds == ["real", "generated"]
     # λ = 0.5 of the mixed set is real: those images are byte-identical to real training images.
@@ -64,13 +64,13 @@ def test_training_set_sizes_follow_the_loop_modes(smoke_run):
 
 
 def test_generation_zero_is_computed_once_and_shared(smoke_run):
-    assert (smoke_run / "gen_0" / "metrics.json").is_file()
-    assert not (smoke_run / "replace" / "gen_0").exists()
+    assert (smoke_run / "seed_0" / "gen_0" / "metrics.json").is_file()
+    assert not (smoke_run / "seed_0" / "replace" / "gen_0").exists()
 
 
 def test_kill_during_generation_two_resumes_without_recomputing(tmp_path, smoke_run):
     folder = tmp_path / "smoke"
-    target = GenerationKey("replace", 2)
+    target = GenerationKey(0, "replace", 2)
 
     def crash(stage, key):
         if key == target and stage == "evaluate":
@@ -78,13 +78,16 @@ def test_kill_during_generation_two_resumes_without_recomputing(tmp_path, smoke_
 
     with pytest.raises(Crash):
         Experiment(_smoke(), folder, stage_hook=crash).run()
-    finished = sorted(folder.glob("**/gen_[01]/metrics.json"))
-    assert len(finished) == 1 + len(_smoke().loop.modes)
+    # Chains run one after another: generation 0 and replace's generation 1 were finished.
+    finished = sorted(folder.glob("**/metrics.json"))
+    assert [p.relative_to(folder).as_posix() for p in finished] == ["seed_0/gen_0/metrics.json",
+                                                                    "seed_0/replace/gen_1/metrics.json"]
     stamps = {p: p.stat().st_mtime_ns for p in finished}
     stages = []
     Experiment.resume(folder, stage_hook=lambda stage, key: stages.append((stage, key))).run()
     assert {p: p.stat().st_mtime_ns for p in finished} == stamps
-    assert all(key.generation == 2 for _, key in stages), stages
+    assert all(key.generation == 2 for _, key in stages if key.mode == "replace"), stages
+    assert not any(key.generation == 0 for _, key in stages)
     # replace gen 2 had trained and sampled before the crash: only evaluation is redone there.
     assert ("train", target) in stages and ("sample", target) in stages
     resumed = pd.read_csv(folder / "metrics.csv")

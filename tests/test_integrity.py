@@ -378,6 +378,7 @@ def damage(case: str, root: Path, outside: Path) -> str:
 
 
 FILE_CASES = {"corrupt-png", "truncated-png", "zero-byte-png", "directory-as-image", "rgb-in-l-set", "wrong-size"}
+MANIFEST_CASES = {"duplicate-classes", "counts-list", "image-size-int", "parents-dict", "deep-manifest"}
 CASES = ["corrupt-png", "truncated-png", "zero-byte-png", "directory-as-image", "symlink-as-image",
          "images-folder-symlink", "metadata-symlink", "rgb-in-l-set", "wrong-size", "dot-segment", "double-slash",
          "duplicate-classes", "counts-list", "image-size-int", "parents-dict", "deep-manifest",
@@ -395,6 +396,7 @@ def test_every_command_answers_a_bad_set_with_one_line(case, run_cli, small_real
     # `data info` reads the manifest and metadata only: it must refuse their damage, not the pixels'.
     commands = [
         *([] if case in FILE_CASES else [["data", "info", root]]),
+        *([["lineage", root]] if case in MANIFEST_CASES else []),  # lineage reads manifests alone
         ["metrics", small_real.root, root, "--features", f"domain:{tiny_classifier}", "--out", tmp_path / "m.csv",
          "--cache-dir", tmp_path / "cache"],
         ["train", root, out_path, "--preset", "smoke", "--steps", "2", "--no-progress"],

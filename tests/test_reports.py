@@ -69,7 +69,8 @@ def test_metrics_table_is_tidy_and_repeats_generation_zero_for_every_mode(tmp_pa
 def test_build_reports_writes_csv_pictures_and_self_contained_html(tmp_path):
     run = _make_run(tmp_path)
     written = build_reports(run)
-    assert set(written) == {"metrics.csv", "dashboard.png", "grids.png", "class_heatmap.png", "report.html"}
+    assert set(written) == {"metrics.csv", "findings.csv", "dashboard.png", "grids.png", "class_heatmap.png",
+                            "report.html"}
     csv = pd.read_csv(written["metrics.csv"])
     assert len(csv) == len(collect_metrics(run))
     for name in ("dashboard.png", "grids.png", "class_heatmap.png"):

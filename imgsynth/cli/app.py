@@ -14,6 +14,7 @@ from imgsynth.cli import features as features_cli
 from imgsynth.cli import generate as generate_cli
 from imgsynth.cli import finetune as finetune_cli
 from imgsynth.cli import metrics as metrics_cli
+from imgsynth.errors import TaskFailedError
 from imgsynth.imageset import ImageSetError
 from imgsynth.locking import FolderBusyError
 
@@ -47,7 +48,8 @@ def error_line(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-USER_ERRORS = (ImageSetError, ValueError, FolderBusyError, OSError, pickle.UnpicklingError, MemoryError)
+USER_ERRORS = (ImageSetError, ValueError, FolderBusyError, TaskFailedError, OSError, pickle.UnpicklingError,
+               MemoryError)
 
 
 def run_app(typer_app: typer.Typer) -> None:

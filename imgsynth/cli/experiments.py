@@ -14,10 +14,18 @@ def run_command(
     target: Optional[str] = typer.Argument(None, help="Recipe file, shipped recipe name, or a run folder to "
                                                       "continue. Default: the digits-collapse recipe."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/<recipe name>)."),
-    overrides: List[str] = typer.Option([], "--set", help="Override a recipe field: section.field=value."),
+    overrides: List[str] = typer.Option([], "--set", help="Override a recipe field: section.field=value (on a "
+                                        "started run only loop.seeds, to add replicates)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Chains run at once: local worker "
+                                          "processes, or Ray tasks (default: one per CPU core)."),
+    backend: str = typer.Option("local", "--backend", help="local (worker processes on this machine) or ray "
+                                "(needs the ray extra: pip install 'imgsynth\\[ray]')."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray: cluster address, auto or ray://host:port "
+                                          "(default: a local cluster)."),
     list_recipes: bool = typer.Option(False, "--list", help="List the shipped recipes and exit."),
 ) -> None:
-    """Run a recursive-generation experiment (or continue a stopped one) and write its dashboard."""
+    """Run a recursive-generation experiment (or continue or extend a stopped one) and write its reports."""
+    from imgsynth.distributed.tasks import BACKENDS, default_workers
     from imgsynth.experiments.config import load_recipe
     from imgsynth.experiments.loop import Experiment
     from imgsynth.experiments.recipes import resolve_target, shipped_recipes
@@ -26,17 +34,20 @@ def run_command(
         for name, path in shipped_recipes().items():
             typer.echo(f"{name:24} {path}")
         return
+    if backend not in BACKENDS:
+        raise typer.BadParameter(f"choose one of {', '.join(BACKENDS)}", param_hint="--backend")
+    if address is not None and backend != "ray":
+        raise typer.BadParameter("--address is for --backend ray", param_hint="--address")
+    options = {"workers": workers or default_workers(), "backend": backend, "address": address}
     recipe_path, run_dir = resolve_target(target)
     if run_dir is not None:
-        if overrides:
-            raise typer.BadParameter("--set cannot change a started run; start a new run folder instead")
-        experiment = Experiment.resume(run_dir)
+        experiment = Experiment.resume(run_dir, overrides, **options)
     else:
         recipe = load_recipe(recipe_path, overrides)
-        experiment = Experiment(recipe, out or Path("runs") / recipe.name)
+        experiment = Experiment(recipe, out or Path("runs") / recipe.name, **options)
     folder = experiment.run()
     typer.echo(f"dashboard: {folder / 'dashboard.png'}\nreport:    {folder / 'report.html'}\n"
-               f"metrics:   {folder / 'metrics.csv'}")
+               f"metrics:   {folder / 'metrics.csv'}\nfindings:  {folder / 'findings.csv'}")
 
 
 def dashboard_command(

@@ -68,6 +68,7 @@ def _number(value: float) -> str:
 MAX_IMAGE_SIZE = 1024
 # Seeds feed numpy and torch generators and are offset per generation; 2^31 leaves room for both.
 MAX_SEED = 2**31 - 1
+MAX_REPLICATES = 1000
 # Counts past these are typing slips, not experiments: work lists and batches are built whole in memory.
 MAX_PER_CLASS = 1_000_000
 MAX_BATCH_SIZE = 65_536
@@ -156,6 +157,9 @@ class LoopConfig:
     generations: int = 5
     modes: list[str] = field(default_factory=lambda: ["replace", "accumulate", "mix"])
     mix_real_fraction: float = 0.1
+    # Replicates: a count n (seeds recipe.seed, recipe.seed + 1, …) or an explicit list of seeds. Each seed
+    # draws its own generator weights, training noise, samples and classifiers; the real data stays fixed.
+    seeds: int | list[int] = 1
 
 
 @dataclass
@@ -246,8 +250,10 @@ def _checked(spec: dataclasses.Field, value: Any, where: str) -> Any:
              for k in allowed)
     if allowed and not ok:
         raise RecipeError(f"{where}: {spec.name} = {value!r} should be {spec.type}")
-    if isinstance(value, list) and not all(isinstance(v, str) for v in value):
-        raise RecipeError(f"{where}: {spec.name} must be a list of strings, got {value!r}")
+    element = int if "list[int]" in str(spec.type) else str
+    if isinstance(value, list) and not all(isinstance(v, element) and not isinstance(v, bool) for v in value):
+        raise RecipeError(f"{where}: {spec.name} must be a list of {'integers' if element is int else 'strings'}, "
+                          f"got {value!r}")
     return value
 
 
@@ -342,6 +348,16 @@ def _check_loop(loop: LoopConfig, fail: Fail) -> None:
         fail("[loop] modes: at least one loop mode is needed")
     if len(set(loop.modes)) != len(loop.modes):
         fail(f"[loop] modes: repeated mode in {loop.modes}")
+    seeds = loop.seeds
+    if isinstance(seeds, int) and not 1 <= seeds <= MAX_REPLICATES:
+        fail(f"[loop] seeds must be a count in [1, {MAX_REPLICATES}] or a list of seeds, got {seeds!r}")
+    if isinstance(seeds, list):
+        if not seeds:
+            fail("[loop] seeds: an empty list; give at least one seed (or a count, e.g. seeds = 3)")
+        if len(seeds) > MAX_REPLICATES or not all(0 <= s <= MAX_SEED for s in seeds):
+            fail(f"[loop] seeds: at most {MAX_REPLICATES} seeds, each in [0, {MAX_SEED}], got {seeds!r}")
+        if len(set(seeds)) != len(seeds):
+            fail(f"[loop] seeds: repeated seed(s) {sorted({s for s in seeds if seeds.count(s) > 1})}")
 
 
 def _check_data(data: DataConfig, fail: Fail, where: str) -> None:
@@ -430,6 +446,12 @@ def _check_embedding(embedding: str, fail: Fail) -> None:
              f"classifier) or an extractor ({', '.join(EXTRACTOR_PREFIXES)})")
     if pixels is not None and pixels.size > MAX_IMAGE_SIZE:
         fail(f"[curate] embedding {embedding!r}: thumbnails larger than {MAX_IMAGE_SIZE} px are not supported")
+
+
+def replicate_seeds(recipe: Recipe) -> list[int]:
+    """The seeds of a recipe's replicates, in order: ``[loop] seeds`` as a list, or a count from ``seed``."""
+    seeds = recipe.loop.seeds
+    return list(seeds) if isinstance(seeds, list) else [recipe.seed + i for i in range(seeds)]
 
 
 def base_mode(mode: str) -> str:

@@ -1,45 +1,42 @@
 """The recursive-generation loop: each generation's generator learns from the previous generation's output.
 
-Run folder (see ARCHITECTURE.md)::
-
-    runs/<name>/
-      config.toml                resolved recipe
-      real/train real/test       ImageSets (real/train-minority when minority classes are set)
-      real/classifier/           classifier on real train: the 'domain' feature extractor and the CAS reference
-      gen_0/{model,samples,metrics.json}      generation 0 trains on real data; shared by every mode
-      <mode>/gen_<k>/{train_set,model,samples,curated,classifier,metrics.json}
-      <mode>/gen_0/curated       generation 0's samples curated for a curating mode (e.g. replace+curate)
-      metrics.csv dashboard.png grids.png class_heatmap.png report.html
+A run holds several replicates (``[loop] seeds``); each seed's generation 0 trains on the real data and
+is shared by that seed's modes, after which every (seed, mode) *chain* is independent. The chains run
+as tasks (:mod:`imgsynth.distributed.tasks`): in this process, in local worker processes
+(``workers``) or on Ray, every one with the same torch thread count, so the numbers do not depend on
+how the work was split. The folder layout is :class:`imgsynth.experiments.run.RunFolder`'s.
 
 Every stage reads and writes ImageSets or model folders on disk, and ``metrics.json`` is written last
 (atomically), so a generation with a ``metrics.json`` is finished and never recomputed; a killed run
-continues where it stopped. Generation 0 is the same for every mode (same data, same seeds), so it is
-computed once.
+continues where it stopped, and a run extended with more seeds computes only the new ones.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
+import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-from imgsynth.experiments.config import (CURATED_SUFFIX, Recipe, RecipeError, base_mode, dump_recipe, load_recipe,
-                                         recipe_from_dict)
+from imgsynth.experiments.config import (CURATED_SUFFIX, Recipe, RecipeError, apply_overrides, base_mode,
+                                         dump_recipe, load_recipe, recipe_from_dict, replicate_seeds)
+from imgsynth.experiments.run import CONFIG_FILE, METRICS_FILE, GenerationKey, RunFolder
 from imgsynth.imageset import ImageSet, ImageSetError, concatenate, stratified_split_indices
 from imgsynth.locking import folder_lock
 from imgsynth.sources import import_source
 
-METRICS_FILE = "metrics.json"
-
-
-@dataclass(frozen=True)
-class GenerationKey:
-    mode: str  # "base" for the shared generation 0
-    generation: int
+# Torch threads of every task (generation 0 of a seed, a chain), wherever it runs: CPU results depend on
+# the thread count, so a fixed count keeps serial, parallel and Ray runs identical. One thread per
+# process is also what small models use best: two one-thread chains beat one two-thread chain.
+TASK_THREADS = 1
+# Recipe fields a started run may change: more (or other) replicates only add seed folders.
+EXTENSIBLE_FIELDS = ("loop.seeds",)
 
 
 def _log(message: str) -> None:
@@ -47,7 +44,7 @@ def _log(message: str) -> None:
 
 
 def _atomic_json(path: Path, payload: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
     os.replace(tmp, path)
 
@@ -59,24 +56,48 @@ def _open_if_complete(path: Path) -> ImageSet | None:
         return None
 
 
+def _no_hook(stage: str, key: GenerationKey) -> None:
+    """The default stage hook (module level, so an Experiment pickles to worker processes)."""
+
+
+def loop_seed(seed: int, purpose: str, generation: int) -> int:
+    """A seed for one purpose ("train", "mix") of one generation of replicate ``seed``.
+
+    Hashed rather than ``seed + generation``, which would give replicate 1's generation 0 the weights
+    of replicate 0's generation 1: replicates must not share any stream.
+    """
+    digest = hashlib.sha256(f"imgsynth-loop/{seed}/{purpose}/{generation}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
 class Experiment:
-    """One run folder for one recipe; ``run()`` does (or finishes) every generation of every mode."""
+    """One run folder for one recipe; ``run()`` does (or finishes) every generation of every seed and mode."""
 
     def __init__(self, recipe: Recipe, run_dir: str | Path,
-                 stage_hook: Callable[[str, GenerationKey], None] | None = None) -> None:
+                 stage_hook: Callable[[str, GenerationKey], None] | None = None, *, workers: int = 1,
+                 backend: str = "local", address: str | None = None, progress: bool = True) -> None:
         self.recipe = recipe
         self.run_dir = Path(run_dir)
-        # Called before every stage; tests use it to simulate a crash at an exact point.
-        self.stage_hook = stage_hook or (lambda stage, key: None)
+        self.folder = RunFolder(self.run_dir, recipe)
+        # Called before every stage; tests use it to simulate a crash at an exact point (serial runs only).
+        self.stage_hook = stage_hook or _no_hook
+        self.workers, self.backend, self.address = workers, backend, address
+        self.progress = progress and workers == 1 and backend == "local"  # bars of parallel tasks would mix
 
     # ------------------------------------------------------------------ entry points
     @classmethod
-    def resume(cls, run_dir: str | Path, **kwargs: Any) -> Experiment:
-        """Reopen a run folder with the recipe saved in it."""
-        return cls(load_recipe(Path(run_dir) / "config.toml"), run_dir, **kwargs)
+    def resume(cls, run_dir: str | Path, overrides: Sequence[str] = (), **kwargs: Any) -> Experiment:
+        """Reopen a run folder with the recipe saved in it; ``overrides`` may change only ``loop.seeds``."""
+        run_dir = Path(run_dir)
+        for text in overrides:
+            key = text.partition("=")[0].strip()
+            if key not in EXTENSIBLE_FIELDS:
+                raise RecipeError(f"--set {text}: a started run can change only {', '.join(EXTENSIBLE_FIELDS)} "
+                                  "(to add replicates); start a new run folder to change anything else")
+        return cls(load_recipe(run_dir / CONFIG_FILE, overrides), run_dir, **kwargs)
 
     def run(self) -> Path:
-        """Run every generation of every loop mode, then write the reports; returns the run folder.
+        """Run every generation of every seed and loop mode, then write the reports; returns the run folder.
 
         The run folder is locked for the whole run: a second ``imgsynth run`` into it is refused at once.
         """
@@ -84,43 +105,126 @@ class Experiment:
             return self._run()
 
     def _run(self) -> Path:
+        from imgsynth.distributed.generate import torch_threads
+        from imgsynth.distributed.tasks import run_tasks
+
         started = time.perf_counter()
+        stages: dict[str, float] = {}
         self._save_config()
-        real_train, real_test, full_train = self._real_data()
-        self._check_fresh_budget(full_train)
-        reference_ckpt = self._reference_classifier(full_train)
-        samples: dict[str, list[ImageSet]] = {}
-        base = self._generation(GenerationKey("base", 0), real_train, real_test, reference_ckpt)
-        for mode in self.recipe.loop.modes:
-            samples[mode] = [self._curated_start(base, mode, reference_ckpt)]
-        for k in range(1, self.recipe.loop.generations):
-            for mode in self.recipe.loop.modes:
-                key = GenerationKey(mode, k)
-                train_set = self._training_set(key, real_train, full_train, samples[mode])
-                samples[mode].append(self._generation(key, train_set, real_test, reference_ckpt))
+        with torch_threads(TASK_THREADS):
+            t0 = time.perf_counter()
+            real_train, real_test, full_train = self._real_data()
+            self._check_fresh_budget(full_train)
+            stages["real data"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            reference_ckpt = self._reference_classifier(full_train)
+            self._reference_values(real_train, real_test, reference_ckpt)
+            stages["real-data reference"] = time.perf_counter() - t0
+        tasks = self._pending_tasks()
+        if tasks:
+            where = f"{self.workers} local worker(s)" if self.backend == "local" else "Ray"
+            _log(f"{len(tasks)} task(s) to run on {where}, {TASK_THREADS} torch thread(s) each")
+        t0 = time.perf_counter()
+        run_tasks(tasks, workers=self.workers, backend=self.backend, address=self.address, threads=TASK_THREADS)
+        stages["generations (wall)"] = time.perf_counter() - t0
         from imgsynth.reports.build import build_reports
 
+        self._write_info(stages, time.perf_counter() - started)
         build_reports(self.run_dir)
         _log(f"finished in {time.perf_counter() - started:.1f}s; dashboard: {self.run_dir / 'dashboard.png'}")
         return self.run_dir
 
+    def _pending_tasks(self) -> list[Any]:
+        """One task per seed's generation 0 and per (seed, mode) chain, leaving out the finished ones."""
+        from imgsynth.distributed.tasks import Task
+
+        # In this process the tasks are this object's own methods (so a stage hook sees them); elsewhere
+        # module functions that rebuild the Experiment from the recipe.
+        serial = self.workers == 1 and self.backend == "local"
+        tasks = []
+        for seed in replicate_seeds(self.recipe):
+            base = GenerationKey(seed, "base", 0)
+            base_name = f"seed {seed} gen 0"
+            base_done = self._finished(base)
+            if not base_done:
+                tasks.append(Task(base_name, self.base, (seed,)) if serial else
+                             Task(base_name, run_base, (self.recipe, str(self.run_dir), seed)))
+            for mode in self.recipe.loop.modes:
+                keys = [GenerationKey(seed, mode, k) for k in range(1, self.recipe.loop.generations)]
+                start_done = not self._curated_start_needed(mode) or \
+                    _open_if_complete(self.folder.curated_start_dir(seed, mode)) is not None
+                if not (start_done and all(map(self._finished, keys))):
+                    name, after = f"seed {seed} {mode} chain", None if base_done else base_name
+                    tasks.append(Task(name, self.chain, (seed, mode), after) if serial else
+                                 Task(name, run_chain, (self.recipe, str(self.run_dir), seed, mode), after))
+        return tasks
+
+    def _finished(self, key: GenerationKey) -> bool:
+        return (self.folder.generation_dir(key) / METRICS_FILE).is_file()
+
+    # ------------------------------------------------------------------ tasks
+    def base(self, seed: int) -> ImageSet:
+        """Generation 0 of replicate ``seed`` (trained on the real data; shared by the seed's modes)."""
+        real_train, real_test, _ = self._real_data()
+        return self._generation(GenerationKey(seed, "base", 0), real_train, real_test, self._reference_checkpoint())
+
+    def chain(self, seed: int, mode: str) -> list[ImageSet]:
+        """Generations 1… of one (seed, mode) chain; generation 0 must be done. Returns every output."""
+        real_train, real_test, full_train = self._real_data()
+        reference_ckpt = self._reference_checkpoint()
+        base = self._generation(GenerationKey(seed, "base", 0), real_train, real_test, reference_ckpt)
+        history = [self._curated_start(base, seed, mode, reference_ckpt)]
+        for k in range(1, self.recipe.loop.generations):
+            key = GenerationKey(seed, mode, k)
+            train_set = self._training_set(key, real_train, full_train, history)
+            history.append(self._generation(key, train_set, real_test, reference_ckpt))
+        return history
+
     # ------------------------------------------------------------------ folders
     def generation_dir(self, key: GenerationKey) -> Path:
-        if key.generation == 0:
-            return self.run_dir / "gen_0"
-        return self.run_dir / key.mode / f"gen_{key.generation}"
+        return self.folder.generation_dir(key)
 
     def _save_config(self) -> None:
+        """Write ``config.toml``, or check the run folder was started with this recipe (up to its seeds)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        path = self.run_dir / "config.toml"
+        path = self.run_dir / CONFIG_FILE
         text = dump_recipe(self.recipe)
-        if path.exists() and path.read_text(encoding="utf-8") != text:
-            raise RecipeError(f"{path}: this run folder was started with another recipe; "
-                              "use a new run folder (or delete this one) to change settings")
-        if not path.exists():
-            tmp = path.with_name("config.toml.tmp")
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, path)
+        if path.exists():
+            existing = path.read_text(encoding="utf-8")
+            if existing == text:
+                return
+            started = load_recipe(path)
+            same_but_seeds = dataclasses.replace(self.recipe, loop=dataclasses.replace(
+                self.recipe.loop, seeds=started.loop.seeds))
+            if dump_recipe(same_but_seeds) != existing:
+                raise RecipeError(f"{path}: this run folder was started with another recipe; "
+                                  "use a new run folder (or delete this one) to change settings")
+            _log(f"replicates: {replicate_seeds(started)} → {replicate_seeds(self.recipe)}")
+        tmp = path.with_name(f".{CONFIG_FILE}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+
+    def _write_info(self, stages: dict[str, float], wall: float) -> None:
+        """``run.json``: what ran, where, and how long each stage took (summed over every generation)."""
+        import torch
+
+        from imgsynth.provenance import software_versions
+
+        per_stage: dict[str, float] = {}
+        for _, payload in self.folder.finished():
+            for stage, seconds in payload.get("stage_seconds", {}).items():
+                per_stage[stage] = per_stage.get(stage, 0.0) + seconds
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+        _atomic_json(self.folder.info_path, {
+            "seeds": replicate_seeds(self.recipe), "modes": list(self.recipe.loop.modes),
+            "generations": self.recipe.loop.generations, "workers": self.workers, "backend": self.backend,
+            "threads_per_task": TASK_THREADS, "wall_seconds_last_invocation": round(wall, 1),
+            "stages_last_invocation": {k: round(v, 1) for k, v in stages.items()},
+            "stage_seconds_all_generations": {k: round(v, 1) for k, v in per_stage.items()},
+            "software": software_versions(),
+            "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                        "cpus": os.cpu_count(), "gpu": gpu},
+        })
 
     # ------------------------------------------------------------------ real data
     def _real_data(self) -> tuple[ImageSet, ImageSet, ImageSet]:
@@ -179,14 +283,15 @@ class Experiment:
             n_real = int(round(self.recipe.loop.mix_real_fraction * n))
             pieces = []
             if n_real:
-                pieces.append(_stratified_sample(real_train, n_real, self.recipe.seed + k, parts / "real"))
+                pieces.append(_stratified_sample(real_train, n_real, loop_seed(key.seed, "mix", k), parts / "real"))
             if n - n_real:
-                pieces.append(_stratified_sample(previous, n - n_real, self.recipe.seed + k, parts / "synthetic"))
+                pieces.append(_stratified_sample(previous, n - n_real, loop_seed(key.seed, "mix", k),
+                                                 parts / "synthetic"))
             result = concatenate(pieces, out, config={"loop": "mix", "generation": k,
                                                       "real_fraction": self.recipe.loop.mix_real_fraction})
         elif mode == "fresh":
             n = self._synthetic_size(full_train)
-            chunk = _fresh_chunk(full_train, n, k, self.recipe.seed)
+            chunk = _fresh_chunk(full_train, n, k, key.seed)
             result = full_train.subset(chunk, out, config={"loop": "fresh", "generation": k})
         else:  # validated earlier; kept for a clear message if the list grows
             raise RecipeError(f"unknown loop mode {mode!r}")
@@ -197,28 +302,32 @@ class Experiment:
     def _generation(self, key: GenerationKey, train_set: ImageSet, real_test: ImageSet,
                     reference_ckpt: Path | None) -> ImageSet:
         folder = self.generation_dir(key)
-        label = f"{key.mode} gen {key.generation}" if key.generation else "gen 0 (real data, all modes)"
         samples_dir = folder / "samples"
         if (folder / METRICS_FILE).is_file():
-            _log(f"{label}: done, skipped")
             return self._training_output(folder, samples_dir)
         folder.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        self.stage_hook("train", key)
-        model_dir = self._train_generator(train_set, folder / "model", key)
-        self.stage_hook("sample", key)
-        samples = _open_if_complete(samples_dir) or self._sample(model_dir, samples_dir, key)
-        output = self._curate(samples, folder, key, reference_ckpt)
-        self.stage_hook("evaluate", key)
-        rows = self._evaluate(output, real_test, reference_ckpt, folder, key)
+        seconds: dict[str, float] = {}
+
+        def timed(stage: str, work: Callable[[], Any]) -> Any:
+            self.stage_hook(stage, key)
+            started = time.perf_counter()
+            result = work()
+            seconds[stage] = round(seconds.get(stage, 0.0) + time.perf_counter() - started, 3)
+            return result
+
+        model_dir = timed("train", lambda: self._train_generator(train_set, folder / "model", key))
+        samples = timed("sample", lambda: _open_if_complete(samples_dir) or self._sample(model_dir, samples_dir, key))
+        output = timed("curate", lambda: self._curate(samples, folder, key, reference_ckpt))
+        rows = timed("evaluate", lambda: self._evaluate(output, real_test, reference_ckpt, folder, key))
         rows.append(_row("train_size", "all", len(train_set), len(train_set)))
         rows.append(_row("sample_count", "all", len(output), len(output)))
-        payload = {"mode": key.mode, "generation": key.generation, "train_set": {
+        payload = {"seed": key.seed, "mode": key.mode, "generation": key.generation, "train_set": {
             "id": train_set.id, "path": os.path.relpath(train_set.root, self.run_dir), "size": len(train_set)},
             "samples": {"id": output.id, "path": os.path.relpath(output.root, self.run_dir)},
-            "seconds": round(time.perf_counter() - t0, 2), "rows": rows}
+            "seconds": round(time.perf_counter() - t0, 2), "stage_seconds": seconds, "rows": rows}
         _atomic_json(folder / METRICS_FILE, payload)
-        _log(f"{label}: done in {payload['seconds']:.1f}s")
+        _log(f"{key.label()}: done in {payload['seconds']:.1f}s")
         return output
 
     def _training_output(self, folder: Path, samples_dir: Path) -> ImageSet:
@@ -233,9 +342,9 @@ class Experiment:
             return self._finetune_text2image(train_set, out, key)
         overrides = {name: value for name, value in (("steps", g.train_steps), ("batch_size", g.batch_size),
                                                      ("lr", g.lr), ("device", g.device)) if value is not None}
-        config = conditional.preset(g.preset, seed=self.recipe.seed + key.generation, **overrides)
-        _log(f"{key.mode} gen {key.generation}: training {g.preset} on {len(train_set)} images")
-        return conditional.train(train_set, out, config, progress=True)
+        config = conditional.preset(g.preset, seed=loop_seed(key.seed, "train", key.generation), **overrides)
+        _log(f"{key.label()}: training {g.preset} on {len(train_set)} images")
+        return conditional.train(train_set, out, config, progress=self.progress)
 
     def _finetune_text2image(self, train_set: ImageSet, out: Path, key: GenerationKey) -> Path:
         from imgsynth.pipelines import finetune
@@ -244,25 +353,27 @@ class Experiment:
         if key.generation == 0:
             return Path(g.model)  # generation 0 samples the pretrained pipeline itself
         return finetune.finetune_lora(g.model, train_set, out, finetune.LoraConfig(
-            steps=g.lora_steps, rank=g.lora_rank, seed=self.recipe.seed + key.generation))
+            steps=g.lora_steps, rank=g.lora_rank, seed=loop_seed(key.seed, "train", key.generation)),
+            progress=self.progress)
 
     def _sample(self, model_dir: Path, out: Path, key: GenerationKey) -> ImageSet:
         g = self.recipe.generator
-        _log(f"{key.mode} gen {key.generation}: sampling {g.per_class} per class")
+        _log(f"{key.label()}: sampling {g.per_class} per class")
         if g.kind == "conditional":
             from imgsynth.pipelines import conditional
 
             return conditional.sample(model_dir, out, g.per_class, guidance_scale=g.guidance_scale,
-                                      steps=g.sample_steps, seed=self.recipe.seed, batch_size=g.sample_batch_size,
+                                      steps=g.sample_steps, seed=key.seed, batch_size=g.sample_batch_size,
                                       device=g.device, noise_temperature=g.noise_temperature,
-                                      generation=key.generation)
+                                      generation=key.generation, progress=self.progress)
         from imgsynth.pipelines import text2image
 
         lora = None if key.generation == 0 else model_dir
         return text2image.generate_text2image(
             g.model, out, classes=g.classes or None, prompts=g.prompts or None, per_class=g.per_class,
-            guidance_scale=g.guidance_scale, steps=g.sample_steps, seed=self.recipe.seed,
-            batch_size=g.sample_batch_size, lora=lora, generation=key.generation, device=g.device)
+            guidance_scale=g.guidance_scale, steps=g.sample_steps, seed=key.seed,
+            batch_size=g.sample_batch_size, lora=lora, generation=key.generation, device=g.device,
+            progress=self.progress)
 
     def _curates(self, mode: str) -> bool:
         """Whether a loop mode curates its samples: a ``<mode>+curate`` mode, or [curate] enabled for it."""
@@ -277,12 +388,15 @@ class Experiment:
             return samples
         return self._apply_curation(samples, folder / "curated", key, reference_ckpt)
 
-    def _curated_start(self, base: ImageSet, mode: str, reference_ckpt: Path | None) -> ImageSet:
+    def _curated_start_needed(self, mode: str) -> bool:
+        return self._curates(mode) and not all(map(self._curates, self.recipe.loop.modes))
+
+    def _curated_start(self, base: ImageSet, seed: int, mode: str, reference_ckpt: Path | None) -> ImageSet:
         """Generation 0's output as ``mode`` feeds it on: curated into ``<mode>/gen_0/curated`` when the
         shared generation 0 was left uncurated (its metrics stay those of the shared, uncurated samples)."""
-        if not self._curates(mode) or all(map(self._curates, self.recipe.loop.modes)):
+        if not self._curated_start_needed(mode):
             return base
-        return self._apply_curation(base, self.run_dir / mode / "gen_0" / "curated", GenerationKey(mode, 0),
+        return self._apply_curation(base, self.folder.curated_start_dir(seed, mode), GenerationKey(seed, mode, 0),
                                     reference_ckpt)
 
     def _apply_curation(self, samples: ImageSet, out: Path, key: GenerationKey,
@@ -298,7 +412,7 @@ class Experiment:
         return curation.curate(samples, out, dedup=c.dedup, min_confidence=c.min_confidence,
                                min_clip_score=c.min_clip_score, clip_top_fraction=c.clip_top_fraction,
                                classifier=reference_ckpt, clip=self.recipe.metrics.clip or None,
-                               rebalance=c.rebalance, seed=self.recipe.seed, embedding=embedding)
+                               rebalance=c.rebalance, seed=key.seed, embedding=embedding)
 
     # ------------------------------------------------------------------ evaluation
     def _reference_classifier(self, full_train: ImageSet) -> Path | None:
@@ -311,6 +425,21 @@ class Experiment:
             return out
         _log("training the reference classifier on real data (the 'domain' feature extractor)")
         return self._train_classifier(full_train, out, seed=self.recipe.seed)
+
+    def _reference_checkpoint(self) -> Path | None:
+        """The reference classifier the parent trained before any task ran (None when nothing needs it)."""
+        out = self.folder.real_dir / "classifier"
+        return out if (out / "classifier.json").is_file() else None
+
+    def _reference_values(self, real_train: ImageSet, real_test: ImageSet, reference_ckpt: Path | None) -> None:
+        """``real/reference.json``: each metric of real train vs real test (the floor or ceiling a generator
+        can reach), the reference classifier's CAS on real test, and chance accuracy; computed once."""
+        if self.folder.reference_path.is_file():
+            return
+        _log("real-data reference values (real train vs real test)")
+        rows = self._evaluate(real_train, real_test, reference_ckpt, None, GenerationKey(self.recipe.seed, "real", 0))
+        rows.append(_row("cas_accuracy_chance", "all", 1.0 / len(real_test.classes), len(real_test)))
+        _atomic_json(self.folder.reference_path, {"candidate": "real/train", "reference": "real/test", "rows": rows})
 
     def _train_classifier(self, train_set: ImageSet, out: Path, seed: int) -> Path:
         from imgsynth.classifier import ClassifierConfig, train_classifier
@@ -329,7 +458,7 @@ class Experiment:
         return names
 
     def _evaluate(self, samples: ImageSet, real_test: ImageSet, reference_ckpt: Path | None,
-                  folder: Path, key: GenerationKey) -> list[dict[str, Any]]:
+                  folder: Path | None, key: GenerationKey) -> list[dict[str, Any]]:
         from imgsynth.metrics.evaluate import evaluate
 
         m = self.recipe.metrics
@@ -337,11 +466,13 @@ class Experiment:
         for name in self._extractor_names(reference_ckpt):
             short = name.split(":", 1)[0] if name.startswith("domain:") else name
             for row in evaluate(samples, real_test, name, per_class=m.per_class, bootstrap=m.bootstrap,
-                                seed=self.recipe.seed):
+                                seed=key.seed):
                 record = asdict(row)
                 record["extractor"] = short
                 rows.append(record)
-        if self.recipe.classifier.enabled:
+        if self.recipe.classifier.enabled and folder is None and reference_ckpt is not None:
+            rows.extend(self._scored(reference_ckpt, real_test, None))  # the classifier trained on real data
+        elif self.recipe.classifier.enabled and folder is not None:
             rows.extend(self._classification_score(samples, real_test, folder, key))
         return rows
 
@@ -353,8 +484,13 @@ class Experiment:
         self.stage_hook("classifier", key)
         ckpt = folder / "classifier"
         if not (ckpt / "classifier.json").is_file():
-            ckpt = self._train_classifier(samples, ckpt, seed=self.recipe.seed)
-        report = evaluate_classifier(ckpt, real_test, folder / "classifier_report")
+            ckpt = self._train_classifier(samples, ckpt, seed=key.seed)
+        return self._scored(ckpt, real_test, folder / "classifier_report")
+
+    def _scored(self, ckpt: Path, real_test: ImageSet, report_dir: Path | None) -> list[dict[str, Any]]:
+        from imgsynth.classifier import evaluate_classifier
+
+        report = evaluate_classifier(ckpt, real_test, report_dir)
         rows = [_row("cas_accuracy", "all", report.accuracy, report.n),
                 _row("cas_macro_f1", "all", report.macro_f1, report.n)]
         counts = real_test.counts
@@ -404,12 +540,22 @@ def _fresh_chunk(full_train: ImageSet, n: int, k: int, seed: int) -> list[int]:
     return sorted(interleaved[start:start + n].tolist())
 
 
+def run_base(recipe: Recipe, run_dir: str, seed: int) -> None:
+    """Task: generation 0 of one replicate (runs in a worker process or a Ray task)."""
+    Experiment(recipe, run_dir, progress=False).base(seed)
+
+
+def run_chain(recipe: Recipe, run_dir: str, seed: int, mode: str) -> None:
+    """Task: generations 1… of one (seed, mode) chain (runs in a worker process or a Ray task)."""
+    Experiment(recipe, run_dir, progress=False).chain(seed, mode)
+
+
 def run_recipe(recipe_path: str | Path, run_dir: str | Path | None = None, overrides: list[str] | tuple = (),
-               runs_root: str | Path = "runs") -> Path:
+               runs_root: str | Path = "runs", **options: Any) -> Path:
     """Load a recipe (with overrides), run it into ``run_dir`` (default ``runs/<name>``), return the folder."""
     recipe = load_recipe(recipe_path, overrides)
     target = Path(run_dir) if run_dir else Path(runs_root) / recipe.name
-    return Experiment(recipe, target).run()
+    return Experiment(recipe, target, **options).run()
 
 
-__all__ = ["Experiment", "GenerationKey", "run_recipe", "recipe_from_dict"]
+__all__ = ["Experiment", "GenerationKey", "loop_seed", "run_recipe", "recipe_from_dict"]

@@ -12,9 +12,11 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from imgsynth.experiments.run import GenerationKey, RunFolder
 from imgsynth.imageset import ImageSet, ImageSetError
 from imgsynth.reports.figures import class_heatmap, dashboard, sample_grid
-from imgsynth.reports.tables import collect_metrics, metric_label, run_modes, write_csv
+from imgsynth.reports.findings import SEED_INTERVAL, TEST_NAME, findings, seed_summary, verdicts
+from imgsynth.reports.tables import collect_metrics, collect_reference, metric_label, write_csv
 
 DOMAIN_NOTE = ("features: 'domain' = penultimate layer of the classifier trained on this run's real data "
                "(the offline default; no CLIP/Inception weights used)")
@@ -43,20 +45,21 @@ def _grid_images(samples: ImageSet, per_class: int = 2) -> list[np.ndarray]:
     return images
 
 
-def grids(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Rows of samples per generation per mode (gen 0 first), same seeds across generations."""
-    run_dir = Path(run_dir)
+def grids(run: str | Path | RunFolder, out: str | Path | None = None) -> Path:
+    """Rows of samples per generation per mode (gen 0 first) of the first seed, same seeds across generations."""
+    folder = run if isinstance(run, RunFolder) else RunFolder(run)
+    seed = folder.seeds[0]
     rows = []
-    base = _samples_of(run_dir / "gen_0")
+    base = _samples_of(folder.generation_dir(GenerationKey(seed, "base", 0)))
     if base is not None:
         rows.append(("gen 0", _grid_images(base)))
-    for mode in run_modes(run_dir):
-        for folder in sorted((run_dir / mode).glob("gen_*"), key=lambda p: int(p.name.split("_")[1])):
-            samples = _samples_of(folder)
+    for mode in folder.modes:
+        for k in range(1, folder.generations):
+            samples = _samples_of(folder.generation_dir(GenerationKey(seed, mode, k)))
             if samples is not None:
-                rows.append((f"{mode} {folder.name.replace('_', ' ')}", _grid_images(samples)))
-    return sample_grid(rows, out or run_dir / "grids.png",
-                       title="Samples per generation (same seeds in every row)")
+                rows.append((f"{mode} gen {k}", _grid_images(samples)))
+    return sample_grid(rows, out or folder.root / "grids.png",
+                       title=f"Samples per generation, seed {seed} (same seeds in every row)")
 
 
 def _heatmap_metric(frame: pd.DataFrame) -> tuple[str, str] | None:
@@ -73,28 +76,81 @@ def _image_tag(path: Path) -> str:
     return f'<img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}" style="max-width:100%">'
 
 
-def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Overall metrics (class 'all') by metric and (run, mode, generation), for the HTML report."""
-    overall = frame[frame["class"] == "all"].copy()
+def summary_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Overall metrics (class 'all'): mean over seeds with its interval and seed count, per run/mode/generation."""
+    overall = summary[summary["class"] == "all"].copy()
     overall["metric"] = [metric_label(m, e) for m, e in zip(overall["metric"], overall["extractor"])]
-    return overall.pivot_table(index="metric", columns=["run", "mode", "generation"], values="value")
+    table = overall[["metric", "run", "mode", "generation", "mean", "seed_low", "seed_high", "n_seeds",
+                     "sample_low", "sample_high"]]
+    return table.rename(columns={"mean": "value", "seed_low": "ci_low", "seed_high": "ci_high", "n_seeds": "n",
+                                 "sample_low": "bootstrap_low", "sample_high": "bootstrap_high"})
 
 
-def write_html(frame: pd.DataFrame, pictures: Sequence[Path], path: Path, title: str) -> Path:
-    """A self-contained report: pictures inlined as base64, the summary table, the extractor note."""
+def _table_html(frame: pd.DataFrame) -> str:
+    return frame.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="")
+
+
+def _findings_html(table: pd.DataFrame, runs: Sequence[str]) -> list[str]:
+    parts = ["<h2>Findings</h2>",
+             f"<p>Differences between modes are paired by seed; intervals are {SEED_INTERVAL} of the per-seed "
+             f"differences; p-values from the two-sided {TEST_NAME} (scipy.stats.ttest_rel). 'auc' compares the "
+             "area under each seed's curve over all generations. * marks p &lt; 0.05 (not corrected for the "
+             "number of comparisons).</p>"]
+    if "run" in table.columns and table["run"].nunique() > 1:
+        lines = [f"{run}: {line}" for run, part in table.groupby("run", sort=False) for line in verdicts(part)]
+    else:
+        lines = verdicts(table)
+    parts.append("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>" if lines
+                 else "<p>No comparisons (one mode, or no finished generation).</p>")
+    overall = table[table["class"] == "all"]
+    if not overall.empty:
+        parts.append(f"<details><summary>All comparisons, overall ({len(overall)} rows; per class in "
+                     f"findings.csv{' of each run' if len(runs) > 1 else ''})</summary>{_table_html(overall)}</details>")
+    return parts
+
+
+def _run_html(folder: RunFolder) -> list[str]:
+    """What was run: recipe, seeds, software, machine and wall time per stage."""
+    from imgsynth.experiments.config import dump_recipe
+
+    info = folder.info()
+    parts = [f"<h2>What was run: {html.escape(folder.name)}</h2>",
+             f"<p>seeds {html.escape(str(folder.seeds))}; {info.get('workers', '?')} worker(s), backend "
+             f"{html.escape(str(info.get('backend', '?')))}, {info.get('threads_per_task', '?')} torch thread(s) "
+             "per task</p>"]
+    if info:
+        machine = info.get("machine", {})
+        parts.append("<p>machine: " + html.escape(f"{machine.get('platform')}, {machine.get('cpus')} CPUs "
+                                                  f"({machine.get('processor')}), GPU: {machine.get('gpu') or 'none'}")
+                     + "<br>software: " + html.escape(", ".join(f"{k} {v}" for k, v in info.get("software", {}).items()))
+                     + "</p>")
+        stages = {**info.get("stages_last_invocation", {}),
+                  **{f"{k} (sum over generations)": v for k, v in info.get("stage_seconds_all_generations", {}).items()}}
+        parts.append(_table_html(pd.DataFrame({"stage": list(stages), "seconds": list(stages.values())})))
+    parts.append(f"<details><summary>recipe (resolved)</summary><pre>{html.escape(dump_recipe(folder.recipe))}"
+                 "</pre></details>")
+    return parts
+
+
+def write_html(summary: pd.DataFrame, table: pd.DataFrame, pictures: Sequence[Path], path: Path, title: str,
+               folders: Sequence[RunFolder]) -> Path:
+    """A self-contained report: findings first, then what was run, pictures (inlined) and the summary table."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              "<style>body{font-family:sans-serif;margin:2em;max-width:1400px}"
              "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px;"
              "text-align:right}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
-    note = _extractor_note(frame)
+    parts.extend(_findings_html(table, [f.name for f in folders]))
+    note = DOMAIN_NOTE if "domain" in set(summary["extractor"]) else ""
     if note:
         parts.append(f"<p><em>{html.escape(note)}</em></p>")
+    for folder in folders:
+        parts.extend(_run_html(folder))
     for picture in pictures:
         parts.append(f"<h2>{html.escape(picture.stem)}</h2>{_image_tag(picture)}")
-    parts.append("<h2>Metrics (all classes)</h2>")
-    parts.append(summary_table(frame).to_html(float_format=lambda v: f"{v:.4g}", na_rep=""))
+    parts.append(f"<h2>Metrics (all classes; mean over seeds, ci = {SEED_INTERVAL})</h2>")
+    parts.append(_table_html(summary_table(summary)))
     parts.append("</body></html>")
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text("\n".join(parts), encoding="utf-8")
     os.replace(tmp, path)
     return path
@@ -102,40 +158,50 @@ def write_html(frame: pd.DataFrame, pictures: Sequence[Path], path: Path, title:
 
 def build_reports(run_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
     """Write every report of one run into ``out_dir`` (default: the run folder)."""
-    run_dir = Path(run_dir)
-    out = Path(out_dir) if out_dir else run_dir
+    folder = RunFolder(run_dir)
+    out = Path(out_dir) if out_dir else folder.root
     out.mkdir(parents=True, exist_ok=True)
-    frame = collect_metrics(run_dir)
+    frame = collect_metrics(folder)
     if frame.empty:
-        raise ValueError(f"{run_dir}: no finished generation (no metrics.json) to report on")
-    written = {"metrics.csv": write_csv(frame, out / "metrics.csv")}
-    written["dashboard.png"] = dashboard(frame, out / "dashboard.png", title=f"run {run_dir.name}",
-                                         note=_extractor_note(frame))
-    written["grids.png"] = grids(run_dir, out / "grids.png")
+        raise ValueError(f"{folder.root}: no finished generation (no metrics.json) to report on")
+    summary, reference, table = seed_summary(frame), collect_reference(folder), findings(frame)
+    written = {"metrics.csv": write_csv(frame, out / "metrics.csv"),
+               "findings.csv": write_csv(table, out / "findings.csv")}
+    written["dashboard.png"] = dashboard(summary, out / "dashboard.png", title=f"run {folder.name}",
+                                         note=_extractor_note(frame), reference=reference)
+    written["grids.png"] = grids(folder, out / "grids.png")
     chosen = _heatmap_metric(frame)
     if chosen is not None:
         written["class_heatmap.png"] = class_heatmap(frame, out / "class_heatmap.png", *chosen)
     pictures = [p for k, p in written.items() if k.endswith(".png")]
-    written["report.html"] = write_html(frame, pictures, out / "report.html", f"imgsynth run {run_dir.name}")
+    written["report.html"] = write_html(summary, table, pictures, out / "report.html", f"imgsynth run {folder.name}",
+                                        [folder])
     return written
 
 
 def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[str, Path]:
-    """Put several runs on one dashboard (a line per run and mode), with a joint CSV and HTML report."""
+    """Put several runs on one dashboard (a colour family per run, a line style per mode, seed bands),
+    with a joint CSV, each run's findings, and an HTML report."""
     if not run_dirs:
         raise ValueError("compare_runs: no run folders given")
-    for run in run_dirs:
-        if not (Path(run) / "config.toml").is_file():
-            raise FileNotFoundError(f"{run}: not a run folder (no config.toml)")
-    names = [Path(r).name for r in run_dirs]
+    folders = [RunFolder(r) for r in run_dirs]
+    for folder in folders:
+        if not (folder.root / "config.toml").is_file():
+            raise FileNotFoundError(f"{folder.root}: not a run folder (no config.toml)")
+    names = [f.name for f in folders]
     if len(set(names)) != len(names):
         raise ValueError(f"run folder names must differ to be told apart on the dashboard: {names}")
-    frame = pd.concat([collect_metrics(r) for r in run_dirs], ignore_index=True)
+    frames = [collect_metrics(f) for f in folders]
+    frame = pd.concat(frames, ignore_index=True)
+    table = pd.concat([findings(f).assign(run=name) for f, name in zip(frames, names)], ignore_index=True)
+    summary = seed_summary(frame)
+    reference = pd.concat([collect_reference(f) for f in folders], ignore_index=True)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    written = {"metrics.csv": write_csv(frame, out / "metrics.csv")}
-    written["dashboard.png"] = dashboard(frame, out / "dashboard.png", title="runs: " + ", ".join(names),
-                                         note=_extractor_note(frame))
-    written["report.html"] = write_html(frame, [written["dashboard.png"]], out / "report.html",
-                                        "imgsynth: " + " vs ".join(names))
+    written = {"metrics.csv": write_csv(frame, out / "metrics.csv"),
+               "findings.csv": write_csv(table, out / "findings.csv")}
+    written["dashboard.png"] = dashboard(summary, out / "dashboard.png", title="runs: " + ", ".join(names),
+                                         note=_extractor_note(frame), reference=reference)
+    written["report.html"] = write_html(summary, table, [written["dashboard.png"]], out / "report.html",
+                                        "imgsynth: " + " vs ".join(names), folders)
     return written

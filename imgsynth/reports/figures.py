@@ -32,38 +32,80 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
-def _panels(frame: pd.DataFrame) -> list[tuple[str, str]]:
-    overall = frame[frame["class"] == "all"]
-    keys = sorted({(m, e) for m, e in zip(overall["metric"], overall["extractor"])},
-                  key=lambda k: (PANEL_ORDER.index(k[0]) if k[0] in PANEL_ORDER else len(PANEL_ORDER), k))
-    return keys
+def _panels(summary: pd.DataFrame) -> list[tuple[str, str]]:
+    """(metric, extractor) panels in reading order, leaving out those that carry no information: a value
+    that never changes (e.g. a fixed sample count) is not worth a panel."""
+    overall = summary[summary["class"] == "all"]
+    several_generations = overall["generation"].nunique() > 1  # with one point every value is "constant"
+    keys = []
+    for (metric, extractor), group in overall.groupby(["metric", "extractor"], sort=False):
+        if group["mean"].round(12).nunique() > 1 or (not several_generations and metric != "sample_count"):
+            keys.append((metric, extractor))
+    return sorted(keys, key=lambda k: (PANEL_ORDER.index(k[0]) if k[0] in PANEL_ORDER else len(PANEL_ORDER), k))
 
 
-def dashboard(frame: pd.DataFrame, path: str | Path, title: str = "", note: str = "") -> Path:
-    """One panel per (metric, extractor) over all classes; a line per (run, mode); CI bands where present."""
+MARKERS = ["o", "s", "^", "D", "v", "P", "X"]
+LINESTYLES = ["-", "--", ":", "-."]
+RUN_COLORMAPS = ["Blues", "Oranges", "Greens", "Purples", "Reds", "Greys"]
+# Reference lines: which real-data value a metric's panel shows, and how it is labelled.
+REFERENCE_STYLE = {"real": ("real train vs real test", "#444444", (0, (4, 2))),
+                   "chance": ("chance", "#999999", (0, (1, 2)))}
+
+
+def _series_styles(series_keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], dict]:
+    """Colour by mode within one run; with several runs a colour family per run, a line style per mode.
+
+    Markers and line styles differ per mode too, so lines that overlap stay distinguishable.
+    """
+    runs = list(dict.fromkeys(r for r, _ in series_keys))
+    modes = list(dict.fromkeys(m for _, m in series_keys))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = {}
+    for run, mode in series_keys:
+        m = modes.index(mode)
+        if len(runs) > 1:
+            cmap = plt.get_cmap(RUN_COLORMAPS[runs.index(run) % len(RUN_COLORMAPS)])
+            color = cmap(0.45 + 0.5 * (m + 1) / (len(modes) + 1))
+        else:
+            color = colors[m % len(colors)]
+        styles[(run, mode)] = {"color": color, "marker": MARKERS[m % len(MARKERS)],
+                               "linestyle": LINESTYLES[m % len(LINESTYLES)]}
+    return styles
+
+
+def dashboard(summary: pd.DataFrame, path: str | Path, title: str = "", note: str = "",
+              reference: pd.DataFrame | None = None) -> Path:
+    """One panel per (metric, extractor) over all classes; a line per (run, mode) at the mean over seeds,
+    a band for the seed interval (``findings.seed_summary``), error bars for the bootstrap-over-samples
+    interval where computed, and the real-data reference values as horizontal lines."""
     path = Path(path)
-    panels = _panels(frame)
+    panels = _panels(summary)
     if not panels:
         raise ValueError(f"{path}: no metrics to plot")
     cols = min(4, len(panels))
     rows = int(np.ceil(len(panels) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(4.0 * cols, 3.0 * rows), squeeze=False)
-    overall = frame[frame["class"] == "all"]
+    overall = summary[summary["class"] == "all"]
     series_keys = list(dict.fromkeys(zip(overall["run"], overall["mode"])))
     multi_run = len({r for r, _ in series_keys}) > 1
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    styles = _series_styles(series_keys)
+    seeds = int(overall["n_seeds"].max())
     for ax, (metric, extractor) in zip(axes.flat, panels):
         data = overall[(overall["metric"] == metric) & (overall["extractor"] == extractor)]
-        for i, (run, mode) in enumerate(series_keys):
+        for run, mode in series_keys:
             line = data[(data["run"] == run) & (data["mode"] == mode)].sort_values("generation")
             if line.empty:
                 continue
-            label = f"{run}/{mode}" if multi_run else mode
-            color = colors[i % len(colors)]
-            ax.plot(line["generation"], line["value"], marker="o", ms=3, label=label, color=color)
-            low, high = line["ci_low"].astype(float), line["ci_high"].astype(float)
+            style = styles[(run, mode)]
+            ax.plot(line["generation"], line["mean"], ms=4, label=f"{run}/{mode}" if multi_run else mode, **style)
+            low, high = line["seed_low"].astype(float), line["seed_high"].astype(float)
             if low.notna().any():
-                ax.fill_between(line["generation"], low, high, alpha=0.2, color=color)
+                ax.fill_between(line["generation"], low, high, alpha=0.15, color=style["color"], linewidth=0)
+            sample_low, sample_high = line["sample_low"].astype(float), line["sample_high"].astype(float)
+            if sample_low.notna().any():
+                ax.errorbar(line["generation"], line["mean"], fmt="none", ecolor=style["color"], capsize=2,
+                            yerr=[line["mean"] - sample_low, sample_high - line["mean"]], alpha=0.7)
+        _reference_lines(ax, reference, metric, extractor)
         arrow = "↑" if metric in HIGHER_IS_BETTER else ("↓" if metric in LOWER_IS_BETTER else "")
         ax.set_title(f"{metric_label(metric, extractor)} {arrow}", fontsize=10)
         ax.set_xlabel("generation")
@@ -71,15 +113,36 @@ def dashboard(frame: pd.DataFrame, path: str | Path, title: str = "", note: str 
         ax.xaxis.get_major_locator().set_params(integer=True)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=min(6, len(labels)), frameon=False,
+    handles, labels = {}, []
+    for ax in axes.flat:  # reference lines appear only on some panels: gather every label once
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in handles:
+                handles[label] = handle
+                labels.append(label)
+    fig.legend([handles[k] for k in labels], labels, loc="upper center", ncol=min(6, len(labels)), frameon=False,
                bbox_to_anchor=(0.5, 1.0 + 0.02 / rows))
-    if title or note:
-        lines = [t for t in (title, note) if t]
-        # Each title line needs its own room above the legend, or a two-line title runs into it.
-        fig.suptitle("\n".join(lines), y=1.0 + (0.05 + 0.04 * len(lines)) / rows, fontsize=11)
+    band = (f"mean of {seeds} seeds, band: {SEED_BAND}" if seeds > 1
+            else "1 seed: no interval over seeds (set [loop] seeds ≥ 2)")
+    lines = [t for t in (title, band, note) if t]
+    # Each title line needs its own room above the legend, or a multi-line title runs into it.
+    fig.suptitle("\n".join(lines), y=1.0 + (0.05 + 0.04 * len(lines)) / rows, fontsize=11)
     fig.tight_layout()
     return _save(fig, path)
+
+
+SEED_BAND = "95% t-interval over seeds; error bars: bootstrap over samples"
+
+
+def _reference_lines(ax: plt.Axes, reference: pd.DataFrame | None, metric: str, extractor: str) -> None:
+    if reference is None or reference.empty:
+        return
+    overall = reference[reference["class"] == "all"]
+    real = overall[(overall["metric"] == metric) & (overall["extractor"] == extractor)]
+    chance = overall[overall["metric"] == f"{metric}_chance"]
+    for kind, rows in (("real", real), ("chance", chance)):
+        label, color, dashes = REFERENCE_STYLE[kind]
+        for value in rows["value"].astype(float).unique()[:1]:  # one line per panel (the first run's)
+            ax.axhline(value, color=color, linestyle=dashes, linewidth=1.0, label=label)
 
 
 def class_heatmap(frame: pd.DataFrame, path: str | Path, metric: str, extractor: str) -> Path:

@@ -2,53 +2,57 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pandas as pd
 
-COLUMNS = ["run", "mode", "generation", "class", "metric", "extractor", "value", "ci_low", "ci_high", "n"]
+from imgsynth.experiments.run import RunFolder
+
+COLUMNS = ["run", "seed", "mode", "generation", "class", "metric", "extractor", "value", "ci_low", "ci_high", "n"]
+REFERENCE_COLUMNS = ["run", "class", "metric", "extractor", "value"]
 
 
-def run_modes(run_dir: Path) -> list[str]:
-    """Loop modes of a run, in recipe order."""
-    from imgsynth.experiments.config import load_recipe
-
-    return list(load_recipe(run_dir / "config.toml").loop.modes)
+def _row_record(row: dict, **fields: object) -> dict:
+    return {**fields, "class": row["class_name"], "metric": row["metric"], "extractor": row.get("extractor") or "",
+            "value": row["value"], "ci_low": row.get("ci_low"), "ci_high": row.get("ci_high"), "n": row.get("n")}
 
 
-def collect_metrics(run_dir: str | Path) -> pd.DataFrame:
-    """One tidy row per (mode, generation, class, metric, extractor); generation 0 repeated for every mode.
+def collect_metrics(run: str | Path | RunFolder) -> pd.DataFrame:
+    """One tidy row per (seed, mode, generation, class, metric, extractor); a seed's generation 0 is
+    listed under each of its modes.
 
-    Generation 0 is computed once (it trains on real data in every mode) and listed under each mode so
-    every line of the dashboard starts from the same point.
+    Generation 0 is computed once per seed (it trains on real data in every mode) and listed under each
+    mode so every line of the dashboard starts from the same point.
     """
-    run_dir = Path(run_dir)
-    name = run_dir.name
-    modes = run_modes(run_dir)
+    folder = run if isinstance(run, RunFolder) else RunFolder(run)
+    modes = folder.modes
     records = []
-    for path in sorted(run_dir.glob("gen_0/metrics.json")) + sorted(run_dir.glob("*/gen_*/metrics.json")):
-        payload = json.loads(path.read_text(encoding="utf-8"))
-        generation = int(payload["generation"])
-        for mode in (modes if generation == 0 else [payload["mode"]]):
-            for row in payload["rows"]:
-                records.append({"run": name, "mode": mode, "generation": generation,
-                                "class": row["class_name"], "metric": row["metric"],
-                                "extractor": row.get("extractor") or "", "value": row["value"],
-                                "ci_low": row.get("ci_low"), "ci_high": row.get("ci_high"), "n": row.get("n")})
+    for key, payload in folder.finished():
+        for mode in (modes if key.generation == 0 else [key.mode]):
+            records.extend(_row_record(row, run=folder.name, seed=key.seed, mode=mode, generation=key.generation)
+                           for row in payload["rows"])
     frame = pd.DataFrame.from_records(records, columns=COLUMNS)
     order = {m: i for i, m in enumerate(modes)}
-    frame = frame.sort_values(["mode", "generation", "metric", "extractor", "class"],
+    frame = frame.sort_values(["seed", "mode", "generation", "metric", "extractor", "class"],
                               key=lambda s: s.map(order) if s.name == "mode" else s, kind="stable")
     return frame.reset_index(drop=True)
+
+
+def collect_reference(run: str | Path | RunFolder) -> pd.DataFrame:
+    """The run's real-data reference values (real train vs real test, CAS of the real-data classifier,
+    chance accuracy as ``cas_accuracy_chance``); empty for runs made before they were recorded."""
+    folder = run if isinstance(run, RunFolder) else RunFolder(run)
+    rows = folder.reference().get("rows", [])
+    records = [{k: v for k, v in _row_record(row, run=folder.name).items() if k in REFERENCE_COLUMNS} for row in rows]
+    return pd.DataFrame.from_records(records, columns=REFERENCE_COLUMNS)
 
 
 def write_csv(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write atomically (temporary file, then rename)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_csv(tmp, index=False, float_format="%.6g")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    frame.to_csv(tmp, index=False, float_format="%.12g")  # enough digits to recompute findings from it
     os.replace(tmp, path)
     return path
 

@@ -1,0 +1,144 @@
+"""Run a set of independent tasks, each waiting for at most one other, in this process, in local worker
+processes, or as Ray tasks.
+
+A :class:`Task` is a module-level function and its (picklable) arguments; it must be resumable and
+deterministic on its own, since it may run anywhere and may run again after a crash. Every task
+computes with the same fixed number of torch threads wherever it runs, because CPU float results
+depend on the thread count: the serial, the local-parallel and the Ray runs give the same numbers.
+
+Local workers are *spawned* (not forked): a forked child of a process that already ran OpenMP
+threads can deadlock. A worker that dies takes the pool with it; that is reported with the task's
+name, and what the finished tasks wrote stays on disk for the rerun.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from imgsynth.distributed.generate import torch_threads
+from imgsynth.errors import TaskFailedError
+
+BACKENDS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of work: ``function(*args)``, started only after the task named ``after`` finished."""
+
+    name: str
+    function: Callable[..., Any]
+    args: tuple[Any, ...] = ()
+    after: str | None = None
+
+
+def call_with_threads(threads: int, function: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    """``function(*args)`` with ``threads`` torch threads (the entry point every backend runs)."""
+    with torch_threads(threads):
+        return function(*args)
+
+
+def run_tasks(tasks: Sequence[Task], *, workers: int = 1, backend: str = "local", address: str | None = None,
+              threads: int = 1) -> None:
+    """Run every task once its ``after`` task is done; ``workers`` at a time (1: in this process, in order)."""
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise ValueError(f"task names must be unique, got {names}")
+    missing = sorted({t.after for t in tasks if t.after is not None} - set(names))
+    if missing:
+        raise ValueError(f"tasks wait for unknown tasks {missing}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    if backend == "ray":
+        _run_ray(tasks, workers, address, threads)
+    elif workers == 1:
+        for task in _in_dependency_order(tasks):
+            call_with_threads(threads, task.function, task.args)
+    else:
+        _run_local(tasks, workers, threads)
+
+
+def _in_dependency_order(tasks: Sequence[Task]) -> list[Task]:
+    done: set[str | None] = {None}
+    ordered: list[Task] = []
+    waiting = list(tasks)
+    while waiting:
+        ready = [t for t in waiting if t.after in done]
+        if not ready:
+            raise ValueError(f"tasks wait for each other in a cycle: {[t.name for t in waiting]}")
+        ordered.extend(ready)
+        done.update(t.name for t in ready)
+        waiting = [t for t in waiting if t not in ready]
+    return ordered
+
+
+def _run_local(tasks: Sequence[Task], workers: int, threads: int) -> None:
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        running: dict[Future[Any], Task] = {}
+
+        def start(ready: Sequence[Task]) -> None:
+            for task in ready:
+                running[pool.submit(call_with_threads, threads, task.function, task.args)] = task
+
+        start([t for t in tasks if t.after is None])
+        try:
+            while running:
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    task = running.pop(future)
+                    try:
+                        future.result()
+                    except BrokenProcessPool as exc:
+                        raise TaskFailedError(f"{task.name}: its worker process died ({exc}); finished work is "
+                                              "kept, run the same command again to resume") from None
+                    start([t for t in tasks if t.after == task.name])
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # running tasks finish (their work is kept)
+            raise
+
+
+def _run_ray(tasks: Sequence[Task], workers: int, address: str | None, threads: int) -> None:
+    from imgsynth.distributed.backend import ray_session
+
+    with ray_session(address, num_cpus=None if address else workers * threads) as ray:
+        remote = ray.remote(num_cpus=threads, max_retries=0)(call_with_threads)
+        running: dict[Any, Task] = {}
+
+        def start(ready: Sequence[Task]) -> None:
+            for task in ready:
+                running[remote.remote(threads, task.function, task.args)] = task
+
+        start([t for t in tasks if t.after is None])
+        while running:
+            finished, _ = ray.wait(list(running), num_returns=1)
+            for ref in finished:
+                task = running.pop(ref)
+                try:
+                    ray.get(ref)
+                except ray.exceptions.RayTaskError as exc:
+                    cause = getattr(exc, "cause", None)
+                    if isinstance(cause, Exception):
+                        raise cause from None  # the task's own error, e.g. a bad input, as it would be locally
+                    raise TaskFailedError(f"{task.name}: failed on the Ray cluster ({exc})") from None
+                except ray.exceptions.RayError as exc:
+                    raise TaskFailedError(f"{task.name}: its Ray worker died ({type(exc).__name__}); finished work "
+                                          "is kept, run the same command again to resume") from None
+                start([t for t in tasks if t.after == task.name])
+
+
+def default_workers() -> int:
+    """Local worker processes by default: one per CPU core this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - platforms without affinity
+        return max(1, multiprocessing.cpu_count())
+
+
+__all__ = ["BACKENDS", "Task", "TaskFailedError", "call_with_threads", "default_workers", "run_tasks"]

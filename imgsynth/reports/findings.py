@@ -1,0 +1,179 @@
+"""How sure each number is: intervals over seeds, paired tests between modes, and plain-language verdicts.
+
+Replicates (seeds) are the unit of uncertainty: a seed redraws generator weights, training noise,
+samples and classifiers, while the real data stays fixed. For every (mode, generation, metric) the
+dashboard draws the mean over seeds with a 95 % **Student-t interval over seeds**
+(mean ± t₀.₉₇₅,ₙ₋₁ · s/√n). Differences between two modes are **paired by seed** (seed s of one mode
+against seed s of the other) and tested with the **paired t-test** (``scipy.stats.ttest_rel``), whose
+95 % interval is the t-interval of the per-seed differences; a mode's change since generation 0 is
+the same paired comparison of its last generation against its generation 0. The whole curve is
+summarised per seed by its area under the curve (trapezoid rule over generations), compared the same
+way. With one seed there is no spread to estimate: no interval or p-value is given.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from itertools import combinations
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from imgsynth.reports.tables import metric_label
+
+CONFIDENCE = 0.95
+TEST_NAME = "paired t-test"
+SEED_INTERVAL = "95% t-interval over seeds"
+KEYS = ["run", "mode", "generation", "class", "metric", "extractor"]
+# Metrics a verdict line is written for (when present), per extractor.
+HEADLINE = ("fid", "recall", "coverage", "precision", "cas_accuracy")
+# Rows that describe the run rather than measure it.
+BOOKKEEPING = {"train_size", "sample_count"}
+FINDINGS_COLUMNS = ["metric", "extractor", "class", "statistic", "generation", "comparison", "mean_difference",
+                    "ci_low", "ci_high", "p_value", "test", "n_seeds"]
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A mean with its 95 % t-interval over ``n`` values (NaN bounds when n < 2)."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+
+def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Interval:
+    """Mean and Student-t interval: mean ± t_{(1+c)/2, n−1} · s / √n (s the sample standard deviation)."""
+    from scipy import stats
+
+    array = np.asarray(values, dtype=np.float64)
+    n = int(array.size)
+    if n == 0:
+        return Interval(math.nan, math.nan, math.nan, 0)
+    mean = float(array.mean())
+    if n < 2:
+        return Interval(mean, math.nan, math.nan, n)
+    half = float(stats.t.ppf((1 + confidence) / 2, n - 1) * array.std(ddof=1) / math.sqrt(n))
+    return Interval(mean, mean - half, mean + half, n)
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Mean of a − b over paired seeds, its 95 % interval and the paired t-test's two-sided p-value."""
+
+    difference: Interval
+    p_value: float
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> PairedDifference:
+    """Compare two paired samples (same seeds, same order) with the paired t-test."""
+    from scipy import stats
+
+    a_array, b_array = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a_array.shape != b_array.shape:
+        raise ValueError(f"paired samples need the same length, got {a_array.size} and {b_array.size}")
+    difference = t_interval(a_array - b_array)
+    if difference.n < 2:
+        return PairedDifference(difference, math.nan)
+    # Identical differences (e.g. a count that never changes) have no spread: scipy warns and returns NaN.
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p_value = float(stats.ttest_rel(a_array, b_array).pvalue)
+    return PairedDifference(difference, p_value)
+
+
+def seed_summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per (run, mode, generation, class, metric, extractor): mean over seeds, its t-interval over seeds,
+    the number of seeds, and the mean of the per-seed bootstrap-over-samples bounds (where computed)."""
+    records = []
+    for key, group in frame.groupby(KEYS, sort=False, dropna=False):
+        interval = t_interval(group["value"].astype(float).to_numpy())
+        record = dict(zip(KEYS, key))
+        record.update(mean=interval.mean, seed_low=interval.low, seed_high=interval.high, n_seeds=interval.n,
+                      sample_low=pd.to_numeric(group["ci_low"], errors="coerce").mean(),
+                      sample_high=pd.to_numeric(group["ci_high"], errors="coerce").mean())
+        records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
+def _per_seed(frame: pd.DataFrame, mode: str, generation: int, keys: tuple[str, str, str]) -> pd.Series:
+    metric, extractor, class_name = keys
+    rows = frame[(frame["mode"] == mode) & (frame["generation"] == generation) & (frame["metric"] == metric)
+                 & (frame["extractor"] == extractor) & (frame["class"] == class_name)]
+    return rows.set_index("seed")["value"].astype(float)
+
+
+def _auc_per_seed(frame: pd.DataFrame, mode: str, last: int, keys: tuple[str, str, str]) -> pd.Series:
+    curves = pd.DataFrame({g: _per_seed(frame, mode, g, keys) for g in range(last + 1)}).dropna()
+    trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 names it trapz
+    return pd.Series({seed: float(trapezoid(row.to_numpy(), dx=1.0)) for seed, row in curves.iterrows()},
+                     dtype=float)
+
+
+def _finding(a: pd.Series, b: pd.Series, **fields: object) -> dict | None:
+    seeds = a.index.intersection(b.index)
+    if len(seeds) == 0:
+        return None
+    result = paired_difference(a.loc[seeds].to_numpy(), b.loc[seeds].to_numpy())
+    d = result.difference
+    return {**fields, "mean_difference": d.mean, "ci_low": d.low, "ci_high": d.high, "p_value": result.p_value,
+            "test": TEST_NAME if d.n >= 2 else "", "n_seeds": d.n}
+
+
+def findings(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every metric (overall and per class) of one run: each pair of modes at the last generation and over the
+    whole curve (AUC), and each mode's change from generation 0 to the last generation."""
+    rows: list[dict] = []
+    frame = frame[~frame["metric"].isin(BOOKKEEPING)]
+    if frame.empty:
+        return pd.DataFrame(columns=FINDINGS_COLUMNS)
+    last = int(frame["generation"].max())
+    modes = list(dict.fromkeys(frame["mode"]))
+    keys = sorted({(m, e, c) for m, e, c in zip(frame["metric"], frame["extractor"], frame["class"])},
+                  key=lambda k: (k[2] != "all", k))
+    for key in keys:
+        base = dict(metric=key[0], extractor=key[1], **{"class": key[2]})
+        for a, b in combinations(modes, 2):
+            for statistic, series_a, series_b in (
+                    ("last", _per_seed(frame, a, last, key), _per_seed(frame, b, last, key)),
+                    ("auc", _auc_per_seed(frame, a, last, key), _auc_per_seed(frame, b, last, key))):
+                found = _finding(series_a, series_b, **base, statistic=statistic, generation=last,
+                                 comparison=f"{a} − {b}")
+                if found:
+                    rows.append(found)
+        for mode in modes:
+            found = _finding(_per_seed(frame, mode, last, key), _per_seed(frame, mode, 0, key), **base,
+                             statistic="change", generation=last, comparison=f"{mode}: gen {last} − gen 0")
+            if found:
+                rows.append(found)
+    return pd.DataFrame.from_records(rows, columns=FINDINGS_COLUMNS)
+
+
+def _number(value: float) -> str:
+    return f"{value:+.3g}" if abs(value) < 1000 else f"{value:+.0f}"
+
+
+def verdicts(table: pd.DataFrame) -> list[str]:
+    """One plain-language line per headline metric and comparison (overall, last generation), e.g.
+    ``replace − accumulate fid[domain] at gen 4: +5.1 [3.2, 7.0], p = 0.004 (3 seeds, paired t-test)``."""
+    if table.empty:
+        return []
+    if int(table["n_seeds"].max()) < 2:
+        return ["Intervals and tests need at least 2 seeds; this run has 1. Set [loop] seeds = 3 (or more) "
+                "and run again to know which differences are larger than seed-to-seed noise."]
+    lines = []
+    overall = table[(table["class"] == "all") & (table["statistic"].isin(["last", "change"]))]
+    for metric in HEADLINE:
+        for _, row in overall[overall["metric"] == metric].iterrows():
+            label = metric_label(row["metric"], row["extractor"])
+            where = f"at gen {row['generation']}" if row["statistic"] == "last" else "since gen 0"
+            comparison = row["comparison"].split(":")[0] if row["statistic"] == "change" else row["comparison"]
+            significant = "" if not (row["p_value"] < 0.05) else " *"
+            lines.append(f"{comparison} {label} {where}: {_number(row['mean_difference'])} "
+                         f"[{row['ci_low']:.3g}, {row['ci_high']:.3g}], p = {row['p_value']:.2g} "
+                         f"({row['n_seeds']} seeds, {row['test']}){significant}")
+    return lines

@@ -332,13 +332,14 @@ def test_loop_compares_a_mode_with_and_without_curation(tmp_path):
     recipe = load_recipe(shipped_recipes()["smoke"], ["loop.generations=2", 'loop.modes=["replace", "replace+curate"]',
                                                       "curate.dedup=0.3", 'curate.embedding="pixels:8"'])
     run = Experiment(recipe, tmp_path / "run").run()
-    base = ImageSet.open(run / "gen_0" / "samples")
-    start = ImageSet.open(run / "replace+curate" / "gen_0" / "curated")
+    seed_dir = run / "seed_0"  # the one replicate's folders
+    base = ImageSet.open(seed_dir / "gen_0" / "samples")
+    start = ImageSet.open(seed_dir / "replace+curate" / "gen_0" / "curated")
     assert start.kind == "curated" and start.parents[0]["id"] == base.id and len(start) < len(base)
-    curated = ImageSet.open(run / "replace+curate" / "gen_1" / "curated")
+    curated = ImageSet.open(seed_dir / "replace+curate" / "gen_1" / "curated")
     assert len(set(curated.counts.values())) == 1  # rebalanced
-    assert not (run / "replace" / "gen_1" / "curated").exists() and not (run / "gen_0" / "curated").exists()
-    trained_on = {mode: json.loads((run / mode / "gen_1" / "metrics.json").read_text())["train_set"]["id"]
+    assert not (seed_dir / "replace" / "gen_1" / "curated").exists() and not (seed_dir / "gen_0" / "curated").exists()
+    trained_on = {mode: json.loads((seed_dir / mode / "gen_1" / "metrics.json").read_text())["train_set"]["id"]
                   for mode in ("replace", "replace+curate")}
     assert trained_on == {"replace": base.id, "replace+curate": start.id}
     import pandas as pd

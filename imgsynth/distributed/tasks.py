@@ -37,7 +37,13 @@ class Task:
 
 
 def call_with_threads(threads: int, function: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-    """``function(*args)`` with ``threads`` torch threads (the entry point every backend runs)."""
+    """``function(*args)`` with ``threads`` torch threads (the entry point every backend runs).
+
+    torch is imported first: in a fresh worker it is not loaded yet, and a thread count set after the
+    task imported it would come too late for the task's first computations.
+    """
+    import torch  # noqa: F401 - see above
+
     with torch_threads(threads):
         return function(*args)
 
@@ -105,17 +111,20 @@ def _run_local(tasks: Sequence[Task], workers: int, threads: int) -> None:
 
 
 def _run_ray(tasks: Sequence[Task], workers: int, address: str | None, threads: int) -> None:
+    """At most ``workers`` tasks in flight on the cluster (a local one has every CPU of this machine)."""
     from imgsynth.distributed.backend import ray_session
 
-    with ray_session(address, num_cpus=None if address else workers * threads) as ray:
+    with ray_session(address) as ray:
         remote = ray.remote(num_cpus=threads, max_retries=0)(call_with_threads)
         running: dict[Any, Task] = {}
+        queue = [t for t in tasks if t.after is None]
 
-        def start(ready: Sequence[Task]) -> None:
-            for task in ready:
+        def start() -> None:
+            while queue and len(running) < workers:
+                task = queue.pop(0)
                 running[remote.remote(threads, task.function, task.args)] = task
 
-        start([t for t in tasks if t.after is None])
+        start()
         while running:
             finished, _ = ray.wait(list(running), num_returns=1)
             for ref in finished:
@@ -130,7 +139,8 @@ def _run_ray(tasks: Sequence[Task], workers: int, address: str | None, threads: 
                 except ray.exceptions.RayError as exc:
                     raise TaskFailedError(f"{task.name}: its Ray worker died ({type(exc).__name__}); finished work "
                                           "is kept, run the same command again to resume") from None
-                start([t for t in tasks if t.after == task.name])
+                queue.extend(t for t in tasks if t.after == task.name)
+            start()
 
 
 def default_workers() -> int:

@@ -27,7 +27,7 @@ LOOP_MODES = ("replace", "accumulate", "mix", "fresh")
 # so one run can compare a mode with and without curation.
 CURATED_SUFFIX = "+curate"
 GENERATOR_KINDS = ("conditional", "text2image")
-EXTRACTOR_PREFIXES = ("domain", "inception", "clip", "dinov2")
+EXTRACTOR_PREFIXES = ("domain", "inception", "clip", "dinov2", "pixels")
 # imgsynth.classifier.architectures.SMALL_RESNET, the default architecture (checked without torch).
 _SMALL_RESNET = "resnet18_small"
 
@@ -148,6 +148,9 @@ class GeneratorConfig:
     lora_steps: int = 200
     lora_rank: int = 8
     device: str | None = None
+    # Registered generator kinds (imgsynth.pipelines.base.GENERATORS): the kind's options, checked by its
+    # Options dataclass, written as a [generator.options] table.
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -242,6 +245,10 @@ def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
 
 def _checked(spec: dataclasses.Field, value: Any, where: str) -> Any:
     """Check a value against its field's declared type (the annotation text, as written above)."""
+    if str(spec.type).startswith("dict"):
+        if not isinstance(value, Mapping):
+            raise RecipeError(f"{where}: [{spec.name}] must be a table, got {value!r}")
+        return dict(value)
     kinds = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "list": (list,)}
     allowed = [k for k in kinds if k in str(spec.type).replace("list[str]", "list")]
     if value is None and "None" in str(spec.type):
@@ -371,8 +378,19 @@ def _check_data(data: DataConfig, fail: Fail, where: str) -> None:
 
 def _check_generator(recipe: Recipe, fail: Fail) -> None:
     g = recipe.generator
-    if g.kind not in GENERATOR_KINDS:
-        fail(f"[generator] kind must be one of {list(GENERATOR_KINDS)}, got {g.kind!r}")
+    from imgsynth.pipelines.base import GENERATORS, options_from_dict
+
+    kinds = [*GENERATOR_KINDS, *GENERATORS]
+    if g.kind not in kinds:
+        fail(f"[generator] kind must be one of {kinds}, got {g.kind!r}")
+    if g.kind in GENERATORS:
+        try:
+            options_from_dict(g.kind, g.options)
+        except ValueError as exc:
+            fail(str(exc))
+    elif g.options:
+        fail(f"[generator.options] is for registered generator kinds ({sorted(GENERATORS)}); the {g.kind} "
+             "generator takes its settings from [generator] itself")
     if g.kind == "text2image" and not g.model:
         fail("[generator] model: a text2image generator needs a local pipeline path or hub id")
     if g.kind == "conditional":

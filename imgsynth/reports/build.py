@@ -46,7 +46,8 @@ def _grid_images(samples: ImageSet, per_class: int = 2) -> list[np.ndarray]:
 
 
 def grids(run: str | Path | RunFolder, out: str | Path | None = None) -> Path:
-    """Rows of samples per generation per mode (gen 0 first) of the first seed, same seeds across generations."""
+    """Rows of samples per generation per mode (gen 0 first) of the first seed; the same image ids (class and
+    index) in every row, each generation drawn from its own noise."""
     folder = run if isinstance(run, RunFolder) else RunFolder(run)
     seed = folder.seeds[0]
     rows = []
@@ -59,7 +60,7 @@ def grids(run: str | Path | RunFolder, out: str | Path | None = None) -> Path:
             if samples is not None:
                 rows.append((f"{mode} gen {k}", _grid_images(samples)))
     return sample_grid(rows, out or folder.root / "grids.png",
-                       title=f"Samples per generation, seed {seed} (same seeds in every row)")
+                       title=f"Samples per generation, replicate {seed} (each generation draws new noise)")
 
 
 def _heatmap_metric(frame: pd.DataFrame) -> tuple[str, str] | None:

@@ -1,0 +1,97 @@
+"""The recursive loop checked against closed forms, with the exact-theory Gaussian generator.
+
+`assets/experiments/gaussian-theory.toml` derives the expectations: under `replace`, a per-class
+Gaussian refitted to n samples each generation has E[σ²_k] = σ²_0 ((n − 1)/n)^k with the MLE covariance
+and E[σ²_k] = σ²_0 with the unbiased one, whose mean random-walks with E[(μ_k − μ_0)²] = k σ²_0 / n.
+Generation 0 is the same fit of the same real data for every seed, so each replicate's ratio to it has
+exactly these expectations; the tolerance is 4 standard errors of the mean over the 20 replicates.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from imgsynth.experiments.config import load_recipe
+from imgsynth.experiments.loop import Experiment
+from imgsynth.experiments.recipes import shipped_recipes
+from imgsynth.experiments.run import GenerationKey, RunFolder
+from imgsynth.pipelines.base import build_generator, options_from_dict
+from imgsynth.pipelines.gaussian import GaussianGenerator
+
+N, K = 20, 4  # samples per class per generation, the last generation checked
+
+
+def _run(tmp_path_factory, estimator: str) -> RunFolder:
+    recipe = load_recipe(shipped_recipes()["gaussian-theory"], [f'generator.options.estimator="{estimator}"'])
+    assert recipe.generator.per_class == N and recipe.loop.generations == K + 1
+    folder = tmp_path_factory.mktemp(estimator) / "run"
+    Experiment(recipe, folder, progress=False).run()
+    return RunFolder(folder)
+
+
+def _moments(folder: RunFolder, seed: int, generation: int) -> tuple[np.ndarray, np.ndarray]:
+    """(per-class mean vectors, per-class variance vectors) of the model fitted in that generation."""
+    key = GenerationKey(seed, "base" if generation == 0 else "replace", generation)
+    _, parameters = GaussianGenerator.load(folder.generation_dir(key) / "model")
+    means = np.stack([p["mean"] for _, p in sorted(parameters.items())])
+    variances = np.stack([(p["factor"] ** 2).sum(axis=1) for _, p in sorted(parameters.items())])
+    return means, variances
+
+
+def _within(values: np.ndarray, expected: float) -> None:
+    se = values.std(ddof=1) / np.sqrt(len(values))
+    assert abs(values.mean() - expected) < 4 * se, (values.mean(), expected, se)
+
+
+@pytest.fixture(scope="module")
+def mle_run(tmp_path_factory) -> RunFolder:
+    return _run(tmp_path_factory, "mle")
+
+
+@pytest.fixture(scope="module")
+def unbiased_run(tmp_path_factory) -> RunFolder:
+    return _run(tmp_path_factory, "unbiased")
+
+
+def test_mle_variance_shrinks_by_n_minus_one_over_n_per_generation(mle_run):
+    _, v0 = _moments(mle_run, mle_run.seeds[0], 0)
+    ratios = np.array([_moments(mle_run, s, K)[1].mean() / v0.mean() for s in mle_run.seeds])
+    _within(ratios, ((N - 1) / N) ** K)
+    assert ratios.mean() < 0.9  # the shrink is large next to the tolerance, not a coincidence
+
+
+def test_unbiased_variance_is_kept_in_expectation_and_its_mean_random_walks(unbiased_run):
+    means0, v0 = _moments(unbiased_run, unbiased_run.seeds[0], 0)
+    ratios, walks = [], []
+    for seed in unbiased_run.seeds:
+        means, variances = _moments(unbiased_run, seed, K)
+        ratios.append(variances.mean() / v0.mean())
+        walks.append(((means - means0) ** 2).mean() / v0.mean())
+    _within(np.array(ratios), 1.0)
+    _within(np.array(walks), K / N)
+
+
+def test_the_fitted_gaussian_reproduces_its_training_moments(tmp_path, digits_sets):
+    small = digits_sets[1]
+    model = GaussianGenerator().fit(small, tmp_path / "model", seed=0, progress=False)
+    samples = GaussianGenerator().sample(model, tmp_path / "samples", per_class=400, seed=3)
+    again = GaussianGenerator().sample(model, tmp_path / "again", per_class=400, seed=3)
+    assert samples.id == again.id and len(samples) == 400 * len(small.classes)
+    real = small.as_array().reshape(len(small), -1).astype(float)
+    drawn = samples.as_array().reshape(len(samples), -1).astype(float)
+    # Class "0": sample means within 3 standard errors of the fitted (= training) means, pixel by pixel.
+    zero_real = real[np.asarray(small.labels) == 0]
+    zero_drawn = drawn[np.asarray(samples.labels) == 0]
+    se = np.sqrt(zero_real.var(axis=0) / len(zero_drawn)) + 0.5  # + rounding and clipping at 0
+    assert (np.abs(zero_drawn.mean(axis=0) - zero_real.mean(axis=0)) < 4 * se + 1).mean() > 0.97
+
+
+def test_low_rank_option_and_unknown_options_are_checked():
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['bandwith'\] for generator kind 'gaussian'"):
+        options_from_dict("gaussian", {"bandwith": 1.0})
+    with pytest.raises(ValueError, match="estimator must be one of"):
+        build_generator("gaussian", {"estimator": "map"})
+    assert build_generator("gaussian", {"rank": 3}).options.rank == 3
+    with pytest.raises(ValueError, match="unknown generator kind 'nope'"):
+        build_generator("nope")

@@ -34,7 +34,7 @@ def test_digits_import_is_deterministic_per_seed(digits_sets, tmp_path):
 
 
 def test_unknown_source_is_a_clear_error():
-    with pytest.raises(ImageSetError, match="unknown source 'nope:x'; known: \\['digits', 'folder', 'hf', 'torchvision'\\]"):
+    with pytest.raises(ImageSetError, match="unknown source 'nope:x'; known: \\['digits', 'folder', 'gaussian', 'hf', 'torchvision'\\]"):
         load_source("nope:x")
 
 

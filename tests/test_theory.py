@@ -95,3 +95,45 @@ def test_low_rank_option_and_unknown_options_are_checked():
     assert build_generator("gaussian", {"rank": 3}).options.rank == 3
     with pytest.raises(ValueError, match="unknown generator kind 'nope'"):
         build_generator("nope")
+
+
+def test_kde_samples_carry_the_data_variance_plus_the_kernel_variance(tmp_path):
+    from imgsynth.pipelines.kde import KdeGenerator, KdeOptions
+    from imgsynth.sources import import_source
+
+    train, _ = import_source("gaussian:per_class=400", tmp_path / "real", size=4, mode="L")
+    model = KdeGenerator(KdeOptions(bandwidth=8.0)).fit(train, tmp_path / "model", seed=0)
+    samples = KdeGenerator(KdeOptions(bandwidth=8.0)).sample(model, tmp_path / "samples", per_class=2000, seed=1)
+    real = train.as_array().reshape(len(train), -1).astype(float)
+    drawn = samples.as_array().reshape(len(samples), -1).astype(float)
+    for index in range(len(train.classes)):
+        data_variance = real[np.asarray(train.labels) == index].var(axis=0).mean()  # the KDE's own: / n
+        sample_variance = drawn[np.asarray(samples.labels) == index].var(axis=0, ddof=1).mean()
+        assert sample_variance == pytest.approx(data_variance + 8.0 ** 2 + 1 / 12, rel=0.04)
+
+
+@pytest.mark.parametrize("kind, options", [("kde", 'generator.options={bandwidth = 4.0}'),
+                                           ("gaussian", 'generator.options={rank = 4}')])
+def test_registered_kinds_run_through_the_loop(kind, options, tmp_path):
+    import pandas as pd
+
+    recipe = load_recipe(shipped_recipes()["gaussian-theory"],
+                         [f'generator.kind="{kind}"', options, "loop.seeds=1", "loop.generations=2"])
+    run = Experiment(recipe, tmp_path / "run", progress=False).run()
+    frame = pd.read_csv(run / "metrics.csv")
+    assert sorted(frame["generation"].unique()) == [0, 1] and "fid" in set(frame["metric"])
+
+
+def test_imgsynth_train_and_generate_take_a_registered_kind(run_cli, tmp_path):
+    from imgsynth.imageset import ImageSet, verify
+    from imgsynth.sources import import_source
+
+    train, _ = import_source("gaussian:per_class=50", tmp_path / "real", size=4, mode="L")
+    code, out, err = run_cli("train", train.root, tmp_path / "model", "--kind", "gaussian",
+                             "--option", "estimator=unbiased", "--no-progress")
+    assert code == 0 and "(gaussian)" in out, err
+    code, _, err = run_cli("generate", tmp_path / "model", tmp_path / "samples", "--per-class", "5")
+    assert code == 0, err
+    assert verify(tmp_path / "samples").ok and len(ImageSet.open(tmp_path / "samples")) == 10
+    code, _, err = run_cli("train", train.root, tmp_path / "other", "--kind", "kde", "--option", "bandwith=2")
+    assert code == 1 and "unknown option(s) ['bandwith'] for generator kind 'kde'" in err and "Traceback" not in err

@@ -8,9 +8,11 @@ a folder with ``imgsynth_model.json`` is a class-conditional model from `imgsynt
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
+
+from imgsynth.pipelines.base import MODEL_INFO
 
 # Heavy modules (torch, diffusers) are imported inside the commands so `imgsynth --help` stays quick.
 
@@ -19,6 +21,10 @@ def train_command(
     image_set: Path = typer.Argument(..., metavar="SET", help="Labeled ImageSet to train on."),
     out_model: Path = typer.Argument(..., metavar="OUT_MODEL", help="Model folder to write (resumes if partial)."),
     preset: str = typer.Option("digits16-cpu", help="Training preset: digits16-cpu, smoke, cifar32-gpu, 64-gpu."),
+    kind: str = typer.Option("conditional", "--kind", help="Generator kind: conditional (diffusion, the "
+                             "default) or a registered kind (gaussian, kde)."),
+    options: List[str] = typer.Option([], "--option", help="Option of a registered kind, key=value (TOML "
+                                      "value), e.g. --option estimator=unbiased; repeatable."),
     steps: Optional[int] = typer.Option(None, help="Optimizer steps (default: the preset's)."),
     batch_size: Optional[int] = typer.Option(None, help="Training batch size (default: the preset's)."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate (default: the preset's)."),
@@ -33,7 +39,18 @@ def train_command(
     from imgsynth.distributed.accelerate_train import AccelerateDataParallel, launched_world_size
     from imgsynth.imageset import ImageSet
     from imgsynth.pipelines import conditional
+    from imgsynth.pipelines.base import GENERATORS, build_generator
 
+    if kind != "conditional":
+        if kind not in GENERATORS:
+            raise typer.BadParameter(f"choose conditional or one of {sorted(GENERATORS)}", param_hint="--kind")
+        model_dir = build_generator(kind, _parse_options(options)).fit(ImageSet.open(image_set), out_model, seed,
+                                                                       progress=progress)
+        typer.echo(f"model: {model_dir}  ({kind})")
+        return
+    if options:
+        raise typer.BadParameter("--option is for registered kinds; the conditional model takes --preset, "
+                                 "--steps, --batch-size, --lr", param_hint="--option")
     parallel = None
     if launched_world_size() > 1:
         if device is not None:
@@ -107,6 +124,8 @@ def generate_command(
             noise_temperature=noise_temperature, classes=classes, prompts=prompts, negative_prompt=negative_prompt,
             lora=lora, caption_model=caption_model, height=height, width=width, dtype=dtype, compile=compile,
             license=license)
+    elif (Path(model) / MODEL_INFO).is_file():  # a registered kind's model folder (gaussian, kde, …)
+        result = _sample_registered(Path(model), out, per_class, seed)
     elif conditional.is_model_dir(model):
         given = [name for name, value in text_options.items() if value is not None]
         if given:
@@ -127,6 +146,32 @@ def generate_command(
             width=width, lora=lora, compile=compile, dtype=dtype, device=device, caption_model=caption_model,
             license=license, progress=progress)
     typer.echo(f"{result.root}  ({len(result)} images, {len(result.classes)} classes, id {result.id[:12]})")
+
+
+def _parse_options(pairs: List[str]) -> dict[str, object]:
+    """``key=value`` pairs (values read as TOML, bare words as strings) for a registered kind's options."""
+    import tomllib
+
+    parsed: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"{pair!r}: expected key=value", param_hint="--option")
+        try:
+            parsed[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed[key.strip()] = raw
+    return parsed
+
+
+def _sample_registered(model: Path, out: Path, per_class: int, seed: int):  # noqa: ANN202 - an ImageSet
+    """Sample a registered kind's model folder with the options it was fitted with."""
+    import json
+
+    from imgsynth.pipelines.base import build_generator
+
+    info = json.loads((model / MODEL_INFO).read_text(encoding="utf-8"))
+    return build_generator(info.get("kind", ""), info.get("options") or {}).sample(model, out, per_class, seed)
 
 
 def _text2image_module(model: str):  # noqa: ANN202 - a module

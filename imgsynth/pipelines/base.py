@@ -14,12 +14,19 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Protocol
+
+import numpy as np
 
 from imgsynth.imageset import ImageSet
+from imgsynth.pipelines.work import WorkItem
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 GENERATORS: dict[str, str] = {
     "gaussian": "imgsynth.pipelines.gaussian:GaussianGenerator",
+    "kde": "imgsynth.pipelines.kde:KdeGenerator",
 }
 
 
@@ -67,3 +74,176 @@ def options_from_dict(kind: str, values: Mapping[str, Any], where: str = "[gener
 def build_generator(kind: str, options: Mapping[str, Any] | None = None) -> Generator:
     """An instance of ``kind`` with validated options."""
     return generator_class(kind)(options_from_dict(kind, options or {}))
+
+
+# --------------------------------------------------------------------------------------------- shared parts
+
+MODEL_INFO = "imgsynth_model_info.json"
+MODEL_WEIGHTS = "model.safetensors"
+
+
+def write_model(out: Path, kind: str, tensors: Mapping[str, Any], info: Mapping[str, Any]) -> Path:
+    """Write a fitted model folder: ``model.safetensors`` (numpy arrays) then the info JSON, which marks it whole.
+
+    The info records the kind, the weights' sha256 and the software; callers add classes, options, parent.
+    """
+    import json
+    import os
+
+    from safetensors.numpy import save_file
+
+    from imgsynth.provenance import sha256_file, software_versions
+
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{MODEL_WEIGHTS}.tmp"
+    save_file({k: v for k, v in tensors.items()}, str(tmp))
+    os.replace(tmp, out / MODEL_WEIGHTS)
+    record = {**info, "kind": kind, "weights_sha256": sha256_file(out / MODEL_WEIGHTS),
+              "software": software_versions()}
+    tmp = out / f".{MODEL_INFO}.tmp"
+    tmp.write_text(json.dumps(record, indent=2), encoding="utf-8")
+    os.replace(tmp, out / MODEL_INFO)
+    return out
+
+
+def read_model(model_dir: Path, kind: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """(info, per-class arrays) of a model folder :func:`write_model` wrote; the weights' hash is checked.
+
+    Tensor names are ``<class index>.<name>``; the result maps each class name to its arrays.
+    """
+    import json
+
+    from safetensors.numpy import load_file
+
+    from imgsynth.provenance import sha256_file
+
+    model_dir = Path(model_dir)
+    info_path = model_dir / MODEL_INFO
+    if not info_path.is_file():
+        raise ValueError(f"{model_dir}: not a {kind} model folder ({MODEL_INFO} is missing)")
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    if info.get("kind") != kind:
+        raise ValueError(f"{info_path}: a {info.get('kind')!r} model, not {kind!r}")
+    weights = model_dir / MODEL_WEIGHTS
+    if not weights.is_file() or sha256_file(weights) != info.get("weights_sha256"):
+        raise ValueError(f"{weights}: missing, or its content does not match the sha256 recorded in {MODEL_INFO}")
+    parameters: dict[str, dict[str, Any]] = {}
+    for key, value in load_file(str(weights)).items():
+        index, _, name = key.partition(".")
+        parameters.setdefault(info["classes"][int(index)], {})[name] = value
+    return info, parameters
+
+
+def finished_fit(out: Path, record: Mapping[str, Any]) -> bool:
+    """True when ``out`` already holds the model of this fit (``record``'s fields match); another fit there
+    is an error, so a changed recipe never silently reuses a model."""
+    import json
+
+    info_path = Path(out) / MODEL_INFO
+    if not info_path.is_file():
+        return False
+    done = json.loads(info_path.read_text(encoding="utf-8"))
+    if {k: done.get(k) for k in record} != dict(record):
+        raise ValueError(f"{out}: already holds a model fitted to another set or with other options")
+    return True
+
+
+def fit_record(train_set: ImageSet, out: Path, options: Any) -> dict[str, Any]:
+    """What identifies a fit: the training set and the options (plus where the training set is)."""
+    import os
+
+    return {"training_set": train_set.id, "options": dataclasses.asdict(options), "classes": train_set.classes,
+            "image_shape": [int(v) for v in np.asarray(train_set.load_image(0)).shape],
+            "parent": {"id": train_set.id, "path": os.path.relpath(train_set.root, Path(out).absolute()),
+                       "kind": train_set.kind}}
+
+
+def sample_set(model_dir: Path, out: Path, info: Mapping[str, Any], classes: list[str], per_class: int, seed: int,
+               generation: int | None, shard_size: int, draw: Callable[[WorkItem], "Image.Image"],
+               pipeline: str) -> ImageSet:
+    """The one resumable sampling loop: ``per_class`` images of each class, one seed per image (``draw``
+    makes the image of one work item), written shard by shard; finished shards are skipped on a rerun."""
+    import os
+
+    from imgsynth.imageset import ImageSetWriter, Sample
+    from imgsynth.pipelines.work import balanced_work, shards
+
+    model_dir, out = Path(model_dir).absolute(), Path(out).absolute()
+    parent = (model_dir / info["parent"]["path"]).resolve()
+    writer = ImageSetWriter(
+        out, info["classes"], kind="generated",
+        parents=[{"id": info["parent"]["id"], "path": os.path.relpath(parent, out), "kind": info["parent"]["kind"]}],
+        generator={"pipeline": pipeline, "model_path": str(model_dir), "weights_sha256": info["weights_sha256"],
+                   "seed": seed, "options": info["options"]},
+        config={"per_class": per_class, "generation": generation, "classes": classes},
+        license={"name": "generated", "note": f"sampled from a {info['kind']} model fitted to the parent set; "
+                 "the parent's license terms apply"})
+    done = writer.done_shards
+    for index, items in enumerate(shards(balanced_work(classes, per_class, seed), shard_size)):
+        if index not in done:
+            writer.write_shard(index, [Sample(draw(item), item.label, seed=item.seed, image_id=item.image_id,
+                                              extra={"generation": generation}) for item in items])
+    return writer.finalize()
+
+
+def to_image(pixels: np.ndarray, shape: list[int]) -> "Image.Image":
+    """Round and clip a flat float vector of pixel values to a uint8 image of ``shape`` (H, W[, 3])."""
+    from PIL import Image
+
+    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8).reshape(shape))
+
+
+class PerClassGenerator:
+    """A generator fitted class by class, in closed form, to the flattened uint8 pixels of each class.
+
+    A subclass gives ``kind``, ``Options`` (a dataclass with ``validate()`` and ``shard_size``),
+    ``fit_class(points) -> arrays`` and ``draw(arrays, rng) -> flat pixel values``; fitting (locked,
+    returning at once when done), loading (hash-checked) and the resumable sampling loop are shared.
+    """
+
+    kind: ClassVar[str]
+    Options: ClassVar[type]
+
+    def __init__(self, options: Any = None) -> None:
+        self.options = (options or self.Options()).validate()
+
+    def fit_class(self, points: np.ndarray) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def draw(self, parameters: Mapping[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
+        raise NotImplementedError
+
+    def fit(self, train_set: ImageSet, out: Path, seed: int, progress: bool = True) -> Path:
+        """Fit every class of ``train_set`` (deterministic: ``seed`` is unused); returns ``out``."""
+        from imgsynth.locking import folder_lock
+
+        out = Path(out)
+        with folder_lock(out):
+            record = fit_record(train_set, out, self.options)
+            if finished_fit(out, record):
+                return out
+            flat = train_set.as_array().reshape(len(train_set), -1)
+            labels = np.asarray(train_set.labels)
+            tensors: dict[str, np.ndarray] = {}
+            for index in range(len(train_set.classes)):
+                points = flat[labels == index]
+                if len(points):  # a class lost in an earlier generation stays lost
+                    tensors.update({f"{index}.{k}": v for k, v in self.fit_class(points).items()})
+            return write_model(out, self.kind, tensors, record)
+
+    @classmethod
+    def load(cls, model_dir: Path) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
+        """(info, per-class arrays) of a fitted model, the weights checked against the recorded hash."""
+        return read_model(model_dir, cls.kind)
+
+    def sample(self, model_dir: Path, out: Path, per_class: int, seed: int, generation: int | None = None,
+               progress: bool = True) -> ImageSet:
+        """``per_class`` images of every fitted class, each drawn from its own seed; resumes by shard."""
+        info, parameters = self.load(model_dir)
+        shape = info["image_shape"]
+
+        def image(item: WorkItem) -> "Image.Image":
+            return to_image(self.draw(parameters[item.label], np.random.default_rng(item.seed)), shape)
+
+        return sample_set(model_dir, out, info, [c for c in info["classes"] if c in parameters], per_class, seed,
+                          generation, self.options.shard_size, image, type(self).__name__)

@@ -137,3 +137,24 @@ def test_imgsynth_train_and_generate_take_a_registered_kind(run_cli, tmp_path):
     assert verify(tmp_path / "samples").ok and len(ImageSet.open(tmp_path / "samples")) == 10
     code, _, err = run_cli("train", train.root, tmp_path / "other", "--kind", "kde", "--option", "bandwith=2")
     assert code == 1 and "unknown option(s) ['bandwith'] for generator kind 'kde'" in err and "Traceback" not in err
+
+
+def test_accumulate_keeps_the_error_of_the_mean_bounded_where_replace_lets_it_walk(tmp_path, unbiased_run):
+    """With every earlier generation (and the real data) kept, generation k's mean averages k·n + N images:
+    n·E[(μ_k − μ_0)²]/σ²_0 stays below Σ 1/j² ≤ π²/6 (the bound without the real data, which only
+    tightens it), while under replace it grows like k (checked above: k/n per unit σ²_0/n)."""
+    recipe = load_recipe(shipped_recipes()["gaussian-theory"],
+                         ['generator.options.estimator="unbiased"', 'loop.modes=["accumulate"]'])
+    folder = RunFolder(Experiment(recipe, tmp_path / "run", progress=False).run())
+    means0, v0 = _moments(folder, folder.seeds[0], 0)
+    errors = []
+    for seed in folder.seeds:
+        _, parameters = GaussianGenerator.load(folder.generation_dir(GenerationKey(seed, "accumulate", K)) / "model")
+        means = np.stack([p["mean"] for _, p in sorted(parameters.items())])
+        errors.append(N * ((means - means0) ** 2).mean() / v0.mean())
+    errors = np.array(errors)
+    se = errors.std(ddof=1) / np.sqrt(len(errors))
+    assert errors.mean() + 4 * se < np.pi ** 2 / 6
+    replace_walk = np.array([N * ((_moments(unbiased_run, s, K)[0] - means0) ** 2).mean() / v0.mean()
+                             for s in unbiased_run.seeds])
+    assert errors.mean() < replace_walk.mean() / 4

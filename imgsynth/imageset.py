@@ -97,10 +97,13 @@ def check_image_id(image_id: str, where: str) -> str:
     return image_id
 
 
-def resolve_inside(root: Path, file_name: Any, where: str, real_root: str | None = None) -> Path:
+def resolve_inside(root: Path, file_name: Any, where: str, real_root: str | None = None,
+                   known_real_folders: set[str] | None = None) -> Path:
     """The path a metadata ``file_name`` names, refusing names that escape the set or pass a symbolic link.
 
-    ``real_root`` is ``os.path.realpath(root)`` when the caller knows it (it is the same for every row).
+    ``real_root`` is ``os.path.realpath(root)`` when the caller knows it (it is the same for every row);
+    ``known_real_folders`` remembers folders already found free of links, so a set's few class folders
+    are resolved once and each file costs one ``lstat``.
     """
     if not isinstance(file_name, str) or not file_name or "\x00" in file_name:
         raise ImageSetError(f"{where}: file_name must be a non-empty string without NUL, got {file_name!r}")
@@ -111,9 +114,15 @@ def resolve_inside(root: Path, file_name: Any, where: str, real_root: str | None
         raise ImageSetError(f"{where}: file_name {file_name!r} escapes the set's {IMAGES}/ folder")
     real_root = real_root or os.path.realpath(root)
     lexical = os.path.normpath(os.path.join(real_root, file_name))
-    real = os.path.realpath(lexical)
-    if real != lexical:
+    folder = os.path.dirname(lexical)
+    linked = False
+    if known_real_folders is None or folder not in known_real_folders:
+        linked = os.path.realpath(folder) != folder
+        if not linked and known_real_folders is not None:
+            known_real_folders.add(folder)
+    if linked or os.path.islink(lexical):
         # A link could point anywhere, and torchvision's ImageFolder would follow it too.
+        real = os.path.realpath(lexical)
         where_to = "that resolves outside the set" if not real.startswith(real_root + os.sep) else "inside the set"
         raise ImageSetError(f"{where}: file_name {file_name!r} is a symbolic link (or lies behind one) {where_to}; "
                             "an ImageSet holds regular files only")
@@ -494,8 +503,7 @@ class ImageSet:
         The bytes must hash to the recorded sha256 and decode to the manifest's mode and size
         (:mod:`imgsynth.image_files`); anything else is an ImageSetError naming the file.
         """
-        return decode_image(self.read_bytes(index), self.path_of(index), mode=self.manifest.get("image_mode"),
-                            size_hw=self.image_size)
+        return self._decode(index, self.read_bytes(index))
 
     def read_bytes(self, index: int, *, decode: bool = False) -> bytes:
         """The file's bytes, only if it is a regular file inside the set whose sha256 is the recorded one.
@@ -507,8 +515,11 @@ class ImageSet:
         data = read_regular_file(self.root, record.file_name, self._real_root, self._real_folders)
         check_sha256(data, record.sha256, self.root, record.file_name)
         if decode:
-            decode_image(data, self.path_of(index), mode=self.manifest.get("image_mode"), size_hw=self.image_size)
+            self._decode(index, data)
         return data
+
+    def _decode(self, index: int, data: bytes) -> Image.Image:
+        return decode_image(data, self.path_of(index), mode=self.manifest.get("image_mode"), size_hw=self.image_size)
 
     def check_files(self) -> None:
         """Read and hash every image file (no decoding), raising at the first one that is not as recorded.
@@ -584,13 +595,14 @@ def metadata_lines(root: Path) -> list[tuple[str, bytes]]:
 
 
 def parse_metadata_line(root: Path, where: str, line: bytes, classes: set[str] | None,
-                        real_root: str | None = None) -> dict[str, Any]:
+                        real_root: str | None = None, known_real_folders: set[str] | None = None) -> dict[str, Any]:
     """One metadata row, parsed and checked (schema, path inside ``images/<label>/``), or an error at ``where``."""
     if not line.strip():
         raise ImageSetError(f"{where}: blank line")
     row = parse_json(line, where)
     if isinstance(row, dict) and isinstance(row.get("file_name"), str):
-        resolve_inside(root, row["file_name"], where, real_root)  # an escaping name is the first thing to say
+        # An escaping name is the first thing to say.
+        resolve_inside(root, row["file_name"], where, real_root, known_real_folders)
     problems = row_problems(row, classes)
     if problems:
         raise ImageSetError(f"{where}: {problems[0]}")
@@ -604,9 +616,9 @@ def read_metadata(root: Path, classes: set[str]) -> list[ImageRecord]:
         raise ImageSetError(f"{path}: missing")
     records: list[ImageRecord] = []
     seen: set[str] = set()
-    real_root = os.path.realpath(root)
+    real_root, folders = os.path.realpath(root), set()
     for where, line in metadata_lines(root):
-        row = parse_metadata_line(root, where, line, classes, real_root)
+        row = parse_metadata_line(root, where, line, classes, real_root, folders)
         if row["file_name"] in seen:
             raise ImageSetError(f"{where}: file_name {row['file_name']!r} appears twice")
         seen.add(row["file_name"])
@@ -683,8 +695,9 @@ def verify(path: str | os.PathLike) -> VerifyReport:
     claimed: set[str] = set()
     rows = _verify_metadata_lines(root, classes, report, claimed)
     metadata_whole = len(report.problems) == problems_before
+    real_root, folders = os.path.realpath(root), set()
     for where, row in rows:
-        _verify_image(root, where, row, manifest, report)
+        _verify_image(root, where, row, manifest, report, real_root, folders)
     _verify_no_strays(root, claimed, report)
     # With broken metadata lines the id and counts cannot agree; saying so again would only be noise.
     if manifest is not None and metadata_whole:
@@ -737,13 +750,13 @@ def _verify_metadata_lines(root: Path, classes: set[str] | None, report: VerifyR
         return []
     rows: list[tuple[str, dict[str, Any]]] = []
     seen: dict[str, str] = {}
-    real_root = os.path.realpath(root)
+    real_root, folders = os.path.realpath(root), set()
     for where, line in lines:
         named = _FILE_NAME_IN_TEXT.search(line)
         if named:
             claimed.add(named.group(1).decode("utf-8", "replace"))
         try:
-            row = parse_metadata_line(root, where, line, classes, real_root)
+            row = parse_metadata_line(root, where, line, classes, real_root, folders)
         except ImageSetError as exc:
             report.add(where, str(exc).removeprefix(f"{where}: "))
             continue
@@ -758,11 +771,11 @@ def _verify_metadata_lines(root: Path, classes: set[str] | None, report: VerifyR
 
 
 def _verify_image(root: Path, where: str, row: Mapping[str, Any], manifest: Mapping[str, Any] | None,
-                  report: VerifyReport) -> None:
+                  report: VerifyReport, real_root: str, known_real_folders: set[str]) -> None:
     """Check one listed image as every reader would read it, then its hash, reporting each problem."""
     path = root / row["file_name"]
     try:
-        data = read_regular_file(root, row["file_name"])
+        data = read_regular_file(root, row["file_name"], real_root, known_real_folders)
     except ImageFileError as exc:
         report.add(path, f"{str(exc).split(': ', 1)[1]} (listed at {where})")
         return

@@ -43,8 +43,9 @@ def _file_bytes(image_set: ImageSet) -> dict[str, bytes]:
 
 def test_model_dir_holds_safetensors_weights_classes_config_and_parent(smoke_model, digits_sets):
     train_set, _ = digits_sets
-    names = {p.name for p in smoke_model.iterdir()}
-    assert conditional.WEIGHTS_FILE in names and "config.json" in names and "scheduler_config.json" in names
+    names = {str(p.relative_to(smoke_model)) for p in smoke_model.rglob("*") if p.is_file()}
+    assert {conditional.WEIGHTS_FILE, conditional.UNET_CONFIG_FILE, conditional.SCHEDULER_CONFIG_FILE,
+            conditional.PIPELINE_FILE} <= names
     assert not [n for n in names if n.endswith((".bin", ".pt", ".ckpt"))]
     assert conditional.CHECKPOINTS not in names  # removed once the model is finished
     info = json.loads((smoke_model / conditional.MODEL_FILE).read_text())
@@ -53,7 +54,7 @@ def test_model_dir_holds_safetensors_weights_classes_config_and_parent(smoke_mod
     assert info["parent"]["id"] == train_set.id
     assert (smoke_model / info["parent"]["path"]).resolve() == train_set.root.resolve()
     assert conditional.TrainConfig(**info["training_config"]) == conditional.preset("smoke")
-    unet_config = json.loads((smoke_model / "config.json").read_text())
+    unet_config = json.loads((smoke_model / conditional.UNET_CONFIG_FILE).read_text())
     assert unet_config["num_class_embeds"] == len(train_set.classes) + 1  # + the null class of CFG
 
 

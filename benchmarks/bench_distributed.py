@@ -32,7 +32,7 @@ def ray_table(args: argparse.Namespace) -> list[dict[str, Any]]:
     import ray
 
     from imgsynth.distributed import generate
-    from imgsynth.distributed.generators import Text2ImageShardGenerator
+    from imgsynth.pipelines.text2image import Text2ImageShardGenerator
     from imgsynth.testing import tiny_text2image_pipeline
 
     work = Path(tempfile.mkdtemp(prefix="bench-ray-"))

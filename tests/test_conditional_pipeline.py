@@ -43,6 +43,8 @@ def _pipeline_images(pipe, classes: list[str], per_class: int, seed: int) -> dic
 def test_diffusion_pipeline_from_pretrained_samples_what_generate_writes(smoke_model, tmp_path, run_cli):
     from diffusers import DiffusionPipeline
 
+    from imgsynth.pipelines.conditional import ClassConditionalPipeline  # noqa: F401 (makes the class known)
+
     code, _, err = run_cli("generate", smoke_model, tmp_path / "set", "--per-class", "2", "--seed", "5",
                            "--no-progress")
     assert code == 0, err

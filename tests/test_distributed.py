@@ -316,7 +316,7 @@ def conditional_model(digits_sets, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 def test_ray_conditional_set_equals_conditional_sample(ray_cluster, conditional_model: Path, tmp_path: Path) -> None:
-    from imgsynth.distributed.generators import generate_with_backend
+    from imgsynth.cli.generate import sample_model
     from imgsynth.pipelines import conditional
 
     from imgsynth.distributed.generate import torch_threads
@@ -325,8 +325,9 @@ def test_ray_conditional_set_equals_conditional_sample(ray_cluster, conditional_
     with torch_threads(1):  # CPU floats depend on the thread count; every backend computes with one
         local = conditional.sample(conditional_model, tmp_path / "local", 2, progress=False, **settings)
     # What `imgsynth generate MODEL OUT --backend ray --workers 2` runs.
-    spread = generate_with_backend(conditional_model, tmp_path / "ray", backend="ray", workers=2, progress=False,
-                                   per_class=2, **settings)
+    spread = sample_model(conditional_model, tmp_path / "ray", 2, settings["seed"], {
+        "sample_batch_size": 4, "shard_size": 5, "guidance_scale": 2.0, "noise_temperature": 0.9},
+        backend="ray", workers=2, progress=False)
     assert spread.id == local.id
     assert verify(spread.root).ok
     assert spread.manifest["generator"] == local.manifest["generator"]
@@ -335,7 +336,8 @@ def test_ray_conditional_set_equals_conditional_sample(ray_cluster, conditional_
 
 
 def test_accelerate_entry_writes_the_generate_text2image_set(tmp_path: Path) -> None:
-    from imgsynth.distributed.generators import Text2ImageShardGenerator, generator_for
+    from imgsynth.pipelines.base import generator_for_model
+    from imgsynth.pipelines.text2image import Text2ImageShardGenerator
     from imgsynth.pipelines.text2image import generate_text2image
     from imgsynth.testing import tiny_text2image_pipeline
 
@@ -345,14 +347,15 @@ def test_accelerate_entry_writes_the_generate_text2image_set(tmp_path: Path) -> 
 
     with torch_threads(1):  # CPU floats depend on the thread count; every backend computes with one
         local = generate_text2image(pipe, tmp_path / "local", progress=False, device="cpu", **settings)
-    assert isinstance(generator_for(pipe, device="cpu", **settings), Text2ImageShardGenerator)
+    _, kind = generator_for_model(pipe, {"sample_steps": 2, "sample_batch_size": 2, "shard_size": 3, "device": "cpu"})
+    assert isinstance(kind.shard_generator(pipe, 2, 5, classes=["kitchen", "bedroom"]), Text2ImageShardGenerator)
     # The accelerate entry point, here as its single process (PartialState without a launcher).
     from typer.testing import CliRunner
 
-    from imgsynth.distributed.accelerate_launch import app
+    from imgsynth.cli.accelerate_launch import app
 
-    launched = CliRunner().invoke(app, [str(pipe), str(tmp_path / "ranked"), "--per-class", "2", "--class", "kitchen",
-                                        "--class", "bedroom", "--steps", "2", "--batch-size", "2", "--shard-size", "3",
+    launched = CliRunner().invoke(app, [str(pipe), str(tmp_path / "ranked"), "--per-class", "2", "--classes",
+                                        "kitchen,bedroom", "--steps", "2", "--batch-size", "2", "--shard-size", "3",
                                         "--seed", "5"])
     assert launched.exit_code == 0, launched.output
     assert "by 1 process" in launched.output

@@ -7,6 +7,7 @@ same set, and refuses a model folder whose weights were changed.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import ClassVar, Mapping
 
@@ -27,14 +28,35 @@ def real(tmp_path_factory) -> ImageSet:
     return import_source("gaussian:per_class=40", tmp_path_factory.mktemp("real") / "real", size=4, mode="L")[0]
 
 
-@pytest.mark.parametrize("kind", sorted(GENERATORS))
+@pytest.fixture(scope="module")
+def ray_pool():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+# Per kind: options that make a fit take a second, and the files that mark a finished fit and hold its
+# weights (a kind registered later uses the shared ones of pipelines.base). text2image fine-tunes a
+# pretrained pipeline and is run through the loop below instead.
+FAST_OPTIONS = {"conditional": {"preset": "smoke", "steps": 2, "sample_steps": 2}}
+FILES = {"conditional": ("imgsynth_model.json", "unet/diffusion_pytorch_model.safetensors")}
+CONTRACT_KINDS = sorted(set(GENERATORS) - {"text2image"})
+
+
+def _bytes(image_set: ImageSet) -> list[bytes]:
+    return [image_set.read_bytes(i) for i in range(len(image_set))]
+
+
+@pytest.mark.parametrize("kind", CONTRACT_KINDS)
 def test_every_registered_kind_fits_samples_and_resumes_the_same_set(kind, real, tmp_path, monkeypatch):
-    generator = build_generator(kind, {"shard_size": 8})
+    marker, weights = FILES.get(kind, (base.MODEL_INFO, base.MODEL_WEIGHTS))
+    generator = build_generator(kind, {**FAST_OPTIONS.get(kind, {}), "shard_size": 8})
     model = generator.fit(real, tmp_path / "model", seed=0, progress=False)
-    stamp = (model / base.MODEL_INFO).stat().st_mtime_ns
-    assert generator.fit(real, tmp_path / "model", seed=0) == model
-    assert (model / base.MODEL_INFO).stat().st_mtime_ns == stamp  # the same fit: nothing redone
-    whole = generator.sample(model, tmp_path / "whole", per_class=10, seed=4, generation=1)
+    stamp = (model / marker).stat().st_mtime_ns
+    assert generator.fit(real, tmp_path / "model", seed=0, progress=False) == model
+    assert (model / marker).stat().st_mtime_ns == stamp  # the same fit: nothing redone
+    whole = generator.sample(model, tmp_path / "whole", per_class=10, seed=4, generation=1, progress=False)
     assert verify(whole.root).ok and whole.counts == {c: 10 for c in real.classes}
 
     calls = {"n": 0}
@@ -48,19 +70,89 @@ def test_every_registered_kind_fits_samples_and_resumes_the_same_set(kind, real,
 
     monkeypatch.setattr(ImageSetWriter, "write_shard", crash_after_one_shard)
     with pytest.raises(KeyboardInterrupt):
-        generator.sample(model, tmp_path / "resumed", per_class=10, seed=4, generation=1)
+        generator.sample(model, tmp_path / "resumed", per_class=10, seed=4, generation=1, progress=False)
     monkeypatch.setattr(ImageSetWriter, "write_shard", real_write)
-    resumed = generator.sample(model, tmp_path / "resumed", per_class=10, seed=4, generation=1)
+    resumed = generator.sample(model, tmp_path / "resumed", per_class=10, seed=4, generation=1, progress=False)
     assert resumed.id == whole.id
-    assert [resumed.read_bytes(i) for i in range(len(resumed))] == [whole.read_bytes(i) for i in range(len(whole))]
-    assert generator.sample(model, tmp_path / "other", per_class=10, seed=5).id != whole.id
+    assert _bytes(resumed) == _bytes(whole)
+    assert generator.sample(model, tmp_path / "other", per_class=10, seed=5, progress=False).id != whole.id
 
-    other = build_generator(kind, {"shard_size": 16})
-    with pytest.raises(ValueError, match="already holds a model fitted to another set or with other options"):
-        other.fit(real, tmp_path / "model", seed=0)
-    (model / base.MODEL_WEIGHTS).write_bytes((model / base.MODEL_WEIGHTS).read_bytes()[:-1] + b"\0")
+    with pytest.raises(ValueError, match="already holds a model (fitted|trained) (to|on) another set"):
+        generator.fit(real.__class__.open(whole.root), tmp_path / "model", seed=0, progress=False)
+    (model / weights).write_bytes((model / weights).read_bytes()[:-1] + b"\0")
     with pytest.raises(ValueError, match="does not match the sha256"):
-        generator.sample(model, tmp_path / "tampered", per_class=2, seed=4)
+        generator.sample(model, tmp_path / "tampered", per_class=2, seed=4, progress=False)
+
+
+@pytest.mark.parametrize("kind", CONTRACT_KINDS)
+def test_every_kind_writes_the_same_set_on_two_ray_workers(kind, real, tmp_path, ray_pool):
+    from imgsynth.distributed.generate import generate, torch_threads
+
+    generator = build_generator(kind, {**FAST_OPTIONS.get(kind, {}), "shard_size": 4})
+    model = generator.fit(real, tmp_path / "model", seed=0, progress=False)
+    with torch_threads(1):  # CPU floats depend on the thread count; every backend computes with one
+        local = generator.sample(model, tmp_path / "local", per_class=6, seed=2, generation=3, progress=False)
+    job = generator.shard_generator(model, per_class=6, seed=2, generation=3)
+    spread = generate(job, tmp_path / "ray", backend="ray", workers=2)
+    assert spread.id == local.id and _bytes(spread) == _bytes(local)
+    assert spread.manifest["generator"] == local.manifest["generator"]
+    one = generate(generator.shard_generator(model, per_class=6, seed=2, generation=3), tmp_path / "one")
+    assert one.id == local.id
+
+
+@pytest.mark.parametrize("flag, value", [("--noise-temperature", "0.5"), ("--option", "stepz=3")])
+def test_unknown_options_are_refused_the_same_everywhere(flag, value, real, tmp_path, run_cli):
+    """The CLI, the accelerate entry and a recipe check a kind's options with one function: same message."""
+    from typer.testing import CliRunner
+
+    from imgsynth.cli.accelerate_launch import app as launch_app
+
+    model = build_generator("gaussian").fit(real, tmp_path / "model", seed=0, progress=False)
+    name = "noise_temperature" if flag == "--noise-temperature" else "stepz"
+    expected = f"unknown option(s) ['{name}'] for generator kind 'gaussian'"
+    code, _, err = run_cli("generate", model, tmp_path / "out", "--per-class", "1", flag, value)
+    assert code != 0 and f"error: imgsynth generate: {expected}" in err
+    if flag == "--noise-temperature":
+        launched = CliRunner().invoke(launch_app, [str(model), str(tmp_path / "out2"), "--per-class", "1", flag, value])
+        assert launched.exit_code != 0 and str(launched.exception).startswith(f"accelerate launch: {expected}")
+    with pytest.raises(Exception, match=re.escape(expected)):
+        load_recipe(shipped_recipes()["gaussian-theory"], [f"generator.options.{name}=3"])
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out2").exists()
+
+
+def test_text2image_runs_through_the_loop_with_lora_each_generation(tiny_text2image, tmp_path):
+    """The kitchen case: generation 0 samples the pretrained pipeline, later ones a LoRA fine-tuned on the
+    previous generation's samples."""
+    recipe = load_recipe(shipped_recipes()["smoke"], [
+        'generator.kind="text2image"', f'generator.model="{tiny_text2image}"', 'generator.classes=["kitchen","bedroom"]',
+        "generator.per_class=2", "generator.sample_steps=2", "generator.sample_batch_size=2", "generator.lora_steps=2",
+        "generator.lora_rank=2", "loop.generations=2", 'loop.modes=["replace"]', "loop.seeds=1", "data.size=16",
+        'data.mode="RGB"', 'data.source="folder:' + str(_rgb_folder(tmp_path / "rgb")) + '"', "classifier.enabled=false",
+        'metrics.extractors=["pixels"]'])
+    run = Experiment(recipe, tmp_path / "run", progress=False).run()
+    from imgsynth.pipelines.finetune import WEIGHTS_FILE as LORA_WEIGHTS
+
+    gen1 = ImageSet.open(run / "seed_0" / "replace" / "gen_1" / "samples")
+    gen0 = ImageSet.open(run / "seed_0" / "gen_0" / "samples")
+    assert set(gen0.classes) == set(gen1.classes) == {"kitchen", "bedroom"}
+    assert (run / "seed_0" / "replace" / "gen_1" / "model" / LORA_WEIGHTS).is_file()
+    assert gen0.manifest["generator"]["lora"] is None
+    assert gen1.manifest["generator"]["lora"]["sha256"]  # generation 1 sampled through its LoRA
+    assert gen1.id != gen0.id
+
+
+def _rgb_folder(root):
+    """A small RGB folder of class sub-folders (kitchen, bedroom): noisy images of two colours."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(["kitchen", "bedroom"]):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(6):
+            base_colour = np.array([200, 80, 40]) if c == 0 else np.array([40, 90, 200])
+            pixels = np.clip(base_colour + rng.normal(0, 25, (16, 16, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels, "RGB").save(root / name / f"{i}.png")
+    return root
 
 
 @dataclass

@@ -135,7 +135,7 @@ def test_two_processes_generate_the_one_process_set(one_process_model: Path, tmp
     settings = dict(seed=4, batch_size=4, shard_size=4, guidance_scale=2.0, steps=3)
     with torch_threads(1):
         local = conditional.sample(one_process_model, tmp_path / "local", 3, progress=False, **settings)
-    done = torchrun("imgsynth.distributed.accelerate_launch", one_process_model, tmp_path / "ranked",
+    done = torchrun("imgsynth.cli.accelerate_launch", one_process_model, tmp_path / "ranked",
                     "--per-class", 3, "--seed", 4, "--batch-size", 4, "--shard-size", 4, "--guidance", 2.0,
                     "--steps", 3, module="")
     assert done.returncode == 0, done.stderr[-3000:]

@@ -29,7 +29,7 @@ BAD = [
     ("", "seed", "-1", "got -1"),
     ("data", "size", "0", "got 0"),
     ("data", "size", "100000", "[4, 1024], got 100000"),
-    ("data", "size", "8", "size = 8"),
+    ("data", "size", "18", "size = 18"),
     ("data", "mode", '"CMYK"', "'CMYK'"),
     ("data", "test_fraction", "nan", "finite number in (0, 1), got nan"),
     ("data", "split_seed", "-5", "got -5"),
@@ -134,6 +134,9 @@ def test_bare_word_names_from_the_command_line_are_checked_too(tmp_path, overrid
     {"generator": {"device": ""}},
     {"generator": {"preset": "smoke", "guidance_scale": 0.0, "sample_steps": 1}},
     {"data": {"size": 32, "mode": "RGB"}, "generator": {"preset": "cifar32-gpu"}},
+    # presets describe capacity and schedule; the data decides size and channels
+    {"data": {"mode": "RGB"}}, {"data": {"size": 32, "mode": "RGB"}}, {"data": {"size": 8}},
+    {"generator": {"options": {"steps": 10, "block_out_channels": [8, 16], "norm_num_groups": 4}}},
     {"data": {"size": 1024, "mode": "RGB"}, "generator": {"kind": "text2image", "model": "m"}},
     {"loop": {"mix_real_fraction": 0.0}}, {"metrics": {"max_per_class": 1}},
     {"curate": {"dedup": -1.0, "min_confidence": 0.0}},
@@ -143,8 +146,9 @@ def test_values_at_the_edges_of_their_ranges_are_accepted(values):
 
 
 @pytest.mark.parametrize("values, message", [
-    ({"data": {"mode": "RGB"}}, r"preset 'digits16-cpu' trains on 1-channel images but \[data\] mode = 'RGB'"),
-    ({"data": {"size": 32}}, r"preset 'digits16-cpu' trains on 16 px images but \[data\] size = 32"),
+    ({"data": {"size": 18}}, r"\[data\] size = 18, mode = 'L' do not fit the conditional generator: .*image_size 18 "
+                               r"must be divisible by patch_size × 2\^\(levels-1\) = 4"),
+    ({"generator": {"options": {"stepz": 3}}}, r"unknown option\(s\) \['stepz'\] for generator kind 'conditional'"),
     ({"curate": {"enabled": True, "min_clip_score": 20.0}}, r"\[curate\] min_clip_score needs a CLIP model"),
     ({"loop": {"modes": ["replace+curate"]}, "curate": {"clip_top_fraction": 0.5}},
      r"\[curate\] clip_top_fraction needs a CLIP model: set \[metrics\] clip"),
@@ -160,12 +164,6 @@ def test_every_numeric_field_of_every_section_has_a_range():
         numeric = {f.name for f in dataclasses.fields(cls)
                    if any(t in str(f.type) for t in ("int", "float")) and "list" not in str(f.type)}
         assert numeric == set(config.RANGES.get(section, {})), section
-
-
-def test_conditional_preset_table_matches_the_pipeline_presets():
-    from imgsynth.pipelines import conditional
-
-    assert config.CONDITIONAL_PRESETS == {name: (c.image_size, c.channels) for name, c in conditional.PRESETS.items()}
 
 
 def test_default_classifier_name_matches_the_registry():

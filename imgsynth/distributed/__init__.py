@@ -7,7 +7,7 @@ class-conditional and text-to-image pipelines to it.
 
 from imgsynth.distributed.backend import INSTALL_HINT, RayNotInstalled, ray_session, require_ray
 from imgsynth.distributed.generate import BACKENDS, IncompleteGenerationError, generate
-from imgsynth.distributed.protocol import SetSpec, ShardGenerator, job_shards
+from imgsynth.pipelines.sharding import SetSpec, ShardGenerator, job_shards
 
 __all__ = ["BACKENDS", "INSTALL_HINT", "IncompleteGenerationError", "RayNotInstalled", "SetSpec",
            "ShardGenerator", "generate", "job_shards", "ray_session", "require_ray"]

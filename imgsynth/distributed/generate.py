@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from imgsynth.distributed.backend import (DEFAULT_RETRIES, dataset_of_rows, map_on_actor_pool, ray_session,
                                           require_ray)
-from imgsynth.distributed.protocol import SetSpec, ShardGenerator, decode_items, encode_items, job_shards
+from imgsynth.pipelines.sharding import SetSpec, ShardGenerator, decode_items, encode_items, job_shards
 from imgsynth.imageset import MANIFEST, ImageSet, ImageSetError, ImageSetWriter
 from imgsynth.pipelines.work import WorkItem
 
@@ -63,7 +63,7 @@ def generate(generator: ShardGenerator, out: str | os.PathLike, *, backend: str 
         raise ValueError(f"workers must be at least 1, got {workers}")
     if backend == "local" and workers not in (None, 1):
         raise ValueError(f"the local backend runs one worker (got workers={workers}); use --backend ray, "
-                         "or `accelerate launch -m imgsynth.distributed.accelerate_launch` for several GPUs")
+                         "or `accelerate launch -m imgsynth.cli.accelerate_launch` for several GPUs")
     if backend == "ray":
         require_ray()  # before loading any model: say how to install it at once
     out = Path(out).absolute()

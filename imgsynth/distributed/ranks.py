@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from imgsynth.distributed.generate import DEFAULT_CPU_THREADS, existing_set, finalize_job, write_shards_local
-from imgsynth.distributed.protocol import ShardGenerator, job_shards
+from imgsynth.pipelines.sharding import ShardGenerator, job_shards
 from imgsynth.imageset import ImageSet
 
 

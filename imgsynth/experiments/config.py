@@ -26,7 +26,6 @@ LOOP_MODES = ("replace", "accumulate", "mix", "fresh")
 # A loop mode with this suffix ("replace+curate") runs the base mode with the [curate] filters applied,
 # so one run can compare a mode with and without curation.
 CURATED_SUFFIX = "+curate"
-GENERATOR_KINDS = ("conditional", "text2image")
 EXTRACTOR_PREFIXES = ("domain", "inception", "clip", "dinov2", "pixels")
 # imgsynth.classifier.architectures.SMALL_RESNET, the default architecture (checked without torch).
 _SMALL_RESNET = "resnet18_small"
@@ -101,11 +100,6 @@ RANGES: dict[str, dict[str, Range]] = {
     "classifier": {"epochs": Range(1, 10_000), "batch_size": Range(1, MAX_BATCH_SIZE), "lr": _POSITIVE_RATE},
     "curate": {"dedup": Range(-1.0, 1.0), "min_confidence": _FRACTION, "min_clip_score": Range(0.0, CLIP_SCORE_MAX),
                "clip_top_fraction": Range(0.0, 1.0, open_low=True)},
-}
-# The conditional presets' image size and channels (imgsynth.pipelines.conditional.PRESETS, which a test
-# keeps in step): listed here so that checking a recipe does not import torch.
-CONDITIONAL_PRESETS: dict[str, tuple[int, int]] = {
-    "digits16-cpu": (16, 1), "smoke": (16, 1), "cifar32-gpu": (32, 3), "64-gpu": (64, 3),
 }
 IMAGE_MODES = {"L": 1, "RGB": 3}
 # What imgsynth.pipelines.device.resolve_device accepts (CPU and CUDA only; whether CUDA is present is
@@ -376,42 +370,38 @@ def _check_data(data: DataConfig, fail: Fail, where: str) -> None:
     _check_strings("[data] minority_classes", data.minority_classes, fail)
 
 
-def _check_generator(recipe: Recipe, fail: Fail) -> None:
-    g = recipe.generator
-    from imgsynth.pipelines.base import GENERATORS, options_from_dict
+def generator_options(g: GeneratorConfig) -> dict[str, Any]:
+    """The options of the recipe's generator kind: its ``[generator.options]`` table over the flat ``[generator]``
+    fields the kind reads (``recipe_fields`` of the kind's class: e.g. ``train_steps`` is the conditional
+    kind's ``steps``). The flat fields are the older spelling, kept so that existing recipes run unchanged;
+    where both give an option, the table wins."""
+    from imgsynth.pipelines.base import generator_class
 
-    kinds = [*GENERATOR_KINDS, *GENERATORS]
-    if g.kind not in kinds:
-        fail(f"[generator] kind must be one of {kinds}, got {g.kind!r}")
-    if g.kind in GENERATORS:
-        try:
-            options_from_dict(g.kind, g.options)
-        except ValueError as exc:
-            fail(str(exc))
-    elif g.options:
-        fail(f"[generator.options] is for registered generator kinds ({sorted(GENERATORS)}); the {g.kind} "
-             "generator takes its settings from [generator] itself")
-    if g.kind == "text2image" and not g.model:
-        fail("[generator] model: a text2image generator needs a local pipeline path or hub id")
-    if g.kind == "conditional":
-        _check_preset(recipe, fail)
+    fields = getattr(generator_class(g.kind), "recipe_fields", {})
+    flat = {option: getattr(g, name) for name, option in fields.items() if getattr(g, name) is not None}
+    return {**flat, **g.options}
+
+
+def _check_generator(recipe: Recipe, fail: Fail) -> None:
+    g, data = recipe.generator, recipe.data
+    from imgsynth.pipelines.base import GENERATORS, build_generator
+
+    if g.kind not in GENERATORS:
+        fail(f"[generator] kind must be one of {sorted(GENERATORS)}, got {g.kind!r}")
+    try:
+        generator = build_generator(g.kind, generator_options(g), "[generator.options]" if g.options else "[generator]")
+    except ValueError as exc:
+        fail(str(exc))
+    check_data = getattr(generator, "check_data", None)  # a kind that can say now whether the data fits it
+    try:
+        if check_data is not None:
+            check_data(image_size=data.size, channels=IMAGE_MODES.get(data.mode, 1))
+    except ValueError as exc:
+        fail(f"[data] size = {data.size}, mode = {data.mode!r} do not fit the {g.kind} generator: {exc}")
     if g.device and not DEVICE_PATTERN.match(g.device):
         fail(f"[generator] device {g.device!r} is not a device imgsynth runs on; use 'auto', 'cpu', 'cuda' "
              "or 'cuda:N'")
     _check_strings("[generator] classes", g.classes, fail)
-
-
-def _check_preset(recipe: Recipe, fail: Fail) -> None:
-    """A conditional preset exists and trains on images of the recipe's size and mode."""
-    name, data = recipe.generator.preset, recipe.data
-    if name not in CONDITIONAL_PRESETS:
-        fail(f"[generator] preset {name!r} is not a conditional preset; known: {list(CONDITIONAL_PRESETS)}")
-    size, channels = CONDITIONAL_PRESETS[name]
-    if data.size != size:
-        fail(f"[generator] preset {name!r} trains on {size} px images but [data] size = {data.size}; "
-             f"set size = {size} or pick a preset for {data.size} px")
-    if IMAGE_MODES[data.mode] != channels:
-        fail(f"[generator] preset {name!r} trains on {channels}-channel images but [data] mode = {data.mode!r}")
 
 
 def _check_metrics(metrics: MetricsConfig, fail: Fail) -> None:

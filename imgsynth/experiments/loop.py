@@ -337,36 +337,19 @@ class Experiment:
         return curated if curated is not None else ImageSet.open(samples_dir)
 
     def _train_generator(self, train_set: ImageSet, out: Path, key: GenerationKey) -> Path:
-        from imgsynth.pipelines import conditional
+        generator = self._generator()
+        pretrained = getattr(generator, "pretrained", None)
+        if key.generation == 0 and pretrained:
+            return Path(pretrained)  # generation 0 samples the pretrained model itself
+        _log(f"{key.label()}: fitting {self.recipe.generator.kind} to {len(train_set)} images")
+        return generator.fit(train_set, out, loop_seed(key.seed, "train", key.generation), progress=self.progress)
 
-        g = self.recipe.generator
-        if g.kind == "text2image":
-            return self._finetune_text2image(train_set, out, key)
-        if g.kind != "conditional":
-            _log(f"{key.label()}: fitting {g.kind} to {len(train_set)} images")
-            return self._registered().fit(train_set, out, loop_seed(key.seed, "train", key.generation),
-                                          progress=self.progress)
-        overrides = {name: value for name, value in (("steps", g.train_steps), ("batch_size", g.batch_size),
-                                                     ("lr", g.lr), ("device", g.device)) if value is not None}
-        config = conditional.preset(g.preset, seed=loop_seed(key.seed, "train", key.generation), **overrides)
-        _log(f"{key.label()}: training {g.preset} on {len(train_set)} images")
-        return conditional.train(train_set, out, config, progress=self.progress)
-
-    def _registered(self) -> Any:
-        """The recipe's generator from the registry (kinds other than conditional and text2image)."""
+    def _generator(self) -> Any:
+        """The recipe's generator from the registry, with its options (the recipe's one spelling of them)."""
+        from imgsynth.experiments.config import generator_options
         from imgsynth.pipelines.base import build_generator
 
-        return build_generator(self.recipe.generator.kind, self.recipe.generator.options)
-
-    def _finetune_text2image(self, train_set: ImageSet, out: Path, key: GenerationKey) -> Path:
-        from imgsynth.pipelines import finetune
-
-        g = self.recipe.generator
-        if key.generation == 0:
-            return Path(g.model)  # generation 0 samples the pretrained pipeline itself
-        return finetune.finetune_lora(g.model, train_set, out, finetune.LoraConfig(
-            steps=g.lora_steps, rank=g.lora_rank, seed=loop_seed(key.seed, "train", key.generation)),
-            progress=self.progress)
+        return build_generator(self.recipe.generator.kind, generator_options(self.recipe.generator))
 
     def _sample(self, model_dir: Path, out: Path, key: GenerationKey) -> ImageSet:
         g = self.recipe.generator
@@ -375,24 +358,8 @@ class Experiment:
         # generations (the exact-theory check showed it biases the variance collapse upwards, 0.98 instead of
         # 0.81 of the start after four MLE refits); every theory of recursive training assumes fresh draws.
         seed = loop_seed(key.seed, "sample", key.generation)
-        if g.kind not in ("conditional", "text2image"):
-            return self._registered().sample(model_dir, out, g.per_class, seed, generation=key.generation,
-                                             progress=self.progress)
-        if g.kind == "conditional":
-            from imgsynth.pipelines import conditional
-
-            return conditional.sample(model_dir, out, g.per_class, guidance_scale=g.guidance_scale,
-                                      steps=g.sample_steps, seed=seed, batch_size=g.sample_batch_size,
-                                      device=g.device, noise_temperature=g.noise_temperature,
-                                      generation=key.generation, progress=self.progress)
-        from imgsynth.pipelines import text2image
-
-        lora = None if key.generation == 0 else model_dir
-        return text2image.generate_text2image(
-            g.model, out, classes=g.classes or None, prompts=g.prompts or None, per_class=g.per_class,
-            guidance_scale=g.guidance_scale, steps=g.sample_steps, seed=seed,
-            batch_size=g.sample_batch_size, lora=lora, generation=key.generation, device=g.device,
-            progress=self.progress)
+        return self._generator().sample(model_dir, out, g.per_class, seed, generation=key.generation,
+                                        progress=self.progress)
 
     def _curates(self, mode: str) -> bool:
         """Whether a loop mode curates its samples: a ``<mode>+curate`` mode, or [curate] enabled for it."""

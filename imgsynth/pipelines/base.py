@@ -1,12 +1,15 @@
 """The generator contract and the ``GENERATORS`` registry: a new generator is one file plus one line here.
 
 A generator kind is a class with an ``Options`` dataclass (its recipe table ``[generator.options]``,
-checked field by field: an unknown option is an error naming the option and the kind) and two methods,
-``fit(train_set, out, seed, progress) -> model folder`` and ``sample(model_dir, out, per_class, seed,
-generation, progress) -> ImageSet``; both resume or return at once when their output is already there.
-The registry maps a kind to ``"module:Class"``, imported only when the kind is used, so listing kinds
-costs no imports. The class-conditional diffusion and text-to-image generators keep their own entry
-points for now (the loop calls them directly); every other kind goes through this registry.
+the ``--option`` flags of ``imgsynth train`` and the sampling flags of ``imgsynth generate``, all
+checked by :func:`options_from_dict`: an unknown option is an error naming the option and the kind) and
+the methods of :class:`Generator`: ``fit`` and ``sample`` (both resume, or return at once when their
+output is already there), ``shard_generator`` (the same sampling job for a backend: Ray actors,
+accelerate ranks; see :mod:`imgsynth.pipelines.sharding`) and ``owns(model)`` (whether a model folder or
+id is this kind's). A kind that starts from a pretrained model has ``pretrained``: generation 0 samples
+it without fitting. The registry maps a kind to ``"module:Class"``, imported only when the kind is used,
+so listing kinds costs no imports. The CLI, the accelerate entry, the Ray backend and the experiment loop
+all find generators here.
 """
 
 from __future__ import annotations
@@ -14,17 +17,20 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Protocol, Sequence
 
 import numpy as np
 
 from imgsynth.imageset import ImageSet
-from imgsynth.pipelines.work import WorkItem
+from imgsynth.pipelines.sharding import SetSpec, ShardGenerator
+from imgsynth.pipelines.work import WorkItem, balanced_work
 
 if TYPE_CHECKING:
     from PIL import Image
 
 GENERATORS: dict[str, str] = {
+    "conditional": "imgsynth.pipelines.conditional.kind:ConditionalGenerator",
+    "text2image": "imgsynth.pipelines.text2image.generator:Text2ImageKind",
     "gaussian": "imgsynth.pipelines.gaussian:GaussianGenerator",
     "kde": "imgsynth.pipelines.kde:KdeGenerator",
 }
@@ -39,7 +45,13 @@ class Generator(Protocol):
     def fit(self, train_set: ImageSet, out: Path, seed: int, progress: bool = True) -> Path: ...
 
     def sample(self, model_dir: Path, out: Path, per_class: int, seed: int, generation: int | None = None,
-               progress: bool = True) -> ImageSet: ...
+               progress: bool = True, classes: list[str] | None = None) -> ImageSet: ...
+
+    def shard_generator(self, model_dir: Path, per_class: int, seed: int, generation: int | None = None,
+                        classes: list[str] | None = None) -> ShardGenerator: ...
+
+    @staticmethod
+    def owns(model: str | Path) -> bool: ...
 
 
 def register_generator(kind: str, target: str | type) -> None:
@@ -62,18 +74,53 @@ def options_from_dict(kind: str, values: Mapping[str, Any], where: str = "[gener
     """The kind's options dataclass from a recipe table, refusing unknown names and wrong types in one line."""
     options_type = generator_class(kind).Options
     known = {f.name: f for f in dataclasses.fields(options_type)}
+    # A recipe's table reads "[generator] preset 'x' is ..."; a command's flags "imgsynth train: ...".
+    label = where if where.startswith("[") else f"{where}:"
     unknown = sorted(set(values) - set(known))
     if unknown:
-        raise ValueError(f"{where}: unknown option(s) {unknown} for generator kind {kind!r}; known: {sorted(known)}")
+        raise ValueError(f"{label} unknown option(s) {unknown} for generator kind {kind!r}; known: {sorted(known)}")
     try:
         return options_type(**dict(values)).validate()
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{where}: {exc}") from None
+        raise ValueError(f"{label} {exc}") from None
 
 
-def build_generator(kind: str, options: Mapping[str, Any] | None = None) -> Generator:
-    """An instance of ``kind`` with validated options."""
-    return generator_class(kind)(options_from_dict(kind, options or {}))
+def build_generator(kind: str, options: Mapping[str, Any] | None = None, where: str = "[generator.options]") -> Generator:
+    """An instance of ``kind`` with validated options (``where`` names them in messages)."""
+    return generator_class(kind)(options_from_dict(kind, options or {}, where))
+
+
+def model_kind(model: str | Path) -> str:
+    """The kind of a model folder or id: the one its ``imgsynth_model_info.json`` names, else the first
+    registered kind that ``owns`` it (in registry order; text2image, last of the built-in ones, takes
+    any diffusers pipeline folder or Hub id)."""
+    import json
+
+    info = Path(model) / MODEL_INFO
+    if info.is_file():
+        kind = json.loads(info.read_text(encoding="utf-8")).get("kind", "")
+        generator_class(kind)  # an unknown kind names the registered ones
+        return kind
+    for kind in GENERATORS:
+        owns = getattr(generator_class(kind), "owns", None)
+        if owns is not None and owns(model):
+            return kind
+    raise ValueError(f"{model}: no registered generator kind takes this model; registered: {sorted(GENERATORS)}")
+
+
+def generator_for_model(model: str | Path, options: Mapping[str, Any] | None = None,
+                        where: str = "imgsynth generate", device: str | None = None) -> tuple[str, Generator]:
+    """(kind, generator) for sampling an existing model with ``options``: one check of the options for the
+    CLI, the accelerate entry and the Ray backend. A kind may say which options a model implies
+    (``options_for_model``: those it was fitted with, or the model id itself); ``options`` add to them.
+    ``device`` (a launcher's) applies to the kinds whose options have one."""
+    kind = model_kind(model)
+    cls = generator_class(kind)
+    own = getattr(cls, "options_for_model", None)
+    base = dict(own(model)) if own is not None else {}
+    if device is not None and "device" in {f.name for f in dataclasses.fields(cls.Options)}:
+        base["device"] = device  # a launcher's device for the kinds that run on one
+    return kind, build_generator(kind, {**base, **dict(options or {})}, where)
 
 
 # --------------------------------------------------------------------------------------------- shared parts
@@ -158,32 +205,44 @@ def fit_record(train_set: ImageSet, out: Path, options: Any) -> dict[str, Any]:
                        "kind": train_set.kind}}
 
 
-def sample_set(model_dir: Path, out: Path, info: Mapping[str, Any], classes: list[str], per_class: int, seed: int,
-               generation: int | None, shard_size: int, draw: Callable[[WorkItem], "Image.Image"],
-               pipeline: str) -> ImageSet:
-    """The one resumable sampling loop: ``per_class`` images of each class, one seed per image (``draw``
-    makes the image of one work item), written shard by shard; finished shards are skipped on a rerun."""
+def set_arguments(model_dir: Path, out: Path, info: Mapping[str, Any], classes: list[str], per_class: int,
+                  seed: int, generation: int | None, pipeline: str) -> dict[str, Any]:
+    """The ImageSetWriter arguments of a registered kind's sampled set (its generator record and config)."""
     import os
-
-    from imgsynth.imageset import ImageSetWriter, Sample
-    from imgsynth.pipelines.work import balanced_work, shards
 
     model_dir, out = Path(model_dir).absolute(), Path(out).absolute()
     parent = (model_dir / info["parent"]["path"]).resolve()
-    writer = ImageSetWriter(
-        out, info["classes"], kind="generated",
+    return dict(
+        classes=list(info["classes"]), kind="generated",
         parents=[{"id": info["parent"]["id"], "path": os.path.relpath(parent, out), "kind": info["parent"]["kind"]}],
         generator={"pipeline": pipeline, "model_path": str(model_dir), "weights_sha256": info["weights_sha256"],
                    "seed": seed, "options": info["options"]},
         config={"per_class": per_class, "generation": generation, "classes": classes},
         license={"name": "generated", "note": f"sampled from a {info['kind']} model fitted to the parent set; "
                  "the parent's license terms apply"})
+
+
+def sample_set(model_dir: Path, out: Path, info: Mapping[str, Any], classes: list[str], per_class: int, seed: int,
+               generation: int | None, shard_size: int, draw: Callable[[WorkItem], "Image.Image"],
+               pipeline: str) -> ImageSet:
+    """The one resumable sampling loop: ``per_class`` images of each class, one seed per image (``draw``
+    makes the image of one work item), written shard by shard; finished shards are skipped on a rerun."""
+    from imgsynth.imageset import ImageSetWriter
+    from imgsynth.pipelines.work import shards
+
+    writer = ImageSetWriter(Path(out).absolute(), **set_arguments(model_dir, out, info, classes, per_class, seed,
+                                                                  generation, pipeline))
     done = writer.done_shards
     for index, items in enumerate(shards(balanced_work(classes, per_class, seed), shard_size)):
         if index not in done:
-            writer.write_shard(index, [Sample(draw(item), item.label, seed=item.seed, image_id=item.image_id,
-                                              extra={"generation": generation}) for item in items])
+            writer.write_shard(index, [_sample(draw, item, generation) for item in items])
     return writer.finalize()
+
+
+def _sample(draw: Callable[[WorkItem], "Image.Image"], item: WorkItem, generation: int | None) -> Any:
+    from imgsynth.imageset import Sample
+
+    return Sample(draw(item), item.label, seed=item.seed, image_id=item.image_id, extra={"generation": generation})
 
 
 def to_image(pixels: np.ndarray, shape: list[int]) -> "Image.Image":
@@ -236,14 +295,86 @@ class PerClassGenerator:
         """(info, per-class arrays) of a fitted model, the weights checked against the recorded hash."""
         return read_model(model_dir, cls.kind)
 
-    def sample(self, model_dir: Path, out: Path, per_class: int, seed: int, generation: int | None = None,
-               progress: bool = True) -> ImageSet:
-        """``per_class`` images of every fitted class, each drawn from its own seed; resumes by shard."""
+    @classmethod
+    def owns(cls, model: str | Path) -> bool:
+        """Whether ``model`` is a folder this kind fitted (its info file names the kind)."""
+        import json
+
+        info = Path(model) / MODEL_INFO
+        return info.is_file() and json.loads(info.read_text(encoding="utf-8")).get("kind") == cls.kind
+
+    @staticmethod
+    def options_for_model(model: str | Path) -> dict[str, Any]:
+        """The options the model was fitted with (sampling takes them as they are)."""
+        import json
+
+        return dict(json.loads((Path(model) / MODEL_INFO).read_text(encoding="utf-8")).get("options") or {})
+
+    def drawer(self, model_dir: Path) -> tuple[dict[str, Any], list[str], Callable[[WorkItem], "Image.Image"]]:
+        """(info, the fitted classes, the function making one work item's image) of a fitted model."""
         info, parameters = self.load(model_dir)
         shape = info["image_shape"]
 
         def image(item: WorkItem) -> "Image.Image":
             return to_image(self.draw(parameters[item.label], np.random.default_rng(item.seed)), shape)
 
-        return sample_set(model_dir, out, info, [c for c in info["classes"] if c in parameters], per_class, seed,
-                          generation, self.options.shard_size, image, type(self).__name__)
+        return info, [c for c in info["classes"] if c in parameters], image
+
+    def _classes(self, fitted: list[str], classes: list[str] | None) -> list[str]:
+        if classes is None:
+            return fitted
+        unknown = [c for c in classes if c not in fitted]
+        if unknown or not classes:
+            raise ValueError(f"classes {unknown or classes} are not classes of this model; it knows {fitted}")
+        return list(dict.fromkeys(classes))
+
+    def sample(self, model_dir: Path, out: Path, per_class: int, seed: int, generation: int | None = None,
+               progress: bool = True, classes: list[str] | None = None) -> ImageSet:
+        """``per_class`` images of every fitted class, each drawn from its own seed; resumes by shard."""
+        info, fitted, image = self.drawer(model_dir)
+        return sample_set(model_dir, out, info, self._classes(fitted, classes), per_class, seed, generation,
+                          self.options.shard_size, image, type(self).__name__)
+
+    def shard_generator(self, model_dir: Path, per_class: int, seed: int, generation: int | None = None,
+                        classes: list[str] | None = None) -> PerClassShardGenerator:
+        """The same job as ``sample``, for a backend."""
+        return PerClassShardGenerator(self, str(Path(model_dir).absolute()), per_class, seed, generation, classes)
+
+
+@dataclasses.dataclass
+class PerClassShardGenerator:
+    """A per-class kind's sampling job for a backend: the set ``PerClassGenerator.sample`` writes."""
+
+    generator: PerClassGenerator
+    model_dir: str
+    per_class: int
+    seed: int
+    generation: int | None = None
+    classes: list[str] | None = None
+    num_gpus: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.shard_size = self.generator.options.shard_size
+        self._image: Callable[[WorkItem], "Image.Image"] | None = None
+        self._chosen: list[str] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_image": None}  # workers load the model themselves
+
+    def spec(self, out: Path) -> SetSpec:
+        info, fitted, self._image = self.generator.drawer(Path(self.model_dir))
+        self._chosen = self.generator._classes(fitted, self.classes)
+        return SetSpec(**set_arguments(Path(self.model_dir), out, info, self._chosen, self.per_class, self.seed,
+                                       self.generation, type(self.generator).__name__))
+
+    def work(self) -> list[WorkItem]:
+        if self._chosen is None:
+            raise RuntimeError("PerClassShardGenerator.work() needs spec(out) first")
+        return balanced_work(self._chosen, self.per_class, self.seed)
+
+    def load(self) -> None:
+        if self._image is None:
+            _, _, self._image = self.generator.drawer(Path(self.model_dir))
+
+    def generate(self, items: Sequence[WorkItem]) -> list[Any]:
+        return [_sample(self._image, item, self.generation) for item in items]

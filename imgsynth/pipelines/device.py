@@ -64,3 +64,11 @@ def maybe_compile(module: torch.nn.Module, device: torch.device, enabled: bool) 
     if enabled and device.type == "cuda":
         return torch.compile(module)  # type: ignore[return-value]
     return module
+
+
+def uses_gpu(name: str | None) -> bool:
+    """Whether a job asked to run on ``name`` needs a GPU (``None``/``"auto"``: when this machine has one);
+    what a backend reserves per worker."""
+    if name in (None, "", "auto"):
+        return torch.cuda.is_available()
+    return str(name).startswith("cuda")

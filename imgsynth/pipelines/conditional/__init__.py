@@ -15,25 +15,94 @@ two of class accuracy.
 - ``pipeline``: ``ClassConditionalPipeline``, a ``DiffusionPipeline`` (``from_pretrained`` /
   ``save_pretrained`` / ``__call__``), and the denoising loop both it and ``sample`` use.
 - ``generator``: ``sample`` into a labeled ImageSet, shard by shard, byte-identical however the work is
-  split or resumed; the registry's ``conditional`` kind.
+  split or resumed, and the same job for backends.
+- ``kind``: the registry's ``conditional`` kind and its options (light: no torch until used).
+
+Names are loaded from their modules on first use, so ``import imgsynth.pipelines.conditional`` costs no
+torch import; ``DiffusionPipeline.from_pretrained(model_dir)`` needs ``ClassConditionalPipeline`` loaded
+(``from imgsynth.pipelines.conditional import ClassConditionalPipeline``).
 """
 
-from imgsynth.pipelines.conditional.config import (BETA_SCHEDULES, DEFAULT_GUIDANCE_SCALE, DEFAULT_SAMPLE_STEPS,
-                                                   MAX_IMAGE_SIZE, MAX_LAYERS_PER_BLOCK, MAX_TRAIN_TIMESTEPS,
-                                                   PREDICTION_TYPES, PRESETS, RUNTIME_FIELDS, SAMPLERS, TrainConfig,
-                                                   preset, train_config_from_dict)
-from imgsynth.pipelines.conditional.folder import (CHECKPOINTS, MODEL_FILE, MODEL_FILES, MODEL_FORMAT_VERSION,
-                                                   PIPELINE_FILE, PIPELINE_NAME, SCHEDULER_CONFIG_FILE,
-                                                   UNET_CONFIG_FILE, WEIGHTS_FILE, LoadedModel, ModelLayout,
-                                                   check_model_dir, is_model_dir, load_model, read_model_info)
-from imgsynth.pipelines.conditional.generator import (SamplingJob, SamplingPlan, sample, sample_shards,
-                                                      write_shards)
-from imgsynth.pipelines.conditional.model import (FALLBACK_MAX_MODEL_GB, MAX_MODEL_GB_ENV, MAX_PARAMETERS,
-                                                  ModelSize, build_noise_scheduler, build_sampler, build_unet,
-                                                  check_model_size, estimate_size, max_model_bytes,
-                                                  noise_scheduler_config, unet_config)
-from imgsynth.pipelines.conditional.pipeline import ClassConditionalPipeline, denoise, initial_noise, to_pil
-from imgsynth.pipelines.conditional.training import (BatchOrder, Checkpoints, DataParallel, StepCallback,
-                                                     TrainingData, diffusion_loss, load_training_data, train)
+from __future__ import annotations
 
-__all__ = [name for name in dir() if not name.startswith("_")]
+import importlib
+from typing import Any
+
+# Public name -> the module of this package that defines it.
+_HOMES: dict[str, str] = {
+    'BETA_SCHEDULES': 'config',
+    'BatchOrder': 'training',
+    'CHECKPOINTS': 'folder',
+    'Checkpoints': 'training',
+    'ClassConditionalPipeline': 'pipeline',
+    'ConditionalGenerator': 'kind',
+    'ConditionalOptions': 'kind',
+    'ConditionalShardGenerator': 'generator',
+    'DEFAULT_GUIDANCE_SCALE': 'config',
+    'DEFAULT_SAMPLE_STEPS': 'config',
+    'DataParallel': 'training',
+    'FALLBACK_MAX_MODEL_GB': 'model',
+    'LoadedModel': 'folder',
+    'MAX_IMAGE_SIZE': 'config',
+    'MAX_LAYERS_PER_BLOCK': 'config',
+    'MAX_MODEL_GB_ENV': 'model',
+    'MAX_PARAMETERS': 'model',
+    'MAX_TRAIN_TIMESTEPS': 'config',
+    'MODEL_FILE': 'folder',
+    'MODEL_FILES': 'folder',
+    'MODEL_FORMAT_VERSION': 'folder',
+    'ModelLayout': 'folder',
+    'ModelSize': 'model',
+    'PIPELINE_FILE': 'folder',
+    'PIPELINE_NAME': 'folder',
+    'PREDICTION_TYPES': 'config',
+    'PRESETS': 'config',
+    'RUNTIME_FIELDS': 'config',
+    'SAMPLERS': 'config',
+    'SCHEDULER_CONFIG_FILE': 'folder',
+    'SamplingJob': 'generator',
+    'SamplingPlan': 'generator',
+    'StepCallback': 'training',
+    'TrainConfig': 'config',
+    'TrainingData': 'training',
+    'UNET_CONFIG_FILE': 'folder',
+    'WEIGHTS_FILE': 'folder',
+    'build_noise_scheduler': 'model',
+    'build_sampler': 'model',
+    'build_unet': 'model',
+    'check_model_dir': 'folder',
+    'check_model_size': 'model',
+    'denoise': 'pipeline',
+    'diffusion_loss': 'training',
+    'estimate_size': 'model',
+    'initial_noise': 'pipeline',
+    'is_model_dir': 'folder',
+    'load_model': 'folder',
+    'load_training_data': 'training',
+    'max_model_bytes': 'model',
+    'noise_scheduler_config': 'model',
+    'preset': 'config',
+    'read_model_info': 'folder',
+    'sample': 'generator',
+    'sample_shards': 'generator',
+    'to_pil': 'pipeline',
+    'train': 'training',
+    'train_config_from_dict': 'config',
+    'unet_config': 'model',
+    'write_shards': 'generator',
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOMES))

@@ -257,3 +257,18 @@ def _short(value: Any) -> str:
     return shortener.repr(value)
 
 
+
+
+def check_sampling(guidance_scale: float | None, steps: int | None, sampler: str | None, noise_temperature: float,
+                   shard_size: int) -> None:
+    """Refuse sampling settings no sampler takes (None: the model's own default), naming the setting."""
+    if steps is not None and (not _is_int(steps) or steps < 1):
+        raise ValueError(f"steps must be at least 1, got {steps!r}")
+    if guidance_scale is not None and not (isinstance(guidance_scale, (int, float)) and 0 <= guidance_scale < math.inf):
+        raise ValueError(f"guidance_scale must be a finite number ≥ 0, got {guidance_scale!r}")
+    if not (isinstance(noise_temperature, (int, float)) and 0 < noise_temperature < math.inf):
+        raise ValueError(f"noise_temperature must be positive, got {noise_temperature!r}")
+    if sampler is not None and sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; known: {SAMPLERS}")
+    if not _is_int(shard_size) or shard_size < 1:
+        raise ValueError(f"shard_size must be at least 1, got {shard_size!r}")

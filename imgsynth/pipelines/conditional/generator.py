@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any, Collection, Mapping, Sequence
 import torch
 
 from imgsynth.imageset import ImageSet, ImageSetError, ImageSetWriter, Sample
-from imgsynth.pipelines.conditional.config import DEFAULT_GUIDANCE_SCALE, DEFAULT_SAMPLE_STEPS, SAMPLERS
+from imgsynth.pipelines.conditional.config import DEFAULT_GUIDANCE_SCALE, DEFAULT_SAMPLE_STEPS, check_sampling
 from imgsynth.pipelines.conditional.folder import PIPELINE_NAME, UNET_CONFIG_FILE, LoadedModel, load_model
 from imgsynth.pipelines.conditional.model import build_sampler, check_model_size
 from imgsynth.pipelines.conditional.pipeline import denoise, initial_noise, to_pil
@@ -145,16 +144,7 @@ def _make_plan(info: Mapping[str, Any], per_class: int, classes: Sequence[str] |
     name = sampler or config.get("sampler", "dpm++")
     if per_class < 1:
         raise ValueError(f"per_class must be at least 1, got {per_class}")
-    if n_steps < 1:
-        raise ValueError(f"steps must be at least 1, got {n_steps}")
-    if guidance < 0 or not math.isfinite(guidance):
-        raise ValueError(f"guidance_scale must be a finite number ≥ 0, got {guidance}")
-    if not (noise_temperature > 0 and math.isfinite(noise_temperature)):
-        raise ValueError(f"noise_temperature must be positive, got {noise_temperature}")
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; known: {SAMPLERS}")
-    if shard_size < 1:
-        raise ValueError(f"shard_size must be at least 1, got {shard_size}")
+    check_sampling(guidance, n_steps, name, noise_temperature, shard_size)
     return SamplingPlan(chosen, int(per_class), int(seed), guidance, n_steps, name, float(noise_temperature),
                         int(shard_size), generation)
 
@@ -204,3 +194,80 @@ def write_shards(model: LoadedModel, writer: ImageSetWriter, work: Sequence[Sequ
                         "noise_temperature": plan.noise_temperature}))
                 bar.update(len(batch))
             writer.write_shard(index, samples)
+
+
+class _CollectingWriter:
+    """Stands in for an ImageSetWriter to take a shard's samples instead of writing them."""
+
+    def __init__(self) -> None:
+        self.samples: list[Sample] = []
+        self.done_shards: set[int] = set()
+
+    def write_shard(self, index: int, samples: Sequence[Sample]) -> list[Any]:
+        self.samples.extend(samples)
+        return []
+
+
+@dataclass
+class ConditionalShardGenerator:
+    """Sampling a model folder shard by shard for a backend; arguments as ``sample``'s.
+
+    Holds only settings until ``load()``, so it pickles cheaply to Ray actors. ``spec`` opens a
+    ``SamplingJob`` on the driver (the model is small; on a driver without the workers' GPU it loads on the
+    CPU), so the writer job, plan and generator record are exactly ``sample``'s.
+    """
+
+    model_dir: str
+    per_class: int
+    guidance_scale: float | None = None
+    steps: int | None = None
+    seed: int = 0
+    batch_size: int = 64
+    device: str | None = None
+    noise_temperature: float = 1.0
+    classes: Sequence[str] | None = None
+    generation: int | None = None
+    shard_size: int = DEFAULT_SHARD_SIZE
+    sampler: str | None = None
+
+    def __post_init__(self) -> None:
+        from imgsynth.pipelines.device import uses_gpu
+
+        self.model_dir = str(Path(self.model_dir).absolute())
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        self.num_gpus = 1.0 if uses_gpu(self.device) else 0.0
+        self.plan: SamplingPlan | None = None
+        self.model: LoadedModel | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "model": None}  # workers load their own copy
+
+    def spec(self, out: Path) -> Any:
+        from imgsynth.pipelines.sharding import SetSpec
+
+        here = self.device if not self.num_gpus or torch.cuda.is_available() else "cpu"
+        job = SamplingJob(self.model_dir, out, self.per_class, guidance_scale=self.guidance_scale, steps=self.steps,
+                          seed=self.seed, device=here, noise_temperature=self.noise_temperature, classes=self.classes,
+                          generation=self.generation, shard_size=self.shard_size, sampler=self.sampler)
+        self.plan = job.plan
+        if here == self.device:
+            self.model = job.model  # the local backend samples with it
+        if job.finished is not None:
+            return SetSpec.of_manifest(job.finished.manifest)
+        return SetSpec(**job.writer_arguments)
+
+    def work(self) -> list[WorkItem]:
+        if self.plan is None:
+            raise RuntimeError("ConditionalShardGenerator.work() needs spec(out) first (it reads the model's plan)")
+        return balanced_work(self.plan.classes, self.plan.per_class, self.plan.seed)
+
+    def load(self) -> None:
+        if self.model is None:
+            self.model = load_model(self.model_dir, self.device)
+
+    def generate(self, items: Sequence[WorkItem]) -> list[Sample]:
+        collector = _CollectingWriter()
+        write_shards(self.model, collector, [list(items)], [0], self.plan, self.batch_size,  # type: ignore[arg-type]
+                     progress=False)
+        return collector.samples

@@ -4,8 +4,8 @@
 ``DiffusionPipeline.from_pretrained(model_dir)`` returns once this module is imported (importing it
 makes the class known to diffusers by name; no remote code is involved)::
 
-    import imgsynth.pipelines.conditional  # noqa: F401 (registers the pipeline class)
     from diffusers import DiffusionPipeline
+    from imgsynth.pipelines.conditional import ClassConditionalPipeline  # noqa: F401 (makes the class known)
 
     pipe = DiffusionPipeline.from_pretrained("runs/digits-collapse/seed_0/gen_0/model")
     images = pipe(class_labels=["3", "7"], generator=[torch.Generator().manual_seed(s) for s in (1, 2)]).images

@@ -1,4 +1,4 @@
-"""What a backend needs from a generator: the set it describes, its work manifest, and a per-shard function.
+"""The generator side of the contract with backends: the set a job describes, its work, a per-shard function.
 
 A backend (local loop, Ray actor pool, ``accelerate launch`` ranks) never knows how images are made. It
 asks a :class:`ShardGenerator` for the :class:`SetSpec` (the ImageSet's classes, kind, parents, generator

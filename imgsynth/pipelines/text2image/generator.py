@@ -20,7 +20,6 @@ import hashlib
 import inspect
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Collection, Iterable, Mapping, Sequence
@@ -31,193 +30,14 @@ from PIL import Image
 from imgsynth.imageset import ImageSet, ImageSetWriter, Sample
 from imgsynth.pipelines.prompts import CaptionRewriter, PromptBank, resolve_bank
 from imgsynth.pipelines.work import DEFAULT_SHARD_SIZE, WorkItem, balanced_work, batches, shards
-from imgsynth.provenance import model_license, sha256_file
-from imgsynth.safe_loading import UnsafeFileError, pickle_files, refusing_pickles
+from imgsynth.provenance import model_license
+from imgsynth.safe_loading import UnsafeFileError, refusing_pickles
 
-DENOISERS = ("unet", "transformer")
-# Distilled few-step models: sample in a handful of steps without classifier-free guidance.
-FEW_STEP_MODELS = re.compile(r"turbo|lightning|hyper-?sd|lcm|schnell", re.IGNORECASE)
-DEFAULT_STEPS, DEFAULT_GUIDANCE = 30, 7.5
-FEW_STEP_STEPS, FEW_STEP_GUIDANCE = 4, 0.0
-PLAN_FILE = "text2image-plan.json"
-CAPTION_REWRITE_BATCH = 16
-DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16",
-          "bf16": "bfloat16", "bfloat16": "bfloat16"}
+from imgsynth.pipelines.text2image.loading import (CAPTION_REWRITE_BATCH, DEFAULT_GUIDANCE, DEFAULT_STEPS, PLAN_FILE,
+                                                  component_folder,
+                                                  default_sampling, denoiser_name, load_text2image_pipeline,
+                                                  lora_record, resolve_device, weights_hash)
 
-
-# --------------------------------------------------------------------------------------------- loading
-
-def default_sampling(model: str | os.PathLike) -> tuple[int, float]:
-    """(steps, guidance scale) when the user gives none: 4 steps unguided for turbo-like models, else 30 at 7.5."""
-    return (FEW_STEP_STEPS, FEW_STEP_GUIDANCE) if FEW_STEP_MODELS.search(str(model)) else \
-        (DEFAULT_STEPS, DEFAULT_GUIDANCE)
-
-
-def resolve_device(device: str | None = None) -> str:
-    """``device`` as given (checked), else CUDA when available, else CPU; as a string like ``"cuda"``."""
-    from imgsynth.pipelines.device import resolve_device as resolve
-
-    return str(resolve(device))
-
-
-def resolve_dtype(dtype: str | None, device: str) -> Any:
-    """The torch dtype to run in: bf16 on CUDA (fp16 where bf16 is unsupported), fp32 elsewhere."""
-    import torch
-
-    if dtype in (None, "", "auto"):
-        if device.startswith("cuda"):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if str(dtype).lower() not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(sorted(set(DTYPES)))} or auto")
-    return getattr(torch, DTYPES[str(dtype).lower()])
-
-
-def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").strip().upper() in ("1", "ON", "YES", "TRUE")
-
-
-def _looks_like_path(model: str) -> bool:
-    return model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model or model.endswith("/")
-
-
-def load_text2image_pipeline(model: str | os.PathLike, *, device: str | None = None, dtype: Any = None) -> Any:
-    """Load a diffusers text-to-image pipeline from a local folder or a Hub id, with clear errors.
-
-    A folder must hold ``model_index.json`` (a ``save_pretrained`` pipeline). A Hub id is read from the
-    local cache only when ``HF_HUB_OFFLINE=1``. Pipelines without a text-to-image form (DDPM, a bare
-    UNet2DModel, an upscaler) and inpainting checkpoints are refused.
-    """
-    import torch  # noqa: F401  (diffusers needs it; imported here to keep module import light)
-    from diffusers import AutoPipelineForText2Image
-
-    name = str(model)
-    path = Path(name).expanduser()
-    device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, device)
-    if path.exists():
-        if not (path / "model_index.json").is_file():
-            raise ValueError(f"{path}: not a diffusers pipeline folder (no model_index.json); "
-                             "give a folder written by pipeline.save_pretrained() or a Hub id")
-        source = str(path)
-    elif _looks_like_path(name):
-        raise FileNotFoundError(f"model {name!r}: no such folder")
-    else:
-        source = name
-    offline = hub_offline()
-    try:
-        # No trust_remote_code, and .bin weights go through torch.load(weights_only=True) in diffusers and
-        # transformers alike (imgsynth.safe_loading); a refusal is one error line naming the pickle files.
-        with refusing_pickles(pickle_files(path, "*/*") if path.exists() else name, f"model {name!r}"):
-            pipe = AutoPipelineForText2Image.from_pretrained(source, dtype=torch_dtype,
-                                                             local_files_only=offline or path.exists())
-    except UnsafeFileError:
-        raise
-    except ValueError as exc:
-        if "AutoPipeline can't find" not in str(exc):
-            raise
-        class_name = _pipeline_class_name(source, offline)
-        raise ValueError(f"model {name!r} is a {class_name}, which is not a text-to-image pipeline "
-                         "(diffusers has no text-to-image form of it); imgsynth generate needs a "
-                         "text-to-image pipeline such as Stable Diffusion, SDXL, PixArt or FLUX, or an "
-                         "imgsynth class-conditional model folder") from exc
-    except OSError as exc:
-        if path.exists():
-            raise ValueError(f"{path}: could not load the pipeline ({exc})") from exc
-        where = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
-        hint = (f"HF_HUB_OFFLINE=1 is set, so only the local cache ({where}) is searched; download it "
-                f"first on a machine with internet (`hf download {name}`, into the same HF_HOME) or "
-                "give a local folder written by save_pretrained()") if offline else \
-            "check the id, your access to it, and your network"
-        raise FileNotFoundError(f"model {name!r} is neither a local folder nor a loadable Hub pipeline: "
-                                f"{hint} ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
-    _check_text2image(pipe, name)
-    return pipe
-
-
-def _pipeline_class_name(source: str, offline: bool) -> str:
-    from diffusers import DiffusionPipeline
-
-    try:
-        return DiffusionPipeline.load_config(source, local_files_only=offline)["_class_name"]
-    except Exception:  # only used to improve an error message
-        return "pipeline"
-
-
-def denoiser_name(pipe: Any) -> str:
-    """The attribute holding the pipeline's denoising network (``unet``, ``transformer``, …)."""
-    for name in DENOISERS:
-        if getattr(pipe, name, None) is not None:
-            return name
-    raise ValueError(f"{type(pipe).__name__} has none of the denoisers imgsynth knows ({', '.join(DENOISERS)})")
-
-
-def _check_text2image(pipe: Any, model: str) -> None:
-    name = denoiser_name(pipe)
-    if "prompt" not in inspect.signature(pipe.__call__).parameters:
-        raise ValueError(f"model {model!r}: {type(pipe).__name__} takes no text prompt; not a text-to-image pipeline")
-    denoiser = getattr(pipe, name)
-    vae = getattr(pipe, "vae", None)
-    in_channels = getattr(denoiser.config, "in_channels", None)
-    latent_channels = getattr(getattr(vae, "config", None), "latent_channels", None)
-    if name == "unet" and in_channels and latent_channels and in_channels > latent_channels:
-        raise ValueError(f"model {model!r}: its UNet takes {in_channels} input channels for {latent_channels} "
-                         "latent channels, so it is an inpainting or image-conditioned checkpoint, "
-                         "not a text-to-image one")
-
-
-# --------------------------------------------------------------------------------------------- hashing
-
-def weights_hash(folder: str | Path) -> str:
-    """SHA-256 over the sorted (file name, file SHA-256) of the weights in ``folder`` (safetensors, else bin).
-
-    Hub cache blobs are named by their SHA-256 already, so those are read off the symlink, not re-hashed.
-    """
-    folder = Path(folder)
-    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
-    if not files:
-        raise ValueError(f"{folder}: no weight files (*.safetensors or *.bin)")
-    digest = hashlib.sha256()
-    for file in files:
-        digest.update(f"{file.name}\t{_file_sha256(file)}\n".encode())
-    return digest.hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    target = path.resolve()
-    if path.is_symlink() and target.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", target.name):
-        return target.name
-    return sha256_file(target)
-
-
-def component_folder(pipe: Any, component: str) -> Path | None:
-    module = getattr(pipe, component, None)
-    folder = getattr(getattr(module, "config", None), "_name_or_path", None)
-    if folder and Path(folder).is_dir():
-        return Path(folder)
-    root = Path(getattr(pipe.config, "_name_or_path", "") or "")
-    return root / component if (root / component).is_dir() else None
-
-
-def lora_record(lora: str | Path) -> dict[str, Any]:
-    """Path, weights hash and (for imgsynth LoRAs) training provenance of a LoRA file or folder."""
-    path = Path(lora)
-    if not path.exists():
-        raise FileNotFoundError(f"LoRA {str(lora)!r}: no such file or folder")
-    folder = path if path.is_dir() else path.parent
-    record: dict[str, Any] = {"path": str(path.resolve()),
-                              "sha256": weights_hash(folder) if path.is_dir() else sha256_file(path)}
-    info = folder / "imgsynth_lora.json"
-    if info.is_file():
-        trained = json.loads(info.read_text(encoding="utf-8"))
-        record["trained"] = {key: trained[key] for key in ("base_model", "base_weights_sha256", "train_set",
-                                                           "config") if key in trained}
-    return record
-
-
-# --------------------------------------------------------------------------------------------- generator
 
 @dataclass(frozen=True)
 class SamplingOptions:
@@ -557,3 +377,211 @@ def lora_parents(lora: Mapping[str, Any] | None, out: Path) -> list[dict[str, An
     if source.get("path"):
         entry["path"] = os.path.relpath(source["path"], out.absolute())
     return [entry]
+
+
+# The ``text2image`` kind of the generator registry (``imgsynth.pipelines.base.GENERATORS``).
+
+@dataclass
+class Text2ImageOptions:
+    """``model``: a local diffusers pipeline folder or a Hub id (generation 0 samples it as it is; later
+    generations fine-tune a LoRA on the previous samples: ``lora_steps``, ``lora_rank``); ``classes`` and
+    ``prompts`` choose the prompt bank; ``lora`` samples with a LoRA from ``imgsynth finetune``; the rest
+    are ``generate_text2image``'s sampling settings."""
+
+    model: str = ""
+    classes: list[str] = dataclasses.field(default_factory=list)
+    prompts: str = ""
+    guidance_scale: float | None = None
+    sample_steps: int | None = None
+    negative_prompt: str | None = None
+    sample_batch_size: int = 4
+    shard_size: int = DEFAULT_SHARD_SIZE
+    height: int | None = None
+    width: int | None = None
+    dtype: str | None = None
+    compile: bool = False
+    device: str | None = None
+    caption_model: str | None = None
+    license: str | None = None
+    lora: str | None = None
+    lora_steps: int = 200
+    lora_rank: int = 8
+
+    def validate(self) -> Text2ImageOptions:
+        if not self.model:
+            raise ValueError("model: a text2image generator needs a local pipeline path or hub id")
+        for name in ("sample_batch_size", "shard_size", "lora_steps", "lora_rank"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a whole number ≥ 1, got {value!r}")
+        return self
+
+
+class Text2ImageKind:
+    """The ``text2image`` kind: a pretrained pipeline, fine-tuned with LoRA on each generation's data."""
+
+    kind = "text2image"
+    Options = Text2ImageOptions
+    # The flat [generator] fields of older recipes, and the option each one is (experiments.config).
+    recipe_fields = {name: name for name in ("model", "classes", "prompts", "lora_steps", "lora_rank",
+                                             "guidance_scale", "sample_steps", "sample_batch_size", "device")}
+
+    def __init__(self, options: Text2ImageOptions | None = None) -> None:
+        self.options = (options or Text2ImageOptions()).validate()
+
+    @staticmethod
+    def owns(model: str | os.PathLike) -> bool:
+        """Any diffusers pipeline folder or Hub id (the kinds with their own model files are asked first)."""
+        return True
+
+    @staticmethod
+    def options_for_model(model: str | os.PathLike) -> dict[str, Any]:
+        """Sampling a pipeline folder or Hub id means sampling that model."""
+        return {"model": str(model)}
+
+    @property
+    def pretrained(self) -> str:
+        """What generation 0 samples, untrained: the pretrained pipeline."""
+        return self.options.model
+
+    def fit(self, train_set: ImageSet, out: Path, seed: int, progress: bool = True) -> Path:
+        """A LoRA of the pretrained pipeline fine-tuned on ``train_set``, saved at ``out``."""
+        from imgsynth.pipelines.finetune import LoraConfig, finetune_lora
+
+        o = self.options
+        return finetune_lora(o.model, train_set, out, LoraConfig(steps=o.lora_steps, rank=o.lora_rank, seed=seed),
+                             device=o.device, progress=progress)
+
+    def _settings(self, model_dir: str | os.PathLike, per_class: int, seed: int, generation: int | None,
+                  classes: Sequence[str] | None) -> dict[str, Any]:
+        o = self.options
+        lora = o.lora or (None if str(model_dir) == str(o.model) else str(model_dir))
+        return dict(classes=list(classes or o.classes) or None, prompts=o.prompts or None, per_class=per_class,
+                    seed=seed, steps=o.sample_steps, guidance_scale=o.guidance_scale,
+                    negative_prompt=o.negative_prompt, batch_size=o.sample_batch_size, shard_size=o.shard_size,
+                    height=o.height, width=o.width, lora=lora, compile=o.compile, dtype=o.dtype, device=o.device,
+                    caption_model=o.caption_model, generation=generation or 0, license=o.license)
+
+    def sample(self, model_dir: Path, out: Path, per_class: int, seed: int, generation: int | None = None,
+               progress: bool = True, classes: Sequence[str] | None = None) -> ImageSet:
+        """``per_class`` images per class from the pipeline (``model_dir`` is it, or a LoRA fine-tuned from it)."""
+        return generate_text2image(self.options.model, out, progress=progress,
+                                   **self._settings(model_dir, per_class, seed, generation, classes))
+
+    def shard_generator(self, model_dir: Path, per_class: int, seed: int, generation: int | None = None,
+                        classes: Sequence[str] | None = None) -> Text2ImageShardGenerator:
+        """The same job as ``sample``, for a backend (Ray actors, accelerate ranks)."""
+        return Text2ImageShardGenerator(self.options.model,
+                                        **self._settings(model_dir, per_class, seed, generation, classes))
+
+
+@dataclass
+class Text2ImageShardGenerator:
+    """Rendering with a text-to-image pipeline shard by shard for a backend; arguments as
+    ``generate_text2image``'s. The set it describes is the one ``generate_text2image`` writes (same writer
+    job and plan file), so a set started by one can be resumed by the other."""
+
+    model: str
+    classes: Sequence[str] | None = None
+    prompts: str | None = None
+    per_class: int = 10
+    seed: int = 0
+    steps: int | None = None
+    guidance_scale: float | None = None
+    negative_prompt: str | None = None
+    batch_size: int = 4
+    shard_size: int = DEFAULT_SHARD_SIZE
+    height: int | None = None
+    width: int | None = None
+    lora: str | None = None
+    compile: bool = False
+    dtype: str | None = None
+    device: str | None = None
+    caption_model: str | None = None
+    generation: int = 0
+    parents: Sequence[Mapping[str, Any]] = ()
+    license: str | None = None
+
+    def __post_init__(self) -> None:
+        from imgsynth.pipelines.device import uses_gpu
+
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        self.bank = resolve_bank(self.classes, self.prompts)
+        default_steps, default_guidance = default_sampling(self.model)
+        self.options = SamplingOptions(
+            steps=default_steps if self.steps is None else int(self.steps),
+            guidance_scale=default_guidance if self.guidance_scale is None else float(self.guidance_scale),
+            negative_prompt=self.bank.negative_prompt if self.negative_prompt is None else self.negative_prompt.strip(),
+            height=self.height, width=self.width)
+        self.num_gpus = 1.0 if uses_gpu(self.device) else 0.0
+        self.pipeline: Text2ImageGenerator | None = None
+        self.rewriter: CaptionRewriter | None = None
+        self._spec: tuple[Path, Any] | None = None
+        self._fingerprint: str | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "pipeline": None, "rewriter": None}
+
+    def _load_pipeline(self, device: str | None, dtype: Any = None) -> Text2ImageGenerator:
+        return Text2ImageGenerator.from_pretrained(self.model, device=device, dtype=dtype or self.dtype,
+                                                   lora=self.lora, compile=self.compile)
+
+    def _load_for_provenance(self) -> Text2ImageGenerator:
+        """The pipeline as workers will load it, or, on a driver without their GPU, on the CPU in their dtype."""
+        import torch
+
+        if not self.num_gpus or torch.cuda.is_available():
+            self.pipeline = self._load_pipeline(self.device)  # the local backend reuses it
+            return self.pipeline
+        return self._load_pipeline("cpu", self.dtype or "bf16")  # a CPU-only head node of a GPU cluster
+
+    def spec(self, out: Path) -> Any:
+        """The set's description; its provenance (weights hash, dtype, scheduler) needs the pipeline loaded."""
+        from imgsynth.pipelines.sharding import SetSpec
+
+        out = Path(out).absolute()
+        if self._spec is not None and self._spec[0] == out:
+            return self._spec[1]
+        loaded = self.pipeline or self._load_for_provenance()
+        record = loaded.provenance()
+        if self.num_gpus and loaded.device == "cpu":
+            record["compiled"] = self.compile
+        parents = list(self.parents) + lora_parents(loaded.lora, out)
+        sampling = {**dataclasses.asdict(self.options), "seed": self.seed,
+                    "negative_prompt": self.options.negative_prompt if self.options.guided else ""}
+        spec = SetSpec(
+            self.bank.class_names, kind="generated", parents=parents,
+            generator={**record, **sampling, "prompt_bank": self.bank.source or self.bank.name,
+                       "caption_model": str(self.caption_model) if self.caption_model else None},
+            config={"per_class": self.per_class, "shard_size": self.shard_size, "batch_size": self.batch_size,
+                    "generation": self.generation, "classes": self.bank.class_names},
+            license=record["license"] if self.license is None else
+            model_license(record["model_path"] or self.model, self.license))
+        self._fingerprint = plan_fingerprint(self.work(), {
+            "weights": record["weights_sha256"], "lora": (record["lora"] or {}).get("sha256"),
+            "dtype": record["dtype"], "sampling": sampling, "caption_model": str(self.caption_model or ""),
+            "shard_size": self.shard_size, "generation": self.generation})
+        self._spec = (out, spec)
+        return spec
+
+    def prepare_writer(self, writer: ImageSetWriter) -> None:
+        self.spec(writer.root)
+        check_plan(writer, self._fingerprint)
+
+    def finished_set(self, out: Path, spec: Any) -> ImageSet | None:
+        """``generate_text2image``'s rule: batch size, shard size and compilation do not make another set."""
+        return finished_set(Path(out), spec.generator, spec.config)
+
+    def work(self) -> list[WorkItem]:
+        return plan_text2image(self.bank, self.per_class, self.seed)
+
+    def load(self) -> None:
+        if self.pipeline is None:
+            self.pipeline = self._load_pipeline(self.device)
+        if self.caption_model and self.rewriter is None:
+            self.rewriter = CaptionRewriter(self.caption_model, device="cpu")
+
+    def generate(self, items: Sequence[WorkItem]) -> list[Sample]:
+        return self.pipeline.render(items, self.options, batch_size=self.batch_size, rewriter=self.rewriter,
+                                    generation=self.generation)

@@ -339,6 +339,6 @@ def test_cli_generate_refuses_a_folder_that_is_no_model(tmp_path, run_cli):
     (tmp_path / "junk").mkdir()
     code, _, err = run_cli("generate", tmp_path / "junk", tmp_path / "out", "--per-class", "1")
     assert code == 1
-    assert "neither a class-conditional model folder" in err
+    assert "not a model folder of any registered generator kind" in err
     code, _, err = run_cli("train", tmp_path / "missing", tmp_path / "model", "--preset", "smoke")
     assert code == 1 and "no such ImageSet" in err

@@ -181,7 +181,7 @@ def test_generate_command_without_ray_says_how_to_install(monkeypatch: pytest.Mo
 def test_generate_command_refuses_options_of_the_other_generator_kind(run_cli, tmp_path: Path) -> None:
     code, _, err = run_cli("generate", tmp_path / "pipe", tmp_path / "out", "--per-class", "2",
                            "--noise-temperature", "0.5", "--backend", "ray")
-    assert code == 1 and "--noise-temperature applies to class-conditional models only" in err
+    assert code == 1 and "unknown option(s) ['noise_temperature'] for generator kind 'text2image'" in err
     code, _, err = run_cli("generate", tmp_path / "pipe", tmp_path / "out", "--per-class", "2",
                            "--address", "auto")
     assert code == 1 and "--address applies to --backend ray only" in err
@@ -362,7 +362,8 @@ def test_accelerate_entry_writes_the_generate_text2image_set(tmp_path: Path) -> 
     ranked = ImageSet.open(tmp_path / "ranked")
     assert ranked.id == local.id
     # A finished set is returned as it is when only the batch size differs (generate_text2image's rule).
-    again = generate(generator_for(pipe, device="cpu", **{**settings, "batch_size": 3}), tmp_path / "local")
+    _, wider = generator_for_model(pipe, {"sample_steps": 2, "sample_batch_size": 3, "shard_size": 3, "device": "cpu"})
+    again = generate(wider.shard_generator(pipe, 2, 5, classes=["kitchen", "bedroom"]), tmp_path / "local")
     assert again.root == local.root and again.manifest["created"] == local.manifest["created"]
     assert ranked.manifest["generator"] == local.manifest["generator"]
     assert [r.to_row() for r in ranked.records] == [r.to_row() for r in local.records]

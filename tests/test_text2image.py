@@ -303,7 +303,8 @@ def test_cli_generate_dispatches_a_pipeline_folder_to_text_to_image(tiny_text2im
     (["--classes", ""], "class list is empty"),
     (["--classes", "kitchen,garage", "--prompts", "indoor-scenes"], "has no class 'garage'"),
     ([], "give the classes to generate"),
-    (["--classes", "kitchen", "--noise-temperature", "0.5"], "applies to class-conditional models only"),
+    (["--classes", "kitchen", "--noise-temperature", "0.5"],
+     "unknown option(s) ['noise_temperature'] for generator kind 'text2image'"),
 ])
 def test_cli_generate_bad_input(tiny_text2image, tmp_path, run_cli, args, message):
     code, _, err = run_cli("generate", tiny_text2image, tmp_path / "out", "--per-class", "1", *args)

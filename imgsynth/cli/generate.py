@@ -118,7 +118,9 @@ def generate_command(
              "lora": None if lora is None else str(lora),
              "caption_model": None if caption_model is None else str(caption_model), "height": height,
              "width": width, "dtype": dtype, "compile": compile or None, "license": license}
-    chosen = None if classes is None else [c.strip() for c in classes.split(",") if c.strip()] or None
+    chosen = None if classes is None else [c.strip() for c in classes.split(",") if c.strip()]
+    if chosen == []:
+        raise ValueError("--classes: the class list is empty: give at least one class (e.g. --classes kitchen,bedroom)")
     result = sample_model(model, out, per_class, seed, {**{k: v for k, v in flags.items() if v is not None},
                                                         **_parse_options(options)},
                           classes=chosen, backend=backend, address=address, workers=workers, progress=progress)

@@ -105,7 +105,8 @@ def model_kind(model: str | Path) -> str:
         owns = getattr(generator_class(kind), "owns", None)
         if owns is not None and owns(model):
             return kind
-    raise ValueError(f"{model}: no registered generator kind takes this model; registered: {sorted(GENERATORS)}")
+    raise ValueError(f"{model}: not a model folder of any registered generator kind ({', '.join(GENERATORS)}): no "
+                     f"imgsynth_model.json, {MODEL_INFO} or model_index.json")
 
 
 def generator_for_model(model: str | Path, options: Mapping[str, Any] | None = None,

@@ -431,8 +431,10 @@ class Text2ImageKind:
 
     @staticmethod
     def owns(model: str | os.PathLike) -> bool:
-        """Any diffusers pipeline folder or Hub id (the kinds with their own model files are asked first)."""
-        return True
+        """A diffusers pipeline folder (``model_index.json``) or anything that is not a folder (a Hub id); the
+        kinds with their own model files are asked first."""
+        path = Path(model)
+        return not path.is_dir() or (path / "model_index.json").is_file()
 
     @staticmethod
     def options_for_model(model: str | os.PathLike) -> dict[str, Any]:

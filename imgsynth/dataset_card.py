@@ -12,21 +12,24 @@ typed from its values. ``datasets.load_dataset(SET)`` reads it; the packaged for
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-import pyarrow as pa
+if TYPE_CHECKING:  # pyarrow is imported where a type is needed: every module that opens a set imports this one
+    import pyarrow as pa
 
 CARD = "README.md"
 # What the writer always puts in these columns (inference would call an all-None seed column "null").
-BASE_TYPES = {"caption": pa.string(), "seed": pa.int64(), "sha256": pa.string()}
-_VALUE_DTYPES = {pa.null(): "null", pa.bool_(): "bool", pa.int64(): "int64", pa.float64(): "float64",
-                 pa.string(): "string"}
+BASE_COLUMNS = {"caption": "string", "seed": "int64", "sha256": "string"}
+# The Arrow types JSON values infer to, by their Arrow name, and what ``datasets`` calls them.
+_VALUE_DTYPES = {"null": "null", "bool": "bool", "int64": "int64", "double": "float64", "string": "string"}
 _MARK = "<!-- written by imgsynth: the features above follow imageset.json; edit the manifest, not them -->"
 
 
 def infer_type(values: Sequence[Any]) -> pa.DataType | None:
     """The Arrow type pyarrow infers for a column of JSON values, or None when it has none imgsynth can
     declare (mixed kinds of value, such as a string in one row and an object in another)."""
+    import pyarrow as pa
+
     try:
         inferred = pa.array(list(values)).type
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
@@ -35,7 +38,9 @@ def infer_type(values: Sequence[Any]) -> pa.DataType | None:
 
 
 def _declarable(arrow_type: pa.DataType) -> bool:
-    if arrow_type in _VALUE_DTYPES:
+    import pyarrow as pa
+
+    if str(arrow_type) in _VALUE_DTYPES:
         return True
     if pa.types.is_struct(arrow_type):
         return all(_declarable(arrow_type.field(i).type) for i in range(arrow_type.num_fields))
@@ -46,6 +51,8 @@ def _declarable(arrow_type: pa.DataType) -> bool:
 
 def storable(arrow_type: pa.DataType) -> bool:
     """Whether parquet can hold the type (it cannot hold a struct without fields, e.g. ``{}`` in every row)."""
+    import pyarrow as pa
+
     if pa.types.is_struct(arrow_type):
         return arrow_type.num_fields > 0 and all(storable(arrow_type.field(i).type)
                                                  for i in range(arrow_type.num_fields))
@@ -57,7 +64,9 @@ def storable(arrow_type: pa.DataType) -> bool:
 def column_types(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> dict[str, pa.DataType | None]:
     """The type of every column besides ``file_name`` and ``label``: fixed for the base columns,
     inferred for the columns generators add (None where no single type fits)."""
-    return {c: BASE_TYPES.get(c) or infer_type([r.get(c) for r in rows])
+    import pyarrow as pa
+
+    return {c: pa.type_for_alias(BASE_COLUMNS[c]) if c in BASE_COLUMNS else infer_type([r.get(c) for r in rows])
             for c in columns if c not in ("file_name", "label")}
 
 
@@ -65,17 +74,21 @@ def column_types(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> d
 
 def feature_dict(arrow_type: pa.DataType | None) -> Any:
     """A ``datasets`` feature in its dict form (what parquet's ``huggingface`` metadata holds); None → string."""
+    import pyarrow as pa
+
     if arrow_type is None:
         return {"dtype": "string", "_type": "Value"}
     if pa.types.is_struct(arrow_type):
         return {f.name: feature_dict(f.type) for f in arrow_type}
     if pa.types.is_list(arrow_type):
         return {"feature": feature_dict(arrow_type.value_type), "_type": "List"}
-    return {"dtype": _VALUE_DTYPES[arrow_type], "_type": "Value"}
+    return {"dtype": _VALUE_DTYPES[str(arrow_type)], "_type": "Value"}
 
 
 def _feature_yaml(arrow_type: pa.DataType | None) -> dict[str, Any]:
     """The same feature in the card's YAML form (``datasets.Features._from_yaml_list`` reads it)."""
+    import pyarrow as pa
+
     if arrow_type is None:
         return {"dtype": "string"}
     if pa.types.is_struct(arrow_type):
@@ -84,7 +97,7 @@ def _feature_yaml(arrow_type: pa.DataType | None) -> dict[str, Any]:
         inner = _feature_yaml(arrow_type.value_type)
         return {"list": inner["dtype"] if list(inner) == ["dtype"] else
                 inner["struct"] if list(inner) == ["struct"] else inner}
-    return {"dtype": _VALUE_DTYPES[arrow_type]}
+    return {"dtype": _VALUE_DTYPES[str(arrow_type)]}
 
 
 def features_dict(classes: Sequence[str], types: Mapping[str, pa.DataType | None], *,

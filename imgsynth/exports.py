@@ -15,7 +15,7 @@ import tarfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from imgsynth.dataset_card import BASE_TYPES, column_types, features_dict, hf_features, storable
+from imgsynth.dataset_card import BASE_COLUMNS, column_types, features_dict, hf_features, storable
 from imgsynth.imageset import ImageSet, ImageSetError
 from imgsynth.locking import locks_output
 
@@ -40,17 +40,17 @@ def export_parquet(image_set: ImageSet, out: str | os.PathLike,
     import pyarrow.parquet as pq
 
     types = _metadata_types(image_set)
-    extra = [c for c in types if c not in BASE_TYPES]
-    column_types = {"label": pa.int64(), "label_name": pa.string(), **{c: types[c] for c in BASE_TYPES},
-                    "file_name": pa.string(), **{c: _parquet_type(types[c]) for c in extra}}
-    as_text = {c for c in extra if column_types[c] != types[c]}
-    features = features_dict(image_set.classes, {c: t for c, t in column_types.items() if c != "label"})
+    extra = [c for c in types if c not in BASE_COLUMNS]
+    stored = {"label": pa.int64(), "label_name": pa.string(), **{c: types[c] for c in BASE_COLUMNS},
+              "file_name": pa.string(), **{c: _parquet_type(types[c]) for c in extra}}
+    as_text = {c for c in extra if stored[c] != types[c]}
+    features = features_dict(image_set.classes, {c: t for c, t in stored.items() if c != "label"})
     schema = pa.schema(
-        [("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])), *column_types.items()],
+        [("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])), *stored.items()],
         metadata={"huggingface": json.dumps({"info": {"features": features}}),
                   "imgsynth": json.dumps(image_set.manifest, sort_keys=True)})
     # Nullable whole numbers: pandas would read int64 with nulls as float64 with NaN.
-    nullable_ints = [c for c, t in column_types.items() if t == pa.int64() and c != "label"]
+    nullable_ints = [c for c, t in stored.items() if t == pa.int64() and c != "label"]
     chunks = _chunks(len(image_set), rows_per_file)
 
     def write(folder: Path) -> list[Path]:
@@ -63,7 +63,7 @@ def export_parquet(image_set: ImageSet, out: str | os.PathLike,
                 "label": [image_set.class_to_index[r["label"]] for r in rows],
                 "label_name": [r["label"] for r in rows],
                 **{c: [_text(r.get(c)) if c in as_text else r.get(c) for r in rows]
-                   for c in column_types if c not in ("label", "label_name")},
+                   for c in stored if c not in ("label", "label_name")},
             }
             frame = pd.DataFrame({c: pd.array(v, dtype="Int64") if c in nullable_ints else v
                                   for c, v in columns.items()})

@@ -15,6 +15,7 @@ import tarfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from imgsynth.dataset_card import BASE_COLUMNS, column_types, features_dict, hf_features, storable
 from imgsynth.imageset import ImageSet, ImageSetError
 from imgsynth.locking import locks_output
 
@@ -26,52 +27,73 @@ def export_parquet(image_set: ImageSet, out: str | os.PathLike,
                    rows_per_file: int = DEFAULT_ROWS_PER_FILE) -> list[Path]:
     """Write ``out/data-0000i-of-0000n.parquet``: image (bytes, path), label, label_name, caption, seed, sha256.
 
-    ``label`` is the class index; the schema carries Hugging Face feature metadata (Image, ClassLabel
-    with the class names) so ``datasets.load_dataset("parquet", data_dir=out)`` decodes images and
-    labels, and the set's manifest under the ``imgsynth`` key. Extra metadata columns follow as JSON text.
+    ``label`` is the class index (the manifest's, which for sets written now is the sorted-name index
+    ImageFolder gives); the schema carries Hugging Face feature metadata (Image, ClassLabel with the
+    class names) so ``datasets.load_dataset("parquet", data_dir=out)`` decodes images and labels, and
+    the set's manifest under the ``imgsynth`` key. Extra metadata columns keep their JSON types
+    (numbers as numbers, objects as structs, as the dataset card declares them); a column whose rows
+    mix kinds of value is JSON text. Whole-number columns that may be empty (``seed``, ``generation``
+    for the real images of a mixed set) are nullable: pandas reads them as ``Int64`` with ``<NA>``.
     """
+    import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    extra = sorted({k for r in image_set.records for k in r.extra})
-    features = {
-        "image": {"_type": "Image"},
-        "label": {"names": image_set.classes, "_type": "ClassLabel"},
-        "label_name": {"dtype": "string", "_type": "Value"},
-        "caption": {"dtype": "string", "_type": "Value"},
-        "seed": {"dtype": "int64", "_type": "Value"},
-        "sha256": {"dtype": "string", "_type": "Value"},
-        "file_name": {"dtype": "string", "_type": "Value"},
-        **{k: {"dtype": "string", "_type": "Value"} for k in extra},
-    }
+    types = _metadata_types(image_set)
+    extra = [c for c in types if c not in BASE_COLUMNS]
+    stored = {"label": pa.int64(), "label_name": pa.string(), **{c: types[c] for c in BASE_COLUMNS},
+              "file_name": pa.string(), **{c: _parquet_type(types[c]) for c in extra}}
+    as_text = {c for c in extra if stored[c] != types[c]}
+    features = features_dict(image_set.classes, {c: t for c, t in stored.items() if c != "label"})
     schema = pa.schema(
-        [("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])), ("label", pa.int64()),
-         ("label_name", pa.string()), ("caption", pa.string()), ("seed", pa.int64()), ("sha256", pa.string()),
-         ("file_name", pa.string()), *[(k, pa.string()) for k in extra]],
+        [("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])), *stored.items()],
         metadata={"huggingface": json.dumps({"info": {"features": features}}),
                   "imgsynth": json.dumps(image_set.manifest, sort_keys=True)})
+    # Nullable whole numbers: pandas would read int64 with nulls as float64 with NaN.
+    nullable_ints = [c for c, t in stored.items() if t == pa.int64() and c != "label"]
     chunks = _chunks(len(image_set), rows_per_file)
 
     def write(folder: Path) -> list[Path]:
         paths = []
         for number, (start, stop) in enumerate(chunks):
-            rows = [image_set.records[i] for i in range(start, stop)]
-            columns = {
-                "image": [{"bytes": image_set.read_bytes(i, decode=True), "path": r.file_name} for i, r in zip(range(start, stop), rows)],
-                "label": [image_set.class_to_index[r.label] for r in rows],
-                "label_name": [r.label for r in rows],
-                "caption": [r.caption for r in rows],
-                "seed": [r.seed for r in rows],
-                "sha256": [r.sha256 for r in rows],
-                "file_name": [r.file_name for r in rows],
-                **{k: [_text(r.extra.get(k)) for r in rows] for k in extra},
+            rows = [image_set.records[i].to_row() for i in range(start, stop)]
+            columns: dict[str, Any] = {
+                "image": [{"bytes": image_set.read_bytes(i, decode=True), "path": r["file_name"]}
+                          for i, r in zip(range(start, stop), rows)],
+                "label": [image_set.class_to_index[r["label"]] for r in rows],
+                "label_name": [r["label"] for r in rows],
+                **{c: [_text(r.get(c)) if c in as_text else r.get(c) for r in rows]
+                   for c in stored if c not in ("label", "label_name")},
             }
+            frame = pd.DataFrame({c: pd.array(v, dtype="Int64") if c in nullable_ints else v
+                                  for c, v in columns.items()})
+            table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
             path = folder / f"data-{number:05d}-of-{len(chunks):05d}.parquet"
-            pq.write_table(pa.Table.from_pydict(columns, schema=schema), path, compression="zstd")
+            pq.write_table(table, path, compression="zstd")
             paths.append(path)
         return paths
 
     return _atomic_folder(Path(out), write)
+
+
+def _metadata_types(image_set: ImageSet) -> dict[str, Any]:
+    """The type of every metadata column besides file_name and label, as the set's dataset card has them."""
+    rows = [r.to_row() for r in image_set.records]
+    return column_types(rows, list(dict.fromkeys(c for r in rows for c in r)))
+
+
+def _parquet_type(arrow_type: Any) -> Any:
+    """The column type parquet stores: the inferred one, or JSON text where there is none it can hold."""
+    import pyarrow as pa
+
+    return arrow_type if arrow_type is not None and storable(arrow_type) else pa.string()
+
+
+def imagefolder_features(image_set: ImageSet) -> Any:
+    """The ``datasets.Features`` of a set, for ``datasets.load_dataset("imagefolder", data_dir=SET,
+    features=imagefolder_features(s))``: that packaged form reads no dataset card, so without them
+    ``label`` loads as the class name. ``load_dataset(SET)`` reads the card and needs nothing."""
+    return hf_features(image_set.classes, _metadata_types(image_set))
 
 
 def export_webdataset(image_set: ImageSet, out: str | os.PathLike,

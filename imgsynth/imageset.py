@@ -33,7 +33,9 @@ from PIL import Image
 from imgsynth.errors import ImageSetError
 from imgsynth.image_files import ImageFileError, check_sha256, decode_image, read_regular_file
 from imgsynth.locking import FolderLock, acquire, release
-from imgsynth.set_schema import KINDS, check_manifest, label_problem, manifest_problems, parse_json, row_problems
+from imgsynth.dataset_card import CARD, card_classes, card_text, column_types
+from imgsynth.set_schema import (KINDS, SORTED, check_manifest, class_order, label_order, label_problem,
+                                 manifest_problems, parse_json, row_problems)
 from imgsynth.provenance import content_id, license_record, sha256_bytes, sha256_file, software_versions
 
 FORMAT_VERSION = 1
@@ -44,7 +46,7 @@ IMAGES = "images"
 BASE_COLUMNS = ("file_name", "label", "caption", "seed", "sha256")
 JOB = "job.json"  # inside the partial folder: what the unfinished write is for
 # Files a finished set may hold at its root besides images/ (verify reports anything else as stray).
-ROOT_FILES = (MANIFEST, METADATA, "croissant.json", "README.md")
+ROOT_FILES = (MANIFEST, METADATA, "croissant.json", CARD)
 
 
 @dataclass(frozen=True)
@@ -173,7 +175,15 @@ class ImageSetWriter:
     Callers split their work into fixed shards (shard ``i`` always holds the same items) and call
     ``write_shard(i, samples)`` for each index not in ``done_shards``; after a crash a new writer on the
     same path sees the finished shards and the caller skips them. ``finalize()`` checks the shards are
-    contiguous, writes ``metadata.jsonl`` and ``imageset.json`` and renames the folder into place.
+    contiguous, writes ``metadata.jsonl``, ``imageset.json`` and the dataset card ``README.md``, and
+    renames the folder into place.
+
+    ``classes`` may come in any order: label index i is always the i-th of the sorted names
+    (:func:`~imgsynth.set_schema.label_order`), the order torchvision's ``ImageFolder``, the card's
+    ``ClassLabel`` and the exports use too. This is the one place that order is decided, so no writer
+    can number a set differently from its readers. An order that differs from the sorted one is kept
+    as the manifest's ``display_order``, for showing classes as the caller listed them (a source's
+    own label order, a prompt bank's); nothing indexes by it.
     """
 
     def __init__(self, root: str | os.PathLike, classes: Sequence[str], *, kind: str = "real",
@@ -185,9 +195,11 @@ class ImageSetWriter:
             raise ImageSetError(f"{self.root}: kind must be one of {KINDS}, got {kind!r}")
         if not classes:
             raise ImageSetError(f"{self.root}: an ImageSet needs at least one class")
-        self.classes = [check_label(c, str(self.root)) for c in classes]
-        if len(set(self.classes)) != len(self.classes):
-            raise ImageSetError(f"{self.root}: duplicate class names in {self.classes}")
+        given = [check_label(c, str(self.root)) for c in classes]
+        if len(set(given)) != len(given):
+            raise ImageSetError(f"{self.root}: duplicate class names in {given}")
+        self.classes = label_order(given)
+        self.display_order = given if given != self.classes else None
         self.kind = kind
         self.parents = [_parent_entry(p, self.root) for p in parents]
         self.generator = dict(generator or {})
@@ -323,6 +335,7 @@ class ImageSetWriter:
         _atomic_write_text(self.partial / METADATA,
                            "".join(json.dumps(r, default=_json_default) + "\n" for r in rows))
         _atomic_write_text(self.partial / MANIFEST, json.dumps(manifest, indent=2, default=_json_default))
+        _atomic_write_text(self.partial / CARD, card_text(manifest["id"], self.classes, column_types(rows, columns)))
         shutil.rmtree(self.partial / "shards")
         (self.partial / JOB).unlink()
         self.root.parent.mkdir(parents=True, exist_ok=True)
@@ -380,6 +393,7 @@ class ImageSetWriter:
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "kind": self.kind,
             "classes": self.classes,
+            **({"display_order": self.display_order} if self.display_order else {}),
             "counts": {c: counts.get(c, 0) for c in self.classes},
             "num_images": len(records),
             "image_size": list(first_size[::-1]) if len(sizes) == 1 else None,
@@ -408,7 +422,9 @@ class ImageSet:
     """An opened, finalized ImageSet; also a ``torch.utils.data.Dataset`` of (image, label index, caption).
 
     Items are float tensors in [0, 1] of shape (C, H, W) unless a ``transform`` is given, which receives
-    the PIL image. Labels index ``classes`` in manifest order, never filesystem order.
+    the PIL image. Labels index ``classes`` in manifest order, never filesystem order: sorted names for
+    every set imgsynth writes now (what ``ImageFolder`` gives too), the order written for sets from
+    before that rule (``class_order`` says which).
     """
 
     def __init__(self, root: Path, manifest: dict[str, Any], records: list[ImageRecord],
@@ -451,6 +467,35 @@ class ImageSet:
     @property
     def classes(self) -> list[str]:
         return list(self.manifest["classes"])
+
+    @property
+    def class_order(self) -> str:
+        """``"sorted"`` (label indices follow sorted class names, as ImageFolder's do) or ``"as written"``
+        (a set from before imgsynth sorted classes: indices follow its manifest, ImageFolder's differ)."""
+        return class_order(self.classes)
+
+    @property
+    def display_order(self) -> list[str]:
+        """The classes in the order they were given when the set was written (for display only)."""
+        return list(self.manifest.get("display_order") or self.classes)
+
+    def imagefolder_difference(self) -> str | None:
+        """Why ``torchvision.datasets.ImageFolder(set/images)`` would give some image another label index
+        than this set does, or None when it agrees on every image.
+
+        ImageFolder numbers the class folders it finds in sorted order, so it differs for a set whose
+        classes are not sorted, and for one where a class without images sorts before a class with them.
+        """
+        present = label_order([c for c in self.classes if self.counts.get(c)])
+        if all(self.class_to_index[c] == i for i, c in enumerate(present)):
+            return None
+        if self.class_order != SORTED:
+            return (f"its classes are in the order written ({', '.join(self.classes)}), ImageFolder numbers them "
+                    "in sorted order; read labels through the manifest, or re-write the set (e.g. imgsynth data "
+                    "import) to get sorted indices")
+        empty = [c for c in self.classes if not self.counts.get(c)]
+        return (f"class(es) {', '.join(empty)} have no images: ImageFolder finds no folder for them and numbers "
+                "the classes after them one lower")
 
     @property
     def kind(self) -> str:
@@ -550,7 +595,7 @@ class ImageSet:
                config: Mapping[str, Any] | None = None, annotations: Mapping[str, Any] | None = None,
                classes: Sequence[str] | None = None) -> ImageSet:
         """Write the images at ``indices`` (bytes copied, hashes kept) as a new set whose parent is this one."""
-        writer = ImageSetWriter(out, classes or self.classes, kind=kind or self.kind, parents=[self],
+        writer = ImageSetWriter(out, classes or self.display_order, kind=kind or self.kind, parents=[self],
                                 generator=self.manifest.get("generator"), config=config,
                                 license=self.manifest.get("license"), annotations=annotations)
         writer.write_all(self._samples(indices))
@@ -699,6 +744,8 @@ def verify(path: str | os.PathLike) -> VerifyReport:
     for where, row in rows:
         _verify_image(root, where, row, manifest, report, real_root, folders)
     _verify_no_strays(root, claimed, report)
+    if manifest is not None and isinstance(manifest.get("classes"), list):
+        _verify_card(root, manifest["classes"], report)
     # With broken metadata lines the id and counts cannot agree; saying so again would only be noise.
     if manifest is not None and metadata_whole:
         _verify_manifest_agrees(root, manifest, [row for _, row in rows], report)
@@ -824,6 +871,25 @@ def _verify_no_strays(root: Path, listed: set[str], report: VerifyReport) -> Non
                 report.add(Path(folder) / name, f"stray file: on disk but not listed in {METADATA}")
 
 
+def _verify_card(root: Path, classes: Sequence[str], report: VerifyReport) -> None:
+    """The dataset card imgsynth wrote must name the manifest's classes in its order, or ``datasets``
+    would give images other label indices than every other reader (a user's own card is not checked)."""
+    path = root / CARD
+    if not path.is_file() or path.is_symlink():
+        return  # sets written before cards existed have none; a link is reported as one above
+    try:
+        declared = card_classes(read_set_file(root, CARD).decode("utf-8", "replace"))
+    except ImageSetError as exc:
+        report.add(path, str(exc).removeprefix(f"{path}: "))
+        return
+    except ValueError as exc:
+        report.add(path, str(exc))
+        return
+    if declared is not None and declared != list(classes):
+        report.add(path, f"declares label classes {declared}, but {MANIFEST} has {list(classes)}; "
+                         "datasets would give images other label indices")
+
+
 def _verify_manifest_agrees(root: Path, manifest: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
                             report: VerifyReport) -> None:
     path = root / MANIFEST
@@ -871,14 +937,14 @@ def concatenate(sets: Sequence[ImageSet], out: str | os.PathLike, *, kind: str =
                 config: Mapping[str, Any] | None = None) -> ImageSet:
     """Join sets (e.g. real + all earlier generations for ``accumulate`` loops) into a new set.
 
-    Classes are the union in first-seen order; image ids are prefixed with the parent's short id so
-    files from different parents never clash.
+    Classes are the union (indexed in sorted order, displayed in first-seen order); image ids are
+    prefixed with the parent's short id so files from different parents never clash.
     """
     if not sets:
         raise ImageSetError(f"{out}: nothing to concatenate")
     classes: list[str] = []
     for s in sets:
-        classes.extend(c for c in s.classes if c not in classes)
+        classes.extend(c for c in s.display_order if c not in classes)
     licenses = [s.manifest.get("license") for s in sets]
     writer = ImageSetWriter(out, classes, kind=kind, parents=list(sets), config=config,
                             license={"name": "mixed", "parts": licenses})

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import posixpath
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from imgsynth.errors import ImageSetError
 
 KINDS = ("real", "generated", "curated", "mixed")
+SORTED, AS_WRITTEN = "sorted", "as written"  # the two class orders a manifest can have (class_order)
 # Deeper JSON is no manifest imgsynth wrote; the limit also keeps every later walk far from recursion limits.
 MAX_DEPTH = 32
 MAX_INT = (1 << 63) - 1
@@ -72,6 +73,19 @@ def label_problem(label: Any) -> str | None:
     return None
 
 
+def label_order(classes: Sequence[str]) -> list[str]:
+    """The order a set's label indices follow: class names sorted by code point, as Python's ``sorted``
+    orders the class folders in torchvision's ``ImageFolder`` (``find_classes``), so that every reader
+    of ``images/<label>/`` numbers the classes the same way."""
+    return sorted(classes)
+
+
+def class_order(classes: Sequence[str]) -> str:
+    """``"sorted"`` when a manifest's classes follow :func:`label_order`, else ``"as written"`` (a set
+    written before imgsynth sorted them: its indices stay the order its manifest lists)."""
+    return SORTED if list(classes) == label_order(classes) else AS_WRITTEN
+
+
 def manifest_problems(manifest: Any) -> list[str]:
     """Every schema problem of a parsed ``imageset.json``, each as ``field ...: problem``."""
     if not isinstance(manifest, dict):
@@ -87,6 +101,11 @@ def manifest_problems(manifest: Any) -> list[str]:
             repeated = sorted({c for c in classes if isinstance(c, str) and classes.count(c) > 1})
             if repeated:
                 problems.append(f"'classes': duplicate class name(s) {repeated}")
+    display = manifest.get("display_order")
+    if display is not None and isinstance(classes, list) and not (
+            isinstance(display, list) and all(isinstance(c, str) for c in display)
+            and sorted(display) == sorted(c for c in classes if isinstance(c, str))):
+        problems.append(f"'display_order' must list the manifest's classes, each once, got {_short(display)}")
     if "id" in manifest and not (isinstance(manifest["id"], str) and _SHA256.fullmatch(manifest["id"])):
         problems.append(f"'id' must be a 64-digit lowercase hex string, got {_short(manifest['id'])}")
     if "kind" in manifest and manifest["kind"] not in KINDS:

@@ -10,7 +10,9 @@ a spec is ``name`` or ``name:location``:
 - ``torchvision:<Name>:<root>``: a torchvision dataset already on disk (never downloaded).
 
 Class order is fixed by the source (a dataset's own class list) or sorted by name, never by the file
-system. Images are converted to ``mode`` and resized to ``size``×``size`` (bicubic; None keeps sizes).
+system; the sets written from it number classes by sorted name, as every ImageSet does (the source's
+own order is kept as the manifest's ``display_order``), while the train/test split follows the
+source's order so that imports stay reproducible. Images are converted to ``mode`` and resized to ``size``×``size`` (bicubic; None keeps sizes).
 Sources load eagerly after resizing, so bad input fails before anything is written.
 """
 

@@ -68,7 +68,9 @@ def interrupt_at(monkeypatch, generator, call: int) -> list[str]:
 
 def test_three_class_set_loads_back_with_every_record(reference: ImageSet, tiny_text2image: Path):
     image_set = ImageSet.open(reference.root)
-    assert image_set.classes == CLASSES and image_set.kind == "generated"
+    # Label indices follow sorted names (as ImageFolder's do); the order asked for is the display order.
+    assert image_set.classes == sorted(CLASSES) and image_set.display_order == CLASSES
+    assert image_set.kind == "generated"
     assert image_set.counts == {c: 2 for c in CLASSES}
     assert image_set.image_size == (16, 16) and image_set.manifest["image_mode"] == "RGB"
     indoor = load_prompt_bank("indoor-scenes")

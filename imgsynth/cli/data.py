@@ -48,8 +48,14 @@ def info_command(
     typer.echo(f"{image_set.root}\n  id        {image_set.id}\n  kind      {image_set.kind}\n"
                f"  images    {len(image_set)}\n  size      {m.get('image_size')} {m.get('image_mode', '')}\n"
                f"  license   {m.get('license', {}).get('name')}")
-    for name, count in image_set.counts.items():
-        typer.echo(f"  {name:>20}  {count}")
+    typer.echo(f"  classes   {len(image_set.classes)}, label index order {image_set.class_order}")
+    if image_set.display_order != image_set.classes:
+        typer.echo(f"  display   {', '.join(image_set.display_order)}")
+    difference = image_set.imagefolder_difference()
+    if difference:
+        typer.echo(f"note: torchvision ImageFolder numbers this set's classes differently: {difference}", err=True)
+    for index, (name, count) in enumerate(image_set.counts.items()):
+        typer.echo(f"  {index:>4}  {name:>20}  {count}")
     for parent in image_set.parents:
         typer.echo(f"  parent    {parent.get('id', '')[:16]}  {parent.get('path', '')}")
 

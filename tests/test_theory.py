@@ -1,6 +1,6 @@
 """The recursive loop checked against closed forms, with the exact-theory Gaussian generator.
 
-`assets/experiments/gaussian-theory.toml` derives the expectations: under `replace`, a per-class
+`imgsynth/assets/experiments/gaussian-theory.toml` derives the expectations: under `replace`, a per-class
 Gaussian refitted to n samples each generation has E[σ²_k] = σ²_0 ((n − 1)/n)^k with the MLE covariance
 and E[σ²_k] = σ²_0 with the unbiased one, whose mean random-walks with E[(μ_k − μ_0)²] = k σ²_0 / n.
 Generation 0 is the same fit of the same real data for every seed, so each replicate's ratio to it has

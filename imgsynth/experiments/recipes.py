@@ -1,18 +1,18 @@
-"""Shipped recipes under ``assets/experiments`` and resolution of what `imgsynth run` was given."""
+"""Shipped recipes (package data, ``imgsynth/assets/experiments``) and what `imgsynth run` was given."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from imgsynth.experiments.config import RecipeError
+from imgsynth.package_data import shipped_files
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
 DEFAULT_RECIPE = "digits-collapse"
 
 
 def shipped_recipes() -> dict[str, Path]:
-    """Name → path of every recipe shipped in ``assets/experiments``."""
-    return {p.stem: p for p in sorted((ASSETS / "experiments").glob("*.toml"))}
+    """Name → path of every recipe shipped in ``imgsynth/assets/experiments``."""
+    return shipped_files("experiments")
 
 
 def resolve_target(target: str | None) -> tuple[Path | None, Path | None]:

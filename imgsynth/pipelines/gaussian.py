@@ -1,7 +1,7 @@
 """An exact-theory generator: per class, a Gaussian fitted to the training images' pixels.
 
 Fitting is closed form (mean and covariance of the flattened uint8 pixels, in float64), so what a
-recursive loop does to it has closed-form expectations (``assets/experiments/gaussian-theory.toml``):
+recursive loop does to it has closed-form expectations (``imgsynth/assets/experiments/gaussian-theory.toml``):
 with the maximum-likelihood covariance (divide by n) the expected variance shrinks by (n − 1)/n per
 generation under ``replace``, with the unbiased one (divide by n − 1) it stays, while the mean random-walks.
 Sampling draws each image from its own seed (``work.image_seed``), rounds to uint8 and writes an

@@ -9,7 +9,8 @@ This follows what the synthetic-training-data literature found useful: class nam
 viewpoint diversity (Shipard et al. 2023). Captions can be rewritten by a local language model
 (``CaptionRewriter``) for freer phrasing.
 
-Shipped banks live in ``assets/prompts/*.toml``; pass a bank by name (``indoor-scenes``) or path.
+Shipped banks are package data (``imgsynth/assets/prompts/*.toml``); pass a bank by name (``indoor-scenes``)
+or path.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from imgsynth.imageset import ImageSetError, check_label
+from imgsynth.package_data import shipped_files
 from imgsynth.safe_loading import pickle_files, refusing_pickles
 
-PROMPTS_DIR = Path(__file__).resolve().parents[2] / "assets" / "prompts"
 GENERIC_BANK = "generic"
 SLOTS = ("name", "definition", "attribute", "context", "style", "lighting", "viewpoint")
 # Pools a bank shares with its classes; a class may give its own list instead.
@@ -112,8 +113,8 @@ class PromptBank:
 # --------------------------------------------------------------------------------------------- loading
 
 def shipped_banks() -> dict[str, Path]:
-    """Name → path of every bank in ``assets/prompts``."""
-    return {p.stem: p for p in sorted(PROMPTS_DIR.glob("*.toml"))}
+    """Name → path of every bank shipped in ``imgsynth/assets/prompts``."""
+    return shipped_files("prompts")
 
 
 def load_prompt_bank(spec: str | Path) -> PromptBank:

@@ -34,7 +34,7 @@ def train_command(
 ) -> None:
     """Train a class-conditional diffusion model (with classifier-free guidance) on an ImageSet.
 
-    Under ``accelerate launch``/torchrun with several processes, they train one model data-parallel.
+    Under `accelerate launch`/torchrun with several processes, they train one model data-parallel.
     """
     from imgsynth.distributed.accelerate_train import AccelerateDataParallel, launched_world_size
     from imgsynth.imageset import ImageSet
@@ -103,7 +103,7 @@ def generate_command(
                                           "does not say."),
     # Scale-out (imgsynth.distributed); the set is byte-identical whichever backend makes it.
     backend: str = typer.Option("local", help="local (this process) or ray (a Ray cluster; needs "
-                                "`pip install 'imgsynth[ray]'`)."),
+                                "`pip install 'imgsynth\\[ray]'`)."),
     address: Optional[str] = typer.Option(None, help="Ray: cluster address, auto or ray://host:port "
                                           "(default: a local cluster)."),
     workers: Optional[int] = typer.Option(None, min=1, help="Ray: actors, one model each (default: one per "

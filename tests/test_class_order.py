@@ -180,6 +180,20 @@ def test_every_reader_gives_every_image_the_manifests_label_index(unsorted_set, 
     assert verify(root).ok, verify(root).problems
 
 
+def test_text_to_image_generation_numbers_the_classes_asked_for_as_imagefolder_does(tiny_text2image, tmp_path,
+                                                                                    run_cli):
+    """The reported case: ``imgsynth generate TINY_T2I out --classes kitchen,bedroom,bathroom``."""
+    code, _, err = run_cli("generate", tiny_text2image, tmp_path / "out", "--classes", ",".join(CLASSES),
+                           "--per-class", "1", "--steps", "1", "--device", "cpu", "--no-progress")
+    assert code == 0, err
+    generated = ImageSet.open(tmp_path / "out")
+    assert generated.classes == ["bathroom", "bedroom", "kitchen"] and generated.display_order == CLASSES
+    expected = manifest_indices(generated.root)
+    assert imagefolder_labels(generated.root) == expected
+    assert hf_card_labels(generated.root, tmp_path / "cache") == expected
+    assert webdataset_labels(generated.root, tmp_path / "wds") == expected
+
+
 def test_the_given_order_is_kept_for_display_only(tmp_path, run_cli):
     s = written_set(tmp_path / "set")
     assert s.classes == ["bathroom", "bedroom", "kitchen"] and s.display_order == CLASSES

@@ -7,8 +7,8 @@ an installed copy finds them wherever it was installed, independently of the cur
 from __future__ import annotations
 
 import atexit
-from contextlib import ExitStack
 import sys
+from contextlib import ExitStack
 from importlib.resources import as_file, files
 from pathlib import Path
 from typing import TYPE_CHECKING

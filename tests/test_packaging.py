@@ -11,11 +11,15 @@ import os
 import shutil
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 from imgsynth.experiments.config import load_recipe
 from imgsynth.experiments.recipes import shipped_recipes

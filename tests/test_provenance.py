@@ -13,7 +13,8 @@ from PIL import Image
 
 from imgsynth.imageset import ImageSet, ImageSetWriter, Sample, concatenate
 from imgsynth.provenance import (CROISSANT_CONFORMS_TO, LICENSES, classify_license, content_id,
-                                 croissant_metadata, lineage, model_license, read_card_license, sha256_file)
+                                 croissant_metadata, lineage, model_license, read_card_license, sha256_file,
+                                 write_croissant)
 
 
 def write(root: Path, seed: int, *, parents=(), kind="real", generator=None, license=None) -> ImageSet:
@@ -204,7 +205,7 @@ def test_lineage_of_a_missing_set_is_a_clear_error(run_cli, tmp_path):
 def test_croissant_describes_files_records_and_synthetic_lineage(chain):
     gen1 = chain["gen1"]
     doc = croissant_metadata(gen1)
-    assert doc["conformsTo"] == CROISSANT_CONFORMS_TO == "http://mlcommons.org/croissant/1.0"
+    assert doc["conformsTo"] == CROISSANT_CONFORMS_TO == "http://mlcommons.org/croissant/1.1"
     assert doc["@type"] == "sc:Dataset" and doc["@context"]["cr"] == "http://mlcommons.org/croissant/"
     assert doc["@context"]["rai"] == "http://mlcommons.org/croissant/RAI/"
     files = {d["@id"]: d for d in doc["distribution"]}
@@ -214,7 +215,7 @@ def test_croissant_describes_files_records_and_synthetic_lineage(chain):
     records = {r["@id"]: r for r in doc["recordSet"]}
     assert [row["classes/name"] for row in records["classes"]["data"]] == gen1.classes
     sample_fields = {f["name"]: f for f in records["samples"]["field"]}
-    assert {"file_name", "label", "caption", "seed", "sha256", "generation"} <= set(sample_fields)
+    assert {"image", "file_name", "label", "caption", "seed", "sha256", "generation"} <= set(sample_fields)
     assert sample_fields["generation"]["dataType"] == "sc:Integer"
     assert sample_fields["label"]["references"] == {"field": {"@id": "classes/name"}}
     assert doc["rai:dataCollectionType"] == ["Synthetic"]
@@ -222,7 +223,7 @@ def test_croissant_describes_files_records_and_synthetic_lineage(chain):
     story = doc["rai:dataCollection"]
     assert "text2image" in story and "models/sd" in story and "creativeml-openrail-m" in story and "source:toy" in story
     assert any("creativeml-openrail-m" in note for note in doc["rai:dataLimitations"])
-    assert doc["prov:wasGeneratedBy"]["name"] == "text2image"
+    assert doc["prov:wasGeneratedBy"]["prov:wasAssociatedWith"]["prov:label"] == "text2image (models/sd)"
 
 
 def test_croissant_references_resolve(chain):
@@ -234,7 +235,7 @@ def test_croissant_references_resolve(chain):
     for record in doc["recordSet"]:
         for f in record["field"]:
             source = f.get("source", {})
-            for key in ("fileObject", "fileSet"):
+            for key in ("fileObject", "fileSet", "field"):
                 if key in source:
                     assert source[key]["@id"] in ids
             if "references" in f:
@@ -246,4 +247,127 @@ def test_croissant_of_a_real_set(chain):
     doc = croissant_metadata(chain["real"])
     assert doc["rai:dataCollectionType"] == ["Secondary Data analysis"]
     assert "source:toy" in doc["rai:dataCollectionRawData"] and "CC-BY-4.0" in doc["rai:dataCollectionRawData"]
-    assert doc["license"] == "CC-BY-4.0" and "prov:wasGeneratedBy" not in doc
+    assert [work["name"] for work in doc["license"]] == ["CC-BY-4.0"] and "prov:wasGeneratedBy" not in doc
+
+
+# rdflib (under mlcroissant) warns about its own use of ConjunctiveGraph when it parses JSON-LD.
+RDFLIB_NOISE = pytest.mark.filterwarnings("ignore:ConjunctiveGraph is deprecated:DeprecationWarning")
+
+
+def _mlcroissant_records(jsonld: Path, record_set: str) -> list[dict]:
+    mlcroissant = pytest.importorskip("mlcroissant")
+    dataset = mlcroissant.Dataset(jsonld=str(jsonld))
+    assert not dataset.metadata.ctx.issues.errors and not dataset.metadata.ctx.issues.warnings
+    return list(dataset.records(record_set=record_set))
+
+
+def _text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+@RDFLIB_NOISE
+@pytest.mark.parametrize("where", ["in the set", "in a folder above it"])
+def test_mlcroissant_reads_every_sample_of_an_exported_set_from_another_folder(chain, tmp_path, monkeypatch,
+                                                                               caplog, where):
+    run = chain["gen1"].root.parent
+    out = chain["gen1"].root if where == "in the set" else run
+    written = write_croissant(chain["gen1"], out)
+    assert written == out / "croissant.json"
+    # Move the whole tree, then read from an unrelated working directory: no path may depend on either.
+    moved = tmp_path / "moved"
+    shutil.copytree(run, moved)
+    shutil.rmtree(run)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    moved_set = ImageSet.open(moved / "gen_1")
+    jsonld = moved / written.relative_to(run)
+    with caplog.at_level("WARNING"):
+        samples = _mlcroissant_records(jsonld, "samples")
+        images = _mlcroissant_records(jsonld, "images")
+    assert not [r for r in caplog.records if r.levelname == "WARNING"], caplog.text  # no regex misses
+    expected = {r.file_name: r for r in moved_set.records}
+    assert sorted(_text(s["samples/file_name"]) for s in samples) == sorted(expected)
+    for sample in samples:
+        record = expected[_text(sample["samples/file_name"])]
+        assert _text(sample["samples/label"]) == record.label
+        assert _text(sample["samples/caption"]) == record.caption
+        assert sample["samples/seed"] == record.seed and sample["samples/generation"] == 1
+        path = moved_set.root / record.file_name
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == _text(sample["samples/sha256"]) == record.sha256
+        # mlcroissant hands out images as RGB; the pixels must be the set's own
+        with Image.open(path) as stored:
+            assert np.array_equal(np.asarray(sample["samples/image"]), np.asarray(stored.convert("RGB")))
+    assert sorted((_text(i["images/file_name"]), _text(i["images/label"])) for i in images) == \
+        sorted((r.file_name, r.label) for r in moved_set.records)
+
+
+def test_croissant_export_refuses_a_different_file_and_a_folder_readers_cannot_use(run_cli, chain, tmp_path):
+    gen1 = chain["gen1"]
+    out = gen1.root / "croissant.json"
+    out.write_text('{"@type": "sc:Dataset", "name": "someone else\'s"}\n')
+    before = out.read_bytes()
+    code, _, err = run_cli("data", "export", gen1.root, "--format", "croissant")
+    assert code == 1 and f"error: {out}: already exists" in err and "Traceback" not in err
+    assert out.read_bytes() == before
+    out.unlink()
+    code, printed, err = run_cli("data", "export", gen1.root, out, "--format", "croissant")
+    assert code == 0, err
+    first = out.read_bytes()
+    # the same description again is not a conflict, and leaves the file as it was
+    code, printed_again, err = run_cli("data", "export", gen1.root, out, "--format", "croissant")
+    assert code == 0 and printed_again == printed and out.read_bytes() == first
+    beside = tmp_path / "exports"
+    beside.mkdir()
+    code, _, err = run_cli("data", "export", gen1.root, beside / "gen1.json", "--format", "croissant")
+    assert code == 1 and f"error: {beside / 'gen1.json'}: a Croissant file for the set {gen1.root}" in err
+    assert list(beside.iterdir()) == []
+    assert sorted(p.name for p in gen1.root.iterdir()) == sorted(["croissant.json", "imageset.json", "images",
+                                                                 "metadata.jsonl"])
+
+
+def test_croissant_licenses_are_the_lineage_licenses_not_placeholders(chain, tmp_path):
+    names = {key: [work["name"] for work in croissant_metadata(chain[key])["license"]] for key in chain}
+    assert names["real"] == ["CC-BY-4.0"]
+    assert sorted(names["gen1"]) == sorted(names["gen2"]) == sorted(names["mixed"]) == \
+        ["CC-BY-4.0", "creativeml-openrail-m"]
+    gen3 = write(tmp_path / "run" / "gen_3", 3, parents=[chain["gen2"]], kind="generated",
+                 generator={"pipeline": "conditional", "model_path": "m", "license": "from-scratch"},
+                 license={"name": "generated", "note": "the parent's license terms apply"})
+    works = croissant_metadata(gen3)["license"]
+    assert sorted(w["name"] for w in works) == ["CC-BY-4.0", "creativeml-openrail-m"]
+    by_name = {w["name"]: w["description"] for w in works}
+    assert "real data source:toy" in by_name["CC-BY-4.0"] and by_name["CC-BY-4.0"].startswith("permissive")
+    assert "models/sd" in by_name["creativeml-openrail-m"] and by_name["creativeml-openrail-m"].startswith("restricted")
+    # parents' licenses are carried on the parent entities too
+    assert croissant_metadata(chain["gen1"])["prov:wasDerivedFrom"][0]["license"] == "CC-BY-4.0"
+    # a source without a license leaves the terms open, and says so
+    unlicensed = write(tmp_path / "other", 4, parents=[{"id": "source:mine", "path": "mine", "kind": "source"}])
+    assert [w["name"] for w in croissant_metadata(unlicensed)["license"]] == ["unknown"]
+
+
+@RDFLIB_NOISE
+def test_croissant_provenance_uses_prov_o_terms(chain):
+    from rdflib import RDF, Graph, Namespace, URIRef
+
+    prov = Namespace("http://www.w3.org/ns/prov#")
+    gen1, real = chain["gen1"], chain["real"]
+    doc = croissant_metadata(gen1)
+    assert doc["@context"]["prov"] == str(prov)
+    # Parse as JSON-LD (rdflib, independently of mlcroissant) and read the PROV-O triples back.
+    graph = Graph().parse(data=json.dumps(doc), format="json-ld", base=gen1.root.as_uri() + "/")
+    dataset = URIRef(f"urn:imgsynth:imageset:{gen1.id}")
+    parent = URIRef(f"urn:imgsynth:imageset:{real.id}")
+    assert set(graph.objects(dataset, prov.wasDerivedFrom)) == {parent}
+    assert (parent, RDF.type, prov.Entity) in graph
+    (activity,) = graph.objects(dataset, prov.wasGeneratedBy)
+    assert (activity, RDF.type, prov.Activity) in graph
+    assert set(graph.objects(activity, prov.used)) == {parent}
+    (agent,) = graph.objects(activity, prov.wasAssociatedWith)
+    assert (agent, RDF.type, prov.SoftwareAgent) in graph
+    assert set(graph.objects(dataset, prov.wasAttributedTo)) == {agent}
+    assert "text2image" in str(next(graph.objects(agent, prov.label)))
+    # a mixed set derives from both parents and was not sampled by a generator
+    mixed = croissant_metadata(chain["mixed"])
+    assert {p["identifier"] for p in mixed["prov:wasDerivedFrom"]} == {real.id, chain["gen2"].id}
+    assert "prov:wasGeneratedBy" not in mixed

@@ -75,11 +75,11 @@ def verify_command(path: Path = typer.Argument(..., help="An ImageSet folder."))
 @app.command("export")
 def export_command(
     path: Path = typer.Argument(..., help="An ImageSet folder."),
-    out: Optional[Path] = typer.Argument(None, help="Output folder (parquet, webdataset) or file (croissant; "
-                                                    "default SET/croissant.json)."),
+    out: Optional[Path] = typer.Argument(None, help="Output folder (parquet, webdataset) or file (croissant: "
+                                                    "in SET or a folder above it; default SET/croissant.json)."),
     fmt: str = typer.Option(..., "--format", help=f"One of: {', '.join(EXPORT_FORMATS)}."),
 ) -> None:
-    """Export a set as parquet, WebDataset tar shards, or a Croissant 1.0 JSON-LD description."""
+    """Export a set as parquet, WebDataset tar shards, or a Croissant 1.1 JSON-LD description."""
     image_set = ImageSet.open(path)
     for written in export(image_set, fmt, out):
         typer.echo(str(written))

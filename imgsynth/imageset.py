@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-from imgsynth.errors import ImageSetError
+from imgsynth.errors import ImageSetError, Note
 from imgsynth.image_files import ImageFileError, check_sha256, decode_image, read_regular_file
 from imgsynth.locking import FolderLock, acquire, release
 from imgsynth.dataset_card import CARD, card_classes, card_text, column_types
@@ -254,7 +254,8 @@ class ImageSetWriter:
                 if self._joined:
                     raise ImageSetError(f"{self.partial}: holds an unfinished write of a different job than "
                                         "this worker's driver started")
-                warnings.warn(f"{self.partial}: discarding an unfinished write of a different job", stacklevel=3)
+                warnings.warn(f"{self.partial}: discarding an unfinished write of a different job", Note,
+                              stacklevel=3)
                 shutil.rmtree(self.partial)
         (self.partial / "shards").mkdir(parents=True, exist_ok=True)
         if not job_path.is_file():

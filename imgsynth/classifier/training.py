@@ -36,6 +36,12 @@ from imgsynth.provenance import software_versions
 CACHE_LIMIT_BYTES = 2 * 1024**3
 # Images decoded to estimate the normalisation of a set too large to cache.
 STATISTICS_SAMPLE = 4096
+# The one-cycle schedule warms up over its first ONE_CYCLE_WARMUP of the steps. Below MIN_ONE_CYCLE_STEPS
+# that warm-up is shorter than two steps, where torch's OneCycleLR degenerates: at 4 steps its warm-up has
+# zero length and it divides by zero, at 1 step its only step uses lr/250000. Such short runs (tiny sets,
+# one epoch) train at the constant peak rate instead.
+ONE_CYCLE_WARMUP = 0.25
+MIN_ONE_CYCLE_STEPS = 8
 
 
 @locks_output("out_dir")
@@ -54,7 +60,8 @@ def train_classifier(train_set: ImageSet | str | os.PathLike, out_dir: str | os.
     if not isinstance(train_set, ImageSet):
         train_set = ImageSet.open(train_set)
     if len(train_set) < 2:
-        raise ClassifierError(f"{train_set.root}: {len(train_set)} image(s) is too few to train a classifier")
+        raise ClassifierError(f"{train_set.root}: {len(train_set)} image(s) is too few to train a classifier; "
+                              "it needs at least 2 (BatchNorm needs two images per batch)")
     device = resolve_device(config.device)
     mode, size = input_geometry(train_set, config)
     data = TrainingImages(train_set, mode, size, config, progress)
@@ -148,7 +155,11 @@ class TrainingImages:
 
 def fit(model: nn.Module, data: TrainingImages, preprocessing: Preprocessing, config: ClassifierConfig,
         device: torch.device, progress: bool) -> list[dict[str, Any]]:
-    """The training loop: AdamW + one-cycle LR, optional augmentation; returns per-epoch loss and accuracy."""
+    """The training loop: AdamW + LR schedule, optional augmentation; returns per-epoch loss and accuracy.
+
+    The schedule is one-cycle peaking at ``config.lr`` (``learning_rate_schedule``), or constant at
+    ``config.lr`` for runs of fewer than ``MIN_ONE_CYCLE_STEPS`` optimizer steps.
+    """
     cuda = device.type == "cuda"
     model.to(device)
     if cuda:
@@ -159,8 +170,7 @@ def fit(model: nn.Module, data: TrainingImages, preprocessing: Preprocessing, co
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
     total_steps = data.steps_per_epoch * config.epochs
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total_steps,
-                                                   pct_start=0.25)
+    schedule = learning_rate_schedule(optimizer, config.lr, total_steps)
     augment = Augmentation(hflip=config.hflip) if config.augment else None
     shuffle_generator = torch.Generator().manual_seed(config.seed)
     augment_generator = torch.Generator().manual_seed(config.seed + 1_000_003)
@@ -197,6 +207,20 @@ def fit(model: nn.Module, data: TrainingImages, preprocessing: Preprocessing, co
                         "accuracy": round(correct.item() / seen, 6)})
     bar.close()
     return history
+
+
+def learning_rate_schedule(optimizer: torch.optim.Optimizer, peak_lr: float,
+                           total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """One-cycle LR to ``peak_lr`` over ``total_steps`` (warm-up ``ONE_CYCLE_WARMUP``), or constant at
+    ``peak_lr`` when ``total_steps < MIN_ONE_CYCLE_STEPS``, too few for one-cycle's warm-up (see there)."""
+    if total_steps < 1:
+        raise ClassifierError(f"a training run needs at least one optimizer step, got {total_steps}")
+    if total_steps < MIN_ONE_CYCLE_STEPS:
+        for group in optimizer.param_groups:
+            group["lr"] = peak_lr
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peak_lr, total_steps=total_steps,
+                                               pct_start=ONE_CYCLE_WARMUP)
 
 
 @contextlib.contextmanager

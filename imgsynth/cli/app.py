@@ -6,16 +6,20 @@ import errno
 import os
 import pickle
 import sys
+import traceback
+import warnings
+from importlib import metadata
+from typing import Any, Callable, Optional
 
 import typer
+from PIL import Image
 
 from imgsynth.cli import classify, curate, data, experiments
 from imgsynth.cli import features as features_cli
 from imgsynth.cli import generate as generate_cli
 from imgsynth.cli import finetune as finetune_cli
 from imgsynth.cli import metrics as metrics_cli
-from imgsynth.errors import TaskFailedError
-from imgsynth.imageset import ImageSetError
+from imgsynth.errors import Note, TaskFailedError
 from imgsynth.locking import FolderBusyError
 
 app = typer.Typer(help="Labeled synthetic image datasets and model-collapse experiments.",
@@ -32,9 +36,60 @@ metrics_cli.register(app)
 features_cli.register(app)
 generate_cli.register(app)
 
+DEBUG_VARIABLE = "IMGSYNTH_DEBUG"
+# Exit statuses (the grep/diff convention): 2 = the input is wrong (the user can fix it and rerun),
+# 1 = the command failed although its input was acceptable (a worker died, memory or disk ran out, a bug).
+EXIT_USER_ERROR = 2
+EXIT_FAILURE = 1
+# OSErrors that say the machine ran out of something or broke, not that a path or permission is wrong.
+FAILURE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EIO, errno.EMFILE, errno.ENFILE})
+
+# --debug of the invocation in progress; run_app resets it, so in-process callers (tests) never inherit it.
+_options = {"debug": False}
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        # Package metadata, not imports: `imgsynth --version` must not pay for importing torch.
+        from imgsynth import __version__
+
+        typer.echo(f"imgsynth {__version__}\ntorch {_distribution_version('torch')}")
+        raise typer.Exit()
+
+
+def _distribution_version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+@app.callback()
+def root_options(
+    debug: bool = typer.Option(False, "--debug", help=f"On an error, show the traceback too (as {DEBUG_VARIABLE}=1 "
+                               "does)."),
+    version: Optional[bool] = typer.Option(None, "--version", callback=_print_version, is_eager=True,
+                                           help="Print imgsynth's and torch's versions and exit."),
+) -> None:
+    """Labeled synthetic image datasets and model-collapse experiments."""
+    _options["debug"] = debug
+
+
+def _safetensors_error() -> type[BaseException] | None:
+    try:
+        from safetensors import SafetensorError
+    except ImportError:  # pragma: no cover - a core dependency
+        return None
+    return SafetensorError
+
+
+def _is_torch_out_of_memory(exc: BaseException) -> bool:
+    torch = sys.modules.get("torch")  # only a command that imported torch can have run out of its memory
+    return torch is not None and isinstance(exc, torch.OutOfMemoryError)
+
 
 def error_line(exc: BaseException) -> str:
-    """The one line a user sees for an error they can cause or fix (bad input, a busy folder, a full disk)."""
+    """The text a user sees for an error (bad input, a busy folder, a full disk): what, and which file."""
     if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.strerror:
         where = f"{exc.filename}: " if exc.filename else ""
         if exc.errno == errno.ENOSPC:
@@ -43,30 +98,85 @@ def error_line(exc: BaseException) -> str:
         return f"{where}{exc.strerror}"
     if isinstance(exc, pickle.UnpicklingError):
         return f"refused to load a pickle-based file ({exc})"
-    if isinstance(exc, MemoryError):
+    if isinstance(exc, MemoryError) or _is_torch_out_of_memory(exc):
         return "out of memory; use smaller images, batches or models"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"a file is not UTF-8 text ({exc})"
+    if isinstance(exc, Image.DecompressionBombError):
+        return f"refused an image too large to decode safely ({exc})"
+    safetensors_error = _safetensors_error()
+    if safetensors_error is not None and isinstance(exc, safetensors_error):
+        return f"not a readable safetensors weights file ({exc})"
     return str(exc) or type(exc).__name__
 
 
-USER_ERRORS = (ImageSetError, ValueError, FolderBusyError, TaskFailedError, OSError, pickle.UnpicklingError,
-               MemoryError)
+def exit_status(exc: BaseException) -> int | None:
+    """2 for an error in the user's input, 1 for a failure to finish, ``None`` for anything unexpected (a bug).
+
+    User errors: every ``ValueError`` (which covers ImageSetError, RecipeError, ClassifierError,
+    ``json.JSONDecodeError``, ``tomllib.TOMLDecodeError`` and ``UnicodeDecodeError``), a missing file or a
+    path the user may not use (``OSError`` but for the errnos of FAILURE_ERRNOS, and the errno-less
+    OSErrors PIL raises for unreadable images, ``UnidentifiedImageError`` included), a folder another
+    process is writing (FolderBusyError: wait or pick another), a pickle or an over-large image handed in
+    (``UnpicklingError``, ``DecompressionBombError``), an unreadable safetensors file. Failures: a task
+    whose worker died (TaskFailedError), memory or disk running out, an I/O error of the device.
+    """
+    if isinstance(exc, (TaskFailedError, MemoryError)) or _is_torch_out_of_memory(exc):
+        return EXIT_FAILURE
+    if isinstance(exc, OSError):
+        return EXIT_FAILURE if exc.errno in FAILURE_ERRNOS else EXIT_USER_ERROR
+    user_types: tuple[type[BaseException], ...] = (ValueError, FolderBusyError, pickle.UnpicklingError,
+                                                   Image.DecompressionBombError)
+    safetensors_error = _safetensors_error()
+    if safetensors_error is not None:
+        user_types += (safetensors_error,)
+    return EXIT_USER_ERROR if isinstance(exc, user_types) else None
+
+
+def _note_hook(original: Callable[..., Any]) -> Callable[..., Any]:
+    """A ``warnings.showwarning`` that prints imgsynth's notes as one ``note:`` line and passes the rest on."""
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+             line: str | None = None) -> None:
+        if issubclass(category, Note):
+            first, *rest = str(message).splitlines() or [""]
+            typer.echo(f"note: {first}", err=True)
+            for extra in rest:
+                typer.echo(f"  {extra}", err=True)
+            return
+        original(message, category, filename, lineno, file, line)
+    return show
 
 
 def run_app(typer_app: typer.Typer) -> None:
-    """Run a Typer app so that user errors print one clear line to stderr and exit with status 1.
+    """Run a Typer app so that every error a user can cause or fix prints one ``error:`` line on stderr.
 
-    Set ``IMGSYNTH_DEBUG=1`` to see the traceback instead.
+    Exit status 2: the input is wrong — a bad argument (typer's usage errors), a file or set that cannot be
+    read, a bad recipe or ``--set`` override, a folder in use (see ``exit_status`` for the exact types).
+    Exit status 1: the command failed though its input was acceptable — a task whose worker died, memory or
+    disk ran out; and any unexpected exception, which is a bug and keeps Python's traceback for the report.
+    ``--debug`` (root option) or ``IMGSYNTH_DEBUG=1`` prints the traceback above the error line too.
+
+    Warnings of imgsynth's :class:`imgsynth.errors.Note` category (skipped metrics, biased estimates, a
+    class left empty) print as one ``note: <message>`` line each. Only that category: other libraries'
+    UserWarnings speak about their own code, not the user's data, and printed as a bare note they would
+    read as imgsynth's; they keep Python's format (deprecation noise stays hidden by Python's filters).
     """
-    try:
-        typer_app()
-    except USER_ERRORS as exc:
-        if os.environ.get("IMGSYNTH_DEBUG"):
-            raise
-        first, *rest = error_line(exc).splitlines() or [""]
-        typer.secho(f"error: {first}", fg=typer.colors.RED, err=True)
-        for line in rest:  # e.g. a verify report's problems, one per line
-            typer.echo(f"  {line}", err=True)
-        sys.exit(1)
+    _options["debug"] = False
+    with warnings.catch_warnings():
+        warnings.showwarning = _note_hook(warnings.showwarning)
+        try:
+            typer_app()
+        except Exception as exc:  # noqa: BLE001 - sorted into user errors, failures and bugs below
+            status = exit_status(exc)
+            if status is None:
+                raise
+            if _options["debug"] or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0"):
+                traceback.print_exc()
+            first, *rest = error_line(exc).splitlines() or [""]
+            typer.secho(f"error: {first}", fg=typer.colors.RED, err=True)
+            for line in rest:  # e.g. a verify report's problems, one per line
+                typer.echo(f"  {line}", err=True)
+            sys.exit(status)
 
 
 def main() -> None:

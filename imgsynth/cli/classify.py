@@ -10,17 +10,22 @@ import typer
 
 app = typer.Typer(no_args_is_help=True)
 
+# imgsynth.classifier.ClassifierConfig's defaults, shown in --help without importing torch (a test keeps
+# them in step); the options stay None by default so the library's value is the one used.
+LIBRARY_DEFAULTS = {"epochs": 6, "batch_size": 64, "lr": 0.01, "width": 16}
+
 
 @app.command("train")
 def train_command(
     train_set: Path = typer.Argument(..., help="ImageSet to train on."),
     out: Path = typer.Argument(..., help="Checkpoint folder to create (model.safetensors + classifier.json)."),
     arch: str = typer.Option("resnet18_small", help="'resnet18_small' (16-64 px) or a torchvision model name."),
-    epochs: Optional[int] = typer.Option(None, help="Training epochs [default: the library default]."),
+    epochs: Optional[int] = typer.Option(None, help=f"Training epochs (default: {LIBRARY_DEFAULTS['epochs']})."),
     seed: int = typer.Option(0, help="Seed of weight init, shuffling and augmentation."),
-    batch_size: Optional[int] = typer.Option(None, help="Batch size [default: the library default]."),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate [default: the library default]."),
-    width: Optional[int] = typer.Option(None, help="Base width of resnet18_small."),
+    batch_size: Optional[int] = typer.Option(None, help=f"Batch size (default: {LIBRARY_DEFAULTS['batch_size']})."),
+    lr: Optional[float] = typer.Option(None, help=f"Peak learning rate (default: {LIBRARY_DEFAULTS['lr']:g})."),
+    width: Optional[int] = typer.Option(None, help=f"Base width of resnet18_small (default: "
+                                                 f"{LIBRARY_DEFAULTS['width']})."),
     image_size: Optional[int] = typer.Option(None, help="Square input size (default: the set's, or the model's)."),
     augment: bool = typer.Option(True, help="Light affine augmentation."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 … (default: cuda if available)."),

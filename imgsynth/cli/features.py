@@ -11,7 +11,7 @@ import typer
 def features_command(
     image_set: Path = typer.Argument(..., help="ImageSet whose features to compute."),
     features: str = typer.Option(..., "--features", help="Feature extractor name, as for `imgsynth metrics`."),
-    backend: str = typer.Option("local", "--backend", help="local, or ray (needs `pip install 'imgsynth[ray]'`)."),
+    backend: str = typer.Option("local", "--backend", help="local, or ray (needs `pip install 'imgsynth\\[ray]'`)."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster: auto, ray://host:port "
                                           "(default: the running session, else a local one)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Ray actors, one extractor each "

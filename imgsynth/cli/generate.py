@@ -37,7 +37,7 @@ def train_command(
     """Fit a generator to a labeled ImageSet (by default a class-conditional diffusion model with
     classifier-free guidance).
 
-    Under ``accelerate launch``/torchrun with several processes, they train one model data-parallel.
+    Under `accelerate launch`/torchrun with several processes, they train one model data-parallel.
     """
     from imgsynth.distributed.accelerate_train import AccelerateDataParallel, launched_world_size
     from imgsynth.imageset import ImageSet

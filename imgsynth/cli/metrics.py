@@ -29,6 +29,9 @@ def metrics_command(
                                              "$IMGSYNTH_CACHE/features or ~/.cache/imgsynth/features)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 … (default: cuda if available)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per feature-extraction batch."),
+    resize: bool = typer.Option(False, "--resize", help="When the sets' image size or mode differ, convert "
+                                "each candidate image to the reference's mode and size (PIL convert, then PIL "
+                                "bicubic resize) instead of refusing."),
 ) -> None:
     """Compare CANDIDATE with REFERENCE in a feature space: FID/KID/PRDC/diversity/Vendi (+ CLIP score, CMMD)."""
     from imgsynth.imageset import ImageSet
@@ -40,7 +43,7 @@ def metrics_command(
         warnings.simplefilter("always", EvaluationNote)
         rows = evaluate(candidate_set, reference_set, features, per_class=per_class, bootstrap=bootstrap, seed=seed,
                         metrics=chosen, cache_dir=str(cache_dir) if cache_dir else None, batch_size=batch_size,
-                        device=device)
+                        device=device, resize=resize)
     frame = rows_to_frame(rows)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")

@@ -28,6 +28,7 @@ import numpy as np
 
 from imgsynth.curation.filters import keep_aligned, keep_confident, rebalance as rebalance_mask
 from imgsynth.curation.similarity import Extractor, as_numpy, embed_images, greedy_dedup, resolve_embedding
+from imgsynth.errors import Note
 from imgsynth.imageset import ImageSet, ImageSetError
 
 FILTERS = ("confidence", "clip", "dedup", "rebalance")
@@ -115,7 +116,7 @@ def curate(samples: ImageSet | str | os.PathLike, out: str | os.PathLike, *, ded
     if emptied:
         import warnings
 
-        warnings.warn(f"{out}: curation removed every image of class(es) {emptied}", stacklevel=2)
+        warnings.warn(f"{out}: curation removed every image of class(es) {emptied}", Note, stacklevel=2)
     return samples.subset(kept, out, kind="curated", config={"curation": {"filters": log.filters}},
                           annotations={"curation": log.to_dict(kept_counts)})
 

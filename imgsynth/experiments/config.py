@@ -7,6 +7,7 @@ and validates; ``dump_recipe`` writes the resolved recipe back (saved as ``confi
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import re
@@ -275,6 +276,39 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+def check_override(text: str) -> None:
+    """Refuse a ``section.field=value`` override that names no recipe field or gives it a wrong type.
+
+    The message starts with ``--set <text>``, so a typo on the command line is never blamed on the recipe
+    file, e.g. ``--set loop.generationz=3: unknown field 'generationz' in [loop]; known: ...``.
+    """
+    path, value = _parse_override(text)
+    where = f"--set {text.strip()}"
+    cls: type = Recipe
+    for depth, part in enumerate(path):
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        section = "the recipe's top level" if cls is Recipe else f"[{_section_name(cls)}]"
+        if part not in known:
+            raise RecipeError(f"{where}: unknown field {part!r} in {section}; known: {', '.join(sorted(known))}")
+        nested = _SECTIONS.get(part) if cls is Recipe else None
+        last = depth == len(path) - 1
+        if nested is not None and last:
+            raise RecipeError(f"{where}: [{part}] is a section; set one of its fields, e.g. {part}."
+                              f"{dataclasses.fields(nested)[0].name}=...")
+        if nested is None:
+            if str(known[part].type).startswith("dict"):
+                return  # a free-form table ([generator.options]); its keys are checked by whoever owns it
+            if not last:
+                raise RecipeError(f"{where}: {part} in {section} is a field, not a section")
+            _checked(known[part], value, where)
+            return
+        cls = nested
+
+
+def _section_name(cls: type) -> str:
+    return next(name for name, section in _SECTIONS.items() if section is cls)
+
+
 def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply ``section.field=value`` overrides (values parsed as TOML, bare words as strings)."""
     for text in overrides:
@@ -483,7 +517,12 @@ def recipe_from_dict(values: Mapping[str, Any], where: str = "recipe") -> Recipe
 
 
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
-    """Read a TOML recipe, apply command-line overrides, validate."""
+    """Read a TOML recipe, apply command-line overrides, validate.
+
+    A problem an override causes is reported as that override's (``--set <override>: ...``): each is
+    checked for a known field and type first; when the merged recipe fails validation though the file
+    alone passes, the message names the overrides without which it would pass (all, if no single one).
+    """
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found")
@@ -491,7 +530,31 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
         values = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(f"{path}: not valid TOML ({exc})") from exc
-    return recipe_from_dict(apply_overrides(values, overrides), str(path))
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{path}: not UTF-8 text (byte {exc.start}); a recipe is a TOML file") from exc
+    if not overrides:
+        return recipe_from_dict(values, str(path))
+    for text in overrides:
+        check_override(text)
+    try:
+        return recipe_from_dict(apply_overrides(copy.deepcopy(values), overrides), str(path))
+    except RecipeError:
+        if _fails(values, [], str(path)):
+            raise  # the file is invalid by itself: the merged recipe's message names it
+    # The file is fine, so the overrides broke it: blame those without which it passes (all, if none is).
+    blamed = [text for i, text in enumerate(overrides)
+              if len(overrides) == 1 or not _fails(values, [*overrides[:i], *overrides[i + 1:]], str(path))]
+    where = " ".join(f"--set {text.strip()}" for text in blamed or overrides)
+    return recipe_from_dict(apply_overrides(copy.deepcopy(values), overrides), where)
+
+
+def _fails(values: Mapping[str, Any], overrides: Sequence[str], where: str) -> bool:
+    """Whether ``values`` with ``overrides`` applied fails validation."""
+    try:
+        recipe_from_dict(apply_overrides(copy.deepcopy(dict(values)), overrides), where)
+    except RecipeError:
+        return True
+    return False
 
 
 def dump_recipe(recipe: Recipe) -> str:

@@ -451,8 +451,10 @@ class Experiment:
         rows: list[dict[str, Any]] = []
         for name in self._extractor_names(reference_ckpt):
             short = name.split(":", 1)[0] if name.startswith("domain:") else name
+            # resize: a text-to-image pipeline samples at its own resolution, and its samples are compared
+            # with the real data at the real data's size; for samples of that size already it does nothing.
             for row in evaluate(samples, real_test, name, per_class=m.per_class, bootstrap=m.bootstrap,
-                                seed=key.seed):
+                                seed=key.seed, resize=True):
                 record = asdict(row)
                 record["extractor"] = short
                 rows.append(record)

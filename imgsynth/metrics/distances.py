@@ -13,12 +13,13 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from imgsynth.errors import Note
 from imgsynth.metrics.inputs import as_features, same_width
 
 F64 = torch.float64
 
 
-class BiasedEstimateWarning(UserWarning):
+class BiasedEstimateWarning(Note):
     """A metric was computed from fewer samples than it needs to be unbiased (e.g. FD with n ≤ d)."""
 
 

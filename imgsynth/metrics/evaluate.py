@@ -13,6 +13,11 @@ computes every metric that applies to the extractor:
 Per class, each metric runs on that class's images in both sets. A metric that cannot run for a class
 (too few images, class missing from one set) is left out and said so in an ``EvaluationNote`` warning;
 no row ever carries NaN. ``n`` in a row is the number of candidate images the value was computed on.
+
+Both sets must hold images of one size and mode (the manifests' ``image_size`` and ``image_mode``):
+otherwise every metric would measure the difference in resolution or colour as much as the images, so
+``evaluate`` refuses, naming both sets, unless ``resize=True`` converts the candidate to the reference's
+size and mode (``conform_to``).
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import pandas as pd
 import torch
+from PIL import Image
 
+from imgsynth.errors import Note
 from imgsynth.imageset import ImageSet
 from imgsynth.metrics.alignment import clip_score
 from imgsynth.metrics.bootstrap import bootstrap_intervals
@@ -36,7 +43,7 @@ ALL = "all"
 FRAME_COLUMNS = ["metric", "class", "value", "ci_low", "ci_high", "n", "extractor"]
 
 
-class EvaluationNote(UserWarning):
+class EvaluationNote(Note):
     """Something the reader of a metrics table should know: a skipped metric, a biased estimate."""
 
 
@@ -193,6 +200,72 @@ def evaluate_features(candidate: torch.Tensor, reference: torch.Tensor, *, candi
     return rows
 
 
+# The filter of the candidate's conversion to the reference's size: antialiased, as in the extractors.
+RESIZE_FILTER = Image.Resampling.BICUBIC
+
+
+def _geometry(image_set: ImageSet) -> tuple[tuple[int, ...] | None, str | None]:
+    size = image_set.image_size
+    return (tuple(size) if size else None), image_set.manifest.get("image_mode")
+
+
+def _describe(image_set: ImageSet) -> str:
+    size, mode = _geometry(image_set)
+    shown_size = f"{size[0]}x{size[1]} (HxW)" if size else "mixed-size"
+    return f"{shown_size} {mode or 'mixed-mode'} images"
+
+
+class _Converted(Sequence[Image.Image]):
+    """The images of a set, each converted to ``mode`` and resized to ``size_wh`` as it is read."""
+
+    def __init__(self, images: ImageSet | Sequence[Image.Image], mode: str, size_wh: tuple[int, int]) -> None:
+        self.images, self.mode, self.size_wh = images, mode, size_wh
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> Image.Image:  # type: ignore[override] - no slices needed
+        image = self.images.load_image(index) if isinstance(self.images, ImageSet) else self.images[index]
+        image = image.convert(self.mode)
+        return image if image.size == self.size_wh else image.resize(self.size_wh, resample=RESIZE_FILTER)
+
+
+class _ConvertingExtractor(FeatureExtractor):
+    """``base``, fed images converted to another mode and size first; the conversion is part of the
+    preprocessing, so converted features get cache entries of their own."""
+
+    def __init__(self, base: FeatureExtractor, mode: str, size_wh: tuple[int, int]) -> None:
+        self.base, self.mode, self.size_wh = base, mode, size_wh
+        self.name, self.id, self.device = base.name, base.id, base.device
+        self.preprocessing = f"convert:{mode}|resize:{size_wh[0]}x{size_wh[1]}:pil-bicubic|{base.preprocessing}"
+
+    def extract(self, images: ImageSet | Sequence[Image.Image], batch_size: int = 64,
+                num_workers: int = 0) -> torch.Tensor:
+        return self.base.extract(_Converted(images, self.mode, self.size_wh), batch_size=batch_size,
+                                 num_workers=num_workers)
+
+
+def conform_to(candidate_set: ImageSet, reference_set: ImageSet, resize: bool) -> tuple[str, tuple[int, int]] | None:
+    """How the candidate's images must be converted to be compared with the reference's: ``None`` when
+    both sets hold images of one size and mode; with ``resize``, the reference's (mode, (width, height)),
+    to which each candidate image is converted (PIL ``Image.convert``: L→RGB copies the grey level,
+    RGB→L is ITU-R 601-2 luma) and then resized (PIL bicubic, antialiased); else a ValueError naming both
+    sets and what they hold."""
+    wanted = _geometry(reference_set)
+    if _geometry(candidate_set) == wanted:
+        return None
+    if not resize:
+        raise ValueError(f"{candidate_set.root} holds {_describe(candidate_set)} but the reference "
+                         f"{reference_set.root} holds {_describe(reference_set)}; metrics compare sets of one size "
+                         "and mode (otherwise they measure the resolution or colour difference): convert the "
+                         "candidate to the reference's with --resize (resize=True)")
+    size, mode = wanted
+    if size is None or mode is None:
+        raise ValueError(f"cannot resize {candidate_set.root} to the reference {reference_set.root}: the reference "
+                         f"holds {_describe(reference_set)}, so there is no one size and mode to convert to")
+    return mode, (size[1], size[0])
+
+
 def _caption_texts(image_set: ImageSet) -> list[str]:
     return [r.caption.strip() or r.label for r in image_set.records]
 
@@ -201,7 +274,7 @@ def evaluate(candidate_set: ImageSet, reference_set: ImageSet, extractor: str | 
              bootstrap: int = 0, seed: int = 0, metrics: Sequence[str] | None = None,
              cache_dir: str | None = None, *, k: int = 5, kid_subsets: int = 100, kid_subset_size: int = 1000,
              confidence: float = 0.95, interval: str = "recentred", batch_size: int = 64,
-             device: str | torch.device | None = None) -> list[MetricRow]:
+             device: str | torch.device | None = None, resize: bool = False) -> list[MetricRow]:
     """Evaluate ``candidate_set`` against ``reference_set`` in ``extractor``'s feature space.
 
     ``extractor`` is a name (see ``imgsynth.metrics.features``) or a built extractor. Features of both
@@ -209,9 +282,14 @@ def evaluate(candidate_set: ImageSet, reference_set: ImageSet, extractor: str | 
     adds seeded bootstrap intervals (``confidence``; ``interval`` "recentred" or "percentile", see
     ``imgsynth.metrics.bootstrap``); ``metrics`` restricts the metrics computed.
     Rows come overall (class "all") first, then per class in the reference set's class order.
+    Sets whose image size or mode differ are refused, naming both, unless ``resize`` converts the
+    candidate's images to the reference's mode and size (``conform_to`` says how; converted features are
+    cached apart from the candidate's own).
     """
+    conversion = conform_to(candidate_set, reference_set, resize)  # before any weights are loaded
     extractor = create_extractor(extractor, device)
-    candidate = cached_features(candidate_set, extractor, cache_dir, batch_size)
+    candidate_extractor = extractor if conversion is None else _ConvertingExtractor(extractor, *conversion)
+    candidate = cached_features(candidate_set, candidate_extractor, cache_dir, batch_size)
     reference = cached_features(reference_set, extractor, cache_dir, batch_size)
     is_clip = isinstance(extractor, ClipExtractor)
     text = extractor.encode_text(_caption_texts(candidate_set)) if is_clip else None

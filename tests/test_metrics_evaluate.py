@@ -242,8 +242,8 @@ def test_cli_errors_are_one_clear_line(sets_and_clip, tmp_path, run_cli, monkeyp
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     code, _, stderr = run_cli("metrics", reference.root, candidate.root, "--features", "inception",
                               "--out", tmp_path / "x.csv")
-    assert code == 1 and "error: Inception FID weights not found" in stderr
+    assert code == 2 and "error: Inception FID weights not found" in stderr
     code, _, stderr = run_cli("metrics", reference.root, tmp_path / "missing", "--features", "inception",
                               "--out", tmp_path / "x.csv")
-    assert code == 1 and "error:" in stderr and "missing" in stderr
+    assert code == 2 and "error:" in stderr and "missing" in stderr
     assert not (tmp_path / "x.csv").exists()

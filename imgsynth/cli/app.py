@@ -141,6 +141,7 @@ def run_app(typer_app: typer.Typer) -> None:
     read, a bad recipe or ``--set`` override, a folder in use (see ``exit_status`` for the exact types).
     Exit status 1: the command failed though its input was acceptable — a task whose worker died, memory or
     disk ran out; and any unexpected exception, which is a bug and keeps Python's traceback for the report.
+    (Checks that ran and found problems, ``data verify`` and ``lineage --strict``, exit 1 by themselves.)
     ``--debug`` (root option) or ``IMGSYNTH_DEBUG=1`` prints the traceback above the error line too.
 
     Warnings of imgsynth's :class:`imgsynth.notes.Note` category (skipped metrics, biased estimates, a

@@ -9,8 +9,3 @@ class ImageSetError(ValueError):
 
 class TaskFailedError(RuntimeError):
     """A task of a parallel job could not finish (its worker died); the message names it and how to resume."""
-
-
-class Note(UserWarning):
-    """Something the person running imgsynth should know about their data or results (a skipped metric, a
-    biased estimate, a class left empty); the CLI prints each as one ``note:`` line, not a warning trace."""

@@ -30,7 +30,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-from imgsynth.errors import ImageSetError, Note
+from imgsynth.errors import ImageSetError
+from imgsynth.notes import Note
 from imgsynth.image_files import ImageFileError, check_sha256, decode_image, read_regular_file
 from imgsynth.locking import FolderLock, acquire, release
 from imgsynth.dataset_card import CARD, card_classes, card_text, column_types

@@ -168,7 +168,7 @@ def test_bad_inputs_give_clear_errors(digits_sets, tmp_path, run_cli):
     with pytest.raises(ValueError, match="threshold"):
         audit(test, [train], threshold=1.5)
     code, _, err = run_cli("audit", test.root, "--against", train.root)
-    assert code == 1 and "error: no generated images found" in err
+    assert code == 2 and "error: no generated images found" in err
 
 
 def test_cli_prints_summary_and_writes_csv(mixed, generated, tmp_path, run_cli):

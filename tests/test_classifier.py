@@ -225,4 +225,66 @@ def test_cli_trains_and_evaluates(small_train, digits_sets, tmp_path, run_cli):
     assert f"accuracy  {accuracy:.4f}" in out and "macro-F1" in out
     assert len([line for line in out.splitlines() if line.split()[:1] in ([c] for c in test.classes)]) == 10
     code, _, err = run_cli("classify", "eval", tmp_path / "ckpt" / "classifier.json.bak", test.root)
-    assert code == 1 and "no such classifier checkpoint" in err
+    assert code == 2 and "no such classifier checkpoint" in err
+
+
+# --------------------------------------------------------------------------------------------- few steps
+
+def _learning_rates(schedule_of, total_steps: int, peak: float = 0.01) -> list[float]:
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([parameter], lr=peak)
+    schedule = schedule_of(optimizer, total_steps)
+    rates = []
+    for _ in range(total_steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    return rates
+
+
+@pytest.mark.parametrize("total_steps", range(1, 41))
+def test_the_schedule_is_one_cycle_where_it_fits_and_constant_below(total_steps):
+    from imgsynth.classifier.training import MIN_ONE_CYCLE_STEPS, learning_rate_schedule
+
+    rates = _learning_rates(lambda o, n: learning_rate_schedule(o, 0.01, n), total_steps)
+    if total_steps < MIN_ONE_CYCLE_STEPS:
+        assert rates == [0.01] * total_steps  # torch's OneCycleLR divides by zero at 4 steps, starves 1 step
+    else:  # the normal path is torch's one-cycle itself, so default runs train exactly as before
+        one_cycle = _learning_rates(lambda o, n: torch.optim.lr_scheduler.OneCycleLR(
+            o, max_lr=0.01, total_steps=n, pct_start=0.25), total_steps)
+        assert rates == one_cycle and max(rates) == pytest.approx(0.01, rel=0.05)
+
+
+@pytest.mark.parametrize("per_class, batch_size, steps", [(1, 10, 1), (1, 5, 2), (2, 5, 4)])
+def test_a_set_with_one_image_per_class_trains_in_one_two_or_four_steps(digits_sets, tmp_path, per_class,
+                                                                       batch_size, steps):
+    from safetensors.torch import load_file
+
+    from imgsynth.classifier import build_model
+
+    train, _ = digits_sets
+    tiny = train.subset([i for c in train.classes for i in train.indices_of_class(c)[:per_class]], tmp_path / "set")
+    config = ClassifierConfig(epochs=1, batch_size=batch_size, width=4, augment=False)
+    checkpoint = train_classifier(tiny, tmp_path / "clf", config, progress=False)
+    info = json.loads((checkpoint / "classifier.json").read_text())
+    assert info["training"]["steps"] == steps and np.isfinite(info["training"]["final_loss"])
+    with torch.random.fork_rng():  # the weights training started from (train_classifier seeds the same way)
+        torch.manual_seed(config.seed)
+        start = build_model(config.arch, len(tiny.classes), 1, config.width).state_dict()
+    trained = load_file(str(checkpoint / "model.safetensors"))
+    moved = max(float((trained[k] - start[k]).abs().max()) for k in trained if k.endswith("conv1.weight"))
+    # AdamW's first step moves a weight by about lr: the short run trains at the peak rate, not at ~lr/1e5.
+    assert config.lr / 2 < moved < 2 * config.lr * steps
+    assert predict(checkpoint, [tiny.load_image(0)])[1].shape == (1, len(tiny.classes))
+
+
+def test_too_small_a_set_or_batch_says_the_minimum(digits_sets, tmp_path):
+    train, _ = digits_sets
+    one = train.subset(train.indices_of_class("3")[:1], tmp_path / "one")
+    with pytest.raises(ClassifierError, match="1 image is too few to train a classifier; it needs at least 2"):
+        train_classifier(one, tmp_path / "a", ClassifierConfig(epochs=1), progress=False)
+    two = train.subset(train.indices_of_class("3")[:2], tmp_path / "two")
+    with pytest.raises(ClassifierError, match="batch size 1 is too small .* 8x8 px input.* 2 or more"):
+        train_classifier(two, tmp_path / "b", ClassifierConfig(epochs=1, batch_size=1, image_size=8),
+                         progress=False)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -205,7 +205,7 @@ def test_info_on_a_malformed_metadata_line_names_the_line(run_cli, tiny_set):
     lines[1] = lines[1][:-5]
     (tiny_set.root / "metadata.jsonl").write_text("\n".join(lines) + "\n")
     code, _, err = run_cli("data", "info", tiny_set.root)
-    assert code == 1 and f"error: {tiny_set.root / 'metadata.jsonl'}:2: malformed JSON" in err
+    assert code == 2 and f"error: {tiny_set.root / 'metadata.jsonl'}:2: malformed JSON" in err
 
 
 # --------------------------------------------------------------------------------------------- export
@@ -264,16 +264,16 @@ def test_export_refuses_an_occupied_folder_and_leaves_it_alone(run_cli, tiny_set
     out.mkdir()
     (out / "mine.txt").write_text("keep")
     code, _, err = run_cli("data", "export", tiny_set.root, out, "--format", "parquet")
-    assert code == 1 and f"error: {out}: already exists" in err
+    assert code == 2 and f"error: {out}: already exists" in err
     assert [p.name for p in out.iterdir()] == ["mine.txt"]
     assert not (tmp_path / ".taken.partial").exists()
 
 
 def test_export_unknown_format_and_missing_out_are_clear_errors(run_cli, tiny_set):
     code, _, err = run_cli("data", "export", tiny_set.root, "x", "--format", "zip")
-    assert code == 1 and "unknown export format 'zip'" in err
+    assert code == 2 and "unknown export format 'zip'" in err
     code, _, err = run_cli("data", "export", tiny_set.root, "--format", "webdataset")
-    assert code == 1 and "needs an OUT folder" in err
+    assert code == 2 and "needs an OUT folder" in err
 
 
 def test_export_croissant_into_the_set_keeps_it_valid(run_cli, tiny_set):

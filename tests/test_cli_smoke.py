@@ -12,5 +12,5 @@ def test_data_import_digits_cli_writes_train_and_test(tmp_path, run_cli):
 
 def test_missing_set_is_a_clear_error(tmp_path, run_cli):
     code, _, err = run_cli("data", "info", tmp_path / "nope")
-    assert code == 1
+    assert code == 2
     assert str(tmp_path / "nope") in err and "no such ImageSet" in err

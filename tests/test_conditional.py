@@ -338,7 +338,7 @@ def test_cli_train_and_generate(digits_sets, tmp_path, run_cli):
 def test_cli_generate_refuses_a_folder_that_is_no_model(tmp_path, run_cli):
     (tmp_path / "junk").mkdir()
     code, _, err = run_cli("generate", tmp_path / "junk", tmp_path / "out", "--per-class", "1")
-    assert code == 1
+    assert code == 2
     assert "not a model folder of any registered generator kind" in err
     code, _, err = run_cli("train", tmp_path / "missing", tmp_path / "model", "--preset", "smoke")
-    assert code == 1 and "no such ImageSet" in err
+    assert code == 2 and "no such ImageSet" in err

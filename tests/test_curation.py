@@ -254,7 +254,7 @@ def test_cli_curates_and_reports_drops(samples, tmp_path, run_cli):
     curated = ImageSet.open(out)
     assert f"kept {len(curated)} of {len(samples)}" in stdout and "dedup  dropped" in stdout
     code, _, stderr = run_cli("curate", samples.root, tmp_path / "bad", "--min-confidence", "0.8")
-    assert code == 1 and "error: min_confidence needs a classifier" in stderr
+    assert code == 2 and "error: min_confidence needs a classifier" in stderr
 
 
 # --------------------------------------------------------------------------------------------- recipes

@@ -164,7 +164,7 @@ def test_features_command_without_ray_says_how_to_install(monkeypatch: pytest.Mo
                                                           local_pattern_set: ImageSet) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)
     code, out, err = run_cli("features", local_pattern_set.root, "--features", "inception", "--backend", "ray")
-    assert code == 1
+    assert code == 2
     assert "pip install 'imgsynth[ray]'" in err and "Traceback" not in err
 
 
@@ -173,7 +173,7 @@ def test_generate_command_without_ray_says_how_to_install(monkeypatch: pytest.Mo
     monkeypatch.setitem(sys.modules, "ray", None)
     code, out, err = run_cli("generate", tmp_path / "some-pipeline", tmp_path / "out", "--per-class", "2",
                              "--classes", "kitchen,bedroom", "--backend", "ray", "--workers", "2")
-    assert code == 1
+    assert code == 2
     assert "pip install 'imgsynth[ray]'" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
 
@@ -181,10 +181,10 @@ def test_generate_command_without_ray_says_how_to_install(monkeypatch: pytest.Mo
 def test_generate_command_refuses_options_of_the_other_generator_kind(run_cli, tmp_path: Path) -> None:
     code, _, err = run_cli("generate", tmp_path / "pipe", tmp_path / "out", "--per-class", "2",
                            "--noise-temperature", "0.5", "--backend", "ray")
-    assert code == 1 and "unknown option(s) ['noise_temperature'] for generator kind 'text2image'" in err
+    assert code == 2 and "unknown option(s) ['noise_temperature'] for generator kind 'text2image'" in err
     code, _, err = run_cli("generate", tmp_path / "pipe", tmp_path / "out", "--per-class", "2",
                            "--address", "auto")
-    assert code == 1 and "--address applies to --backend ray only" in err
+    assert code == 2 and "--address applies to --backend ray only" in err
 
 
 # --------------------------------------------------------------------------------------------- ranks

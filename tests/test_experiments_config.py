@@ -59,7 +59,7 @@ def test_bad_recipe_file_fails_before_any_work(tmp_path, run_cli, monkeypatch):
     recipe = tmp_path / "bad.toml"
     recipe.write_text('name = "bad"\n[loop]\nmodes = ["replace", "rotate"]\n')
     code, _, err = run_cli("run", recipe)
-    assert code == 1
+    assert code == 2
     assert "bad.toml" in err and "rotate" in err
     assert not (tmp_path / "runs").exists()
 
@@ -67,7 +67,7 @@ def test_bad_recipe_file_fails_before_any_work(tmp_path, run_cli, monkeypatch):
 def test_unknown_run_target_lists_shipped_recipes(tmp_path, run_cli, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, _, err = run_cli("run", "no-such-recipe")
-    assert code == 1 and "digits-collapse" in err
+    assert code == 2 and "digits-collapse" in err
 
 
 def test_malformed_toml_names_the_file(tmp_path):

@@ -147,6 +147,6 @@ def test_bad_models_and_sets(tmp_path, train_set, tiny_text2image, run_cli):
     with pytest.raises(FileNotFoundError, match="no such folder"):
         finetune_lora("/no/such/model", train_set, tmp_path / "out", CONFIG)
     code, _, err = run_cli("finetune", tiny_text2image, tmp_path / "missing-set", tmp_path / "out")
-    assert code == 1 and "error:" in err and "missing-set" in err
+    assert code == 2 and "error:" in err and "missing-set" in err
     with pytest.raises(FileNotFoundError, match="LoRA '/no/such/lora': no such file"):
         Text2ImageGenerator.from_pretrained(tiny_text2image, lora="/no/such/lora")

@@ -84,7 +84,7 @@ def test_killed_writer_leaves_no_set_and_resume_matches_uninterrupted(tmp_path, 
     with pytest.raises(ImageSetError, match="no such ImageSet folder.*unfinished write"):
         ImageSet.open(root)
     code, _, err = run_cli("data", "info", root)
-    assert code == 1 and str(root) in err and "unfinished write" in err
+    assert code == 2 and str(root) in err and "unfinished write" in err
 
     partial = tmp_path / ".set.partial"
     done_mtimes = {p.name: p.stat().st_mtime_ns for p in (partial / "shards").iterdir()}

@@ -86,8 +86,9 @@ def spawn(*args: str | Path) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
-def assert_one_error_line(code: int, err: str, *needles: str) -> None:
-    assert code != 0, err
+def assert_one_error_line(code: int, err: str, *needles: str, status: int = 2) -> None:
+    """One ``error:`` line holding every needle, no traceback, exit ``status`` (2: bad input, 1: a failure)."""
+    assert code == status, err
     assert "Traceback" not in err, err
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, err
@@ -407,7 +408,7 @@ def test_every_command_answers_a_bad_set_with_one_line(case, run_cli, small_real
     ]
     for args in commands:
         code, _, err = run_cli(*args)
-        assert code != 0, (args, err)
+        assert code == 2, (args, err)
         assert_one_error_line(code, err, expected.split(": ", 1)[-1] if expected.startswith("metadata") else expected)
         assert no_partial_left(out_path), args
         assert tree_digest(root) == before, args
@@ -453,7 +454,7 @@ def test_a_full_disk_is_one_line_and_the_partial_stays_resumable(run_cli, tiny_m
 
     monkeypatch.setattr(imageset, "_atomic_write_text", fill_up)
     code, _, err = run_cli("generate", tiny_model, out, "--per-class", "20", "--no-progress")
-    assert_one_error_line(code, err, "no space left on the device", "shard-")
+    assert_one_error_line(code, err, "no space left on the device", "shard-", status=1)  # not the input's fault
     done = len(list((tmp_path / ".samples.partial" / "shards").glob("shard-*.jsonl")))
     assert done >= 1
     monkeypatch.setattr(imageset, "_atomic_write_text", real_write)

@@ -242,8 +242,36 @@ def test_cli_errors_are_one_clear_line(sets_and_clip, tmp_path, run_cli, monkeyp
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     code, _, stderr = run_cli("metrics", reference.root, candidate.root, "--features", "inception",
                               "--out", tmp_path / "x.csv")
-    assert code == 1 and "error: Inception FID weights not found" in stderr
+    assert code == 2 and "error: Inception FID weights not found" in stderr
     code, _, stderr = run_cli("metrics", reference.root, tmp_path / "missing", "--features", "inception",
                               "--out", tmp_path / "x.csv")
-    assert code == 1 and "error:" in stderr and "missing" in stderr
+    assert code == 2 and "error:" in stderr and "missing" in stderr
     assert not (tmp_path / "x.csv").exists()
+
+
+def _tiny_set(root: Path, mode: str, size: int) -> ImageSet:
+    rng = np.random.default_rng(size)
+    shape = (size, size) if mode == "L" else (size, size, 3)
+    writer = ImageSetWriter(root, ["a", "b"])
+    writer.write_all(Sample(Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)), label, "", i, f"{label}{i}")
+                     for i in range(4) for label in ("a", "b"))
+    return writer.finalize()
+
+
+def test_evaluate_refuses_sets_of_another_size_or_mode_before_loading_any_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no Inception weights: loading them would fail
+    reference, candidate = _tiny_set(tmp_path / "ref", "L", 8), _tiny_set(tmp_path / "cand", "RGB", 12)
+    with pytest.raises(ValueError, match=r"cand holds 12x12 \(HxW\) RGB images but the reference .*ref holds 8x8 "
+                                         r"\(HxW\) L images"):
+        evaluate(candidate, reference, "inception", cache_dir=str(tmp_path / "cache"))
+    assert not (tmp_path / "cache").exists()
+
+
+def test_evaluate_with_resize_sees_the_candidate_at_the_references_size_and_mode(tmp_path):
+    reference, candidate = _tiny_set(tmp_path / "ref", "L", 8), _tiny_set(tmp_path / "cand", "RGB", 12)
+    rows = evaluate(candidate, reference, "pixels", per_class=False, metrics=["vendi"], resize=True,
+                    cache_dir=str(tmp_path / "cache"))
+    # Independently: the candidate's pixels after PIL convert("L") and a bicubic resize to 8x8, as documented.
+    pixels = np.stack([np.asarray(candidate.load_image(i).convert("L").resize((8, 8), Image.Resampling.BICUBIC),
+                                  dtype=np.float32).reshape(-1) / 255 for i in range(len(candidate))])
+    assert rows[0].value == pytest.approx(vendi_score(torch.from_numpy(pixels)), rel=1e-6)

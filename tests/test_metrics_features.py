@@ -187,7 +187,7 @@ def test_clip_weight_errors(tmp_path, monkeypatch, tiny_clip_dir):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     with pytest.raises(ValueError, match="names no weights"):
         create_extractor("clip:ViT-B-32", device="cpu")
-    with pytest.raises(FileNotFoundError, match="not in the local cache.*huggingface-cli download"):
+    with pytest.raises(FileNotFoundError, match="not in the local cache.*`hf download "):
         create_extractor("clip:ViT-B-32:laion2b_s34b_b79k", device="cpu")
     with pytest.raises(FileNotFoundError, match="neither a file nor a pretrained tag"):
         create_extractor(f"clip:ViT-B-32:{tmp_path / 'missing.bin'}", device="cpu")
@@ -223,7 +223,7 @@ def test_dinov2_missing_model_says_what_to_do(tmp_path, monkeypatch):
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
-    with pytest.raises(FileNotFoundError, match="huggingface-cli download facebook/dinov2-small"):
+    with pytest.raises(FileNotFoundError, match="`hf download facebook/dinov2-small`"):
         create_extractor("dinov2:facebook/dinov2-small", device="cpu")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="does not hold a loadable model"):

@@ -124,7 +124,7 @@ def _refused_in_one_line(run_cli, model: Path, out: Path, *extra: str) -> str:
     start = time.perf_counter()
     code, stdout, stderr = run_cli("generate", model, out, "--per-class", "1", "--no-progress", *extra)
     assert time.perf_counter() - start < 5.0, "the check must come before any work"
-    assert code != 0
+    assert code == 2
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), stderr
     assert "Traceback" not in stderr + stdout

@@ -197,7 +197,7 @@ def test_lineage_accepts_a_model_trained_from_scratch(tmp_path):
 
 def test_lineage_of_a_missing_set_is_a_clear_error(run_cli, tmp_path):
     code, _, err = run_cli("lineage", tmp_path / "nothing")
-    assert code == 1 and f"error: {tmp_path / 'nothing'}: no such ImageSet folder" in err
+    assert code == 2 and f"error: {tmp_path / 'nothing'}: no such ImageSet folder" in err
 
 
 # --------------------------------------------------------------------------------------------- croissant

@@ -76,7 +76,7 @@ def assert_refused(result: tuple[int, str, str], named: str | Path, marker: Path
     """The command failed, its last stderr line is the one ``error:`` line naming ``named``, no code ran."""
     code, out, err = result
     assert not marker.exists(), "the pickle's code ran"
-    assert code != 0, out
+    assert code == 2, out
     assert "Traceback" not in out + without_logging_errors(err), err
     lines = err.rstrip().splitlines()
     assert lines and lines[-1].startswith("error: "), err  # a multi-line message would not end so

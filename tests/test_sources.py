@@ -106,7 +106,7 @@ def test_folder_source_bad_input(tmp_path, run_cli, setup, message):
     root.mkdir()
     setup(root)
     code, _, err = run_cli("data", "import", f"folder:{root}", tmp_path / "out")
-    assert code == 1 and message in err and str(root) in err
+    assert code == 2 and message in err and str(root) in err
     assert not (tmp_path / "out").exists()
 
 
@@ -175,7 +175,7 @@ def test_torchvision_mnist_from_disk(tmp_path):
 
 def test_torchvision_missing_data_says_what_to_put_where(tmp_path, run_cli):
     code, _, err = run_cli("data", "import", f"torchvision:CIFAR10:{tmp_path / 'cifar'}", tmp_path / "out")
-    assert code == 1
+    assert code == 2
     assert "imgsynth never downloads" in err and f"{tmp_path / 'cifar'}/cifar-10-batches-py/" in err
     assert "data_batch_1" in err and not (tmp_path / "out").exists()
 

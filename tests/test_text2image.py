@@ -310,10 +310,10 @@ def test_cli_generate_dispatches_a_pipeline_folder_to_text_to_image(tiny_text2im
 ])
 def test_cli_generate_bad_input(tiny_text2image, tmp_path, run_cli, args, message):
     code, _, err = run_cli("generate", tiny_text2image, tmp_path / "out", "--per-class", "1", *args)
-    assert code == 1 and message in err
+    assert code == 2 and message in err
 
 
 def test_cli_generate_unknown_model(tmp_path, run_cli):
     code, _, err = run_cli("generate", tmp_path / "nothing" / "here", tmp_path / "out", "--per-class", "1",
                            "--classes", "kitchen")
-    assert code == 1 and "no such folder" in err
+    assert code == 2 and "no such folder" in err

@@ -136,7 +136,7 @@ def test_imgsynth_train_and_generate_take_a_registered_kind(run_cli, tmp_path):
     assert code == 0, err
     assert verify(tmp_path / "samples").ok and len(ImageSet.open(tmp_path / "samples")) == 10
     code, _, err = run_cli("train", train.root, tmp_path / "other", "--kind", "kde", "--option", "bandwith=2")
-    assert code == 1 and "unknown option(s) ['bandwith'] for generator kind 'kde'" in err and "Traceback" not in err
+    assert code == 2 and "unknown option(s) ['bandwith'] for generator kind 'kde'" in err and "Traceback" not in err
 
 
 def test_accumulate_keeps_the_error_of_the_mean_bounded_where_replace_lets_it_walk(tmp_path, unbiased_run):

@@ -60,8 +60,8 @@ def train_classifier(train_set: ImageSet | str | os.PathLike, out_dir: str | os.
     if not isinstance(train_set, ImageSet):
         train_set = ImageSet.open(train_set)
     if len(train_set) < 2:
-        raise ClassifierError(f"{train_set.root}: {len(train_set)} image(s) is too few to train a classifier; "
-                              "it needs at least 2 (BatchNorm needs two images per batch)")
+        raise ClassifierError(f"{train_set.root}: {len(train_set)} image is too few to train a classifier; it "
+                              "needs at least 2 images")
     device = resolve_device(config.device)
     mode, size = input_geometry(train_set, config)
     data = TrainingImages(train_set, mode, size, config, progress)
@@ -191,7 +191,7 @@ def fit(model: nn.Module, data: TrainingImages, preprocessing: Preprocessing, co
             if cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast:
-                logits = logits_of(model(x))
+                logits = logits_of(_forward(model, x, config))
             loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -207,6 +207,18 @@ def fit(model: nn.Module, data: TrainingImages, preprocessing: Preprocessing, co
                         "accuracy": round(correct.item() / seen, 6)})
     bar.close()
     return history
+
+
+def _forward(model: nn.Module, x: torch.Tensor, config: ClassifierConfig) -> torch.Tensor:
+    """``model(x)``, with torch's error for a batch of one image reaching a 1×1 BatchNorm said in the user's terms."""
+    try:
+        return model(x)
+    except ValueError as exc:
+        if "Expected more than 1 value per channel" not in str(exc):
+            raise
+        raise ClassifierError(f"batch size {x.shape[0]} is too small for {config.arch} on {x.shape[-2]}x{x.shape[-1]} "
+                              "px input: a BatchNorm layer sees one value per channel; use a batch size of 2 or "
+                              "more (--batch-size, [classifier] batch_size)") from None
 
 
 def learning_rate_schedule(optimizer: torch.optim.Optimizer, peak_lr: float,

@@ -9,7 +9,7 @@ import sys
 import traceback
 import warnings
 from importlib import metadata
-from typing import Any, Callable, Optional
+from typing import Optional
 
 import typer
 from PIL import Image
@@ -19,8 +19,9 @@ from imgsynth.cli import features as features_cli
 from imgsynth.cli import generate as generate_cli
 from imgsynth.cli import finetune as finetune_cli
 from imgsynth.cli import metrics as metrics_cli
-from imgsynth.errors import Note, TaskFailedError
+from imgsynth.errors import TaskFailedError
 from imgsynth.locking import FolderBusyError
+from imgsynth.notes import note_lines
 
 app = typer.Typer(help="Labeled synthetic image datasets and model-collapse experiments.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -133,20 +134,6 @@ def exit_status(exc: BaseException) -> int | None:
     return EXIT_USER_ERROR if isinstance(exc, user_types) else None
 
 
-def _note_hook(original: Callable[..., Any]) -> Callable[..., Any]:
-    """A ``warnings.showwarning`` that prints imgsynth's notes as one ``note:`` line and passes the rest on."""
-    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
-             line: str | None = None) -> None:
-        if issubclass(category, Note):
-            first, *rest = str(message).splitlines() or [""]
-            typer.echo(f"note: {first}", err=True)
-            for extra in rest:
-                typer.echo(f"  {extra}", err=True)
-            return
-        original(message, category, filename, lineno, file, line)
-    return show
-
-
 def run_app(typer_app: typer.Typer) -> None:
     """Run a Typer app so that every error a user can cause or fix prints one ``error:`` line on stderr.
 
@@ -154,16 +141,17 @@ def run_app(typer_app: typer.Typer) -> None:
     read, a bad recipe or ``--set`` override, a folder in use (see ``exit_status`` for the exact types).
     Exit status 1: the command failed though its input was acceptable — a task whose worker died, memory or
     disk ran out; and any unexpected exception, which is a bug and keeps Python's traceback for the report.
+    (Checks that ran and found problems, ``data verify`` and ``lineage --strict``, exit 1 by themselves.)
     ``--debug`` (root option) or ``IMGSYNTH_DEBUG=1`` prints the traceback above the error line too.
 
-    Warnings of imgsynth's :class:`imgsynth.errors.Note` category (skipped metrics, biased estimates, a
+    Warnings of imgsynth's :class:`imgsynth.notes.Note` category (skipped metrics, biased estimates, a
     class left empty) print as one ``note: <message>`` line each. Only that category: other libraries'
     UserWarnings speak about their own code, not the user's data, and printed as a bare note they would
     read as imgsynth's; they keep Python's format (deprecation noise stays hidden by Python's filters).
     """
     _options["debug"] = False
     with warnings.catch_warnings():
-        warnings.showwarning = _note_hook(warnings.showwarning)
+        warnings.showwarning = note_lines(warnings.showwarning)
         try:
             typer_app()
         except Exception as exc:  # noqa: BLE001 - sorted into user errors, failures and bugs below

@@ -28,7 +28,7 @@ import numpy as np
 
 from imgsynth.curation.filters import keep_aligned, keep_confident, rebalance as rebalance_mask
 from imgsynth.curation.similarity import Extractor, as_numpy, embed_images, greedy_dedup, resolve_embedding
-from imgsynth.errors import Note
+from imgsynth.notes import Note
 from imgsynth.imageset import ImageSet, ImageSetError
 
 FILTERS = ("confidence", "clip", "dedup", "rebalance")

@@ -26,6 +26,9 @@ from imgsynth.imageset import ImageSet
 
 PIXELS = "pixels"
 DEFAULT_PIXEL_SIZE = 8
+# Thumbnails are held for the whole set at once (size² floats an image, ×3 for rgb): beyond this a typo
+# such as pixels:100000 would exhaust memory instead of failing. Recipes share the bound (MAX_IMAGE_SIZE).
+MAX_PIXEL_SIZE = 1024
 CHUNK = 2048
 
 
@@ -45,8 +48,8 @@ class PixelEmbedding:
     grayscale: bool = True
 
     def __post_init__(self) -> None:
-        if self.size < 2:
-            raise ValueError(f"pixel embedding size must be at least 2, got {self.size}")
+        if not 2 <= self.size <= MAX_PIXEL_SIZE:
+            raise ValueError(f"pixel embedding size must be at least 2 and at most {MAX_PIXEL_SIZE}, got {self.size}")
 
     @property
     def id(self) -> str:
@@ -80,7 +83,10 @@ def parse_pixel_spec(name: str) -> PixelEmbedding | None:
         raise ValueError(f"embedding {name!r}: expected pixels:<size>, e.g. pixels:8") from None
     if len(parts) > 3 or (len(parts) == 3 and parts[2] != "rgb"):
         raise ValueError(f"embedding {name!r}: expected pixels, pixels:<size> or pixels:<size>:rgb")
-    return PixelEmbedding(size, grayscale=len(parts) < 3)
+    try:
+        return PixelEmbedding(size, grayscale=len(parts) < 3)
+    except ValueError as exc:
+        raise ValueError(f"embedding {name!r}: {exc}") from None
 
 
 def resolve_embedding(spec: str | Extractor) -> Extractor:

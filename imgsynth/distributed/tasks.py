@@ -85,8 +85,11 @@ def _in_dependency_order(tasks: Sequence[Task]) -> list[Task]:
 
 
 def _run_local(tasks: Sequence[Task], workers: int, threads: int) -> None:
+    from imgsynth.notes import print_notes_as_lines
+
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    # A worker's warnings never reach this process's handlers: its notes print as the CLI's do.
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=print_notes_as_lines) as pool:
         running: dict[Future[Any], Task] = {}
 
         def start(ready: Sequence[Task]) -> None:

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from imgsynth.errors import Note
+from imgsynth.notes import Note
 from imgsynth.metrics.inputs import as_features, same_width
 
 F64 = torch.float64

@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from imgsynth.errors import Note
+from imgsynth.notes import Note
 from imgsynth.imageset import ImageSet
 from imgsynth.metrics.alignment import clip_score
 from imgsynth.metrics.bootstrap import bootstrap_intervals

@@ -376,7 +376,7 @@ class ClipExtractor(FeatureExtractor):
                 found = _cached_open_clip_file(tag_cfg)
                 if found is None:
                     hub, url = tag_cfg.get("hf_hub", ""), tag_cfg.get("url", "")
-                    how = (f"`huggingface-cli download {hub.rstrip('/')}` (into the Hugging Face cache)" if hub
+                    how = (f"`hf download {hub.rstrip('/')}` (into the Hugging Face cache)" if hub
                            else f"{url} into ~/.cache/clip/")
                     raise FileNotFoundError(
                         f"CLIP weights for {model_name} tag {pretrained!r} are not in the local cache and "
@@ -457,7 +457,7 @@ class Dinov2Extractor(FeatureExtractor):
             except Exception as exc:  # not cached / not a repo name: say what to do
                 raise FileNotFoundError(
                     f"dinov2:{spec}: no such folder and not in the local Hugging Face cache; nothing is "
-                    f"downloaded automatically. On a machine with internet run `huggingface-cli download "
+                    f"downloaded automatically. On a machine with internet run `hf download "
                     f"{spec}` (or save_pretrained the model to a folder) and use 'dinov2:<folder>'.") from exc
         with refusing_pickles(pickle_files(folder), f"dinov2:{spec} weights"):
             try:

@@ -32,6 +32,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from imgsynth.generator_record import generator_name, generator_record
+
 import numpy as np
 from PIL import Image
 
@@ -178,8 +180,8 @@ def _generator_name(image_set: ImageSet, index: int) -> str:
     column = image_set.records[index].extra.get("generator")
     if column:
         return str(column)
-    g = image_set.manifest.get("generator") or {}
-    return str(g.get("pipeline") or g.get("name") or g.get("class") or g.get("model") or "")
+    g = generator_record(image_set.manifest.get("generator"))
+    return generator_name(g) or str(g.get("model") or "")
 
 
 def known_generated_images(sets: Iterable[ImageSet], exclude: Iterable[str] = ()) -> list[tuple[KnownImage, ImageSet, int]]:

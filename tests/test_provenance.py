@@ -308,7 +308,7 @@ def test_croissant_export_refuses_a_different_file_and_a_folder_readers_cannot_u
     out.write_text('{"@type": "sc:Dataset", "name": "someone else\'s"}\n')
     before = out.read_bytes()
     code, _, err = run_cli("data", "export", gen1.root, "--format", "croissant")
-    assert code == 1 and f"error: {out}: already exists" in err and "Traceback" not in err
+    assert code == 2 and f"error: {out}: already exists" in err and "Traceback" not in err
     assert out.read_bytes() == before
     out.unlink()
     code, printed, err = run_cli("data", "export", gen1.root, out, "--format", "croissant")
@@ -320,7 +320,7 @@ def test_croissant_export_refuses_a_different_file_and_a_folder_readers_cannot_u
     beside = tmp_path / "exports"
     beside.mkdir()
     code, _, err = run_cli("data", "export", gen1.root, beside / "gen1.json", "--format", "croissant")
-    assert code == 1 and f"error: {beside / 'gen1.json'}: a Croissant file for the set {gen1.root}" in err
+    assert code == 2 and f"error: {beside / 'gen1.json'}: a Croissant file for the set {gen1.root}" in err
     assert list(beside.iterdir()) == []
     assert sorted(p.name for p in gen1.root.iterdir()) == sorted(["croissant.json", "imageset.json", "images",
                                                                  "metadata.jsonl"])

@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator, Sequence
 from imgsynth.distributed.backend import (DEFAULT_RETRIES, dataset_of_rows, map_on_actor_pool, ray_session,
                                           require_ray)
 from imgsynth.pipelines.sharding import SetSpec, ShardGenerator, decode_items, encode_items, job_shards
+from imgsynth.generator_record import generator_record
 from imgsynth.imageset import MANIFEST, ImageSet, ImageSetError, ImageSetWriter
 from imgsynth.pipelines.work import WorkItem
 
@@ -100,7 +101,8 @@ def finished_set(out: Path, spec: SetSpec) -> ImageSet | None:
     existing = ImageSet.open(out)
     manifest = existing.manifest
     wanted = json.loads(json.dumps({"generator": dict(spec.generator), "config": dict(spec.config)}, default=str))
-    if {"generator": manifest.get("generator"), "config": manifest.get("config")} == wanted:
+    found = {"generator": generator_record(manifest.get("generator")), "config": manifest.get("config")}
+    if found == {"generator": generator_record(wanted["generator"]), "config": wanted["config"]}:
         return existing
     raise ImageSetError(f"{out}: already holds an ImageSet made by another job (generator or settings differ); "
                         "remove it or choose another folder")

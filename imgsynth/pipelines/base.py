@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Protocol, Se
 
 import numpy as np
 
+from imgsynth.generator_record import GeneratorRecord
 from imgsynth.imageset import ImageSet
 from imgsynth.pipelines.sharding import SetSpec, ShardGenerator
 from imgsynth.pipelines.work import WorkItem, balanced_work
@@ -94,11 +95,10 @@ def model_kind(model: str | Path) -> str:
     """The kind of a model folder or id: the one its ``imgsynth_model_info.json`` names, else the first
     registered kind that ``owns`` it (in registry order; text2image, last of the built-in ones, takes
     any diffusers pipeline folder or Hub id)."""
-    import json
 
     info = Path(model) / MODEL_INFO
     if info.is_file():
-        kind = json.loads(info.read_text(encoding="utf-8")).get("kind", "")
+        kind = read_model_info(info).get("kind", "")
         generator_class(kind)  # an unknown kind names the registered ones
         return kind
     for kind in GENERATORS:
@@ -130,6 +130,16 @@ MODEL_INFO = "imgsynth_model_info.json"
 MODEL_WEIGHTS = "model.safetensors"
 
 
+def read_model_info(path: Path) -> dict[str, Any]:
+    """A registered kind's ``imgsynth_model_info.json``: a JSON object, or one error line naming the file."""
+    from imgsynth.set_schema import parse_json
+
+    info = parse_json(Path(path).read_bytes(), str(path))
+    if not isinstance(info, dict):
+        raise ValueError(f"{path}: should hold a JSON object")
+    return info
+
+
 def write_model(out: Path, kind: str, tensors: Mapping[str, Any], info: Mapping[str, Any]) -> Path:
     """Write a fitted model folder: ``model.safetensors`` (numpy arrays) then the info JSON, which marks it whole.
 
@@ -159,7 +169,6 @@ def read_model(model_dir: Path, kind: str) -> tuple[dict[str, Any], dict[str, di
 
     Tensor names are ``<class index>.<name>``; the result maps each class name to its arrays.
     """
-    import json
 
     from safetensors.numpy import load_file
 
@@ -169,7 +178,7 @@ def read_model(model_dir: Path, kind: str) -> tuple[dict[str, Any], dict[str, di
     info_path = model_dir / MODEL_INFO
     if not info_path.is_file():
         raise ValueError(f"{model_dir}: not a {kind} model folder ({MODEL_INFO} is missing)")
-    info = json.loads(info_path.read_text(encoding="utf-8"))
+    info = read_model_info(info_path)
     if info.get("kind") != kind:
         raise ValueError(f"{info_path}: a {info.get('kind')!r} model, not {kind!r}")
     weights = model_dir / MODEL_WEIGHTS
@@ -185,12 +194,11 @@ def read_model(model_dir: Path, kind: str) -> tuple[dict[str, Any], dict[str, di
 def finished_fit(out: Path, record: Mapping[str, Any]) -> bool:
     """True when ``out`` already holds the model of this fit (``record``'s fields match); another fit there
     is an error, so a changed recipe never silently reuses a model."""
-    import json
 
     info_path = Path(out) / MODEL_INFO
     if not info_path.is_file():
         return False
-    done = json.loads(info_path.read_text(encoding="utf-8"))
+    done = read_model_info(info_path)
     if {k: done.get(k) for k in record} != dict(record):
         raise ValueError(f"{out}: already holds a model fitted to another set or with other options")
     return True
@@ -216,8 +224,8 @@ def set_arguments(model_dir: Path, out: Path, info: Mapping[str, Any], classes: 
     return dict(
         classes=list(info["classes"]), kind="generated",
         parents=[{"id": info["parent"]["id"], "path": os.path.relpath(parent, out), "kind": info["parent"]["kind"]}],
-        generator={"pipeline": pipeline, "model_path": str(model_dir), "weights_sha256": info["weights_sha256"],
-                   "seed": seed, "options": info["options"]},
+        generator=GeneratorRecord(info["kind"], pipeline, str(model_dir), info["weights_sha256"], seed,
+                                  settings={"options": info["options"]}).to_dict(),
         config={"per_class": per_class, "generation": generation, "classes": classes},
         license={"name": "generated", "note": f"sampled from a {info['kind']} model fitted to the parent set; "
                  "the parent's license terms apply"})
@@ -299,17 +307,15 @@ class PerClassGenerator:
     @classmethod
     def owns(cls, model: str | Path) -> bool:
         """Whether ``model`` is a folder this kind fitted (its info file names the kind)."""
-        import json
 
         info = Path(model) / MODEL_INFO
-        return info.is_file() and json.loads(info.read_text(encoding="utf-8")).get("kind") == cls.kind
+        return info.is_file() and read_model_info(info).get("kind") == cls.kind
 
     @staticmethod
     def options_for_model(model: str | Path) -> dict[str, Any]:
         """The options the model was fitted with (sampling takes them as they are)."""
-        import json
 
-        return dict(json.loads((Path(model) / MODEL_INFO).read_text(encoding="utf-8")).get("options") or {})
+        return dict(read_model_info(Path(model) / MODEL_INFO).get("options") or {})
 
     def drawer(self, model_dir: Path) -> tuple[dict[str, Any], list[str], Callable[[WorkItem], "Image.Image"]]:
         """(info, the fitted classes, the function making one work item's image) of a fitted model."""

@@ -10,6 +10,8 @@ from typing import Any, Collection, Mapping, Sequence
 
 import torch
 
+from imgsynth.generator_record import GeneratorRecord
+from imgsynth.generator_record import generator_record as normalized_record
 from imgsynth.imageset import ImageSet, ImageSetError, ImageSetWriter, Sample
 from imgsynth.pipelines.conditional.config import DEFAULT_GUIDANCE_SCALE, DEFAULT_SAMPLE_STEPS, check_sampling
 from imgsynth.pipelines.conditional.folder import PIPELINE_NAME, UNET_CONFIG_FILE, LoadedModel, load_model
@@ -88,13 +90,13 @@ class SamplingJob:
                                       noise_temperature, shard_size, generation)
         self.out = Path(out).absolute()
         self.work = shards(balanced_work(plan.classes, plan.per_class, plan.seed), plan.shard_size)
-        generator_record = {
-            "pipeline": PIPELINE_NAME, "model_path": str(model.path), "weights_hash": model.weights_hash,
+        generator_record = GeneratorRecord("conditional", PIPELINE_NAME, str(model.path), model.weights_hash,
+                                           plan.seed, settings={
             "scheduler": type(build_sampler(plan.sampler, model.scheduler_config)).__name__,
             "sampler": plan.sampler, "steps": plan.steps, "guidance_scale": plan.guidance_scale,
-            "seed": plan.seed, "noise_temperature": plan.noise_temperature,
+            "noise_temperature": plan.noise_temperature,
             "prediction_type": model.scheduler_config.get("prediction_type"), "shard_size": plan.shard_size,
-        }
+        }).to_dict()
         self.finished = _finished_set(self.out, generator_record, {c: plan.per_class for c in plan.classes})
         if self.finished is not None:
             return
@@ -154,8 +156,8 @@ def _finished_set(out: Path, generator_record: Mapping[str, Any], counts: Mappin
     if not (out / "imageset.json").is_file():
         return None
     existing = ImageSet.open(out)
-    previous = existing.manifest.get("generator") or {}
-    keys = ("weights_hash", "sampler", "steps", "guidance_scale", "seed", "noise_temperature")
+    previous = normalized_record(existing.manifest.get("generator"))  # sets of any version
+    keys = ("weights_sha256", "sampler", "steps", "guidance_scale", "seed", "noise_temperature")
     if all(previous.get(k) == generator_record[k] for k in keys) and existing.counts == dict(counts):
         return existing
     raise ImageSetError(f"{out}: already holds an ImageSet made with other settings; remove it or choose "

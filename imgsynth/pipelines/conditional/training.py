@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from imgsynth.imageset import ImageSet, ImageSetError
 from imgsynth.locking import folder_lock
+from imgsynth.notes import Note
 from imgsynth.pipelines import device as devices
 from imgsynth.pipelines.conditional.config import TrainConfig
 from imgsynth.pipelines.conditional.folder import (CHECKPOINTS, MODEL_FILE, _check_safetensors_only,
@@ -56,7 +57,7 @@ def load_training_data(image_set: ImageSet, config: TrainConfig) -> TrainingData
     empty = [c for c, n in counts.items() if n == 0]
     if empty:
         warnings.warn(f"{where}: classes {empty} have no images; their samples will not resemble anything",
-                      stacklevel=3)
+                      Note, stacklevel=3)
     size = image_set.image_size
     if size is None:
         raise ImageSetError(f"{where}: images have mixed sizes (manifest image_size is null); resize them "

@@ -27,6 +27,7 @@ from typing import Any, Collection, Iterable, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from imgsynth.generator_record import GeneratorRecord, generator_record
 from imgsynth.imageset import ImageSet, ImageSetWriter, Sample
 from imgsynth.pipelines.prompts import CaptionRewriter, PromptBank, resolve_bank
 from imgsynth.pipelines.work import DEFAULT_SHARD_SIZE, WorkItem, balanced_work, batches, shards
@@ -139,18 +140,13 @@ class Text2ImageGenerator:
         folder = component_folder(pipe, self.denoiser)
         root = folder.parent if folder is not None else None
         model_path = Path(self.model).expanduser()
-        record: dict[str, Any] = {
-            "name": "text2image",
-            "pipeline_class": type(pipe).__name__,
-            "model": self.model,
-            "model_path": str(model_path.resolve()) if model_path.exists() else (str(root) if root else None),
-            "denoiser": self.denoiser,
-            "weights_sha256": weights_hash(folder) if folder is not None else None,
-            "scheduler": type(pipe.scheduler).__name__,
-            "dtype": str(getattr(pipe, "dtype", "")).replace("torch.", ""),
-            "lora": self.lora,
-            "compiled": self.compiled,
-        }
+        record = GeneratorRecord(
+            "text2image", type(pipe).__name__,
+            str(model_path.resolve()) if model_path.exists() else (str(root) if root else None),
+            weights_hash(folder) if folder is not None else None, None, settings={
+                "model": self.model, "denoiser": self.denoiser, "scheduler": type(pipe.scheduler).__name__,
+                "dtype": str(getattr(pipe, "dtype", "")).replace("torch.", ""), "lora": self.lora,
+                "compiled": self.compiled}).to_dict()
         if not model_path.exists() and root is not None and root.parent.name == "snapshots":
             record["revision"] = root.name  # the Hub commit the cache resolved to
         record["license"] = model_license(model_path if model_path.exists() else self.model)
@@ -331,7 +327,7 @@ def generate_text2image(model: str | os.PathLike, out: str | os.PathLike, *,
 
 
 # What decides the pixels and labels; batch size, compilation and shard size do not (beyond rounding).
-_SAME_SET_GENERATOR_KEYS = ("pipeline_class", "weights_sha256", "scheduler", "dtype", "steps", "guidance_scale",
+_SAME_SET_GENERATOR_KEYS = ("pipeline", "weights_sha256", "scheduler", "dtype", "steps", "guidance_scale",
                             "negative_prompt", "seed", "height", "width", "prompt_bank", "caption_model")
 _SAME_SET_CONFIG_KEYS = ("per_class", "classes", "generation")
 
@@ -341,7 +337,7 @@ def finished_set(out: Path, generator: Mapping[str, Any], config: Mapping[str, A
     if not (out / "imageset.json").is_file():
         return None
     existing = ImageSet.open(out)
-    previous_generator = existing.manifest.get("generator") or {}
+    previous_generator = generator_record(existing.manifest.get("generator"))  # sets of any version
     previous_config = existing.manifest.get("config") or {}
     same = all(previous_generator.get(k) == generator.get(k) for k in _SAME_SET_GENERATOR_KEYS) and \
         (previous_generator.get("lora") or {}).get("sha256") == (generator.get("lora") or {}).get("sha256") and \

@@ -158,3 +158,33 @@ def test_accumulate_keeps_the_error_of_the_mean_bounded_where_replace_lets_it_wa
     replace_walk = np.array([N * ((_moments(unbiased_run, s, K)[0] - means0) ** 2).mean() / v0.mean()
                              for s in unbiased_run.seeds])
     assert errors.mean() < replace_walk.mean() / 4
+
+
+def test_mix_with_a_fixed_real_fraction_follows_its_recursion_and_stays_bounded(tmp_path, unbiased_run):
+    """mix, fraction λ: generation k fits r = λ·n real images (a fresh draw, without replacement, from the N
+    real training images of the class, whose mean is μ_0: generation 0 fits all of them) and s = n − r of
+    generation k − 1's samples. With e_k = μ_k − μ_0 and f_k = n·E[e_k²]/σ²_0 per pixel (unbiased fit, so
+    E[σ²] stays σ²_0 up to a between-group term of order λ·f/n):
+        f_k = (s/n)²·f_{k−1} + (s + r·(N − r)/(N − 1))/n,   f_0 = 0,
+    which tends to a bound, (s + r(N−r)/(N−1))/n / (1 − (s/n)²) ≈ 5.3 for λ = 0.1, n = 20 (replace: f_k = k)."""
+    recipe = load_recipe(shipped_recipes()["gaussian-theory"],
+                         ['generator.options.estimator="unbiased"', 'loop.modes=["mix"]', "loop.mix_real_fraction=0.1"])
+    folder = RunFolder(Experiment(recipe, tmp_path / "run", progress=False).run())
+    from imgsynth.imageset import ImageSet
+
+    real_train = ImageSet.open(folder.real_dir / "train")
+    pool = min(real_train.counts.values())
+    assert set(real_train.counts.values()) == {pool}
+    r = round(0.1 * N)
+    s = N - r
+    f = 0.0
+    for _ in range(K):
+        f = (s / N) ** 2 * f + (s + r * (pool - r) / (pool - 1)) / N
+    means0, v0 = _moments(folder, folder.seeds[0], 0)
+    errors = np.array([
+        N * ((np.stack([p["mean"] for _, p in sorted(GaussianGenerator.load(
+            folder.generation_dir(GenerationKey(seed, "mix", K)) / "model")[1].items())]) - means0) ** 2).mean()
+        / v0.mean() for seed in folder.seeds])
+    _within(errors, f)
+    bound = (s + r * (pool - r) / (pool - 1)) / N / (1 - (s / N) ** 2)
+    assert f < bound < 6

@@ -322,8 +322,8 @@ def test_croissant_export_refuses_a_different_file_and_a_folder_readers_cannot_u
     code, _, err = run_cli("data", "export", gen1.root, beside / "gen1.json", "--format", "croissant")
     assert code == 2 and f"error: {beside / 'gen1.json'}: a Croissant file for the set {gen1.root}" in err
     assert list(beside.iterdir()) == []
-    assert sorted(p.name for p in gen1.root.iterdir()) == sorted(["croissant.json", "imageset.json", "images",
-                                                                 "metadata.jsonl"])
+    assert sorted(p.name for p in gen1.root.iterdir()) == sorted(["README.md", "croissant.json", "imageset.json",
+                                                                 "images", "metadata.jsonl"])
 
 
 def test_croissant_licenses_are_the_lineage_licenses_not_placeholders(chain, tmp_path):

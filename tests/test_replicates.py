@@ -195,11 +195,20 @@ def _spawn_run(out: Path) -> subprocess.Popen:
 
 def _wait_for_metrics(run: Path, process: subprocess.Popen, count: int) -> list[Path]:
     deadline = time.monotonic() + 240
-    while len(found := sorted(run.glob("seed_*/**/metrics.json"))) < count:
+    while len(found := _finished_metrics(run)) < count:
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline
         time.sleep(0.05)
     return found
+
+
+def _finished_metrics(run: Path) -> list[Path]:
+    """The metrics files written so far; a folder renamed into place while the glob walks it is looked at again."""
+    while True:
+        try:
+            return sorted(run.glob("seed_*/**/metrics.json"))
+        except FileNotFoundError:  # e.g. a .partial folder renamed between listing and entering it
+            continue
 
 
 def test_a_killed_parallel_run_resumes_to_the_same_metrics_without_recomputing_finished_work(smoke_runs, tmp_path):

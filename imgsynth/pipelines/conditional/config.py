@@ -153,6 +153,19 @@ PRESETS: dict[str, TrainConfig] = {
         layers_per_block=1, mid_block=False, norm_num_groups=8, steps=400, batch_size=64, lr=2e-3,
         warmup_steps=30, ema_decay=0.995, ema_power=0.75, label_dropout=0.1, prediction_type="v_prediction",
         snr_gamma=5.0, sampler="dpm++", sample_steps=12, guidance_scale=2.0, checkpoint_every=100),
+    # RGB on a laptop: 16 px images folded 2×2 into 8×8×12, a wider two-level UNet than digits16-cpu (colour
+    # triples the input); about a minute of training on two idle cores (benchmarks/README.md).
+    "rgb16-cpu": TrainConfig(
+        preset="rgb16-cpu", image_size=16, channels=3, patch_size=2, block_out_channels=(32, 64),
+        layers_per_block=1, mid_block=False, norm_num_groups=8, steps=600, batch_size=64, lr=2e-3,
+        warmup_steps=30, ema_decay=0.995, ema_power=0.75, label_dropout=0.1, prediction_type="v_prediction",
+        snr_gamma=5.0, sampler="dpm++", sample_steps=12, guidance_scale=2.0, checkpoint_every=100),
+    # 32 px RGB on a laptop: folded 2×2 into 16×16×12, three levels (16 → 8 → 4), no attention.
+    "rgb32-cpu": TrainConfig(
+        preset="rgb32-cpu", image_size=32, channels=3, patch_size=2, block_out_channels=(32, 64, 64),
+        layers_per_block=1, mid_block=False, norm_num_groups=8, steps=800, batch_size=64, lr=2e-3,
+        warmup_steps=40, ema_decay=0.995, ema_power=0.75, label_dropout=0.1, prediction_type="v_prediction",
+        snr_gamma=5.0, sampler="dpm++", sample_steps=12, guidance_scale=2.0, checkpoint_every=100),
     # For tests: a tiny UNet and a handful of steps; exercises every code path in about a second.
     "smoke": TrainConfig(
         preset="smoke", image_size=16, channels=1, patch_size=2, block_out_channels=(8, 16),
@@ -173,6 +186,24 @@ PRESETS: dict[str, TrainConfig] = {
         ema_power=2 / 3, prediction_type="v_prediction", snr_gamma=5.0, sample_steps=25, guidance_scale=2.0,
         checkpoint_every=2000, compile=True),
 }
+
+
+AUTO = "auto"
+
+
+def auto_preset(image_size: int | None, channels: int | None, on_gpu: bool) -> str:
+    """The preset ``auto`` stands for: by device, then by the data's size and channels.
+
+    GPU: ``cifar32-gpu`` up to 32 px, else ``64-gpu``. CPU: ``digits16-cpu`` for grayscale up to 16 px,
+    ``rgb16-cpu`` for colour up to 16 px, else ``rgb32-cpu``. The data's own size and channels then override
+    the preset's, as for every preset.
+    """
+    size = image_size or 16
+    if on_gpu:
+        return "cifar32-gpu" if size <= 32 else "64-gpu"
+    if size <= 16:
+        return "digits16-cpu" if (channels or 1) == 1 else "rgb16-cpu"
+    return "rgb32-cpu"
 
 
 def preset(name: str, **overrides: Any) -> TrainConfig:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from imgsynth.pipelines.conditional.config import TrainConfig, check_sampling, preset
+from imgsynth.pipelines.conditional.config import AUTO, TrainConfig, auto_preset, check_sampling, preset
 from imgsynth.pipelines.work import DEFAULT_SHARD_SIZE
 
 if TYPE_CHECKING:
@@ -46,8 +46,8 @@ def _validate_options(options: Any) -> Any:
     """Check the options as far as they can be checked without the data: the preset with the overrides."""
     from imgsynth.pipelines.conditional.config import PRESETS
 
-    if options.preset not in PRESETS:
-        raise ValueError(f"preset {options.preset!r} is not a conditional preset; known: {list(PRESETS)}")
+    if options.preset not in PRESETS and options.preset != AUTO:
+        raise ValueError(f"preset {options.preset!r} is not a conditional preset; known: {[*PRESETS, AUTO]}")
     train_config(options, image_size=None, channels=None, seed=0)
     if options.sample_batch_size is None or options.sample_batch_size < 1:
         raise ValueError(f"sample_batch_size must be at least 1, got {options.sample_batch_size!r}")
@@ -56,17 +56,24 @@ def _validate_options(options: Any) -> Any:
     return options
 
 
-def train_config(options: Any, *, image_size: int | None, channels: int | None, seed: int) -> TrainConfig:
+def train_config(options: Any, *, image_size: int | None, channels: int | None, seed: int,
+                 on_gpu_machine: Callable[[], bool] | None = None) -> TrainConfig:
     """The training config of ``options``: the preset, the data's image size and channels (when given and not
     set in the options), then the options' overrides. The preset describes capacity and schedule; the data
-    decides its own shape."""
+    decides its own shape. ``auto`` picks the preset from the data and the device (``auto_preset``);
+    ``on_gpu_machine`` says whether this machine has a GPU (not asked when checking a recipe: CPU assumed)."""
     overrides = {f.name: getattr(options, f.name) for f in dataclasses.fields(TrainConfig)
                  if f.name not in _OWN_FIELDS and getattr(options, f.name) is not None}
     if image_size is not None:
         overrides.setdefault("image_size", image_size)
     if channels is not None:
         overrides.setdefault("channels", channels)
-    return preset(options.preset, seed=seed, **overrides)
+    name = options.preset
+    if name == AUTO:
+        device = str(options.device or "")
+        on_gpu = device.startswith("cuda") or (device in ("", "auto") and on_gpu_machine is not None and on_gpu_machine())
+        name = auto_preset(overrides.get("image_size"), overrides.get("channels"), on_gpu)
+    return preset(name, seed=seed, **overrides)
 
 
 ConditionalOptions = _options_type()
@@ -106,7 +113,7 @@ class ConditionalGenerator:
         size = train_set.image_size
         mode = train_set.manifest.get("image_mode") or "L"
         config = train_config(self.options, image_size=None if size is None or size[0] != size[1] else int(size[0]),
-                              channels=1 if mode == "L" else 3, seed=seed)
+                              channels=1 if mode == "L" else 3, seed=seed, on_gpu_machine=_cuda_available)
         return train(train_set, out, config, progress=progress, parallel=parallel)
 
     def sampling(self) -> dict[str, Any]:
@@ -131,3 +138,9 @@ class ConditionalGenerator:
         return ConditionalShardGenerator(str(model_dir), per_class, seed=seed, generation=generation,
                                          batch_size=self.options.sample_batch_size, classes=classes,
                                          **self.sampling())
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -105,3 +105,11 @@ def test_sets_written_before_the_change_open_and_verify():
         assert image_set.id == set_id, name
         report = image_set.verify()
         assert not report.problems, (name, report.problems)
+
+
+def test_more_sampling_steps_than_the_schedule_has_is_refused_before_any_work(tmp_path, run_cli):
+    legacy = tmp_path / "model"
+    shutil.copytree(FIXTURES / "conditional_model", legacy)
+    code, _, err = run_cli("generate", legacy, tmp_path / "out", "--per-class", "1", "--steps", "100000")
+    assert code == 2 and err.count("error:") == 1 and "steps = 100000" in err and "at most 1000" in err
+    assert not (tmp_path / "out").exists()

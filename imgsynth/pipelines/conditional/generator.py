@@ -147,6 +147,10 @@ def _make_plan(info: Mapping[str, Any], per_class: int, classes: Sequence[str] |
     if per_class < 1:
         raise ValueError(f"per_class must be at least 1, got {per_class}")
     check_sampling(guidance, n_steps, name, noise_temperature, shard_size)
+    timesteps = int(config.get("num_train_timesteps", 1000))
+    if n_steps > timesteps:  # a sampler takes distinct timesteps of the training schedule
+        raise ValueError(f"steps = {n_steps}: this model's schedule has {timesteps} timesteps; sample with at most "
+                         f"{timesteps} steps")
     return SamplingPlan(chosen, int(per_class), int(seed), guidance, n_steps, name, float(noise_temperature),
                         int(shard_size), generation)
 

@@ -365,10 +365,17 @@ def source_license(found: dict[str, Any], declared: str | None) -> dict[str, Any
     return {"name": "unknown"}
 
 
+# The square sizes an import makes: below 4 px no generator or classifier here works; above, memory grows fast.
+MIN_SIZE, MAX_SIZE = 4, 4096
+
+
 @locks_output("out")
 def import_source(spec: str, out: str | os.PathLike, *, size: int | None = 16, mode: str = "L",
                   test_fraction: float = 0.2, seed: int = 0, license: str | None = None) -> tuple[ImageSet, ImageSet]:
     """Import a source into ``out/train`` and ``out/test`` ImageSets with a stratified, seeded split."""
+    if size is not None and not (isinstance(size, int) and MIN_SIZE <= size <= MAX_SIZE):
+        raise ValueError(f"size = {size!r}: images are imported as squares of {MIN_SIZE} to {MAX_SIZE} px "
+                         "(library callers pass size=None to keep each image's own size)")
     data = load_source(spec, size=size, mode=mode)
     class_index = {c: i for i, c in enumerate(data.classes)}
     train_idx, test_idx = stratified_split_indices([class_index[l] for l in data.labels], test_fraction, seed)

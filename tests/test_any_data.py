@@ -74,3 +74,10 @@ def test_every_train_config_field_can_be_set_from_a_recipe_and_unknown_ones_are_
     assert config.block_out_channels == (8, 8) and config.layers_per_block == 2
     with pytest.raises(RecipeError, match=r"unknown option\(s\) \['block_channels'\]"):
         load_recipe(shipped_recipes()["smoke"], ["generator.options.block_channels=[8, 8]"])
+
+
+@pytest.mark.parametrize("size", ["0", "2", "5000"])
+def test_an_import_size_no_pipeline_can_use_is_refused(size, tmp_path, run_cli):
+    code, _, err = run_cli("data", "import", "digits", tmp_path / "out", "--size", size)
+    assert code == 2 and err.count("error:") == 1 and f"size = {size}" in err
+    assert not (tmp_path / "out").exists()

@@ -1,7 +1,7 @@
 """Benchmark the RGB CPU presets: training time and how recognisable the samples are, at 16 and 32 px.
 
-Data: the embedded UCI digits drawn in colour (each image gets its own random foreground and background
-colour, plus pixel noise), written as an RGB folder of class sub-folders and imported as any user's folder
+Data: the embedded UCI digits drawn in colour (each image gets its own random bright foreground and dark
+background colour, plus pixel noise), written as an RGB folder of class sub-folders and imported as any user's folder
 would be (``folder:`` source), at 16 and 32 px. So the class is in the shape, not the colour, and a
 sample is "recognisable" when a classifier trained on the *real* colour digits labels it as its class,
 as for the grayscale digits (benchmarks/README.md). Side by side, in the same run: the classifier's
@@ -42,9 +42,8 @@ def colour_digits(root: Path, seed: int = 0) -> Path:
     for index, (image, label) in enumerate(zip(digits.images, digits.target)):
         shape = np.asarray(Image.fromarray((image * 255 / 16).astype(np.uint8)).resize((32, 32), Image.BILINEAR),
                            dtype=np.float64)[..., None] / 255
-        foreground, background = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-        while np.abs(foreground - background).sum() < 200:  # keep the digit visible
-            background = rng.uniform(0, 255, 3)
+        # Any hue, but the digit brighter than its ground, as in photos of written digits.
+        foreground, background = rng.uniform(140, 255, 3), rng.uniform(0, 70, 3)
         pixels = shape * foreground + (1 - shape) * background + rng.normal(0, 6, (32, 32, 3))
         folder = root / str(label)
         folder.mkdir(parents=True, exist_ok=True)

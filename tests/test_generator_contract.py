@@ -187,3 +187,45 @@ def test_a_kind_registered_from_a_test_file_runs_through_the_cli_and_the_loop(re
                          ['generator.kind="midpoint"', "generator.options={}", "loop.seeds=1", "loop.generations=2"])
     run = Experiment(recipe, tmp_path / "run", progress=False).run()
     assert (run / "seed_0" / "replace" / "gen_1" / "metrics.json").is_file()
+
+
+def test_text2image_kind_honours_the_contract_with_a_lora_fit(tiny_text2image, real, tmp_path, monkeypatch, ray_pool):
+    """The same contract for the kind that fine-tunes a pretrained pipeline: the fit (a LoRA) is made once and
+    refused for another set, a seed gives the same bytes, an interrupted write resumes byte for byte, and two
+    Ray workers write the same set. (Its weights' integrity is the pretrained pipeline's: no hash to check.)"""
+    from imgsynth.distributed.generate import generate, torch_threads
+    from imgsynth.pipelines.finetune import INFO_FILE
+
+    generator = build_generator("text2image", {"model": str(tiny_text2image), "classes": ["kitchen", "bedroom"],
+                                               "sample_steps": 2, "lora_steps": 2, "lora_rank": 2, "shard_size": 2,
+                                               "sample_batch_size": 2, "device": "cpu"})
+    lora = generator.fit(real, tmp_path / "lora", seed=0, progress=False)
+    stamp = (lora / INFO_FILE).stat().st_mtime_ns
+    assert generator.fit(real, tmp_path / "lora", seed=0, progress=False) == lora
+    assert (lora / INFO_FILE).stat().st_mtime_ns == stamp
+    with torch_threads(1):
+        whole = generator.sample(lora, tmp_path / "whole", per_class=2, seed=4, generation=1, progress=False)
+    assert whole.manifest["generator"]["lora"]["sha256"] and whole.counts == {"kitchen": 2, "bedroom": 2}
+
+    calls = {"n": 0}
+    real_write = ImageSetWriter.write_shard
+
+    def crash_after_one_shard(self, index, samples):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed after one shard")
+        return real_write(self, index, samples)
+
+    monkeypatch.setattr(ImageSetWriter, "write_shard", crash_after_one_shard)
+    with pytest.raises(KeyboardInterrupt), torch_threads(1):
+        generator.sample(lora, tmp_path / "resumed", per_class=2, seed=4, generation=1, progress=False)
+    monkeypatch.setattr(ImageSetWriter, "write_shard", real_write)
+    with torch_threads(1):
+        resumed = generator.sample(lora, tmp_path / "resumed", per_class=2, seed=4, generation=1, progress=False)
+    assert resumed.id == whole.id and _bytes(resumed) == _bytes(whole)
+    spread = generate(generator.shard_generator(lora, per_class=2, seed=4, generation=1), tmp_path / "ray",
+                      backend="ray", workers=2)
+    assert spread.id == whole.id and _bytes(spread) == _bytes(whole)
+    other = ImageSet.open(whole.root)
+    with pytest.raises(ValueError, match="already holds a LoRA trained with other settings or data"):
+        generator.fit(other, tmp_path / "lora", seed=0, progress=False)

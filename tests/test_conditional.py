@@ -69,7 +69,8 @@ def test_sample_writes_balanced_generated_set_with_provenance(smoke_model, digit
     assert reopened.kind == "generated" and reopened.image_size == (16, 16)
     assert reopened.manifest["image_mode"] == "L"
     generator = reopened.manifest["generator"]
-    assert generator["weights_hash"] == sha256_file(smoke_model / conditional.WEIGHTS_FILE)
+    assert generator["kind"] == "conditional"
+    assert generator["weights_sha256"] == sha256_file(smoke_model / conditional.WEIGHTS_FILE)
     assert (generator["steps"], generator["guidance_scale"], generator["seed"], generator["noise_temperature"]) == \
         (3, 2.5, 7, 0.9)
     assert generator["scheduler"] == "DPMSolverMultistepScheduler"

@@ -95,7 +95,7 @@ def test_three_class_set_loads_back_with_every_record(reference: ImageSet, tiny_
     file_hash = hashlib.sha256(unet_file.read_bytes()).hexdigest()
     expected = hashlib.sha256(f"{unet_file.name}\t{file_hash}\n".encode()).hexdigest()
     assert generator["weights_sha256"] == expected
-    assert generator["pipeline_class"] == "StableDiffusionPipeline" and generator["scheduler"] == "DDIMScheduler"
+    assert generator["kind"] == "text2image" and generator["pipeline"] == "StableDiffusionPipeline" and generator["scheduler"] == "DDIMScheduler"
     assert (generator["steps"], generator["guidance_scale"], generator["seed"]) == (2, 7.5, SEED)
     assert generator["model"] == str(tiny_text2image) and generator["lora"] is None
     assert generator["prompt_bank"] == "indoor-scenes"  # bare class names found in the shipped bank

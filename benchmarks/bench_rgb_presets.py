@@ -56,6 +56,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, action="append", help="image size (repeatable; default 16 and 32)")
     parser.add_argument("--per-class", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, action="append", default=[],
+                        help="also train the rgb preset with this many steps (repeatable), to choose its schedule")
+    parser.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
+                        help="include digits16-cpu on the colour data (what a user got before the RGB presets)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     sizes = args.size or [16, 32]
@@ -63,7 +67,7 @@ def main() -> None:
         work = Path(tmp)
         folder = colour_digits(work / "colour-digits")
         print(f"load average at start: {os.getloadavg()[0]:.2f}; torch threads {args.threads}")
-        header = f"{'size':>4} {'preset':<14} {'train s':>8} {'sample s':>8} {'recognised':>10} {'real-test acc':>13}"
+        header = f"{'size':>4} {'preset':<20} {'train s':>8} {'sample s':>8} {'recognised':>10} {'real-test acc':>13}"
         print(header)
         print("-" * len(header))
         for size in sizes:
@@ -71,17 +75,20 @@ def main() -> None:
                                         test_fraction=0.2, seed=0)
             classifier = train_classifier(train, work / f"clf{size}", ClassifierConfig(), progress=False)
             ceiling = evaluate_classifier(classifier, test).accuracy
-            for preset in (f"rgb{size}-cpu", "digits16-cpu"):
-                generator = build_generator("conditional", {"preset": preset})
+            rows = [(f"rgb{size}-cpu", {})] + [(f"rgb{size}-cpu", {"steps": n}) for n in args.steps]
+            rows += [("digits16-cpu", {})] if args.baseline else []
+            for preset, extra in rows:
+                generator = build_generator("conditional", {"preset": preset, **extra})
                 t0 = time.perf_counter()
-                model = generator.fit(train, work / f"model{size}-{preset}", seed=0, progress=False)
+                label = preset + "".join(f" {k}={v}" for k, v in extra.items())
+                model = generator.fit(train, work / f"model{size}-{label.replace(' ', '_')}", seed=0, progress=False)
                 trained = time.perf_counter() - t0
                 t0 = time.perf_counter()
-                samples = generator.sample(model, work / f"samples{size}-{preset}", args.per_class, seed=1,
+                samples = generator.sample(model, work / f"samples{size}-{label.replace(' ', '_')}", args.per_class, seed=1,
                                            progress=False)
                 sampled = time.perf_counter() - t0
                 recognised = evaluate_classifier(classifier, samples).accuracy
-                print(f"{size:>4} {preset:<14} {trained:>8.1f} {sampled:>8.1f} {recognised:>10.3f} {ceiling:>13.3f}")
+                print(f"{size:>4} {label:<20} {trained:>8.1f} {sampled:>8.1f} {recognised:>10.3f} {ceiling:>13.3f}")
         print(f"load average at end: {os.getloadavg()[0]:.2f}")
 
 

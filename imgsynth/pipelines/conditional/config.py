@@ -154,17 +154,18 @@ PRESETS: dict[str, TrainConfig] = {
         warmup_steps=30, ema_decay=0.995, ema_power=0.75, label_dropout=0.1, prediction_type="v_prediction",
         snr_gamma=5.0, sampler="dpm++", sample_steps=12, guidance_scale=2.0, checkpoint_every=100),
     # RGB on a laptop: 16 px images folded 2×2 into 8×8×12, a wider two-level UNet than digits16-cpu (colour
-    # triples the input); about a minute of training on two idle cores (benchmarks/README.md).
+    # triples the input); about 30 s of training on two idle cores (benchmarks/README.md).
     "rgb16-cpu": TrainConfig(
         preset="rgb16-cpu", image_size=16, channels=3, patch_size=2, block_out_channels=(32, 64),
         layers_per_block=1, mid_block=False, norm_num_groups=8, steps=600, batch_size=64, lr=2e-3,
         warmup_steps=30, ema_decay=0.995, ema_power=0.75, label_dropout=0.1, prediction_type="v_prediction",
         snr_gamma=5.0, sampler="dpm++", sample_steps=12, guidance_scale=2.0, checkpoint_every=100),
-    # 32 px RGB on a laptop: folded 2×2 into 16×16×12, three levels (16 → 8 → 4), no attention.
+    # 32 px RGB on a laptop: folded 2×2 into 16×16×12, three levels (16 → 8 → 4), no attention; about 80 s
+    # of training on two idle cores (800 steps: twice that for 0.996 instead of 0.984 recognised).
     "rgb32-cpu": TrainConfig(
         preset="rgb32-cpu", image_size=32, channels=3, patch_size=2, block_out_channels=(32, 64, 64),
-        layers_per_block=1, mid_block=False, norm_num_groups=8, steps=800, batch_size=64, lr=2e-3,
-        warmup_steps=40, ema_decay=0.995, ema_power=0.75, label_dropout=0.1, prediction_type="v_prediction",
+        layers_per_block=1, mid_block=False, norm_num_groups=8, steps=400, batch_size=64, lr=2e-3,
+        warmup_steps=30, ema_decay=0.995, ema_power=0.75, label_dropout=0.1, prediction_type="v_prediction",
         snr_gamma=5.0, sampler="dpm++", sample_steps=12, guidance_scale=2.0, checkpoint_every=100),
     # For tests: a tiny UNet and a handful of steps; exercises every code path in about a second.
     "smoke": TrainConfig(

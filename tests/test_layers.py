@@ -14,6 +14,14 @@ import pytest
     ("imgsynth.pipelines.base", ["imgsynth.experiments", "imgsynth.metrics", "imgsynth.cli", "torch"]),
     ("imgsynth.pipelines.gaussian", ["imgsynth.experiments", "imgsynth.metrics", "imgsynth.cli", "torch"]),
     ("imgsynth.imageset", ["imgsynth.pipelines", "imgsynth.metrics", "imgsynth.experiments", "torch"]),
+    # distributed/ knows backends, not generators; the library never imports the CLI
+    ("imgsynth.distributed.generate", ["imgsynth.pipelines.conditional", "imgsynth.pipelines.text2image",
+                                       "imgsynth.experiments", "imgsynth.cli"]),
+    ("imgsynth.distributed.tasks", ["imgsynth.pipelines.conditional", "imgsynth.pipelines.text2image",
+                                    "imgsynth.experiments", "imgsynth.cli"]),
+    ("imgsynth.experiments.loop", ["imgsynth.cli"]),
+    ("imgsynth.pipelines.conditional.kind", ["imgsynth.experiments", "imgsynth.cli", "torch", "diffusers"]),
+    ("imgsynth.generator_record", ["imgsynth.pipelines", "imgsynth.experiments", "imgsynth.cli"]),
 ])
 def test_a_module_loads_none_of_the_layers_above_it(module, forbidden):
     code = (f"import sys, {module}\n"

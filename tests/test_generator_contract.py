@@ -48,6 +48,21 @@ def _bytes(image_set: ImageSet) -> list[bytes]:
     return [image_set.read_bytes(i) for i in range(len(image_set))]
 
 
+def _crash_after_one_shard(monkeypatch):
+    """Make the next write stop (as a kill would) after its first shard; returns the real write_shard."""
+    calls = {"n": 0}
+    real_write = ImageSetWriter.write_shard
+
+    def crash(self, index, samples):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed after one shard")
+        return real_write(self, index, samples)
+
+    monkeypatch.setattr(ImageSetWriter, "write_shard", crash)
+    return real_write
+
+
 @pytest.mark.parametrize("kind", CONTRACT_KINDS)
 def test_every_registered_kind_fits_samples_and_resumes_the_same_set(kind, real, tmp_path, monkeypatch):
     marker, weights = FILES.get(kind, (base.MODEL_INFO, base.MODEL_WEIGHTS))
@@ -59,16 +74,7 @@ def test_every_registered_kind_fits_samples_and_resumes_the_same_set(kind, real,
     whole = generator.sample(model, tmp_path / "whole", per_class=10, seed=4, generation=1, progress=False)
     assert verify(whole.root).ok and whole.counts == {c: 10 for c in real.classes}
 
-    calls = {"n": 0}
-    real_write = ImageSetWriter.write_shard
-
-    def crash_after_one_shard(self, index, samples):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt("killed after one shard")
-        return real_write(self, index, samples)
-
-    monkeypatch.setattr(ImageSetWriter, "write_shard", crash_after_one_shard)
+    real_write = _crash_after_one_shard(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         generator.sample(model, tmp_path / "resumed", per_class=10, seed=4, generation=1, progress=False)
     monkeypatch.setattr(ImageSetWriter, "write_shard", real_write)
@@ -207,16 +213,7 @@ def test_text2image_kind_honours_the_contract_with_a_lora_fit(tiny_text2image, r
         whole = generator.sample(lora, tmp_path / "whole", per_class=2, seed=4, generation=1, progress=False)
     assert whole.manifest["generator"]["lora"]["sha256"] and whole.counts == {"kitchen": 2, "bedroom": 2}
 
-    calls = {"n": 0}
-    real_write = ImageSetWriter.write_shard
-
-    def crash_after_one_shard(self, index, samples):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt("killed after one shard")
-        return real_write(self, index, samples)
-
-    monkeypatch.setattr(ImageSetWriter, "write_shard", crash_after_one_shard)
+    real_write = _crash_after_one_shard(monkeypatch)
     with pytest.raises(KeyboardInterrupt), torch_threads(1):
         generator.sample(lora, tmp_path / "resumed", per_class=2, seed=4, generation=1, progress=False)
     monkeypatch.setattr(ImageSetWriter, "write_shard", real_write)

@@ -288,41 +288,24 @@ def generate_text2image(model: str | os.PathLike, out: str | os.PathLike, *,
     call with different arguments on a half-written set is refused. ``generator`` reuses a loaded
     pipeline (e.g. across benchmark runs).
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    bank = resolve_bank(classes, prompts)
-    default_steps, default_guidance = default_sampling(model)
-    options = SamplingOptions(
-        steps=default_steps if steps is None else int(steps),
-        guidance_scale=default_guidance if guidance_scale is None else float(guidance_scale),
-        negative_prompt=bank.negative_prompt if negative_prompt is None else negative_prompt.strip(),
-        height=height, width=width)
-    rewriter = CaptionRewriter(caption_model, device="cpu") if caption_model else None
-    items = plan_text2image(bank, per_class, seed)
-    work = shards(items, shard_size)
-    if generator is None:
-        generator = Text2ImageGenerator.from_pretrained(model, device=device, dtype=dtype, lora=lora,
-                                                        compile=compile)
-    record = generator.provenance()
-    parents = list(parents) + lora_parents(generator.lora, Path(out))
-    sampling = {**dataclasses.asdict(options), "seed": seed, "negative_prompt": options.negative_prompt
-                if options.guided else ""}
-    generator_record = {**record, **sampling, "prompt_bank": bank.source or bank.name,
-                        "caption_model": str(caption_model) if caption_model else None}
-    config = {"per_class": per_class, "shard_size": shard_size, "batch_size": batch_size,
-              "generation": generation, "classes": bank.class_names}
-    finished = finished_set(Path(out), generator_record, config)
+    # One description of the set for this function and every backend: the job object they all drive.
+    job = Text2ImageShardGenerator(
+        str(model), classes=classes, prompts=prompts, per_class=per_class, seed=seed, steps=steps,
+        guidance_scale=guidance_scale, negative_prompt=negative_prompt, batch_size=batch_size,
+        shard_size=shard_size, height=height, width=width, lora=None if lora is None else str(lora),
+        compile=compile, dtype=dtype, device=device, caption_model=caption_model, generation=generation,
+        parents=list(parents), license=license)
+    job.pipeline = generator  # None: loaded by spec()
+    out = Path(out).absolute()
+    spec = job.spec(out)
+    finished = job.finished_set(out, spec)
     if finished is not None:
         return finished
-    writer = ImageSetWriter(
-        out, bank.class_names, kind="generated", parents=parents, generator=generator_record, config=config,
-        license=record["license"] if license is None else model_license(record["model_path"] or model, license))
-    check_plan(writer, plan_fingerprint(items, {
-        "weights": record["weights_sha256"], "lora": (record["lora"] or {}).get("sha256"), "dtype": record["dtype"],
-        "sampling": sampling, "caption_model": str(caption_model or ""), "shard_size": shard_size,
-        "generation": generation}))
-    write_text2image_shards(generator, writer, work, options, batch_size=batch_size, rewriter=rewriter,
-                            generation=generation, progress=progress)
+    writer = spec.writer(out)
+    job.prepare_writer(writer)
+    job.load()
+    write_text2image_shards(job.pipeline, writer, shards(job.work(), shard_size), job.options,
+                            batch_size=batch_size, rewriter=job.rewriter, generation=generation, progress=progress)
     return writer.finalize()
 
 

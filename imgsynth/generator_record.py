@@ -5,7 +5,8 @@ e.g. ``conditional``, ``text2image``, ``gaussian``), ``pipeline`` (the class tha
 ``model_path`` (where the model was read from; a Hub id when it is not local), ``weights_sha256`` (the
 denoiser's or fitted model's weights), ``seed`` (the job's base seed) and the kind's own sampling settings
 (steps, guidance, sampler, options, …) as further keys. Sets written before this type spelled some of these
-differently (``weights_hash``; ``pipeline_class``, ``name`` or ``class`` for the pipeline; no ``kind``);
+differently (``weights_hash``; ``pipeline_class``, ``name`` or ``class`` for the pipeline; no ``kind``;
+``model_id``, ``pretrained``, ``base_model`` … for the model);
 :func:`generator_record` reads either, so every reader of the field (resuming, lineage, audit, Croissant)
 goes through it and never guesses among spellings itself.
 """
@@ -18,6 +19,8 @@ from typing import Any, Mapping
 IDENTITY_FIELDS = ("kind", "pipeline", "model_path", "weights_sha256", "seed")
 # Old spelling -> the one spelling, for the identity fields (sets written before GeneratorRecord).
 OLD_SPELLINGS = {"weights_hash": "weights_sha256", "pipeline_class": "pipeline", "class": "pipeline"}
+# Other spellings of the model a record names (other tools' sets, hand-written manifests) -> ``model``.
+MODEL_SPELLINGS = ("model_id", "pretrained", "base_model", "pretrained_model_name_or_path")
 # What old records' pipeline names mean as registry kinds.
 KIND_OF_PIPELINE = {"ClassConditionalDiffusion": "conditional", "GaussianGenerator": "gaussian",
                     "KdeGenerator": "kde"}
@@ -66,7 +69,18 @@ def generator_record(stored: Mapping[str, Any] | None) -> dict[str, Any]:
             record["kind"] = KIND_OF_PIPELINE.get(str(record.get("pipeline") or name or ""), "")
     if "pipeline" not in record:
         record["pipeline"] = str(record.pop("name", "") or "")
+    for old in MODEL_SPELLINGS:
+        if old in record:
+            value = record.pop(old)
+            record.setdefault("model", value)
     return record
+
+
+def generator_model(stored: Mapping[str, Any] | None) -> str | None:
+    """The model a set's generator names: the id or path the user gave (``model``), else where it was read."""
+    record = generator_record(stored)
+    found = record.get("model") or record.get("model_path")
+    return str(found) if found else None
 
 
 def generator_name(stored: Mapping[str, Any] | None) -> str:

@@ -63,3 +63,12 @@ def test_settings_may_not_shadow_the_record_fields():
     with pytest.raises(ValueError, match="shadow"):
         GeneratorRecord("k", "P", settings={"weights_hash": "x"}).to_dict()
     assert ImageSet.open(FIXTURES / "text2image_set").manifest["generator"]["pipeline_class"]  # fixture untouched
+
+
+def test_other_tools_model_spellings_are_read_as_model():
+    from imgsynth.generator_record import generator_model
+
+    assert generator_model({"pipeline": "X", "pretrained_model_name_or_path": "org/model"}) == "org/model"
+    assert generator_model(_stored("text2image_set")) == _stored("text2image_set")["model"]
+    assert generator_model(_stored("conditional_set")) == _stored("conditional_set")["model_path"]
+    assert generator_model({}) is None

@@ -95,7 +95,6 @@ def model_kind(model: str | Path) -> str:
     """The kind of a model folder or id: the one its ``imgsynth_model_info.json`` names, else the first
     registered kind that ``owns`` it (in registry order; text2image, last of the built-in ones, takes
     any diffusers pipeline folder or Hub id)."""
-
     info = Path(model) / MODEL_INFO
     if info.is_file():
         kind = read_model_info(info).get("kind", "")

@@ -11,16 +11,16 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from imgsynth.pipelines.conditional.config import AUTO, TrainConfig, auto_preset, check_sampling, preset
+from imgsynth.pipelines.conditional.config import (AUTO, PRESETS, TrainConfig, auto_preset, check_sampling,
+                                                   preset)
 from imgsynth.pipelines.work import DEFAULT_SHARD_SIZE
 
 if TYPE_CHECKING:
     from imgsynth.imageset import ImageSet
     from imgsynth.pipelines.conditional.generator import ConditionalShardGenerator
 
-# Options that change how a trained model samples; every other option is a TrainConfig field.
-SAMPLING_OPTIONS = ("guidance_scale", "sample_steps", "sampler", "noise_temperature", "sample_batch_size")
-# TrainConfig fields the kind sets itself: the name of the preset, and the seed (the caller's).
+# TrainConfig fields that are not training overrides: the preset's name and the seed (the caller's) are set by
+# the kind; guidance_scale, sample_steps and sampler are options of sampling, so changing them never retrains.
 _OWN_FIELDS = ("preset", "seed", "guidance_scale", "sample_steps", "sampler")
 
 
@@ -44,8 +44,6 @@ def _options_type() -> type:
 
 def _validate_options(options: Any) -> Any:
     """Check the options as far as they can be checked without the data: the preset with the overrides."""
-    from imgsynth.pipelines.conditional.config import PRESETS
-
     if options.preset not in PRESETS and options.preset != AUTO:
         raise ValueError(f"preset {options.preset!r} is not a conditional preset; known: {[*PRESETS, AUTO]}")
     train_config(options, image_size=None, channels=None, seed=0)

@@ -32,16 +32,17 @@ def ray_table(args: argparse.Namespace) -> list[dict[str, Any]]:
     import ray
 
     from imgsynth.distributed import generate
-    from imgsynth.pipelines.text2image import Text2ImageShardGenerator
+    from imgsynth.pipelines.text2image import Text2ImageOptions, Text2ImageSamplingJob
     from imgsynth.testing import tiny_text2image_pipeline
 
     work = Path(tempfile.mkdtemp(prefix="bench-ray-"))
     pipe = tiny_text2image_pipeline(work / "pipe")
     classes = [f"class{i}" for i in range(args.classes)]
 
-    def job() -> Text2ImageShardGenerator:
-        return Text2ImageShardGenerator(str(pipe), classes=classes, per_class=args.per_class, steps=args.steps,
-                                        batch_size=args.batch_size, shard_size=args.shard_size, device="cpu")
+    def job() -> Text2ImageSamplingJob:
+        options = Text2ImageOptions(model=str(pipe), classes=classes, sample_steps=args.steps,
+                                    sample_batch_size=args.batch_size, shard_size=args.shard_size, device="cpu")
+        return Text2ImageSamplingJob(options, per_class=args.per_class)
 
     def run(backend: str, workers: int | None, name: str) -> dict[str, Any]:
         finished: list[tuple[float, int]] = []
@@ -116,9 +117,10 @@ def flops_table(args: argparse.Namespace) -> dict[str, Any]:
     from torch.utils.flop_counter import FlopCounterMode
 
     from imgsynth.pipelines import conditional
+    from imgsynth.compute import resolve_device
     from imgsynth.pipelines import device as devices
 
-    device = devices.resolve_device(args.device)
+    device = resolve_device(args.device)
     config = conditional.preset(args.preset)
     num_classes = 10
     torch.manual_seed(0)

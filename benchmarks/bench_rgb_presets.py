@@ -29,7 +29,7 @@ from PIL import Image  # noqa: E402
 from imgsynth.classifier.config import ClassifierConfig  # noqa: E402
 from imgsynth.classifier.evaluation import evaluate_classifier  # noqa: E402
 from imgsynth.classifier.training import train_classifier  # noqa: E402
-from imgsynth.pipelines.base import build_generator  # noqa: E402
+from imgsynth.pipelines.base import build_kind  # noqa: E402
 from imgsynth.sources import import_source  # noqa: E402
 
 
@@ -78,7 +78,7 @@ def main() -> None:
             rows = [(f"rgb{size}-cpu", {})] + [(f"rgb{size}-cpu", {"steps": n}) for n in args.steps]
             rows += [("digits16-cpu", {})] if args.baseline else []
             for preset, extra in rows:
-                generator = build_generator("conditional", {"preset": preset, **extra})
+                generator = build_kind("conditional", {"preset": preset, **extra})
                 t0 = time.perf_counter()
                 label = preset + "".join(f" {k}={v}" for k, v in extra.items())
                 model = generator.fit(train, work / f"model{size}-{label.replace(' ', '_')}", seed=0, progress=False)

@@ -89,22 +89,22 @@ def imgsynth_path(model: str, device: str, compile: bool, args: argparse.Namespa
                   per_class: int, steps: int, guidance: float, negative: str, work: Path) -> tuple[float, np.ndarray]:
     """Seconds for the whole set through ``generate_text2image`` (writing included) and its pixels."""
     from imgsynth.pipelines.prompts import resolve_bank
-    from imgsynth.pipelines.text2image import (SamplingOptions, Text2ImageGenerator, generate_text2image,
+    from imgsynth.pipelines.text2image import (SamplingOptions, Text2ImageRenderer, generate_text2image,
                                                plan_text2image)
 
-    generator = Text2ImageGenerator.from_pretrained(model, device=device, compile=compile)
+    renderer = Text2ImageRenderer.from_pretrained(model, device=device, compile=compile)
     bank = resolve_bank(classes, args.prompts)
     options = SamplingOptions(steps=steps, guidance_scale=guidance, negative_prompt=negative, height=args.height,
                               width=args.width)
-    generator.render(plan_text2image(bank, per_class, 0)[:args.batch_size], options,
-                     batch_size=args.batch_size)  # warm-up (and compilation)
+    renderer.render(plan_text2image(bank, per_class, 0)[:args.batch_size], options,
+                    batch_size=args.batch_size)  # warm-up (and compilation)
     synchronize(device)
     out = work / f"imgsynth-{int(compile)}"
     start = time.perf_counter()
     image_set = generate_text2image(model, out, classes=classes, prompts=args.prompts, per_class=per_class,
-                                    seed=0, steps=steps, guidance_scale=guidance, negative_prompt=negative,
-                                    batch_size=args.batch_size, height=args.height, width=args.width,
-                                    progress=False, generator=generator)
+                                    seed=0, sample_steps=steps, guidance_scale=guidance, negative_prompt=negative,
+                                    sample_batch_size=args.batch_size, height=args.height, width=args.width,
+                                    progress=False, renderer=renderer)
     synchronize(device)
     seconds = time.perf_counter() - start
     pixels = image_set.as_array()
@@ -133,7 +133,8 @@ def main() -> None:
     import torch
 
     from imgsynth.pipelines.prompts import resolve_bank
-    from imgsynth.pipelines.text2image import default_sampling, plan_text2image, resolve_device
+    from imgsynth.compute import resolve_device
+    from imgsynth.pipelines.text2image import default_sampling, plan_text2image
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -144,7 +145,7 @@ def main() -> None:
             from imgsynth.testing import tiny_text2image_pipeline
 
             model = str(tiny_text2image_pipeline(work / "tiny-pipeline"))
-        device = resolve_device(args.device)
+        device = str(resolve_device(args.device))
         classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
         bank = resolve_bank(classes, args.prompts)
         per_class = -(-args.images // len(bank.class_names))

@@ -94,7 +94,7 @@ WEIGHT_LOADERS: tuple[WeightLoader, ...] = (
         "pytorch_lora_weights.safetensors)",
         "diffusers load_lora_weights: safetensors first, else torch.load(weights_only=True); a refusal "
         "becomes UnsafeFileError",
-        "imgsynth.pipelines.text2image.Text2ImageGenerator.from_pretrained"),
+        "imgsynth.pipelines.text2image.Text2ImageRenderer.from_pretrained"),
     WeightLoader(
         "lora-checkpoint", "a killed 'imgsynth finetune' run's .<out>.partial/checkpoint.pt (adapters, "
         "optimizer, data order, RNG state)",

@@ -14,7 +14,7 @@ from imgsynth.experiments.loop import Experiment
 from imgsynth.experiments.recipes import shipped_recipes
 from imgsynth.imageset import ImageSet
 from imgsynth.pipelines import conditional
-from imgsynth.pipelines.base import build_generator
+from imgsynth.pipelines.base import build_kind
 from imgsynth.pipelines.conditional.config import auto_preset
 
 
@@ -51,11 +51,11 @@ def test_the_default_loop_runs_on_a_users_folder_at_16_px(mode, tmp_path):
 
 
 def test_presets_follow_the_data_and_auto_follows_data_and_device(tmp_path):
-    generator = build_generator("conditional", {"preset": "digits16-cpu"})
+    generator = build_kind("conditional", {"preset": "digits16-cpu"})
     config = generator.check_data(image_size=32, channels=3)
     assert (config.image_size, config.channels) == (32, 3)
     assert config.block_out_channels == conditional.PRESETS["digits16-cpu"].block_out_channels
-    auto = build_generator("conditional", {"preset": "auto"})
+    auto = build_kind("conditional", {"preset": "auto"})
     assert auto.check_data(image_size=16, channels=3).preset == "rgb16-cpu"
     assert auto.check_data(image_size=16, channels=1).preset == "digits16-cpu"
     assert auto.check_data(image_size=32, channels=3).preset == "rgb32-cpu"
@@ -67,10 +67,12 @@ def test_presets_follow_the_data_and_auto_follows_data_and_device(tmp_path):
 def test_every_train_config_field_can_be_set_from_a_recipe_and_unknown_ones_are_refused():
     fields = {f.name for f in dataclasses.fields(conditional.TrainConfig)} - {"preset", "seed"}
     options = {f.name for f in dataclasses.fields(conditional.ConditionalOptions)}
-    assert fields <= options
+    # Every field is an option of the same name, except the optimizer steps, named apart from sampling steps.
+    assert fields - {"steps"} <= options and "steps" not in options
+    assert build_kind("conditional", {"preset": "smoke", "train_steps": 7}).check_data(16, 1).steps == 7
     recipe = load_recipe(shipped_recipes()["smoke"], ["generator.options.block_out_channels=[8, 8]",
                                                       "generator.options.layers_per_block=2"])
-    config = build_generator("conditional", recipe.generator.options | {"preset": "smoke"}).check_data(16, 1)
+    config = build_kind("conditional", recipe.generator.options | {"preset": "smoke"}).check_data(16, 1)
     assert config.block_out_channels == (8, 8) and config.layers_per_block == 2
     with pytest.raises(RecipeError, match=r"unknown option\(s\) \['block_channels'\]"):
         load_recipe(shipped_recipes()["smoke"], ["generator.options.block_channels=[8, 8]"])

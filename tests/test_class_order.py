@@ -266,7 +266,7 @@ def test_sets_derived_from_an_old_set_are_written_in_sorted_order(tmp_path):
 
 def test_sampling_a_model_fitted_on_an_old_set_maps_classes_by_name(tmp_path):
     """A generator knows its training set's classes; the set it writes indexes them sorted, by name."""
-    from imgsynth.pipelines.base import build_generator
+    from imgsynth.pipelines.base import build_kind
 
     rng = np.random.default_rng(2)
     brightness = {"kitchen": 200, "bedroom": 120, "bathroom": 40}
@@ -274,7 +274,7 @@ def test_sampling_a_model_fitted_on_an_old_set_maps_classes_by_name(tmp_path):
     writer.write_all(Sample(Image.fromarray(np.clip(rng.normal(brightness[c], 5, (4, 4)), 0, 255).astype(np.uint8)),
                             c, image_id=f"{c}-{i}") for i in range(12) for c in CLASSES)
     train = make_old_style(writer.finalize(), CLASSES)
-    generator = build_generator("gaussian")
+    generator = build_kind("gaussian")
     model = generator.fit(train, tmp_path / "model", seed=0, progress=False)
     samples = generator.sample(model, tmp_path / "samples", per_class=4, seed=0, progress=False)
     assert samples.classes == sorted(CLASSES) and imagefolder_labels(samples.root) == manifest_indices(samples.root)

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from imgsynth.imageset import ImageSet, ImageSetError, ImageSetWriter, Sample
 from imgsynth.pipelines import conditional
-from imgsynth.pipelines.device import resolve_device
+from imgsynth.compute import resolve_device
 from imgsynth.pipelines.work import image_seed
 from imgsynth.provenance import sha256_file
 

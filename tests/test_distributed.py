@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgsynth.distributed import IncompleteGenerationError, SetSpec, ShardGenerator, generate, job_shards
+from imgsynth.distributed import generate
+from imgsynth.pipelines.sharding import IncompleteGenerationError, SameSet, SetJob, SetSpec, job_shards
 from imgsynth.imageset import ImageSet, ImageSetError, Sample, verify
 from imgsynth.pipelines.work import WorkItem, balanced_work
 
@@ -27,8 +28,8 @@ ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 @dataclass
-class PatternGenerator:
-    """A deterministic stand-in generator: each image is noise drawn from its own seed.
+class PatternJob(SetJob):
+    """A deterministic stand-in job: each image is noise drawn from its own seed.
 
     ``crash_on`` names an image id; the first worker to meet it (no ``crash_marker`` file yet; every
     worker when there is no marker) leaves a truncated PNG for it in the partial folder, as a worker
@@ -83,7 +84,7 @@ def partial_images(out: Path) -> Path:
     return out.parent / f".{out.name}.partial" / "images"
 
 
-def computed_shards(calls_dir: Path, generator: PatternGenerator) -> list[int]:
+def computed_shards(calls_dir: Path, generator: PatternJob) -> list[int]:
     """Shard index of every generate() call recorded in ``calls_dir`` (with repeats)."""
     first_ids = {shard[0].image_id: i for i, shard in enumerate(job_shards(generator))}
     return sorted(first_ids[p.name.split(".")[0]] for p in calls_dir.iterdir())
@@ -98,32 +99,33 @@ def ray_cluster():
 
 @pytest.fixture(scope="module")
 def local_pattern_set(tmp_path_factory: pytest.TempPathFactory) -> ImageSet:
-    return generate(PatternGenerator(), tmp_path_factory.mktemp("local") / "set")
+    return generate(PatternJob(), tmp_path_factory.mktemp("local") / "set")
 
 
 # --------------------------------------------------------------------------------------------- local
 
-def test_pattern_generator_satisfies_the_protocol() -> None:
-    assert isinstance(PatternGenerator(), ShardGenerator)
+def test_a_job_gets_the_default_hooks_of_the_contract() -> None:
+    job = PatternJob()
+    assert isinstance(job, SetJob) and job.same_set == SameSet() and job.prepare_writer(None) is None
 
 
 def test_local_backend_writes_every_item_once(local_pattern_set: ImageSet) -> None:
     assert verify(local_pattern_set.root).ok
     assert len(local_pattern_set) == 12
     assert local_pattern_set.counts == {"a": 4, "b": 4, "c": 4}
-    expected = {item.image_id: item.seed for item in PatternGenerator().work()}
+    expected = {item.image_id: item.seed for item in PatternJob().work()}
     assert {Path(r.file_name).stem: r.seed for r in local_pattern_set.records} == expected
 
 
 def test_shard_size_and_resume_do_not_change_the_set(local_pattern_set: ImageSet, tmp_path: Path) -> None:
-    assert generate(PatternGenerator(shard_size=5), tmp_path / "other").id == local_pattern_set.id
+    assert generate(PatternJob(shard_size=5), tmp_path / "other").id == local_pattern_set.id
 
 
 def test_local_backend_resumes_only_missing_shards(local_pattern_set: ImageSet, tmp_path: Path) -> None:
     calls = tmp_path / "calls"
     calls.mkdir()
     out = tmp_path / "set"
-    crashing = PatternGenerator(calls_dir=str(calls))
+    crashing = PatternJob(calls_dir=str(calls))
     # A first run that stops after shard 1: simulate by writing shards 0 and 1 only.
     writer = crashing.spec(out).writer(out)
     crashing.load()
@@ -137,19 +139,19 @@ def test_local_backend_resumes_only_missing_shards(local_pattern_set: ImageSet, 
 def test_a_finished_set_is_returned_and_another_jobs_set_refused(local_pattern_set: ImageSet, tmp_path: Path) -> None:
     calls = tmp_path / "calls"
     calls.mkdir()
-    again = generate(PatternGenerator(calls_dir=str(calls)), local_pattern_set.root)
+    again = generate(PatternJob(calls_dir=str(calls)), local_pattern_set.root)
     assert again.id == local_pattern_set.id and not any(calls.iterdir())
-    with pytest.raises(ImageSetError, match="already holds an ImageSet made by another job"):
-        generate(PatternGenerator(seed=1), local_pattern_set.root)
+    with pytest.raises(ImageSetError, match="already holds an ImageSet made with other settings"):
+        generate(PatternJob(seed=1), local_pattern_set.root)
 
 
 def test_bad_backend_arguments_are_explained(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown backend 'spark'"):
-        generate(PatternGenerator(), tmp_path / "x", backend="spark")
+        generate(PatternJob(), tmp_path / "x", backend="spark")
     with pytest.raises(ValueError, match="local backend runs one worker"):
-        generate(PatternGenerator(), tmp_path / "x", workers=2)
+        generate(PatternJob(), tmp_path / "x", workers=2)
     with pytest.raises(ValueError, match="workers must be at least 1"):
-        generate(PatternGenerator(), tmp_path / "x", backend="ray", workers=0)
+        generate(PatternJob(), tmp_path / "x", backend="ray", workers=0)
 
 
 def test_without_ray_the_backend_says_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -157,7 +159,7 @@ def test_without_ray_the_backend_says_how_to_install(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(RayNotInstalled, match=r"pip install 'imgsynth\[ray\]'"):
-        generate(PatternGenerator(), tmp_path / "x", backend="ray")
+        generate(PatternJob(), tmp_path / "x", backend="ray")
 
 
 def test_features_command_without_ray_says_how_to_install(monkeypatch: pytest.MonkeyPatch, run_cli,
@@ -213,7 +215,7 @@ def test_launch_ranks_write_their_shards_and_rank_zero_finalizes(local_pattern_s
     results: dict[int, object] = {}
 
     def rank(r: int) -> None:
-        results[r] = generate_on_rank(PatternGenerator(calls_dir=str(calls)), out, rank=r, world_size=2,
+        results[r] = generate_on_rank(PatternJob(calls_dir=str(calls)), out, rank=r, world_size=2,
                                       barrier=barrier.wait)
 
     threads = [threading.Thread(target=rank, args=(r,)) for r in (1, 0)]
@@ -223,7 +225,7 @@ def test_launch_ranks_write_their_shards_and_rank_zero_finalizes(local_pattern_s
         t.join(timeout=60)
     assert results[1] is None
     assert isinstance(results[0], ImageSet) and results[0].id == local_pattern_set.id
-    assert computed_shards(calls, PatternGenerator()) == [0, 1, 2, 3]  # each shard once, by one rank
+    assert computed_shards(calls, PatternJob()) == [0, 1, 2, 3]  # each shard once, by one rank
 
 
 # --------------------------------------------------------------------------------------------- ray
@@ -234,7 +236,7 @@ def test_ray_two_workers_one_dying_mid_shard_write_the_local_set(ray_cluster, lo
     calls = tmp_path / "calls"
     calls.mkdir()
     marker = tmp_path / "crashed"
-    crashing = PatternGenerator(crash_on="b-000002", crash_marker=str(marker),
+    crashing = PatternJob(crash_on="b-000002", crash_marker=str(marker),
                                 partial_images=str(partial_images(out)), calls_dir=str(calls))
     result = generate(crashing, out, backend="ray", workers=2)
     assert marker.exists(), "no worker died; the test did not test anything"
@@ -251,7 +253,7 @@ def test_ray_job_that_keeps_failing_stops_then_one_worker_resumes(ray_cluster, l
     out = tmp_path / "set"
     calls = tmp_path / "calls"
     calls.mkdir()
-    poisoned = PatternGenerator(crash_on="b-000002", partial_images=str(partial_images(out)), calls_dir=str(calls))
+    poisoned = PatternJob(crash_on="b-000002", partial_images=str(partial_images(out)), calls_dir=str(calls))
     with pytest.raises(IncompleteGenerationError, match="ActorDiedError.*run the same command again to resume"):
         generate(poisoned, out, backend="ray", workers=1, retries=0)
     assert not out.exists()
@@ -259,7 +261,7 @@ def test_ray_job_that_keeps_failing_stops_then_one_worker_resumes(ray_cluster, l
     assert 2 not in kept
     for p in calls.iterdir():
         p.unlink()
-    healed = PatternGenerator(calls_dir=str(calls))
+    healed = PatternJob(calls_dir=str(calls))
     assert generate(healed, out, backend="ray", workers=1).id == local_pattern_set.id
     assert computed_shards(calls, healed) == sorted(set(range(4)) - set(kept))
 
@@ -319,7 +321,7 @@ def test_ray_conditional_set_equals_conditional_sample(ray_cluster, conditional_
     from imgsynth.cli.generate import sample_model
     from imgsynth.pipelines import conditional
 
-    from imgsynth.distributed.generate import torch_threads
+    from imgsynth.compute import torch_threads
 
     settings = dict(seed=3, batch_size=4, shard_size=5, guidance_scale=2.0, noise_temperature=0.9)
     with torch_threads(1):  # CPU floats depend on the thread count; every backend computes with one
@@ -336,19 +338,19 @@ def test_ray_conditional_set_equals_conditional_sample(ray_cluster, conditional_
 
 
 def test_accelerate_entry_writes_the_generate_text2image_set(tmp_path: Path) -> None:
-    from imgsynth.pipelines.base import generator_for_model
-    from imgsynth.pipelines.text2image import Text2ImageShardGenerator
+    from imgsynth.pipelines.base import kind_for_model
+    from imgsynth.pipelines.text2image import Text2ImageSamplingJob
     from imgsynth.pipelines.text2image import generate_text2image
     from imgsynth.testing import tiny_text2image_pipeline
 
     pipe = tiny_text2image_pipeline(tmp_path / "pipe")
-    settings = dict(classes=["kitchen", "bedroom"], per_class=2, steps=2, batch_size=2, shard_size=3, seed=5)
-    from imgsynth.distributed.generate import torch_threads
+    settings = dict(classes=["kitchen", "bedroom"], per_class=2, sample_steps=2, sample_batch_size=2, shard_size=3, seed=5)
+    from imgsynth.compute import torch_threads
 
     with torch_threads(1):  # CPU floats depend on the thread count; every backend computes with one
         local = generate_text2image(pipe, tmp_path / "local", progress=False, device="cpu", **settings)
-    _, kind = generator_for_model(pipe, {"sample_steps": 2, "sample_batch_size": 2, "shard_size": 3, "device": "cpu"})
-    assert isinstance(kind.shard_generator(pipe, 2, 5, classes=["kitchen", "bedroom"]), Text2ImageShardGenerator)
+    kind = kind_for_model(pipe, {"sample_steps": 2, "sample_batch_size": 2, "shard_size": 3, "device": "cpu"})
+    assert isinstance(kind.job(pipe, 2, 5, classes=["kitchen", "bedroom"]), Text2ImageSamplingJob)
     # The accelerate entry point, here as its single process (PartialState without a launcher).
     from typer.testing import CliRunner
 
@@ -362,8 +364,8 @@ def test_accelerate_entry_writes_the_generate_text2image_set(tmp_path: Path) -> 
     ranked = ImageSet.open(tmp_path / "ranked")
     assert ranked.id == local.id
     # A finished set is returned as it is when only the batch size differs (generate_text2image's rule).
-    _, wider = generator_for_model(pipe, {"sample_steps": 2, "sample_batch_size": 3, "shard_size": 3, "device": "cpu"})
-    again = generate(wider.shard_generator(pipe, 2, 5, classes=["kitchen", "bedroom"]), tmp_path / "local")
+    wider = kind_for_model(pipe, {"sample_steps": 2, "sample_batch_size": 3, "shard_size": 3, "device": "cpu"})
+    again = generate(wider.job(pipe, 2, 5, classes=["kitchen", "bedroom"]), tmp_path / "local")
     assert again.root == local.root and again.manifest["created"] == local.manifest["created"]
     assert ranked.manifest["generator"] == local.manifest["generator"]
     assert [r.to_row() for r in ranked.records] == [r.to_row() for r in local.records]
@@ -372,7 +374,7 @@ def test_accelerate_entry_writes_the_generate_text2image_set(tmp_path: Path) -> 
 def test_torch_threads_is_scoped() -> None:
     import torch
 
-    from imgsynth.distributed.generate import torch_threads
+    from imgsynth.compute import torch_threads
 
     before = torch.get_num_threads()
     with torch_threads(before + 1):

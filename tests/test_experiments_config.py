@@ -33,7 +33,7 @@ def test_overrides_parse_toml_values_and_bare_words():
                                   "loop.mix_real_fraction=0.25"])
     recipe = recipe_from_dict(values)
     assert recipe.loop.generations == 3 and recipe.loop.modes == ["replace"]
-    assert recipe.generator.preset == "smoke" and recipe.loop.mix_real_fraction == 0.25
+    assert recipe.generator.options == {"preset": "smoke"} and recipe.loop.mix_real_fraction == 0.25
 
 
 @pytest.mark.parametrize("values, message", [

@@ -11,11 +11,11 @@ from PIL import Image
 
 from imgsynth.imageset import ImageSet, ImageSetWriter, Sample
 from imgsynth.pipelines.finetune import INFO_FILE, WEIGHTS_FILE, LoraConfig, finetune_lora
-from imgsynth.pipelines.text2image import Text2ImageGenerator, generate_text2image
+from imgsynth.pipelines.text2image import Text2ImageRenderer, generate_text2image
 from imgsynth.provenance import lineage
 
 CONFIG = LoraConfig(steps=3, rank=4, lr=1e-2, batch_size=2, seed=0)
-GENERATE = dict(classes=["kitchen", "bedroom"], per_class=1, seed=3, steps=2, progress=False)
+GENERATE = dict(classes=["kitchen", "bedroom"], per_class=1, seed=3, sample_steps=2, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -149,4 +149,4 @@ def test_bad_models_and_sets(tmp_path, train_set, tiny_text2image, run_cli):
     code, _, err = run_cli("finetune", tiny_text2image, tmp_path / "missing-set", tmp_path / "out")
     assert code == 2 and "error:" in err and "missing-set" in err
     with pytest.raises(FileNotFoundError, match="LoRA '/no/such/lora': no such file"):
-        Text2ImageGenerator.from_pretrained(tiny_text2image, lora="/no/such/lora")
+        Text2ImageRenderer.from_pretrained(tiny_text2image, lora="/no/such/lora")

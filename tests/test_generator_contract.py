@@ -19,7 +19,8 @@ from imgsynth.experiments.loop import Experiment
 from imgsynth.experiments.recipes import shipped_recipes
 from imgsynth.imageset import ImageSet, ImageSetWriter, verify
 from imgsynth.pipelines import base
-from imgsynth.pipelines.base import GENERATORS, PerClassGenerator, build_generator, register_generator
+from imgsynth.pipelines.base import GENERATOR_KINDS, build_kind, register_kind
+from imgsynth.pipelines.per_class import PerClassKind
 from imgsynth.sources import import_source
 
 
@@ -39,9 +40,9 @@ def ray_pool():
 # Per kind: options that make a fit take a second, and the files that mark a finished fit and hold its
 # weights (a kind registered later uses the shared ones of pipelines.base). text2image fine-tunes a
 # pretrained pipeline and is run through the loop below instead.
-FAST_OPTIONS = {"conditional": {"preset": "smoke", "steps": 2, "sample_steps": 2}}
+FAST_OPTIONS = {"conditional": {"preset": "smoke", "train_steps": 2, "sample_steps": 2}}
 FILES = {"conditional": ("imgsynth_model.json", "unet/diffusion_pytorch_model.safetensors")}
-CONTRACT_KINDS = sorted(set(GENERATORS) - {"text2image"})
+CONTRACT_KINDS = sorted(set(GENERATOR_KINDS) - {"text2image"})
 
 
 def _bytes(image_set: ImageSet) -> list[bytes]:
@@ -66,43 +67,44 @@ def _crash_after_one_shard(monkeypatch):
 @pytest.mark.parametrize("kind", CONTRACT_KINDS)
 def test_every_registered_kind_fits_samples_and_resumes_the_same_set(kind, real, tmp_path, monkeypatch):
     marker, weights = FILES.get(kind, (base.MODEL_INFO, base.MODEL_WEIGHTS))
-    generator = build_generator(kind, {**FAST_OPTIONS.get(kind, {}), "shard_size": 8})
-    model = generator.fit(real, tmp_path / "model", seed=0, progress=False)
+    generator_kind = build_kind(kind, {**FAST_OPTIONS.get(kind, {}), "shard_size": 8})
+    model = generator_kind.fit(real, tmp_path / "model", seed=0, progress=False)
     stamp = (model / marker).stat().st_mtime_ns
-    assert generator.fit(real, tmp_path / "model", seed=0, progress=False) == model
+    assert generator_kind.fit(real, tmp_path / "model", seed=0, progress=False) == model
     assert (model / marker).stat().st_mtime_ns == stamp  # the same fit: nothing redone
-    whole = generator.sample(model, tmp_path / "whole", per_class=10, seed=4, generation=1, progress=False)
+    whole = generator_kind.sample(model, tmp_path / "whole", per_class=10, seed=4, generation=1, progress=False)
     assert verify(whole.root).ok and whole.counts == {c: 10 for c in real.classes}
 
     real_write = _crash_after_one_shard(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
-        generator.sample(model, tmp_path / "resumed", per_class=10, seed=4, generation=1, progress=False)
+        generator_kind.sample(model, tmp_path / "resumed", per_class=10, seed=4, generation=1, progress=False)
     monkeypatch.setattr(ImageSetWriter, "write_shard", real_write)
-    resumed = generator.sample(model, tmp_path / "resumed", per_class=10, seed=4, generation=1, progress=False)
+    resumed = generator_kind.sample(model, tmp_path / "resumed", per_class=10, seed=4, generation=1, progress=False)
     assert resumed.id == whole.id
     assert _bytes(resumed) == _bytes(whole)
-    assert generator.sample(model, tmp_path / "other", per_class=10, seed=5, progress=False).id != whole.id
+    assert generator_kind.sample(model, tmp_path / "other", per_class=10, seed=5, progress=False).id != whole.id
 
     with pytest.raises(ValueError, match="already holds a model (fitted|trained) (to|on) another set"):
-        generator.fit(real.__class__.open(whole.root), tmp_path / "model", seed=0, progress=False)
+        generator_kind.fit(real.__class__.open(whole.root), tmp_path / "model", seed=0, progress=False)
     (model / weights).write_bytes((model / weights).read_bytes()[:-1] + b"\0")
     with pytest.raises(ValueError, match="does not match the sha256"):
-        generator.sample(model, tmp_path / "tampered", per_class=2, seed=4, progress=False)
+        generator_kind.sample(model, tmp_path / "tampered", per_class=2, seed=4, progress=False)
 
 
 @pytest.mark.parametrize("kind", CONTRACT_KINDS)
 def test_every_kind_writes_the_same_set_on_two_ray_workers(kind, real, tmp_path, ray_pool):
-    from imgsynth.distributed.generate import generate, torch_threads
+    from imgsynth.distributed.generate import generate
+    from imgsynth.compute import torch_threads
 
-    generator = build_generator(kind, {**FAST_OPTIONS.get(kind, {}), "shard_size": 4})
-    model = generator.fit(real, tmp_path / "model", seed=0, progress=False)
+    generator_kind = build_kind(kind, {**FAST_OPTIONS.get(kind, {}), "shard_size": 4})
+    model = generator_kind.fit(real, tmp_path / "model", seed=0, progress=False)
     with torch_threads(1):  # CPU floats depend on the thread count; every backend computes with one
-        local = generator.sample(model, tmp_path / "local", per_class=6, seed=2, generation=3, progress=False)
-    job = generator.shard_generator(model, per_class=6, seed=2, generation=3)
+        local = generator_kind.sample(model, tmp_path / "local", per_class=6, seed=2, generation=3, progress=False)
+    job = generator_kind.job(model, per_class=6, seed=2, generation=3)
     spread = generate(job, tmp_path / "ray", backend="ray", workers=2)
     assert spread.id == local.id and _bytes(spread) == _bytes(local)
     assert spread.manifest["generator"] == local.manifest["generator"]
-    one = generate(generator.shard_generator(model, per_class=6, seed=2, generation=3), tmp_path / "one")
+    one = generate(generator_kind.job(model, per_class=6, seed=2, generation=3), tmp_path / "one")
     assert one.id == local.id
 
 
@@ -113,7 +115,7 @@ def test_unknown_options_are_refused_the_same_everywhere(flag, value, real, tmp_
 
     from imgsynth.cli.accelerate_launch import app as launch_app
 
-    model = build_generator("gaussian").fit(real, tmp_path / "model", seed=0, progress=False)
+    model = build_kind("gaussian").fit(real, tmp_path / "model", seed=0, progress=False)
     name = "noise_temperature" if flag == "--noise-temperature" else "stepz"
     expected = f"unknown option(s) ['{name}'] for generator kind 'gaussian'"
     code, _, err = run_cli("generate", model, tmp_path / "out", "--per-class", "1", flag, value)
@@ -169,10 +171,11 @@ class MidpointOptions:
         return self
 
 
-class MidpointGenerator(PerClassGenerator):
+class MidpointKind(PerClassKind):
     """A throwaway kind defined in this test file: every sample is its class's mean image plus noise."""
 
-    kind: ClassVar[str] = "midpoint"
+    name: ClassVar[str] = "midpoint"
+    pipeline: ClassVar[str] = "MidpointKind"
     Options: ClassVar[type] = MidpointOptions
 
     def fit_class(self, points: np.ndarray) -> dict[str, np.ndarray]:
@@ -182,9 +185,9 @@ class MidpointGenerator(PerClassGenerator):
         return parameters["mean"] + rng.normal(0.0, 2.0, parameters["mean"].shape)
 
 
-def test_a_kind_registered_from_a_test_file_runs_through_the_cli_and_the_loop(real, run_cli, tmp_path, monkeypatch):
-    monkeypatch.setitem(GENERATORS, "midpoint", "")
-    register_generator("midpoint", MidpointGenerator)
+def test_a_kind_registered_from_a_test_file_runs_through_the_cli_and_the_loop(real, run_cli, tmp_path, request):
+    register_kind("midpoint", MidpointKind)
+    request.addfinalizer(lambda: GENERATOR_KINDS.unregister("midpoint"))
     code, _, err = run_cli("train", real.root, tmp_path / "model", "--kind", "midpoint", "--no-progress")
     assert code == 0, err
     code, _, err = run_cli("generate", tmp_path / "model", tmp_path / "samples", "--per-class", "3")
@@ -199,30 +202,31 @@ def test_text2image_kind_honours_the_contract_with_a_lora_fit(tiny_text2image, r
     """The same contract for the kind that fine-tunes a pretrained pipeline: the fit (a LoRA) is made once and
     refused for another set, a seed gives the same bytes, an interrupted write resumes byte for byte, and two
     Ray workers write the same set. (Its weights' integrity is the pretrained pipeline's: no hash to check.)"""
-    from imgsynth.distributed.generate import generate, torch_threads
+    from imgsynth.distributed.generate import generate
+    from imgsynth.compute import torch_threads
     from imgsynth.pipelines.finetune import INFO_FILE
 
-    generator = build_generator("text2image", {"model": str(tiny_text2image), "classes": ["kitchen", "bedroom"],
+    generator_kind = build_kind("text2image", {"model": str(tiny_text2image), "classes": ["kitchen", "bedroom"],
                                                "sample_steps": 2, "lora_steps": 2, "lora_rank": 2, "shard_size": 2,
                                                "sample_batch_size": 2, "device": "cpu"})
-    lora = generator.fit(real, tmp_path / "lora", seed=0, progress=False)
+    lora = generator_kind.fit(real, tmp_path / "lora", seed=0, progress=False)
     stamp = (lora / INFO_FILE).stat().st_mtime_ns
-    assert generator.fit(real, tmp_path / "lora", seed=0, progress=False) == lora
+    assert generator_kind.fit(real, tmp_path / "lora", seed=0, progress=False) == lora
     assert (lora / INFO_FILE).stat().st_mtime_ns == stamp
     with torch_threads(1):
-        whole = generator.sample(lora, tmp_path / "whole", per_class=2, seed=4, generation=1, progress=False)
+        whole = generator_kind.sample(lora, tmp_path / "whole", per_class=2, seed=4, generation=1, progress=False)
     assert whole.manifest["generator"]["lora"]["sha256"] and whole.counts == {"kitchen": 2, "bedroom": 2}
 
     real_write = _crash_after_one_shard(monkeypatch)
     with pytest.raises(KeyboardInterrupt), torch_threads(1):
-        generator.sample(lora, tmp_path / "resumed", per_class=2, seed=4, generation=1, progress=False)
+        generator_kind.sample(lora, tmp_path / "resumed", per_class=2, seed=4, generation=1, progress=False)
     monkeypatch.setattr(ImageSetWriter, "write_shard", real_write)
     with torch_threads(1):
-        resumed = generator.sample(lora, tmp_path / "resumed", per_class=2, seed=4, generation=1, progress=False)
+        resumed = generator_kind.sample(lora, tmp_path / "resumed", per_class=2, seed=4, generation=1, progress=False)
     assert resumed.id == whole.id and _bytes(resumed) == _bytes(whole)
-    spread = generate(generator.shard_generator(lora, per_class=2, seed=4, generation=1), tmp_path / "ray",
+    spread = generate(generator_kind.job(lora, per_class=2, seed=4, generation=1), tmp_path / "ray",
                       backend="ray", workers=2)
     assert spread.id == whole.id and _bytes(spread) == _bytes(whole)
     other = ImageSet.open(whole.root)
     with pytest.raises(ValueError, match="already holds a LoRA trained with other settings or data"):
-        generator.fit(other, tmp_path / "lora", seed=0, progress=False)
+        generator_kind.fit(other, tmp_path / "lora", seed=0, progress=False)

@@ -75,11 +75,11 @@ def test_other_tools_model_spellings_are_read_as_model():
 
 
 def test_a_damaged_model_info_file_is_one_error_line_naming_it(tmp_path, run_cli):
-    from imgsynth.pipelines.base import MODEL_INFO, build_generator
+    from imgsynth.pipelines.base import MODEL_INFO, build_kind
     from imgsynth.sources import import_source
 
     real = import_source("gaussian:per_class=10", tmp_path / "real", size=4, mode="L")[0]
-    model = build_generator("gaussian").fit(real, tmp_path / "model", seed=0, progress=False)
+    model = build_kind("gaussian").fit(real, tmp_path / "model", seed=0, progress=False)
     (model / MODEL_INFO).write_text('{"kind": "gaussian", ', encoding="utf-8")
     code, _, err = run_cli("generate", model, tmp_path / "out", "--per-class", "1")
     assert code == 2 and err.count("error:") == 1 and "Traceback" not in err

@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from imgsynth.distributed.generate import torch_threads
+from imgsynth.compute import torch_threads
 from imgsynth.imageset import ImageSet
 from imgsynth.pipelines import conditional
 

@@ -175,7 +175,7 @@ def test_default_classifier_name_matches_the_registry():
 
 @pytest.mark.parametrize("name", ["cpu", "auto", "cuda", "cuda:0", "cuda:7", "mps", "tpu", "cuda:x", "xla", "cuda:"])
 def test_recipe_devices_are_those_the_device_module_runs_on(name):
-    from imgsynth.pipelines.device import resolve_device
+    from imgsynth.compute import resolve_device
 
     try:
         resolve_device(name)

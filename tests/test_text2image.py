@@ -16,25 +16,26 @@ import pytest
 
 from imgsynth.imageset import ImageSet, ImageSetWriter
 from imgsynth.pipelines.prompts import load_prompt_bank, resolve_bank
-from imgsynth.pipelines.text2image import (SamplingOptions, Text2ImageGenerator, generate_text2image,
-                                           plan_text2image, write_text2image_shards)
+from imgsynth.pipelines.sharding import finalize_job, open_job, write_shards
+from imgsynth.pipelines.text2image import (SamplingOptions, Text2ImageOptions, Text2ImageRenderer,
+                                           Text2ImageSamplingJob, generate_text2image, plan_text2image)
 from imgsynth.pipelines.work import image_seed, shards
 
 CLASSES = ["kitchen", "bedroom", "office"]
 SEED = 7
 # 3 classes x 2 images in shards of 2: three shards, each mixing classes.
-SETTINGS = dict(classes=CLASSES, per_class=2, seed=SEED, steps=2, shard_size=2, progress=False)
+SETTINGS = dict(classes=CLASSES, per_class=2, seed=SEED, sample_steps=2, shard_size=2, progress=False)
 
 
 @pytest.fixture(scope="module")
-def generator(tiny_text2image: Path) -> Text2ImageGenerator:
-    return Text2ImageGenerator.from_pretrained(tiny_text2image, device="cpu")
+def renderer(tiny_text2image: Path) -> Text2ImageRenderer:
+    return Text2ImageRenderer.from_pretrained(tiny_text2image, device="cpu")
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_text2image: Path, generator, tmp_path_factory) -> ImageSet:
+def reference(tiny_text2image: Path, renderer, tmp_path_factory) -> ImageSet:
     out = tmp_path_factory.mktemp("t2i") / "reference"
-    return generate_text2image(tiny_text2image, out, batch_size=2, generator=generator, **SETTINGS)
+    return generate_text2image(tiny_text2image, out, sample_batch_size=2, renderer=renderer, **SETTINGS)
 
 
 def rows(image_set: ImageSet) -> list[tuple]:
@@ -49,10 +50,10 @@ class Interrupted(Exception):
     pass
 
 
-def interrupt_at(monkeypatch, generator, call: int) -> list[str]:
-    """Make ``generator.render`` raise on its ``call``-th shard; returns the first image id of each call."""
+def interrupt_at(monkeypatch, renderer, call: int) -> list[str]:
+    """Make ``renderer.render`` raise on its ``call``-th shard; returns the first image id of each call."""
     calls: list[str] = []
-    render = Text2ImageGenerator.render.__get__(generator)
+    render = Text2ImageRenderer.render.__get__(renderer)
 
     def flaky(items, *args, **kwargs):
         calls.append(items[0].image_id)
@@ -60,7 +61,7 @@ def interrupt_at(monkeypatch, generator, call: int) -> list[str]:
             raise Interrupted
         return render(items, *args, **kwargs)
 
-    monkeypatch.setattr(generator, "render", flaky)
+    monkeypatch.setattr(renderer, "render", flaky)
     return calls
 
 
@@ -103,14 +104,14 @@ def test_three_class_set_loads_back_with_every_record(reference: ImageSet, tiny_
 
 
 def test_resume_after_interruption_gives_the_same_bytes_without_duplicates(
-        reference, tiny_text2image, generator, tmp_path, monkeypatch):
+        reference, tiny_text2image, renderer, tmp_path, monkeypatch):
     out = tmp_path / "resumed"
-    interrupt_at(monkeypatch, generator, call=2)
+    interrupt_at(monkeypatch, renderer, call=2)
     with pytest.raises(Interrupted):
-        generate_text2image(tiny_text2image, out, batch_size=2, generator=generator, **SETTINGS)
+        generate_text2image(tiny_text2image, out, sample_batch_size=2, renderer=renderer, **SETTINGS)
     assert not out.exists()  # a half-written set never looks like a whole one
-    calls = interrupt_at(monkeypatch, generator, call=0)
-    resumed = generate_text2image(tiny_text2image, out, batch_size=2, generator=generator, **SETTINGS)
+    calls = interrupt_at(monkeypatch, renderer, call=0)
+    resumed = generate_text2image(tiny_text2image, out, sample_batch_size=2, renderer=renderer, **SETTINGS)
     # Only the two shards that were missing were rendered again.
     assert calls == ["office-000000", "bedroom-000001"]
     assert len(resumed) == 6 and len({r.file_name for r in resumed.records}) == 6
@@ -120,44 +121,43 @@ def test_resume_after_interruption_gives_the_same_bytes_without_duplicates(
     assert resumed.id == reference.id
 
 
-def test_a_finished_set_is_returned_not_regenerated(reference, tiny_text2image, generator, monkeypatch):
-    calls = interrupt_at(monkeypatch, generator, call=0)
-    again = generate_text2image(tiny_text2image, reference.root, batch_size=4, generator=generator, **SETTINGS)
+def test_a_finished_set_is_returned_not_regenerated(reference, tiny_text2image, renderer, monkeypatch):
+    calls = interrupt_at(monkeypatch, renderer, call=0)
+    again = generate_text2image(tiny_text2image, reference.root, sample_batch_size=4, renderer=renderer, **SETTINGS)
     assert calls == [] and again.id == reference.id
     with pytest.raises(ValueError, match="already holds an ImageSet made with other settings"):
-        generate_text2image(tiny_text2image, reference.root, generator=generator, **{**SETTINGS, "steps": 3})
+        generate_text2image(tiny_text2image, reference.root, renderer=renderer, **{**SETTINGS, "sample_steps": 3})
     assert calls == []
 
 
-def test_workers_splitting_the_shards_write_the_same_set(reference, generator, tmp_path):
-    bank = resolve_bank(CLASSES)
-    work = shards(plan_text2image(bank, 2, SEED), 2)
-    options = SamplingOptions(steps=2, guidance_scale=7.5, negative_prompt=bank.negative_prompt)
+def test_workers_splitting_the_shards_write_the_same_set(reference, renderer, tiny_text2image, tmp_path):
     out = tmp_path / "split"
-    # Two workers, each with its own writer on the same folder, take alternate shards.
+    # Two workers, each with its own job and writer on the same folder, take alternate shards.
     for mine in ({0, 2}, {1}):
-        writer = ImageSetWriter(out, bank.class_names, kind="generated")
-        written = write_text2image_shards(generator, writer, work, options, batch_size=2, shard_indices=mine,
-                                          progress=False)
+        job = Text2ImageSamplingJob(Text2ImageOptions(model=str(tiny_text2image), classes=CLASSES, sample_steps=2,
+                                                      shard_size=2, sample_batch_size=2), per_class=2, seed=SEED)
+        job.renderer = renderer
+        writer = open_job(job, out)
+        written = write_shards(job, writer, mine)
         assert written == sorted(mine)
-    split = writer.finalize()
+    split = finalize_job(writer, 3)
     assert rows(split) == rows(reference) and split.id == reference.id
 
 
 def test_batch_size_changes_no_label_seed_or_caption_and_pixels_by_at_most_one_level(
-        tiny_text2image, generator, tmp_path):
+        tiny_text2image, renderer, tmp_path):
     settings = {**SETTINGS, "shard_size": 6}
-    one = generate_text2image(tiny_text2image, tmp_path / "b1", batch_size=1, generator=generator, **settings)
-    four = generate_text2image(tiny_text2image, tmp_path / "b4", batch_size=4, generator=generator, **settings)
+    one = generate_text2image(tiny_text2image, tmp_path / "b1", sample_batch_size=1, renderer=renderer, **settings)
+    four = generate_text2image(tiny_text2image, tmp_path / "b4", sample_batch_size=4, renderer=renderer, **settings)
     assert [(r.label, r.seed, r.caption, r.file_name) for r in one.records] == \
         [(r.label, r.seed, r.caption, r.file_name) for r in four.records]
     difference = np.abs(one.as_array().astype(int) - four.as_array().astype(int))
     assert difference.max() <= 1
 
 
-def test_turbo_defaults_and_no_negative_prompt_without_guidance(tiny_text2image, generator, tmp_path):
-    image_set = generate_text2image(tiny_text2image, tmp_path / "g0", classes=["zebra"], per_class=1, steps=1,
-                                    guidance_scale=0.0, negative_prompt="ugly", generator=generator, progress=False)
+def test_turbo_defaults_and_no_negative_prompt_without_guidance(tiny_text2image, renderer, tmp_path):
+    image_set = generate_text2image(tiny_text2image, tmp_path / "g0", classes=["zebra"], per_class=1, sample_steps=1,
+                                    guidance_scale=0.0, negative_prompt="ugly", renderer=renderer, progress=False)
     record = image_set.records[0]
     assert record.extra["negative_prompt"] == "" and record.extra["guidance_scale"] == 0.0
     assert "zebra" in record.caption
@@ -167,12 +167,12 @@ def test_turbo_defaults_and_no_negative_prompt_without_guidance(tiny_text2image,
     assert default_sampling("runwayml/stable-diffusion-v1-5") == (30, 7.5)
 
 
-def test_captions_rewritten_by_a_local_model_are_what_is_stored_and_prompted(tiny_text2image, generator, tmp_path):
+def test_captions_rewritten_by_a_local_model_are_what_is_stored_and_prompted(tiny_text2image, renderer, tmp_path):
     from imgsynth.testing import tiny_caption_model
 
     lm = tiny_caption_model(tmp_path / "lm")
     image_set = generate_text2image(tiny_text2image, tmp_path / "rewritten", classes=["kitchen", "office"],
-                                    per_class=1, seed=SEED, steps=1, caption_model=lm, generator=generator,
+                                    per_class=1, seed=SEED, sample_steps=1, caption_model=lm, renderer=renderer,
                                     progress=False)
     indoor = load_prompt_bank("indoor-scenes")
     for record in image_set.records:
@@ -227,9 +227,9 @@ def test_inpainting_checkpoint_is_refused_and_img2img_loads_as_text_to_image(tin
     config = dict(UNet2DConditionModel.load_config(inpaint / "unet"), in_channels=9)
     UNet2DConditionModel.from_config(config).save_pretrained(inpaint / "unet")
     with pytest.raises(ValueError, match="9 input channels for 4 latent channels.*inpainting"):
-        Text2ImageGenerator.from_pretrained(inpaint, device="cpu")
+        Text2ImageRenderer.from_pretrained(inpaint, device="cpu")
     # An img2img folder holds the same components; diffusers' text-to-image form of it is used.
-    img2img = Text2ImageGenerator.from_pretrained(variant("img2img", "StableDiffusionImg2ImgPipeline"), device="cpu")
+    img2img = Text2ImageRenderer.from_pretrained(variant("img2img", "StableDiffusionImg2ImgPipeline"), device="cpu")
     assert type(img2img.pipe).__name__ == "StableDiffusionPipeline"
 
 
@@ -238,8 +238,8 @@ def test_inpainting_checkpoint_is_refused_and_img2img_loads_as_text_to_image(tin
     ({"classes": [], "prompts": "indoor-scenes"}, ValueError, "class list is empty"),
     ({"classes": ["kitchen", "garage"], "prompts": "indoor-scenes"}, ValueError,
      "indoor-scenes.toml has no class 'garage'"),
-    ({"classes": CLASSES, "steps": 0}, ValueError, "steps must be at least 1"),
-    ({"classes": CLASSES, "batch_size": 0}, ValueError, "batch_size must be at least 1"),
+    ({"classes": CLASSES, "sample_steps": 0}, ValueError, "steps must be at least 1"),
+    ({"classes": CLASSES, "sample_batch_size": 0}, ValueError, "sample_batch_size must be a whole number ≥ 1"),
     ({"classes": CLASSES, "lora": "/no/such/lora"}, FileNotFoundError, "LoRA '/no/such/lora': no such file"),
     ({"classes": CLASSES, "device": "cuda:7"}, ValueError, "CUDA is not available|device"),
 ])
@@ -259,32 +259,32 @@ def test_prompt_file_with_an_unknown_class(tiny_text2image, tmp_path):
         generate_text2image(tiny_text2image, tmp_path / "out", classes=["kitchen", "attic"], prompts=bank)
 
 
-def test_resuming_with_other_settings_starts_over_instead_of_mixing(tiny_text2image, generator, tmp_path,
+def test_resuming_with_other_settings_starts_over_instead_of_mixing(tiny_text2image, renderer, tmp_path,
                                                                     monkeypatch):
     out = tmp_path / "mixed"
-    interrupt_at(monkeypatch, generator, call=2)
+    interrupt_at(monkeypatch, renderer, call=2)
     with pytest.raises(Interrupted):
-        generate_text2image(tiny_text2image, out, batch_size=2, generator=generator, **SETTINGS)
+        generate_text2image(tiny_text2image, out, sample_batch_size=2, renderer=renderer, **SETTINGS)
     monkeypatch.undo()
     with pytest.warns(UserWarning, match="discarding an unfinished write of a different job"):
-        other = generate_text2image(tiny_text2image, out, batch_size=2, generator=generator, **{**SETTINGS, "seed": 8})
+        other = generate_text2image(tiny_text2image, out, sample_batch_size=2, renderer=renderer, **{**SETTINGS, "seed": 8})
     for record in other.records:
         index = int(Path(record.file_name).stem.rsplit("-", 1)[1])
         assert record.seed == image_seed(8, record.label, index)
 
 
-def test_resuming_after_the_prompt_bank_changed_is_refused(tiny_text2image, generator, tmp_path, monkeypatch):
+def test_resuming_after_the_prompt_bank_changed_is_refused(tiny_text2image, renderer, tmp_path, monkeypatch):
     bank = tmp_path / "rooms.toml"
     bank.write_text('templates = ["a photo of a {name}"]\n[classes.kitchen]\n[classes.bedroom]\n', encoding="utf-8")
     settings = {**SETTINGS, "classes": None, "prompts": bank}
     out = tmp_path / "edited"
-    interrupt_at(monkeypatch, generator, call=2)
+    interrupt_at(monkeypatch, renderer, call=2)
     with pytest.raises(Interrupted):
-        generate_text2image(tiny_text2image, out, batch_size=2, generator=generator, **settings)
+        generate_text2image(tiny_text2image, out, sample_batch_size=2, renderer=renderer, **settings)
     monkeypatch.undo()
     bank.write_text('templates = ["a drawing of a {name}"]\n[classes.kitchen]\n[classes.bedroom]\n', encoding="utf-8")
     with pytest.raises(ValueError, match="half-written set from a generation with other settings"):
-        generate_text2image(tiny_text2image, out, batch_size=2, generator=generator, **settings)
+        generate_text2image(tiny_text2image, out, sample_batch_size=2, renderer=renderer, **settings)
 
 
 # --------------------------------------------------------------------------------------------- CLI

@@ -16,8 +16,8 @@ from imgsynth.experiments.config import load_recipe
 from imgsynth.experiments.loop import Experiment
 from imgsynth.experiments.recipes import shipped_recipes
 from imgsynth.experiments.run import GenerationKey, RunFolder
-from imgsynth.pipelines.base import build_generator, options_from_dict
-from imgsynth.pipelines.gaussian import GaussianGenerator
+from imgsynth.pipelines.base import build_kind, options_from_dict
+from imgsynth.pipelines.gaussian import GaussianKind
 
 N, K = 20, 4  # samples per class per generation, the last generation checked
 
@@ -33,7 +33,7 @@ def _run(tmp_path_factory, estimator: str) -> RunFolder:
 def _moments(folder: RunFolder, seed: int, generation: int) -> tuple[np.ndarray, np.ndarray]:
     """(per-class mean vectors, per-class variance vectors) of the model fitted in that generation."""
     key = GenerationKey(seed, "base" if generation == 0 else "replace", generation)
-    _, parameters = GaussianGenerator.load(folder.generation_dir(key) / "model")
+    _, parameters = GaussianKind.load(folder.generation_dir(key) / "model")
     means = np.stack([p["mean"] for _, p in sorted(parameters.items())])
     variances = np.stack([(p["factor"] ** 2).sum(axis=1) for _, p in sorted(parameters.items())])
     return means, variances
@@ -74,9 +74,9 @@ def test_unbiased_variance_is_kept_in_expectation_and_its_mean_random_walks(unbi
 
 def test_the_fitted_gaussian_reproduces_its_training_moments(tmp_path, digits_sets):
     small = digits_sets[1]
-    model = GaussianGenerator().fit(small, tmp_path / "model", seed=0, progress=False)
-    samples = GaussianGenerator().sample(model, tmp_path / "samples", per_class=400, seed=3)
-    again = GaussianGenerator().sample(model, tmp_path / "again", per_class=400, seed=3)
+    model = GaussianKind().fit(small, tmp_path / "model", seed=0, progress=False)
+    samples = GaussianKind().sample(model, tmp_path / "samples", per_class=400, seed=3)
+    again = GaussianKind().sample(model, tmp_path / "again", per_class=400, seed=3)
     assert samples.id == again.id and len(samples) == 400 * len(small.classes)
     real = small.as_array().reshape(len(small), -1).astype(float)
     drawn = samples.as_array().reshape(len(samples), -1).astype(float)
@@ -91,19 +91,19 @@ def test_low_rank_option_and_unknown_options_are_checked():
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['bandwith'\] for generator kind 'gaussian'"):
         options_from_dict("gaussian", {"bandwith": 1.0})
     with pytest.raises(ValueError, match="estimator must be one of"):
-        build_generator("gaussian", {"estimator": "map"})
-    assert build_generator("gaussian", {"rank": 3}).options.rank == 3
+        build_kind("gaussian", {"estimator": "map"})
+    assert build_kind("gaussian", {"rank": 3}).options.rank == 3
     with pytest.raises(ValueError, match="unknown generator kind 'nope'"):
-        build_generator("nope")
+        build_kind("nope")
 
 
 def test_kde_samples_carry_the_data_variance_plus_the_kernel_variance(tmp_path):
-    from imgsynth.pipelines.kde import KdeGenerator, KdeOptions
+    from imgsynth.pipelines.kde import KdeKind, KdeOptions
     from imgsynth.sources import import_source
 
     train, _ = import_source("gaussian:per_class=400", tmp_path / "real", size=4, mode="L")
-    model = KdeGenerator(KdeOptions(bandwidth=8.0)).fit(train, tmp_path / "model", seed=0)
-    samples = KdeGenerator(KdeOptions(bandwidth=8.0)).sample(model, tmp_path / "samples", per_class=2000, seed=1)
+    model = KdeKind(KdeOptions(bandwidth=8.0)).fit(train, tmp_path / "model", seed=0)
+    samples = KdeKind(KdeOptions(bandwidth=8.0)).sample(model, tmp_path / "samples", per_class=2000, seed=1)
     real = train.as_array().reshape(len(train), -1).astype(float)
     drawn = samples.as_array().reshape(len(samples), -1).astype(float)
     for index in range(len(train.classes)):
@@ -149,7 +149,7 @@ def test_accumulate_keeps_the_error_of_the_mean_bounded_where_replace_lets_it_wa
     means0, v0 = _moments(folder, folder.seeds[0], 0)
     errors = []
     for seed in folder.seeds:
-        _, parameters = GaussianGenerator.load(folder.generation_dir(GenerationKey(seed, "accumulate", K)) / "model")
+        _, parameters = GaussianKind.load(folder.generation_dir(GenerationKey(seed, "accumulate", K)) / "model")
         means = np.stack([p["mean"] for _, p in sorted(parameters.items())])
         errors.append(N * ((means - means0) ** 2).mean() / v0.mean())
     errors = np.array(errors)
@@ -182,7 +182,7 @@ def test_mix_with_a_fixed_real_fraction_follows_its_recursion_and_stays_bounded(
         f = (s / N) ** 2 * f + (s + r * (pool - r) / (pool - 1)) / N
     means0, v0 = _moments(folder, folder.seeds[0], 0)
     errors = np.array([
-        N * ((np.stack([p["mean"] for _, p in sorted(GaussianGenerator.load(
+        N * ((np.stack([p["mean"] for _, p in sorted(GaussianKind.load(
             folder.generation_dir(GenerationKey(seed, "mix", K)) / "model")[1].items())]) - means0) ** 2).mean()
         / v0.mean() for seed in folder.seeds])
     _within(errors, f)

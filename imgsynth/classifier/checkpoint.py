@@ -26,17 +26,11 @@ from torch import nn
 from imgsynth.classifier.architectures import ClassifierError, build_model, classification_head, logits_of
 from imgsynth.classifier.config import ClassifierConfig
 from imgsynth.classifier.preprocessing import Preprocessing
+from imgsynth.compute import resolve_device
 
 WEIGHTS = "model.safetensors"
 METADATA = "classifier.json"
 FORMAT_VERSION = 1
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` means CUDA when available, else CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class LoadedClassifier:

@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 from imgsynth.classifier.architectures import (
     SMALL_RESNET, ClassifierError, build_model, classification_head, is_small_arch, logits_of, native_input_size,
 )
-from imgsynth.classifier.checkpoint import FORMAT_VERSION, check_output_folder, resolve_device, save_checkpoint
+from imgsynth.classifier.checkpoint import FORMAT_VERSION, check_output_folder, save_checkpoint
+from imgsynth.compute import resolve_device
 from imgsynth.classifier.config import ClassifierConfig
 from imgsynth.locking import locks_output
 from imgsynth.classifier.preprocessing import Augmentation, Preprocessing, channel_statistics, pil_to_uint8

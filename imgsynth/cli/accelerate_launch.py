@@ -19,6 +19,8 @@ from typing import Optional
 
 import typer
 
+from imgsynth.cli.flags import renamed_flag
+
 from imgsynth.distributed.ranks import generate_on_rank
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -30,7 +32,8 @@ def main(
     out: Path = typer.Argument(..., help="Folder of the ImageSet to write."),
     per_class: int = typer.Option(..., "--per-class", help="Images per class."),
     guidance: Optional[float] = typer.Option(None, help="Classifier-free guidance scale (default: the model's)."),
-    steps: Optional[int] = typer.Option(None, help="Sampling steps (default: the model's)."),
+    sample_steps: Optional[int] = typer.Option(None, "--sample-steps", help="Sampling steps (default: the model's)."),
+    steps: Optional[int] = typer.Option(None, "--steps", hidden=True, help="Former name of --sample-steps."),
     seed: int = typer.Option(0, help="Base seed; every image's seed derives from it."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per forward pass."),
     shard_size: Optional[int] = typer.Option(None, "--shard-size", help="Images per shard (the unit of work and "
@@ -46,16 +49,16 @@ def main(
     from accelerate import PartialState
 
     from imgsynth.distributed.accelerate_train import launched_on_cpu
-    from imgsynth.pipelines.base import generator_for_model
+    from imgsynth.pipelines.base import kind_for_model
 
     state = PartialState(cpu=launched_on_cpu())  # CPU-only machines use gloo ranks
-    given = {"guidance_scale": guidance, "sample_steps": steps, "sample_batch_size": batch_size,
+    given = {"guidance_scale": guidance, "sample_steps": renamed_flag("--steps", steps, "--sample-steps", sample_steps), "sample_batch_size": batch_size,
              "shard_size": shard_size, "prompts": prompts, "noise_temperature": noise_temperature, "dtype": dtype}
     options = {name: value for name, value in given.items() if value is not None}
     # The same registry lookup and option check as `imgsynth generate`.
-    _, kind = generator_for_model(model, options, where="accelerate launch", device=str(state.device))
+    kind = kind_for_model(model, options, where="accelerate launch", device=str(state.device))
     chosen = None if classes is None else [c.strip() for c in classes.split(",") if c.strip()] or None
-    job = kind.shard_generator(model, per_class, seed, generation=generation, classes=chosen)
+    job = kind.job(model, per_class, seed, generation=generation, classes=chosen)
     result = generate_on_rank(job, out, rank=state.process_index, world_size=state.num_processes,
                               barrier=state.wait_for_everyone, progress=True)
     if result is not None:

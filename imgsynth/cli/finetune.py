@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from imgsynth.cli.flags import renamed_flag
+
 # torch and diffusers are imported inside the command so `imgsynth --help` stays quick.
 
 
@@ -16,7 +18,8 @@ def finetune_command(
     image_set: Path = typer.Argument(..., metavar="SET", help="The ImageSet to train on (images + captions)."),
     out: Path = typer.Argument(..., help="Folder for the LoRA (pytorch_lora_weights.safetensors + "
                                          "imgsynth_lora.json); pass it to `imgsynth generate --lora`."),
-    steps: int = typer.Option(200, help="Optimizer steps."),
+    train_steps: Optional[int] = typer.Option(None, "--train-steps", help="Optimizer steps (default 200)."),
+    steps: Optional[int] = typer.Option(None, "--steps", hidden=True, help="Former name of --train-steps."),
     rank: int = typer.Option(8, help="LoRA rank of the UNet attention projections."),
     alpha: Optional[float] = typer.Option(None, help="LoRA alpha (default: the rank)."),
     lr: float = typer.Option(1e-4, help="AdamW learning rate."),
@@ -37,8 +40,10 @@ def finetune_command(
 
     from imgsynth.pipelines.finetune import INFO_FILE, LoraConfig, finetune_lora
 
-    config = LoraConfig(steps=steps, rank=rank, alpha=alpha, lr=lr, batch_size=batch_size, resolution=resolution,
-                        seed=seed, caption_column=caption, random_flip=random_flip)
+    train_steps = renamed_flag("--steps", steps, "--train-steps", train_steps)
+    config = LoraConfig(steps=LoraConfig.steps if train_steps is None else train_steps, rank=rank, alpha=alpha, lr=lr,
+                        batch_size=batch_size, resolution=resolution, seed=seed, caption_column=caption,
+                        random_flip=random_flip)
     folder = finetune_lora(pipeline, image_set, out, config, device=device, dtype=dtype,
                            checkpoint_every=checkpoint_every, progress=progress)
     info = json.loads((folder / INFO_FILE).read_text(encoding="utf-8"))

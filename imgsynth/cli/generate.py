@@ -1,7 +1,7 @@
 """`imgsynth train` (fit any registered generator kind to an ImageSet) and `imgsynth generate` (any model →
 ImageSet).
 
-Both find the generator in the registry (:mod:`imgsynth.pipelines.base`): `train` by ``--kind``,
+Both find the generator kind in the registry (:mod:`imgsynth.pipelines.base`): `train` by ``--kind``,
 `generate` by MODEL alone (``model_kind``). Their flags are the kind's options, checked by the kind's
 options dataclass exactly as a recipe's ``[generator.options]`` are.
 """
@@ -13,13 +13,15 @@ from typing import List, Optional
 
 import typer
 
+from imgsynth.cli.flags import option_pairs, renamed_flag
+
 # Heavy modules (torch, diffusers) are imported inside the commands so `imgsynth --help` stays quick.
 
 
 def train_command(
     image_set: Path = typer.Argument(..., metavar="SET", help="Labeled ImageSet to train on."),
     out_model: Path = typer.Argument(..., metavar="OUT_MODEL", help="Model folder to write (resumes if partial)."),
-    kind: str = typer.Option("conditional", "--kind", help="Generator kind (imgsynth.pipelines.base.GENERATORS): "
+    kind: str = typer.Option("conditional", "--kind", help="Generator kind (imgsynth.pipelines.base.GENERATOR_KINDS): "
                              "conditional (diffusion, the default), gaussian, kde, text2image."),
     preset: Optional[str] = typer.Option(None, help="Conditional: training preset (digits16-cpu, rgb16-cpu, "
                                          "rgb32-cpu, smoke, cifar32-gpu, 64-gpu, auto; default digits16-cpu). Image "
@@ -27,7 +29,9 @@ def train_command(
     options: List[str] = typer.Option([], "--option", help="Any option of the kind, key=value (TOML value), e.g. "
                                       "--option estimator=unbiased or --option block_out_channels=[32,64]; "
                                       "repeatable."),
-    steps: Optional[int] = typer.Option(None, help="Conditional: optimizer steps (default: the preset's)."),
+    train_steps: Optional[int] = typer.Option(None, "--train-steps", help="Conditional: optimizer steps (default: the "
+                                              "preset's)."),
+    steps: Optional[int] = typer.Option(None, "--steps", hidden=True, help="Former name of --train-steps."),
     batch_size: Optional[int] = typer.Option(None, help="Conditional: training batch size (default: the preset's)."),
     lr: Optional[float] = typer.Option(None, help="Conditional: peak learning rate (default: the preset's)."),
     seed: int = typer.Option(0, help="Seed of weights, batches and noise."),
@@ -41,10 +45,12 @@ def train_command(
     """
     from imgsynth.distributed.accelerate_train import AccelerateDataParallel, launched_world_size
     from imgsynth.imageset import ImageSet
-    from imgsynth.pipelines.base import build_generator
+    from imgsynth.pipelines.base import build_kind
 
-    given = {name: value for name, value in (("preset", preset), ("steps", steps), ("batch_size", batch_size),
-                                             ("lr", lr), ("device", device)) if value is not None}
+    train_steps = renamed_flag("--steps", steps, "--train-steps", train_steps)
+    given = {name: value for name, value in (("preset", preset), ("train_steps", train_steps),
+                                             ("batch_size", batch_size), ("lr", lr), ("device", device))
+             if value is not None}
     parallel = None
     if launched_world_size() > 1:
         if device is not None:
@@ -52,10 +58,10 @@ def train_command(
                                      param_hint="--device")
         parallel = AccelerateDataParallel()
         given["device"] = str(parallel.device)
-    generator = build_generator(kind, {**given, **_parse_options(options)}, where="imgsynth train")
+    generator_kind = build_kind(kind, {**given, **option_pairs(options)}, where="imgsynth train")
     train_set = ImageSet.open(image_set)
     fit_parallel = {"parallel": parallel} if parallel is not None else {}
-    model_dir = generator.fit(train_set, out_model, seed, progress=progress, **fit_parallel)
+    model_dir = generator_kind.fit(train_set, out_model, seed, progress=progress, **fit_parallel)
     if parallel is not None and parallel.rank != 0:
         return
     if kind != "conditional":
@@ -76,7 +82,8 @@ def generate_command(
     per_class: int = typer.Option(..., "--per-class", help="Images per class."),
     guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale "
                                              "(default: the model's)."),
-    steps: Optional[int] = typer.Option(None, help="Sampling steps (default: the model's)."),
+    sample_steps: Optional[int] = typer.Option(None, "--sample-steps", help="Sampling steps (default: the model's)."),
+    steps: Optional[int] = typer.Option(None, "--steps", hidden=True, help="Former name of --sample-steps."),
     seed: int = typer.Option(0, help="Base seed; each image's seed derives from it, its class and index."),
     batch_size: Optional[int] = typer.Option(None, help="Images per forward pass (default: 64 for "
                                              "class-conditional models, 4 for text-to-image pipelines)."),
@@ -113,7 +120,8 @@ def generate_command(
 ) -> None:
     """Sample a labeled ImageSet from any generator's model: a class-conditional model, a fitted gaussian or
     kde model, or a text-to-image pipeline. Which kind is decided by MODEL alone."""
-    flags = {"guidance_scale": guidance, "sample_steps": steps, "sample_batch_size": batch_size, "device": device,
+    sample_steps = renamed_flag("--steps", steps, "--sample-steps", sample_steps)
+    flags = {"guidance_scale": guidance, "sample_steps": sample_steps, "sample_batch_size": batch_size, "device": device,
              "noise_temperature": noise_temperature, "prompts": prompts, "negative_prompt": negative_prompt,
              "lora": None if lora is None else str(lora),
              "caption_model": None if caption_model is None else str(caption_model), "height": height,
@@ -122,7 +130,7 @@ def generate_command(
     if chosen == []:
         raise ValueError("--classes: the class list is empty: give at least one class (e.g. --classes kitchen,bedroom)")
     result = sample_model(model, out, per_class, seed, {**{k: v for k, v in flags.items() if v is not None},
-                                                        **_parse_options(options)},
+                                                        **option_pairs(options)},
                           classes=chosen, backend=backend, address=address, workers=workers, progress=progress)
     typer.echo(f"{result.root}  ({len(result)} images, {len(result.classes)} classes, id {result.id[:12]})")
 
@@ -130,35 +138,19 @@ def generate_command(
 def sample_model(model: str | Path, out: Path, per_class: int, seed: int, options: dict[str, object], *,
                  classes: Optional[List[str]] = None, backend: str = "local", address: Optional[str] = None,
                  workers: Optional[int] = None, progress: bool = True, generation: Optional[int] = None):  # noqa: ANN201
-    """Sample ``model`` with its kind's generator from the registry, in this process or on a backend."""
-    from imgsynth.pipelines.base import generator_for_model
+    """Sample ``model`` with its kind from the registry, in this process or on a backend."""
+    from imgsynth.pipelines.base import kind_for_model
 
     if address is not None and backend != "ray":
         raise ValueError("--address applies to --backend ray only")
-    _, generator = generator_for_model(model, options)
+    kind = kind_for_model(model, options)
     if backend == "local" and workers is None:
-        return generator.sample(Path(model), out, per_class, seed, generation=generation, progress=progress,
-                                classes=classes)
+        return kind.sample(Path(model), out, per_class, seed, generation=generation, progress=progress,
+                           classes=classes)
     from imgsynth.distributed.generate import generate
 
-    job = generator.shard_generator(Path(model), per_class, seed, generation=generation, classes=classes)
+    job = kind.job(Path(model), per_class, seed, generation=generation, classes=classes)
     return generate(job, out, backend=backend, workers=workers, address=address, progress=progress)
-
-
-def _parse_options(pairs: List[str]) -> dict[str, object]:
-    """``key=value`` pairs (values read as TOML, bare words as strings) for a registered kind's options."""
-    import tomllib
-
-    parsed: dict[str, object] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
-            raise typer.BadParameter(f"{pair!r}: expected key=value", param_hint="--option")
-        try:
-            parsed[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            parsed[key.strip()] = raw
-    return parsed
 
 
 def register(app: typer.Typer) -> None:

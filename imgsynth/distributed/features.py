@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from imgsynth.distributed.backend import DEFAULT_RETRIES, dataset_of_rows, map_on_actor_pool, ray_session, require_ray
+from imgsynth.compute import uses_gpu
 from imgsynth.imageset import ImageSet
 
 DEFAULT_CHUNK_BATCHES = 16
@@ -71,16 +72,16 @@ def extract_features_distributed(image_set: ImageSet | str | os.PathLike, extrac
     chunk = -(-chunk // batch_size) * batch_size  # whole batches, so batches match a local run's
     bounds = chunk_bounds(len(image_set), chunk)
     rows = [{"start": start, "stop": stop} for start, stop in bounds]
-    uses_gpu = str(device or "").startswith("cuda") or (device in (None, "auto") and torch.cuda.is_available())
+    gpu = uses_gpu(device)
     parts: dict[int, np.ndarray] = {}
     with ray_session(address) as ray:
         if workers is None:
             resources = ray.cluster_resources()
-            workers = int(resources.get("GPU" if uses_gpu else "CPU", 1)) or 1
+            workers = int(resources.get("GPU" if gpu else "CPU", 1)) or 1
         results = map_on_actor_pool(
             dataset_of_rows(rows), FeatureActor, workers=min(workers, len(rows)),
             constructor_args=(extractor, str(Path(image_set.root).absolute()), device, batch_size),
-            num_gpus=1.0 if uses_gpu else 0.0, retries=retries, progress=progress)
+            num_gpus=1.0 if gpu else 0.0, retries=retries, progress=progress)
         for row in results:
             array = np.frombuffer(row["features"], dtype=np.float32).reshape(int(row["rows"]), int(row["dims"]))
             parts[int(row["start"])] = array

@@ -2,7 +2,7 @@
 
 Both backends do the same thing with the same pieces: open the set's writer (which resumes an
 unfinished write of the same job), schedule only the shards not yet in ``writer.done_shards``, compute
-each shard with ``generator.generate`` and commit it with ``writer.write_shard``, then finalize once.
+each shard with ``job.generate`` and commit it with ``writer.write_shard``, then finalize once.
 On Ray, a dataset row is one shard (index and its work items), ``map_batches`` sends one row per call to
 a fixed pool of actors, each actor loads the model once and writes its shards' PNGs and shard file into
 the partial folder itself (the same filesystem: a local disk, or a shared one on a cluster), and returns
@@ -20,39 +20,33 @@ the job stops with the shards written so far kept, and running it again computes
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Sequence
 
 from imgsynth.distributed.backend import (DEFAULT_RETRIES, dataset_of_rows, map_on_actor_pool, ray_session,
                                           require_ray)
-from imgsynth.pipelines.sharding import SetSpec, ShardGenerator, decode_items, encode_items, job_shards
-from imgsynth.generator_record import generator_record
-from imgsynth.imageset import MANIFEST, ImageSet, ImageSetError, ImageSetWriter
+from imgsynth.imageset import ImageSet
+from imgsynth.pipelines.sharding import (IncompleteGenerationError, SetJob, SetSpec, ShardCallback, decode_items,
+                                         encode_items, finalize_job, job_shards, open_job, write_shard,
+                                         write_shards)
 from imgsynth.pipelines.work import WorkItem
 
 BACKENDS = ("local", "ray")
 DEFAULT_CPU_THREADS = 1
-ShardCallback = Callable[[int, int], None]  # (shard index, images written)
 
 
-class IncompleteGenerationError(ImageSetError):
-    """A job stopped before every shard was written; the written shards are kept for a rerun to resume."""
-
-
-def generate(generator: ShardGenerator, out: str | os.PathLike, *, backend: str = "local",
+def generate(job: SetJob, out: str | os.PathLike, *, backend: str = "local",
              workers: int | None = None, address: str | None = None, retries: int = DEFAULT_RETRIES,
              cpu_threads: int | None = DEFAULT_CPU_THREADS, progress: bool = False,
              on_shard: ShardCallback | None = None) -> ImageSet:
-    """Write the generator's ImageSet to ``out`` on ``backend`` and return it, resuming an unfinished write.
+    """Write the job's ImageSet to ``out`` on ``backend`` and return it, resuming an unfinished write.
 
     ``backend="local"`` computes the shards one after another in this process (``workers`` must be
     None or 1). ``backend="ray"`` uses ``workers`` actors (default: as many as the cluster has CPUs, or
-    GPUs when the generator needs one) on the Ray cluster at ``address`` (``auto``, ``ray://host:port``),
+    GPUs when the job needs one) on the Ray cluster at ``address`` (``auto``, ``ray://host:port``),
     on the session already running in this process, or on a local cluster started for this call.
     The set is byte-identical, with the same id, whichever backend and number of workers.
     ``cpu_threads`` is the torch intra-op thread count every worker computes with (None: leave torch's
@@ -68,103 +62,28 @@ def generate(generator: ShardGenerator, out: str | os.PathLike, *, backend: str 
     if backend == "ray":
         require_ray()  # before loading any model: say how to install it at once
     out = Path(out).absolute()
-    spec = generator.spec(out)
-    existing = existing_set(generator, out, spec)
-    if existing is not None:
-        return existing
-    all_shards = job_shards(generator)
-    writer = spec.writer(out)
-    prepare = getattr(generator, "prepare_writer", None)
-    if prepare is not None:
-        prepare(writer)
-    pending = sorted(set(range(len(all_shards))) - writer.done_shards)
-    if pending and backend == "local":
-        write_shards_local(generator, writer, all_shards, pending, cpu_threads=cpu_threads, progress=progress,
-                           on_shard=on_shard)
-    elif pending:
-        write_shards_ray(generator, spec.for_workers(writer), writer.root, all_shards, pending,
-                         workers=workers, address=address, retries=retries, cpu_threads=cpu_threads,
-                         progress=progress, on_shard=on_shard)
+    spec = job.spec(out)
+    writer = open_job(job, out, spec=spec)
+    if isinstance(writer, ImageSet):
+        return writer
+    all_shards = job_shards(job)
+    if backend == "local":
+        write_shards(job, writer, cpu_threads=cpu_threads, progress=progress, on_shard=on_shard)
+    else:
+        pending = sorted(set(range(len(all_shards))) - writer.done_shards)
+        if pending:
+            write_shards_ray(job, spec.for_workers(writer), writer.root, all_shards, pending,
+                             workers=workers, address=address, retries=retries, cpu_threads=cpu_threads,
+                             progress=progress, on_shard=on_shard)
     return finalize_job(writer, len(all_shards))
 
 
-def existing_set(generator: ShardGenerator, out: Path, spec: SetSpec) -> ImageSet | None:
-    """A finished set already at ``out`` that this job would write (judged by the generator if it knows how)."""
-    judge = getattr(generator, "finished_set", None)
-    return judge(out, spec) if judge is not None else finished_set(out, spec)
-
-
-def finished_set(out: Path, spec: SetSpec) -> ImageSet | None:
-    """The set already at ``out`` when the same job wrote it (nothing to do); an error when another did."""
-    if not (out / MANIFEST).is_file():
-        return None
-    existing = ImageSet.open(out)
-    manifest = existing.manifest
-    wanted = json.loads(json.dumps({"generator": dict(spec.generator), "config": dict(spec.config)}, default=str))
-    found = {"generator": generator_record(manifest.get("generator")), "config": manifest.get("config")}
-    if found == {"generator": generator_record(wanted["generator"]), "config": wanted["config"]}:
-        return existing
-    raise ImageSetError(f"{out}: already holds an ImageSet made by another job (generator or settings differ); "
-                        "remove it or choose another folder")
-
-
-def finalize_job(writer: ImageSetWriter, num_shards: int) -> ImageSet:
-    """Finalize once every shard of the job is written; otherwise say which are missing and how to resume."""
-    missing = sorted(set(range(num_shards)) - writer.done_shards)
-    if missing:
-        raise IncompleteGenerationError(
-            f"{writer.partial}: {len(missing)} of {num_shards} shards were not written (first: {missing[:5]}); "
-            "the others are kept, run the same command again to resume")
-    return writer.finalize()
-
-
-def write_shard(generator: ShardGenerator, writer: ImageSetWriter, index: int,
-                items: Sequence[WorkItem]) -> int:
-    """Compute one shard and commit it; returns the number of images written."""
-    samples = generator.generate(items)
-    if len(samples) != len(items):
-        raise ImageSetError(f"{writer.root}: shard {index} has {len(items)} work items but the generator "
-                            f"returned {len(samples)} samples")
-    return len(writer.write_shard(index, samples))
-
-
-def write_shards_local(generator: ShardGenerator, writer: ImageSetWriter, all_shards: Sequence[Sequence[WorkItem]],
-                       indices: Sequence[int], *, cpu_threads: int | None = DEFAULT_CPU_THREADS,
-                       progress: bool = False, on_shard: ShardCallback | None = None) -> None:
-    """Load the generator once and write the given shards in order, in this process."""
-    generator.load()
-    from tqdm.auto import tqdm
-
-    with torch_threads(cpu_threads), tqdm(indices, desc="shards", unit="shard", disable=not progress) as iterator:
-        for index in iterator:
-            written = write_shard(generator, writer, index, all_shards[index])
-            if on_shard is not None:
-                on_shard(index, written)
-
-
-@contextlib.contextmanager
-def torch_threads(count: int | None) -> Iterator[None]:
-    """Run with ``count`` torch intra-op threads, restoring the previous count after (no-op without torch)."""
-    torch = sys.modules.get("torch")  # a generator that never imported torch computes nothing with it
-    if count is None or torch is None:
-        yield
-        return
-    if count < 1:
-        raise ValueError(f"cpu_threads must be at least 1, got {count}")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 class ShardWriterActor:
-    """The Ray actor: loads the generator once, then computes and writes whole shards it is handed."""
+    """The Ray actor: loads the job's model once, then computes and writes whole shards it is handed."""
 
-    def __init__(self, generator: ShardGenerator, spec: SetSpec, out: str, cpu_threads: int | None) -> None:
-        self.generator = generator
-        self.generator.load()
+    def __init__(self, job: SetJob, spec: SetSpec, out: str, cpu_threads: int | None) -> None:
+        self.job = job
+        self.job.load()
         self.writer = spec.writer(out, worker=True)
         torch = sys.modules.get("torch")
         if cpu_threads is not None and torch is not None:
@@ -174,21 +93,21 @@ class ShardWriterActor:
         shards_done, images, pids = [], [], []
         for index, items in zip(batch["shard"], batch["items"]):
             index = int(index)
-            images.append(write_shard(self.generator, self.writer, index, decode_items(str(items))))
+            images.append(write_shard(self.job, self.writer, index, decode_items(str(items))))
             shards_done.append(index)
             pids.append(os.getpid())
         return {"shard": shards_done, "images": images, "pid": pids}
 
 
-def default_workers(ray: Any, generator: ShardGenerator, pending: int, cpus_per_worker: int = 1) -> int:
-    """One worker per GPU (GPU generators) or per ``cpus_per_worker`` CPUs of the cluster, at most one per shard."""
+def default_workers(ray: Any, job: SetJob, pending: int, cpus_per_worker: int = 1) -> int:
+    """One worker per GPU (GPU jobs) or per ``cpus_per_worker`` CPUs of the cluster, at most one per shard."""
     resources = ray.cluster_resources()
-    gpus = float(getattr(generator, "num_gpus", 0) or 0)
+    gpus = float(job.num_gpus or 0)
     capacity = int(resources.get("GPU", 0) // gpus) if gpus else int(resources.get("CPU", 1) // cpus_per_worker)
     return max(1, min(capacity, pending))
 
 
-def write_shards_ray(generator: ShardGenerator, spec: SetSpec, out: Path, all_shards: Sequence[Sequence[WorkItem]],
+def write_shards_ray(job: SetJob, spec: SetSpec, out: Path, all_shards: Sequence[Sequence[WorkItem]],
                      indices: Sequence[int], *, workers: int | None = None, address: str | None = None,
                      retries: int = DEFAULT_RETRIES, cpu_threads: int | None = DEFAULT_CPU_THREADS,
                      progress: bool = False, on_shard: ShardCallback | None = None) -> None:
@@ -196,12 +115,12 @@ def write_shards_ray(generator: ShardGenerator, spec: SetSpec, out: Path, all_sh
     rows = [{"shard": i, "items": encode_items(all_shards[i])} for i in indices]
     with ray_session(address) as ray:
         # More actors than shards would only load models that never work.
-        gpus = float(getattr(generator, "num_gpus", 0) or 0)
+        gpus = float(job.num_gpus or 0)
         cpus = 1 if gpus or cpu_threads is None else cpu_threads  # a CPU worker reserves the cores it computes on
-        pool = min(workers or default_workers(ray, generator, len(indices), cpus), len(indices))
+        pool = min(workers or default_workers(ray, job, len(indices), cpus), len(indices))
         results = map_on_actor_pool(
             dataset_of_rows(rows), ShardWriterActor, workers=pool,
-            constructor_args=(generator, spec, str(out), cpu_threads), num_cpus=cpus, num_gpus=gpus,
+            constructor_args=(job, spec, str(out), cpu_threads), num_cpus=cpus, num_gpus=gpus,
             retries=retries, progress=progress)
         try:
             for row in results:

@@ -12,9 +12,9 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from imgsynth.distributed.generate import DEFAULT_CPU_THREADS, existing_set, finalize_job, write_shards_local
-from imgsynth.pipelines.sharding import ShardGenerator, job_shards
-from imgsynth.imageset import ImageSet
+from imgsynth.distributed.generate import DEFAULT_CPU_THREADS
+from imgsynth.imageset import ImageSet, ImageSetWriter
+from imgsynth.pipelines.sharding import SetJob, finalize_job, job_shards, open_job, write_shards
 
 
 def rank_shards(num_shards: int, rank: int, world_size: int) -> list[int]:
@@ -24,37 +24,29 @@ def rank_shards(num_shards: int, rank: int, world_size: int) -> list[int]:
     return list(range(rank, num_shards, world_size))
 
 
-def generate_on_rank(generator: ShardGenerator, out: str | os.PathLike, *, rank: int, world_size: int,
+def generate_on_rank(job: SetJob, out: str | os.PathLike, *, rank: int, world_size: int,
                      barrier: Callable[[], None], cpu_threads: int | None = DEFAULT_CPU_THREADS,
                      progress: bool = False) -> ImageSet | None:
     """This process's part of a job; rank 0 returns the finished set, other ranks None.
 
-    Every rank must call this with an equivalent generator (only its device may differ) and a
+    Every rank must call this with an equivalent job (only its device may differ) and a
     ``barrier`` that waits for all ranks (``PartialState().wait_for_everyone``). ``cpu_threads`` as in
     :func:`imgsynth.distributed.generate.generate`. Ranks open the job one
     after another (rank 0 first), because opening may claim the partial folder or write a plan file;
     only the shard computation runs concurrently.
     """
     out = Path(out).absolute()
-    existing: ImageSet | None = None
-    writer = None
+    opened: ImageSet | ImageSetWriter | None = None
     for turn in range(world_size):
         if turn == rank:
-            spec = generator.spec(out)
-            existing = existing_set(generator, out, spec)  # the same answer on every rank: nothing finalizes before the end
-            if existing is None:
-                writer = spec.writer(out, worker=rank != 0)
-                prepare = getattr(generator, "prepare_writer", None)
-                if prepare is not None and rank == 0:
-                    prepare(writer)
+            # The same answer on every rank: nothing finalizes before the end.
+            opened = open_job(job, out, worker=rank != 0, prepare=rank == 0)
         barrier()
-    all_shards = job_shards(generator)
-    if writer is not None:
-        mine = [i for i in rank_shards(len(all_shards), rank, world_size) if i not in writer.done_shards]
-        if mine:
-            write_shards_local(generator, writer, all_shards, mine, cpu_threads=cpu_threads,
-                               progress=progress and rank == 0)
+    num_shards = len(job_shards(job))
+    if isinstance(opened, ImageSetWriter):
+        mine = rank_shards(num_shards, rank, world_size)
+        write_shards(job, opened, mine, cpu_threads=cpu_threads, progress=progress and rank == 0)
     barrier()
     if rank != 0:
         return None
-    return existing if writer is None else finalize_job(writer, len(all_shards))
+    return opened if isinstance(opened, ImageSet) else finalize_job(opened, num_shards)

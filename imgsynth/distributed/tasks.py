@@ -20,7 +20,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from imgsynth.distributed.generate import torch_threads
+from imgsynth.compute import torch_threads
 from imgsynth.errors import TaskFailedError
 
 BACKENDS = ("local", "ray")

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import re
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, NoReturn, Sequence
@@ -22,6 +24,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 import tomli_w
+
+from imgsynth.notes import Note
 
 LOOP_MODES = ("replace", "accumulate", "mix", "fresh")
 # A loop mode with this suffix ("replace+curate") runs the base mode with the [curate] filters applied,
@@ -103,7 +107,7 @@ RANGES: dict[str, dict[str, Range]] = {
                "clip_top_fraction": Range(0.0, 1.0, open_low=True)},
 }
 IMAGE_MODES = {"L": 1, "RGB": 3}
-# What imgsynth.pipelines.device.resolve_device accepts (CPU and CUDA only; whether CUDA is present is
+# What imgsynth.compute.resolve_device accepts (CPU and CUDA only; whether CUDA is present is
 # the run's question, so a recipe written for a GPU machine still validates on a laptop).
 DEVICE_PATTERN = re.compile(r"(auto|cpu|cuda(:[0-9]+)?)\Z")
 
@@ -124,28 +128,38 @@ class DataConfig:
 
 @dataclass
 class GeneratorConfig:
-    """What is retrained each generation and how it samples (guidance is the sampling-bias knob)."""
+    """What is retrained each generation (``kind``, its ``[generator.options]``) and how many images per class
+    each generation samples.
+
+    ``options`` are the kind's options (``imgsynth.pipelines.base.GENERATOR_KINDS``), checked by its
+    ``Options`` dataclass, which holds every default. The flat fields after ``per_class`` are the older
+    spelling of some of them: None unless a recipe gives them, and moved into ``options`` once, when the
+    recipe is read (:func:`translate_flat_fields`, with a note saying how to write them now).
+    """
 
     kind: str = "conditional"
-    preset: str = "digits16-cpu"
+    per_class: int = 100
+    options: dict[str, Any] = field(default_factory=dict)
+    preset: str | None = None
     train_steps: int | None = None
     batch_size: int | None = None
     lr: float | None = None
-    per_class: int = 100
-    sample_steps: int = 25
-    guidance_scale: float = 2.0
-    noise_temperature: float = 1.0
-    sample_batch_size: int = 256
-    # text2image generators: a local diffusers pipeline (or hub id in the user's cache), LoRA settings.
-    model: str = ""
-    classes: list[str] = field(default_factory=list)
-    prompts: str = ""
-    lora_steps: int = 200
-    lora_rank: int = 8
+    sample_steps: int | None = None
+    guidance_scale: float | None = None
+    noise_temperature: float | None = None
+    sample_batch_size: int | None = None
+    model: str | None = None
+    classes: list[str] | None = None
+    prompts: str | None = None
+    lora_steps: int | None = None
+    lora_rank: int | None = None
     device: str | None = None
-    # Registered generator kinds (imgsynth.pipelines.base.GENERATORS): the kind's options, checked by its
-    # Options dataclass, written as a [generator.options] table.
-    options: dict[str, Any] = field(default_factory=dict)
+
+
+# The older flat [generator] fields (GeneratorConfig's fields after ``options``).
+FLAT_GENERATOR_FIELDS = ("preset", "train_steps", "batch_size", "lr", "sample_steps", "guidance_scale",
+                         "noise_temperature", "sample_batch_size", "model", "classes", "prompts", "lora_steps",
+                         "lora_rank", "device")
 
 
 @dataclass
@@ -266,14 +280,13 @@ _SECTIONS: dict[str, type] = {
 
 
 def _parse_override(text: str) -> tuple[list[str], Any]:
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise RecipeError(f"override {text!r}: expected section.field=value")
+    from imgsynth.assignments import parse_assignment
+
     try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw  # bare strings need no quotes on the command line
-    return key.strip().split("."), value
+        key, value = parse_assignment(text)
+    except ValueError:
+        raise RecipeError(f"override {text!r}: expected section.field=value") from None
+    return key.split("."), value
 
 
 def check_override(text: str) -> None:
@@ -334,7 +347,7 @@ def validate(recipe: Recipe, where: str = "recipe") -> Recipe:
     _check_numbers(recipe, fail)
     _check_loop(recipe.loop, fail)
     _check_data(recipe.data, fail, where)
-    _check_generator(recipe, fail)
+    _check_generator(recipe, fail, where)
     _check_metrics(recipe.metrics, fail)
     _check_classifier(recipe.classifier, fail)
     _check_curate(recipe, fail)
@@ -404,38 +417,67 @@ def _check_data(data: DataConfig, fail: Fail, where: str) -> None:
     _check_strings("[data] minority_classes", data.minority_classes, fail)
 
 
-def generator_options(g: GeneratorConfig) -> dict[str, Any]:
-    """The options of the recipe's generator kind: its ``[generator.options]`` table over the flat ``[generator]``
-    fields the kind reads (``recipe_fields`` of the kind's class: e.g. ``train_steps`` is the conditional
-    kind's ``steps``). The flat fields are the older spelling, kept so that existing recipes run unchanged;
-    where both give an option, the table wins."""
-    from imgsynth.pipelines.base import generator_class
+def translate_flat_fields(g: GeneratorConfig) -> tuple[GeneratorConfig, str | None]:
+    """``g`` with its flat fields moved into ``options``, the one place options live from then on, and the
+    note to show when there were any (None otherwise).
 
-    fields = getattr(generator_class(g.kind), "recipe_fields", {})
-    flat = {option: getattr(g, name) for name, option in fields.items() if getattr(g, name) is not None}
-    return {**flat, **g.options}
+    A flat field is the option its kind's ``recipe_fields`` name (e.g. ``preset``, ``sample_steps``); where
+    the ``[generator.options]`` table gives the same option, the table wins. Flat fields the kind does not
+    read are dropped (run folders written before this change list every flat field with its old default).
+    """
+    from imgsynth.pipelines.base import kind_class
+
+    # Run folders written before this change list every flat field, with "" and [] meaning "not given".
+    given = {name: getattr(g, name) for name in FLAT_GENERATOR_FIELDS if getattr(g, name) not in (None, "", [])}
+    if not given:
+        return dataclasses.replace(g, **{name: None for name in FLAT_GENERATOR_FIELDS}), None
+    fields = kind_class(g.kind).recipe_fields
+    moved = {fields[name]: value for name, value in given.items() if name in fields}
+    ignored = sorted(set(given) - set(fields))
+    # JSON spells strings, numbers, booleans and lists as TOML does, on one line.
+    table = ", ".join(f"{option} = {json.dumps(value)}" for option, value in moved.items())
+    note = (f"flat [generator] fields are read as the {g.kind} kind's options; write them under "
+            f"[generator.options] instead ({table or 'none of them applies'})")
+    if ignored:
+        one = len(ignored) == 1
+        note += (f"; {', '.join(ignored)} {'is not an option' if one else 'are not options'} of the {g.kind} kind "
+                 f"and {'is' if one else 'are'} ignored")
+    return dataclasses.replace(g, options={**moved, **g.options}, **{name: None for name in FLAT_GENERATOR_FIELDS}), note
 
 
-def _check_generator(recipe: Recipe, fail: Fail) -> None:
+def _check_generator(recipe: Recipe, fail: Fail, where: str) -> None:
     g, data = recipe.generator, recipe.data
-    from imgsynth.pipelines.base import GENERATORS, build_generator
+    from imgsynth.pipelines.base import GENERATOR_KINDS, build_kind
 
-    if g.kind not in GENERATORS:
-        fail(f"[generator] kind must be one of {sorted(GENERATORS)}, got {g.kind!r}")
-    try:
-        generator = build_generator(g.kind, generator_options(g), "[generator.options]" if g.options else "[generator]")
-    except ValueError as exc:
-        fail(str(exc))
-    check_data = getattr(generator, "check_data", None)  # a kind that can say now whether the data fits it
-    try:
-        if check_data is not None:
-            check_data(image_size=data.size, channels=IMAGE_MODES.get(data.mode, 1))
-    except ValueError as exc:
-        fail(f"[data] size = {data.size}, mode = {data.mode!r} do not fit the {g.kind} generator: {exc}")
+    if g.kind not in GENERATOR_KINDS:
+        fail(f"[generator] kind must be one of {GENERATOR_KINDS.names()}, got {g.kind!r}")
     if g.device and not DEVICE_PATTERN.match(g.device):
         fail(f"[generator] device {g.device!r} is not a device imgsynth runs on; use 'auto', 'cpu', 'cuda' "
              "or 'cuda:N'")
-    _check_strings("[generator] classes", g.classes, fail)
+    _check_strings("[generator] classes", g.classes or [], fail)
+    # Messages name the table the user wrote: the flat fields when they gave no [generator.options].
+    table = "[generator.options]" if g.options else "[generator]"
+    g, note = translate_flat_fields(g)
+    # The recipe's bounds of the flat fields hold for the options of the same name, whichever kind reads them.
+    for name, valid in RANGES["generator"].items():
+        value = g.options.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and \
+                (value not in valid or (isinstance(value, float) and not math.isfinite(value))):
+            fail(f"{table} {name} must lie in {valid}, got {value!r}{valid.note}")
+    device = g.options.get("device")
+    if isinstance(device, str) and device and not DEVICE_PATTERN.match(device):
+        fail(f"{table} device {device!r} is not a device imgsynth runs on; use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    try:
+        kind = build_kind(g.kind, g.options, table)
+    except ValueError as exc:
+        fail(str(exc))
+    try:
+        kind.check_data(image_size=data.size, channels=IMAGE_MODES.get(data.mode, 1))
+    except ValueError as exc:
+        fail(f"[data] size = {data.size}, mode = {data.mode!r} do not fit the {g.kind} generator: {exc}")
+    if note is not None:  # only for a recipe that is valid: a refused one gets its one error line
+        warnings.warn(f"{where}: {note}", Note, stacklevel=3)
+    recipe.generator = g
 
 
 def _check_metrics(metrics: MetricsConfig, fail: Fail) -> None:

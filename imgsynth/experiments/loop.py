@@ -22,7 +22,7 @@ import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from imgsynth.experiments.config import (CURATED_SUFFIX, Recipe, RecipeError, apply_overrides, base_mode,
                                          dump_recipe, load_recipe, recipe_from_dict, replicate_seeds)
@@ -30,6 +30,9 @@ from imgsynth.experiments.run import CONFIG_FILE, METRICS_FILE, GenerationKey, R
 from imgsynth.imageset import ImageSet, ImageSetError, concatenate, stratified_split_indices
 from imgsynth.locking import folder_lock
 from imgsynth.sources import import_source
+
+if TYPE_CHECKING:
+    from imgsynth.pipelines.base import GeneratorKind
 
 # Torch threads of every task (generation 0 of a seed, a chain), wherever it runs: CPU results depend on
 # the thread count, so a fixed count keeps serial, parallel and Ray runs identical. One thread per
@@ -107,7 +110,7 @@ class Experiment:
     def _run(self) -> Path:
         import torch  # noqa: F401 - loaded before torch_threads, which only sets an imported torch
 
-        from imgsynth.distributed.generate import torch_threads
+        from imgsynth.compute import torch_threads
         from imgsynth.distributed.tasks import run_tasks
 
         started = time.perf_counter()
@@ -198,7 +201,7 @@ class Experiment:
             started = load_recipe(path)
             same_but_seeds = dataclasses.replace(self.recipe, loop=dataclasses.replace(
                 self.recipe.loop, seeds=started.loop.seeds))
-            if dump_recipe(same_but_seeds) != existing:
+            if dump_recipe(same_but_seeds) != dump_recipe(started):  # as read now (older spellings translated)
                 raise RecipeError(f"{path}: this run folder was started with another recipe; "
                                   "use a new run folder (or delete this one) to change settings")
             _log(f"replicates: {replicate_seeds(started)} → {replicate_seeds(self.recipe)}")
@@ -337,19 +340,17 @@ class Experiment:
         return curated if curated is not None else ImageSet.open(samples_dir)
 
     def _train_generator(self, train_set: ImageSet, out: Path, key: GenerationKey) -> Path:
-        generator = self._generator()
-        pretrained = getattr(generator, "pretrained", None)
-        if key.generation == 0 and pretrained:
-            return Path(pretrained)  # generation 0 samples the pretrained model itself
+        kind = self._kind()
+        if key.generation == 0 and kind.pretrained:
+            return Path(kind.pretrained)  # generation 0 samples the pretrained model itself
         _log(f"{key.label()}: fitting {self.recipe.generator.kind} to {len(train_set)} images")
-        return generator.fit(train_set, out, loop_seed(key.seed, "train", key.generation), progress=self.progress)
+        return kind.fit(train_set, out, loop_seed(key.seed, "train", key.generation), progress=self.progress)
 
-    def _generator(self) -> Any:
-        """The recipe's generator from the registry, with its options (the recipe's one spelling of them)."""
-        from imgsynth.experiments.config import generator_options
-        from imgsynth.pipelines.base import build_generator
+    def _kind(self) -> GeneratorKind:
+        """The recipe's generator kind from the registry, with its options (read once, in the recipe)."""
+        from imgsynth.pipelines.base import build_kind
 
-        return build_generator(self.recipe.generator.kind, generator_options(self.recipe.generator))
+        return build_kind(self.recipe.generator.kind, self.recipe.generator.options)
 
     def _sample(self, model_dir: Path, out: Path, key: GenerationKey) -> ImageSet:
         g = self.recipe.generator
@@ -358,8 +359,8 @@ class Experiment:
         # generations (the exact-theory check showed it biases the variance collapse upwards, 0.98 instead of
         # 0.81 of the start after four MLE refits); every theory of recursive training assumes fresh draws.
         seed = loop_seed(key.seed, "sample", key.generation)
-        return self._generator().sample(model_dir, out, g.per_class, seed, generation=key.generation,
-                                        progress=self.progress)
+        return self._kind().sample(model_dir, out, g.per_class, seed, generation=key.generation,
+                                   progress=self.progress)
 
     def _curates(self, mode: str) -> bool:
         """Whether a loop mode curates its samples: a ``<mode>+curate`` mode, or [curate] enabled for it."""

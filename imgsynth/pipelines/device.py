@@ -1,8 +1,9 @@
 """Where a pipeline runs and in which precision: one place for the CUDA/CPU differences.
 
-On CUDA, models run under bf16 autocast with channels-last memory and may be compiled; on the CPU they
-run in float32, eagerly, so results are deterministic and do not depend on an accelerator's kernels.
-Pipelines ask this module rather than testing ``torch.cuda.is_available()`` themselves.
+On CUDA, models run under bf16 autocast with channels-last memory and may be compiled (TF32 is allowed
+only inside :func:`imgsynth.compute.fast_matmul` blocks); on the CPU they run in float32, eagerly, so
+results are deterministic and do not depend on an accelerator's kernels. Pipelines ask this module (and
+:mod:`imgsynth.compute`, which decides the device) rather than testing ``torch.cuda.is_available()``.
 """
 
 from __future__ import annotations
@@ -13,25 +14,6 @@ from typing import ContextManager, TypeVar
 import torch
 
 ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
-
-
-def resolve_device(name: str | torch.device | None = None) -> torch.device:
-    """The device to run on: ``None``/``"auto"`` picks CUDA when present, else the CPU.
-
-    An explicit ``"cuda"`` on a machine without one is an error rather than a silent CPU fallback, so a
-    run never takes 100 times longer than its owner planned without saying why.
-    """
-    if name is None or str(name) in ("", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ValueError(f"unknown device {name!r} (use 'cpu', 'cuda', 'cuda:N' or 'auto')") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was asked for but CUDA is not available on this machine")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {name!r} is not supported (use 'cpu' or 'cuda')")
-    return device
 
 
 def autocast(device: torch.device, enabled: bool = True) -> ContextManager[object]:
@@ -46,8 +28,6 @@ def prepare_module(module: ModuleT, device: torch.device) -> ModuleT:
     module = module.to(device)
     if device.type == "cuda":
         module = module.to(memory_format=torch.channels_last)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     return module
 
 
@@ -64,11 +44,3 @@ def maybe_compile(module: torch.nn.Module, device: torch.device, enabled: bool) 
     if enabled and device.type == "cuda":
         return torch.compile(module)  # type: ignore[return-value]
     return module
-
-
-def uses_gpu(name: str | None) -> bool:
-    """Whether a job asked to run on ``name`` needs a GPU (``None``/``"auto"``: when this machine has one);
-    what a backend reserves per worker."""
-    if name in (None, "", "auto"):
-        return torch.cuda.is_available()
-    return str(name).startswith("cuda")

@@ -27,8 +27,9 @@ from typing import Any, Callable
 
 from imgsynth.imageset import ImageSet
 from imgsynth.locking import locks_output
-from imgsynth.pipelines.text2image import (component_folder, load_text2image_pipeline, resolve_device,
-                                           resolve_dtype, weights_hash)
+from imgsynth.compute import resolve_device
+from imgsynth.pipelines.text2image.loading import (component_folder, load_text2image_pipeline, resolve_dtype,
+                                                  weights_hash)
 from imgsynth.provenance import software_versions
 from imgsynth.safe_loading import load_torch_file
 
@@ -89,7 +90,7 @@ def finetune_lora(model: str | os.PathLike, train_set: ImageSet | str | os.PathL
 
     image_set = train_set if isinstance(train_set, ImageSet) else ImageSet.open(train_set)
     out = Path(out)
-    device = resolve_device(device)
+    device = str(resolve_device(device))
     weight_dtype = resolve_dtype(dtype, device)
     pipe = load_text2image_pipeline(model, device=device, dtype=weight_dtype)
     _check_trainable(pipe, str(model))

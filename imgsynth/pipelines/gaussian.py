@@ -10,7 +10,7 @@ ImageSet like any other generator, in fixed shards, so sets are byte-identical h
 Covariance: ``full`` (D × D; D = pixels × channels) or, for large images, the top ``rank`` principal
 directions plus the residual diagonal (a probabilistic-PCA-style low-rank + diagonal model).
 
-A model folder (``pipelines.base.write_model``) holds ``model.safetensors`` (per class ``mean`` and a
+A model folder (``pipelines.per_class.write_model``) holds ``model.safetensors`` (per class ``mean`` and a
 ``factor`` F with Σ = F Fᵀ, plus ``residual`` for the low-rank model) and ``imgsynth_model_info.json``
 (kind, classes, image shape, options, training set, the weights' sha256).
 """
@@ -22,7 +22,7 @@ from typing import ClassVar, Mapping
 
 import numpy as np
 
-from imgsynth.pipelines.base import PerClassGenerator
+from imgsynth.pipelines.per_class import PerClassKind
 
 ESTIMATORS = ("mle", "unbiased")
 
@@ -47,10 +47,11 @@ class GaussianOptions:
         return self
 
 
-class GaussianGenerator(PerClassGenerator):
+class GaussianKind(PerClassKind):
     """The ``gaussian`` generator kind (see the module docstring)."""
 
-    kind: ClassVar[str] = "gaussian"
+    name: ClassVar[str] = "gaussian"
+    pipeline: ClassVar[str] = "GaussianGenerator"  # what its sets record (PerClassKind.pipeline)
     Options: ClassVar[type] = GaussianOptions
 
     def fit_class(self, points: np.ndarray) -> dict[str, np.ndarray]:

@@ -16,7 +16,7 @@ from typing import ClassVar, Mapping
 
 import numpy as np
 
-from imgsynth.pipelines.base import PerClassGenerator
+from imgsynth.pipelines.per_class import PerClassKind
 
 
 @dataclass
@@ -41,10 +41,11 @@ def scott_bandwidth(points: np.ndarray) -> float:
     return float(points.std(axis=0).mean() * n ** (-1.0 / (d + 4)))
 
 
-class KdeGenerator(PerClassGenerator):
+class KdeKind(PerClassKind):
     """The ``kde`` generator kind (see the module docstring)."""
 
-    kind: ClassVar[str] = "kde"
+    name: ClassVar[str] = "kde"
+    pipeline: ClassVar[str] = "KdeGenerator"  # what its sets record (PerClassKind.pipeline)
     Options: ClassVar[type] = KdeOptions
 
     def fit_class(self, points: np.ndarray) -> dict[str, np.ndarray]:

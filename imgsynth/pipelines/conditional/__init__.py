@@ -14,8 +14,8 @@ two of class accuracy.
   its checked loading; folders of the older flat layout still load.
 - ``pipeline``: ``ClassConditionalPipeline``, a ``DiffusionPipeline`` (``from_pretrained`` /
   ``save_pretrained`` / ``__call__``), and the denoising loop both it and ``sample`` use.
-- ``generator``: ``sample`` into a labeled ImageSet, shard by shard, byte-identical however the work is
-  split or resumed, and the same job for backends.
+- ``sampling``: the kind's sampling job (``ConditionalSamplingJob``) and ``sample`` into a labeled
+  ImageSet, shard by shard, byte-identical however the work is split, resumed or spread over backends.
 - ``kind``: the registry's ``conditional`` kind and its options (light: no torch until used).
 
 Names are loaded from their modules on first use, so ``import imgsynth.pipelines.conditional`` costs no
@@ -35,9 +35,9 @@ _HOMES: dict[str, str] = {
     'CHECKPOINTS': 'folder',
     'Checkpoints': 'training',
     'ClassConditionalPipeline': 'pipeline',
-    'ConditionalGenerator': 'kind',
+    'ConditionalKind': 'kind',
     'ConditionalOptions': 'kind',
-    'ConditionalShardGenerator': 'generator',
+    'ConditionalSamplingJob': 'sampling',
     'DEFAULT_GUIDANCE_SCALE': 'config',
     'DEFAULT_SAMPLE_STEPS': 'config',
     'DataParallel': 'training',
@@ -60,8 +60,7 @@ _HOMES: dict[str, str] = {
     'RUNTIME_FIELDS': 'config',
     'SAMPLERS': 'config',
     'SCHEDULER_CONFIG_FILE': 'folder',
-    'SamplingJob': 'generator',
-    'SamplingPlan': 'generator',
+    'SamplingPlan': 'sampling',
     'StepCallback': 'training',
     'TrainConfig': 'config',
     'TrainingData': 'training',
@@ -83,13 +82,12 @@ _HOMES: dict[str, str] = {
     'noise_scheduler_config': 'model',
     'preset': 'config',
     'read_model_info': 'folder',
-    'sample': 'generator',
-    'sample_shards': 'generator',
+    'sample': 'sampling',
+    'sample_shards': 'sampling',
     'to_pil': 'pipeline',
     'train': 'training',
     'train_config_from_dict': 'config',
     'unet_config': 'model',
-    'write_shards': 'generator',
 }
 
 __all__ = sorted(_HOMES)

@@ -27,6 +27,7 @@ from typing import Any, Mapping
 
 import torch
 
+from imgsynth.compute import resolve_device
 from imgsynth.imageset import ImageSet
 from imgsynth.pipelines import device as devices
 from imgsynth.pipelines.conditional.config import (TrainConfig, _is_int, _json_kind, _jsonable, _short,
@@ -300,7 +301,7 @@ def load_model(model_dir: str | os.PathLike, device: str | None = None) -> Loade
     from diffusers import DDPMScheduler
 
     folder = Path(model_dir).absolute()
-    resolved = devices.resolve_device(device)
+    resolved = resolve_device(device)
     info, _, size = check_model_dir(folder, resolved)
     layout = ModelLayout.of(folder)
     weights = layout.weights

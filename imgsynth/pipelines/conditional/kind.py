@@ -7,61 +7,100 @@ listing kinds stays fast.
 from __future__ import annotations
 
 import dataclasses
-import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from imgsynth.pipelines.conditional.config import (AUTO, PRESETS, TrainConfig, auto_preset, check_sampling,
                                                    preset)
+from imgsynth.pipelines.base import GeneratorKind
 from imgsynth.pipelines.work import DEFAULT_SHARD_SIZE
 
 if TYPE_CHECKING:
     from imgsynth.imageset import ImageSet
-    from imgsynth.pipelines.conditional.generator import ConditionalShardGenerator
-
-# TrainConfig fields that are not training overrides: the preset's name and the seed (the caller's) are set by
-# the kind; guidance_scale, sample_steps and sampler are options of sampling, so changing them never retrains.
-_OWN_FIELDS = ("preset", "seed", "guidance_scale", "sample_steps", "sampler")
+    from imgsynth.pipelines.conditional.sampling import ConditionalSamplingJob
+    from imgsynth.pipelines.conditional.training import DataParallel
 
 
-def _options_type() -> type:
-    """``ConditionalOptions``: ``preset``, the sampling options, and every other ``TrainConfig`` field as an
-    optional override of the preset (None: the preset's value; image_size and channels: the data's)."""
-    training = [(f.name, f"{f.type} | None", dataclasses.field(default=None))
-                for f in dataclasses.fields(TrainConfig) if f.name not in _OWN_FIELDS]
-    fields = [("preset", "str", dataclasses.field(default="digits16-cpu")),
-              ("guidance_scale", "float | None", dataclasses.field(default=None)),
-              ("sample_steps", "int | None", dataclasses.field(default=None)),
-              ("sampler", "str | None", dataclasses.field(default=None)),
-              ("noise_temperature", "float", dataclasses.field(default=1.0)),
-              ("sample_batch_size", "int", dataclasses.field(default=64)),
-              ("shard_size", "int", dataclasses.field(default=DEFAULT_SHARD_SIZE)), *training]
-    options = dataclasses.make_dataclass("ConditionalOptions", fields, namespace={"validate": _validate_options})
-    options.__module__ = __name__
-    options.__doc__ = _options_type.__doc__
-    return options
+@dataclass
+class ConditionalOptions:
+    """The ``conditional`` kind's options: ``preset`` (or ``auto``: chosen from the data and the device), the
+    sampling settings (None: the model's own defaults, which its preset set at training), and every other
+    ``TrainConfig`` field as an optional override of the preset (None: the preset's value; ``image_size``
+    and ``channels``: the data's). ``train_steps`` is ``TrainConfig.steps`` (optimizer steps), kept apart
+    by name from ``sample_steps``."""
+
+    preset: str = "digits16-cpu"
+    # sampling
+    guidance_scale: float | None = None
+    sample_steps: int | None = None
+    sampler: str | None = None
+    noise_temperature: float = 1.0
+    sample_batch_size: int = 64
+    shard_size: int = DEFAULT_SHARD_SIZE
+    # training overrides (TrainConfig's fields, checked by TrainConfig.validate)
+    image_size: int | None = None
+    channels: int | None = None
+    patch_size: int | None = None
+    block_out_channels: tuple[int, ...] | None = None
+    layers_per_block: int | None = None
+    attention_levels: tuple[int, ...] | None = None
+    mid_block: bool | None = None
+    norm_num_groups: int | None = None
+    dropout: float | None = None
+    hflip: bool | None = None
+    train_steps: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    lr_schedule: str | None = None
+    warmup_steps: int | None = None
+    grad_clip: float | None = None
+    ema_decay: float | None = None
+    ema_power: float | None = None
+    label_dropout: float | None = None
+    num_train_timesteps: int | None = None
+    beta_schedule: str | None = None
+    prediction_type: str | None = None
+    snr_gamma: float | None = None
+    device: str | None = None
+    checkpoint_every: int | None = None
+    keep_checkpoints: bool | None = None
+    mixed_precision: bool | None = None
+    compile: bool | None = None
+
+    def validate(self) -> ConditionalOptions:
+        """Check the options as far as they can be checked without the data: the preset with the overrides."""
+        if self.preset not in PRESETS and self.preset != AUTO:
+            raise ValueError(f"preset {self.preset!r} is not a conditional preset; known: {[*PRESETS, AUTO]}")
+        train_config(self, image_size=None, channels=None, seed=0)
+        if self.sample_batch_size is None or self.sample_batch_size < 1:
+            raise ValueError(f"sample_batch_size must be at least 1, got {self.sample_batch_size!r}")
+        check_sampling(self.guidance_scale, self.sample_steps, self.sampler, self.noise_temperature, self.shard_size)
+        return self
 
 
-def _validate_options(options: Any) -> Any:
-    """Check the options as far as they can be checked without the data: the preset with the overrides."""
-    if options.preset not in PRESETS and options.preset != AUTO:
-        raise ValueError(f"preset {options.preset!r} is not a conditional preset; known: {[*PRESETS, AUTO]}")
-    train_config(options, image_size=None, channels=None, seed=0)
-    if options.sample_batch_size is None or options.sample_batch_size < 1:
-        raise ValueError(f"sample_batch_size must be at least 1, got {options.sample_batch_size!r}")
-    check_sampling(options.guidance_scale, options.sample_steps, options.sampler, options.noise_temperature,
-                   options.shard_size)
-    return options
+# Options that are not training overrides: the preset names the base config, and the sampling settings change
+# how a model is sampled, never what is trained. The seed is the caller's.
+_SAMPLING_OPTIONS = ("preset", "guidance_scale", "sample_steps", "sampler", "noise_temperature", "sample_batch_size",
+                     "shard_size")
+# An option whose TrainConfig field has another name (TrainConfig.steps, stored so in model folders).
+_TRAIN_CONFIG_NAME = {"train_steps": "steps"}
 
 
-def train_config(options: Any, *, image_size: int | None, channels: int | None, seed: int,
+def training_overrides(options: ConditionalOptions) -> dict[str, Any]:
+    """The TrainConfig fields ``options`` set (under TrainConfig's names)."""
+    return {_TRAIN_CONFIG_NAME.get(f.name, f.name): getattr(options, f.name) for f in dataclasses.fields(options)
+            if f.name not in _SAMPLING_OPTIONS and getattr(options, f.name) is not None}
+
+
+def train_config(options: ConditionalOptions, *, image_size: int | None, channels: int | None, seed: int,
                  on_gpu_machine: Callable[[], bool] | None = None) -> TrainConfig:
     """The training config of ``options``: the preset, the data's image size and channels (when given and not
     set in the options), then the options' overrides. The preset describes capacity and schedule; the data
     decides its own shape. ``auto`` picks the preset from the data and the device (``auto_preset``);
     ``on_gpu_machine`` says whether this machine has a GPU (not asked when checking a recipe: CPU assumed)."""
-    overrides = {f.name: getattr(options, f.name) for f in dataclasses.fields(TrainConfig)
-                 if f.name not in _OWN_FIELDS and getattr(options, f.name) is not None}
+    overrides = training_overrides(options)
     if image_size is not None:
         overrides.setdefault("image_size", image_size)
     if channels is not None:
@@ -74,25 +113,20 @@ def train_config(options: Any, *, image_size: int | None, channels: int | None, 
     return preset(name, seed=seed, **overrides)
 
 
-ConditionalOptions = _options_type()
-
-
-class ConditionalGenerator:
+class ConditionalKind(GeneratorKind):
     """The ``conditional`` kind: train a class-conditional diffusion model, then sample it."""
 
-    kind = "conditional"
+    name = "conditional"
     Options = ConditionalOptions
-    # The flat [generator] fields of older recipes, and the option each one is (experiments.config).
-    recipe_fields = {"preset": "preset", "train_steps": "steps", "batch_size": "batch_size", "lr": "lr",
+    recipe_fields = {"preset": "preset", "train_steps": "train_steps", "batch_size": "batch_size", "lr": "lr",
                      "sample_steps": "sample_steps", "guidance_scale": "guidance_scale",
                      "noise_temperature": "noise_temperature", "sample_batch_size": "sample_batch_size",
                      "device": "device"}
+    renamed_options = {"steps": "train_steps"}
+    options: ConditionalOptions
 
-    def __init__(self, options: Any = None) -> None:
-        self.options = (options or ConditionalOptions()).validate()
-
-    @staticmethod
-    def owns(model: str | os.PathLike) -> bool:
+    @classmethod
+    def owns(cls, model: str | Path) -> bool:
         """Whether ``model`` is a model folder of this kind (``imgsynth_model.json`` is there)."""
         from imgsynth.pipelines.conditional.folder import is_model_dir
 
@@ -104,7 +138,7 @@ class ConditionalGenerator:
         return train_config(self.options, image_size=image_size, channels=channels, seed=0)
 
     def fit(self, train_set: ImageSet, out: Path, seed: int, progress: bool = True, *,
-            parallel: Any = None) -> Path:
+            parallel: DataParallel | None = None) -> Path:
         """Train on ``train_set`` (image size and channels from the set unless the options set them)."""
         from imgsynth.pipelines.conditional.training import train
 
@@ -114,28 +148,16 @@ class ConditionalGenerator:
                               channels=1 if mode == "L" else 3, seed=seed, on_gpu_machine=_cuda_available)
         return train(train_set, out, config, progress=progress, parallel=parallel)
 
-    def sampling(self) -> dict[str, Any]:
-        """``sample``'s keyword arguments from the options."""
+    def job(self, model_dir: Path, per_class: int, seed: int, generation: int | None = None,
+            classes: Sequence[str] | None = None) -> ConditionalSamplingJob:
+        """Sampling the model at ``model_dir`` with the options' sampling settings."""
+        from imgsynth.pipelines.conditional.sampling import ConditionalSamplingJob
+
         o = self.options
-        return dict(guidance_scale=o.guidance_scale, steps=o.sample_steps, sampler=o.sampler,
-                    noise_temperature=o.noise_temperature, device=o.device, shard_size=o.shard_size)
-
-    def sample(self, model_dir: Path, out: Path, per_class: int, seed: int, generation: int | None = None,
-               progress: bool = True, classes: Sequence[str] | None = None) -> ImageSet:
-        """``per_class`` images of every class (or of ``classes``) of the model at ``model_dir``."""
-        from imgsynth.pipelines.conditional.generator import sample
-
-        return sample(model_dir, out, per_class, seed=seed, generation=generation, progress=progress,
-                      batch_size=self.options.sample_batch_size, classes=classes, **self.sampling())
-
-    def shard_generator(self, model_dir: Path, per_class: int, seed: int, generation: int | None = None,
-                        classes: Sequence[str] | None = None) -> ConditionalShardGenerator:
-        """The same job as ``sample``, for a backend (Ray actors, accelerate ranks)."""
-        from imgsynth.pipelines.conditional.generator import ConditionalShardGenerator
-
-        return ConditionalShardGenerator(str(model_dir), per_class, seed=seed, generation=generation,
-                                         batch_size=self.options.sample_batch_size, classes=classes,
-                                         **self.sampling())
+        return ConditionalSamplingJob(str(model_dir), per_class, guidance_scale=o.guidance_scale, steps=o.sample_steps,
+                                      seed=seed, batch_size=o.sample_batch_size, device=o.device,
+                                      noise_temperature=o.noise_temperature, classes=classes, generation=generation,
+                                      shard_size=o.shard_size, sampler=o.sampler)
 
 
 def _cuda_available() -> bool:

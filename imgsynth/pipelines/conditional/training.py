@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from imgsynth.compute import fast_matmul, resolve_device
 from imgsynth.imageset import ImageSet, ImageSetError
 from imgsynth.locking import folder_lock
 from imgsynth.notes import Note
@@ -255,9 +256,9 @@ def _train(image_set: ImageSet | str | os.PathLike, out_dir: str | os.PathLike, 
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: exists and is not a folder")
     data = load_training_data(image_set, config)
-    device = devices.resolve_device(config.device)
+    device = resolve_device(config.device)
     cuda_devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda_devices):
+    with torch.random.fork_rng(devices=cuda_devices), fast_matmul(device):
         torch.manual_seed(config.seed)  # weight initialisation (and dropout, in the GPU presets)
         stats = _fit(data, out, config, identity, device, progress, callback, parallel)
     if parallel is None or parallel.rank == 0:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 
+from imgsynth.compute import resolve_device
 from imgsynth.provenance import sha256_file
 from imgsynth.safe_loading import UnsafeFileError, pickle_files, refusing_pickles
 
@@ -37,13 +38,6 @@ def default_sampling(model: str | os.PathLike) -> tuple[int, float]:
     """(steps, guidance scale) when the user gives none: 4 steps unguided for turbo-like models, else 30 at 7.5."""
     return (FEW_STEP_STEPS, FEW_STEP_GUIDANCE) if FEW_STEP_MODELS.search(str(model)) else \
         (DEFAULT_STEPS, DEFAULT_GUIDANCE)
-
-
-def resolve_device(device: str | None = None) -> str:
-    """``device`` as given (checked), else CUDA when available, else CPU; as a string like ``"cuda"``."""
-    from imgsynth.pipelines.device import resolve_device as resolve
-
-    return str(resolve(device))
 
 
 def resolve_dtype(dtype: str | None, device: str) -> Any:
@@ -81,7 +75,7 @@ def load_text2image_pipeline(model: str | os.PathLike, *, device: str | None = N
 
     name = str(model)
     path = Path(name).expanduser()
-    device = resolve_device(device)
+    device = str(resolve_device(device))
     torch_dtype = resolve_dtype(dtype, device)
     if path.exists():
         if not (path / "model_index.json").is_file():

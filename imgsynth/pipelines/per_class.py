@@ -1,0 +1,239 @@
+"""Kinds fitted class by class, in closed form, to flattened uint8 pixels (``gaussian``, ``kde``).
+
+A subclass of :class:`PerClassKind` gives ``name``, ``Options`` (a dataclass with ``validate()`` and
+``shard_size``), ``fit_class(points) -> arrays`` and ``draw(arrays, rng) -> flat pixel values``; fitting
+(locked, returning at once when done), the model folder (``model.safetensors`` plus
+``imgsynth_model_info.json``, hash-checked on load) and the sampling job (:class:`PerClassJob`) are
+shared here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
+
+import numpy as np
+
+from imgsynth.generator_record import GeneratorRecord
+from imgsynth.imageset import ImageSet, Sample
+from imgsynth.pipelines.base import MODEL_INFO, GeneratorKind, read_model_info
+from imgsynth.pipelines.sharding import SetJob, SetSpec
+from imgsynth.pipelines.work import WorkItem, balanced_work
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+MODEL_WEIGHTS = "model.safetensors"
+
+
+def write_model(out: Path, kind: str, tensors: Mapping[str, np.ndarray], info: Mapping[str, Any]) -> Path:
+    """Write a fitted model folder: ``model.safetensors`` (numpy arrays) then the info JSON, which marks it whole.
+
+    The info records the kind, the weights' sha256 and the software; callers add classes, options, parent.
+    """
+    import json
+    import os
+
+    from safetensors.numpy import save_file
+
+    from imgsynth.provenance import sha256_file, software_versions
+
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{MODEL_WEIGHTS}.tmp"
+    save_file({k: v for k, v in tensors.items()}, str(tmp))
+    os.replace(tmp, out / MODEL_WEIGHTS)
+    record = {**info, "kind": kind, "weights_sha256": sha256_file(out / MODEL_WEIGHTS),
+              "software": software_versions()}
+    tmp = out / f".{MODEL_INFO}.tmp"
+    tmp.write_text(json.dumps(record, indent=2), encoding="utf-8")
+    os.replace(tmp, out / MODEL_INFO)
+    return out
+
+
+def read_model(model_dir: Path, kind: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """(info, per-class arrays) of a model folder :func:`write_model` wrote; the weights' hash is checked.
+
+    Tensor names are ``<class index>.<name>``; the result maps each class name to its arrays.
+    """
+
+    from safetensors.numpy import load_file
+
+    from imgsynth.provenance import sha256_file
+
+    model_dir = Path(model_dir)
+    info_path = model_dir / MODEL_INFO
+    if not info_path.is_file():
+        raise ValueError(f"{model_dir}: not a {kind} model folder ({MODEL_INFO} is missing)")
+    info = read_model_info(info_path)
+    if info.get("kind") != kind:
+        raise ValueError(f"{info_path}: a {info.get('kind')!r} model, not {kind!r}")
+    weights = model_dir / MODEL_WEIGHTS
+    if not weights.is_file() or sha256_file(weights) != info.get("weights_sha256"):
+        raise ValueError(f"{weights}: missing, or its content does not match the sha256 recorded in {MODEL_INFO}")
+    parameters: dict[str, dict[str, Any]] = {}
+    for key, value in load_file(str(weights)).items():
+        index, _, name = key.partition(".")
+        parameters.setdefault(info["classes"][int(index)], {})[name] = value
+    return info, parameters
+
+
+def finished_fit(out: Path, record: Mapping[str, Any]) -> bool:
+    """True when ``out`` already holds the model of this fit (``record``'s fields match); another fit there
+    is an error, so a changed recipe never silently reuses a model."""
+
+    info_path = Path(out) / MODEL_INFO
+    if not info_path.is_file():
+        return False
+    done = read_model_info(info_path)
+    if {k: done.get(k) for k in record} != dict(record):
+        raise ValueError(f"{out}: already holds a model fitted to another set or with other options")
+    return True
+
+
+def fit_record(train_set: ImageSet, out: Path, options: Any) -> dict[str, Any]:
+    """What identifies a fit: the training set and the options (plus where the training set is)."""
+    return {"training_set": train_set.id, "options": dataclasses.asdict(options), "classes": train_set.classes,
+            "image_shape": [int(v) for v in np.asarray(train_set.load_image(0)).shape],
+            "parent": {"id": train_set.id, "path": os.path.relpath(train_set.root, Path(out).absolute()),
+                       "kind": train_set.kind}}
+
+
+def set_arguments(model_dir: Path, out: Path, info: Mapping[str, Any], classes: list[str], per_class: int,
+                  seed: int, generation: int | None, pipeline: str) -> dict[str, Any]:
+    """The ImageSetWriter arguments of a per-class kind's sampled set (its generator record and config)."""
+    model_dir, out = Path(model_dir).absolute(), Path(out).absolute()
+    parent = (model_dir / info["parent"]["path"]).resolve()
+    return dict(
+        classes=list(info["classes"]), kind="generated",
+        parents=[{"id": info["parent"]["id"], "path": os.path.relpath(parent, out), "kind": info["parent"]["kind"]}],
+        generator=GeneratorRecord(info["kind"], pipeline, str(model_dir), info["weights_sha256"], seed,
+                                  settings={"options": info["options"]}).to_dict(),
+        config={"per_class": per_class, "generation": generation, "classes": classes},
+        license={"name": "generated", "note": f"sampled from a {info['kind']} model fitted to the parent set; "
+                 "the parent's license terms apply"})
+
+
+def to_image(pixels: np.ndarray, shape: list[int]) -> Image.Image:
+    """Round and clip a flat float vector of pixel values to a uint8 image of ``shape`` (H, W[, 3])."""
+    from PIL import Image
+
+    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8).reshape(shape))
+
+
+class PerClassKind(GeneratorKind):
+    """A kind fitted class by class, in closed form, to the flattened uint8 pixels of each class."""
+
+    # The ``pipeline`` a sampled set's generator record names. Sets written before the kinds were renamed
+    # recorded the class name of the time (``GaussianGenerator``); keeping it lets those sets be found
+    # finished when a run resumes.
+    pipeline: ClassVar[str]
+
+    def fit_class(self, points: np.ndarray) -> dict[str, np.ndarray]:
+        """The arrays that describe one class, from its flattened images (N, D)."""
+        raise NotImplementedError
+
+    def draw(self, parameters: Mapping[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
+        """One image's flat pixel values, drawn with ``rng`` from a class's arrays."""
+        raise NotImplementedError
+
+    def fit(self, train_set: ImageSet, out: Path, seed: int, progress: bool = True) -> Path:
+        """Fit every class of ``train_set`` (deterministic: ``seed`` is unused); returns ``out``."""
+        from imgsynth.locking import folder_lock
+
+        out = Path(out)
+        with folder_lock(out):
+            record = fit_record(train_set, out, self.options)
+            if finished_fit(out, record):
+                return out
+            flat = train_set.as_array().reshape(len(train_set), -1)
+            labels = np.asarray(train_set.labels)
+            tensors: dict[str, np.ndarray] = {}
+            for index in range(len(train_set.classes)):
+                points = flat[labels == index]
+                if len(points):  # a class lost in an earlier generation stays lost
+                    tensors.update({f"{index}.{k}": v for k, v in self.fit_class(points).items()})
+            return write_model(out, self.name, tensors, record)
+
+    @classmethod
+    def load(cls, model_dir: Path) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
+        """(info, per-class arrays) of a fitted model, the weights checked against the recorded hash."""
+        return read_model(model_dir, cls.name)
+
+    @classmethod
+    def owns(cls, model: str | Path) -> bool:
+        """Whether ``model`` is a folder this kind fitted (its info file names the kind)."""
+        info = Path(model) / MODEL_INFO
+        return info.is_file() and read_model_info(info).get("kind") == cls.name
+
+    @classmethod
+    def options_for_model(cls, model: str | Path) -> dict[str, Any]:
+        """The options the model was fitted with (sampling takes them as they are)."""
+        return dict(read_model_info(Path(model) / MODEL_INFO).get("options") or {})
+
+    def drawer(self, model_dir: Path) -> tuple[dict[str, Any], list[str], Callable[[WorkItem], Image.Image]]:
+        """(info, the fitted classes, the function making one work item's image) of a fitted model."""
+        info, parameters = self.load(model_dir)
+        shape = info["image_shape"]
+
+        def image(item: WorkItem) -> Image.Image:
+            return to_image(self.draw(parameters[item.label], np.random.default_rng(item.seed)), shape)
+
+        return info, [c for c in info["classes"] if c in parameters], image
+
+    def job(self, model_dir: Path, per_class: int, seed: int, generation: int | None = None,
+            classes: Sequence[str] | None = None) -> PerClassJob:
+        """``per_class`` images of every fitted class (or of ``classes``), each drawn from its own seed."""
+        return PerClassJob(self, str(Path(model_dir).absolute()), per_class, seed, generation,
+                           None if classes is None else list(classes))
+
+
+def chosen_classes(fitted: list[str], classes: list[str] | None) -> list[str]:
+    """``classes`` (in the order asked, once each) when the model knows them all; every fitted class when None."""
+    if classes is None:
+        return fitted
+    unknown = [c for c in classes if c not in fitted]
+    if unknown or not classes:
+        raise ValueError(f"classes {unknown or classes} are not classes of this model; it knows {fitted}")
+    return list(dict.fromkeys(classes))
+
+
+@dataclasses.dataclass
+class PerClassJob(SetJob):
+    """A per-class kind's sampling job: one image per work item, drawn from its class's arrays."""
+
+    kind: PerClassKind
+    model_dir: str
+    per_class: int
+    seed: int
+    generation: int | None = None
+    classes: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        self.shard_size = self.kind.options.shard_size
+        self._image: Callable[[WorkItem], Image.Image] | None = None
+        self._chosen: list[str] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_image": None}  # workers load the model themselves
+
+    def spec(self, out: Path) -> SetSpec:
+        info, fitted, self._image = self.kind.drawer(Path(self.model_dir))
+        self._chosen = chosen_classes(fitted, self.classes)
+        return SetSpec(**set_arguments(Path(self.model_dir), out, info, self._chosen, self.per_class, self.seed,
+                                       self.generation, self.kind.pipeline))
+
+    def work(self) -> list[WorkItem]:
+        if self._chosen is None:
+            raise RuntimeError("PerClassJob.work() needs spec(out) first")
+        return balanced_work(self._chosen, self.per_class, self.seed)
+
+    def load(self) -> None:
+        if self._image is None:
+            _, _, self._image = self.kind.drawer(Path(self.model_dir))
+
+    def generate(self, items: Sequence[WorkItem]) -> list[Sample]:
+        assert self._image is not None, "load() first"
+        return [Sample(self._image(item), item.label, seed=item.seed, image_id=item.image_id,
+                       extra={"generation": self.generation}) for item in items]

@@ -72,7 +72,6 @@ def lora_parents(lora: Mapping[str, Any] | None, out: Path) -> list[dict[str, An
     return [entry]
 
 
-# The ``text2image`` kind of the generator registry (``imgsynth.pipelines.base.GENERATORS``).
 
 
 def generate_text2image(model: str | os.PathLike, out: str | os.PathLike, *, per_class: int = 10, seed: int = 0,

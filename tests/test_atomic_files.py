@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from imgsynth.atomic_files import (atomic_path, temporary_sibling, write_bytes_atomic, write_json_atomic,
-                                   write_text_atomic)
+from imgsynth.atomic_files import (atomic_folder, atomic_path, temporary_sibling, write_bytes_atomic,
+                                   write_json_atomic, write_text_atomic)
 
 
 class Interrupted(Exception):
@@ -61,3 +61,21 @@ def test_temporary_names_are_hidden_and_differ_between_threads(tmp_path):
     thread.start()
     thread.join()
     assert other[0] != here
+
+
+def test_a_folder_appears_whole_or_not_at_all(tmp_path):
+    out = tmp_path / "export"
+    with pytest.raises(Interrupted):
+        with atomic_folder(out) as partial:
+            assert partial == tmp_path / ".export.partial" and partial.is_dir()
+            (partial / "part-0").write_text("half", encoding="utf-8")
+            raise Interrupted
+    assert list(tmp_path.iterdir()) == []  # neither the target nor the partial folder
+
+    (tmp_path / ".export.partial").mkdir()
+    (tmp_path / ".export.partial" / "stale").write_text("from a killed writer", encoding="utf-8")
+    out.mkdir()  # an empty folder the caller made is replaced
+    with atomic_folder(out) as partial:
+        (partial / "part-0").write_text("whole", encoding="utf-8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+    assert sorted(p.name for p in out.iterdir()) == ["part-0"]

@@ -3,11 +3,10 @@ into a hidden sibling and renamed into place, so a half-written export is never 
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Callable
 
+from imgsynth.atomic_files import atomic_folder
 from imgsynth.errors import ImageSetError
 from imgsynth.locking import locks_output
 
@@ -27,15 +26,6 @@ def write_folder_atomically(out: Path, write: Callable[[Path], list[Path]]) -> l
     out = out.absolute()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ImageSetError(f"{out}: already exists; remove it or choose another folder for the export")
-    partial = out.parent / f".{out.name}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    try:
+    with atomic_folder(out) as partial:
         names = [p.name for p in write(partial)]
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    if out.exists():
-        out.rmdir()
-    os.rename(partial, out)
     return [out / name for name in names]

@@ -32,12 +32,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from imgsynth.generator_record import generator_name, generator_record
-
 import numpy as np
 from PIL import Image
 
+from imgsynth.atomic_files import atomic_path
 from imgsynth.curation.similarity import Extractor, as_numpy, nearest_neighbours, normalize_rows, resolve_embedding
+from imgsynth.generator_record import generator_name, generator_record
 from imgsynth.imageset import KINDS, MANIFEST, ImageSet, ImageSetError, ImageSetWriter, Sample
 from imgsynth.provenance import lineage
 
@@ -126,7 +126,7 @@ class AuditReport:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         names = [f.name for f in fields(AuditRow)]
-        with open(path, "w", newline="", encoding="utf-8") as handle:
+        with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=names)
             writer.writeheader()
             for row in self.rows:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import imgsynth.imageset as imageset_module
+import imgsynth.imageset.sets as imageset_module  # the module whose writer commits shards
 from imgsynth.imageset import (ImageSet, ImageSetError, ImageSetWriter, Sample, concatenate,
                                stratified_split_indices, verify)
 from imgsynth.provenance import content_id, sha256_file
@@ -111,7 +111,7 @@ def test_half_written_shard_is_redone_cleanly(tmp_path, monkeypatch):
     """Images of a shard whose metadata never committed are rewritten, and leftovers removed."""
     samples = tiny_samples()
     root = tmp_path / "set"
-    real_commit = imageset_module._atomic_write_text
+    real_commit = imageset_module.write_text_atomic
 
     def die_on_shard_1(path, text):
         if path.name == "shard-000001.jsonl":
@@ -120,12 +120,12 @@ def test_half_written_shard_is_redone_cleanly(tmp_path, monkeypatch):
 
     writer = ImageSetWriter(root, CLASSES)
     writer.write_shard(0, samples[:3])
-    monkeypatch.setattr(imageset_module, "_atomic_write_text", die_on_shard_1)
+    monkeypatch.setattr(imageset_module, "write_text_atomic", die_on_shard_1)
     # The doomed attempt wrote one more image (an id the rerun will not produce) than the real shard.
     leftover = Sample(samples[0].image, "a", "", None, "left-behind")
     with pytest.raises(Crash):
         writer.write_shard(1, [*samples[3:6], leftover])
-    monkeypatch.setattr(imageset_module, "_atomic_write_text", real_commit)
+    monkeypatch.setattr(imageset_module, "write_text_atomic", real_commit)
     assert (tmp_path / ".set.partial" / "images" / "a" / "left-behind.png").exists()
 
     rerun = ImageSetWriter(root, CLASSES)

@@ -440,11 +440,11 @@ def test_verify_reports_an_unlisted_symlinked_folder_inside_images(run_cli, tmp_
 def test_a_full_disk_is_one_line_and_the_partial_stays_resumable(run_cli, tiny_model, tmp_path, monkeypatch):
     import errno
 
-    from imgsynth import imageset
+    from imgsynth.imageset import sets as imageset  # the module whose writer commits shards
 
     out = tmp_path / "samples"
     calls = {"n": 0}
-    real_write = imageset._atomic_write_text
+    real_write = imageset.write_text_atomic
 
     def fill_up(path: Path, text: str) -> None:
         calls["n"] += 1
@@ -452,12 +452,12 @@ def test_a_full_disk_is_one_line_and_the_partial_stays_resumable(run_cli, tiny_m
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real_write(path, text)
 
-    monkeypatch.setattr(imageset, "_atomic_write_text", fill_up)
+    monkeypatch.setattr(imageset, "write_text_atomic", fill_up)
     code, _, err = run_cli("generate", tiny_model, out, "--per-class", "20", "--no-progress")
     assert_one_error_line(code, err, "no space left on the device", "shard-", status=1)  # not the input's fault
     done = len(list((tmp_path / ".samples.partial" / "shards").glob("shard-*.jsonl")))
     assert done >= 1
-    monkeypatch.setattr(imageset, "_atomic_write_text", real_write)
+    monkeypatch.setattr(imageset, "write_text_atomic", real_write)
     code, _, err = run_cli("generate", tiny_model, out, "--per-class", "20", "--no-progress")
     assert code == 0, err
     fresh = tmp_path / "fresh"

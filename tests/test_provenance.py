@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imgsynth.exports import CROISSANT_CONFORMS_TO, croissant_metadata, write_croissant
 from imgsynth.imageset import ImageSet, ImageSetWriter, Sample, concatenate
-from imgsynth.provenance import (CROISSANT_CONFORMS_TO, LICENSES, classify_license, content_id,
-                                 croissant_metadata, lineage, model_license, read_card_license, sha256_file,
-                                 write_croissant)
+from imgsynth.provenance import (LICENSES, classify_license, content_id, lineage, model_license, read_card_license,
+                                 sha256_file)
 
 
 def write(root: Path, seed: int, *, parents=(), kind="real", generator=None, license=None) -> ImageSet:

@@ -77,9 +77,10 @@ def export_command(
     path: Path = typer.Argument(..., help="An ImageSet folder."),
     out: Optional[Path] = typer.Argument(None, help="Output folder (parquet, webdataset) or file (croissant: "
                                                     "in SET or a folder above it; default SET/croissant.json)."),
-    fmt: str = typer.Option(..., "--format", help=f"One of: {', '.join(EXPORT_FORMATS)}."),
+    fmt: str = typer.Option(..., "--format", help=f"A registered export format: {', '.join(EXPORT_FORMATS.names())}."),
 ) -> None:
-    """Export a set as parquet, WebDataset tar shards, or a Croissant 1.1 JSON-LD description."""
+    """Export a set as parquet, WebDataset tar shards, a Croissant 1.1 JSON-LD description, or any other
+    registered export format (imgsynth.exports.EXPORT_FORMATS)."""
     image_set = ImageSet.open(path)
     for written in export(image_set, fmt, out):
         typer.echo(str(written))

@@ -1,28 +1,17 @@
-"""The ImageSet: a labeled image collection on disk, the unit every stage of imgsynth hands to the next.
+"""The two sides of one set on disk: :class:`ImageSetWriter` makes a set, :class:`ImageSet` is an opened one.
 
-Layout (see ARCHITECTURE.md)::
-
-    <set>/
-      images/<label>/<image_id>.png   torchvision ImageFolder reads this as it is
-      metadata.jsonl                  one row per image; Hugging Face "imagefolder" reads it as it is
-      imageset.json                   the manifest
-
-Writes go to a hidden sibling folder ``.<name>.partial`` in shards; each shard's metadata is written
-atomically after its images, so a killed writer resumes from the last whole shard. ``finalize`` writes
-the manifest and renames the folder into place, so a half-written set is never mistaken for a whole one.
+They share a module because each needs the other: ``finalize`` opens the set it wrote, and
+``subset``/``split`` write the sets they select. Kept apart they would import each other, and
+modules of imgsynth do not import in circles.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import re
 import shutil
-import threading
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
@@ -30,132 +19,21 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from imgsynth.atomic_files import write_text_atomic
+from imgsynth.dataset_card import CARD, card_text, column_types
 from imgsynth.errors import ImageSetError
-from imgsynth.notes import Note
-from imgsynth.image_files import ImageFileError, check_sha256, decode_image, read_regular_file
+from imgsynth.image_files import check_sha256, decode_image, read_regular_file
+from imgsynth.imageset.layout import FORMAT_VERSION, IMAGES, JOB, MANIFEST, METADATA, partial_dir, shard_name
+from imgsynth.imageset.metadata import read_metadata, read_set_file
+from imgsynth.imageset.names import check_image_id, check_label
+from imgsynth.imageset.png import encode_png
+from imgsynth.imageset.records import BASE_COLUMNS, ImageRecord, Sample
+from imgsynth.imageset.splitting import stratified_split_indices
+from imgsynth.imageset.verification import VerifyReport, verify
 from imgsynth.locking import FolderLock, acquire, release
-from imgsynth.dataset_card import CARD, card_classes, card_text, column_types
-from imgsynth.set_schema import (KINDS, SORTED, check_manifest, class_order, label_order, label_problem,
-                                 manifest_problems, parse_json, row_problems)
-from imgsynth.provenance import content_id, license_record, sha256_bytes, sha256_file, software_versions
-
-FORMAT_VERSION = 1
-MANIFEST = "imageset.json"
-METADATA = "metadata.jsonl"
-IMAGES = "images"
-# Columns every metadata row carries, in this order; generators add their own after these.
-BASE_COLUMNS = ("file_name", "label", "caption", "seed", "sha256")
-JOB = "job.json"  # inside the partial folder: what the unfinished write is for
-# Files a finished set may hold at its root besides images/ (verify reports anything else as stray).
-ROOT_FILES = (MANIFEST, METADATA, "croissant.json", CARD)
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One image to be written: pixels (a PIL image or already-encoded PNG bytes) and its labels."""
-
-    image: Image.Image | bytes
-    label: str
-    caption: str = ""
-    seed: int | None = None
-    image_id: str | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    """One row of ``metadata.jsonl``."""
-
-    file_name: str
-    label: str
-    caption: str
-    seed: int | None
-    sha256: str
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-    def to_row(self) -> dict[str, Any]:
-        return {"file_name": self.file_name, "label": self.label, "caption": self.caption,
-                "seed": self.seed, "sha256": self.sha256, **self.extra}
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> ImageRecord:
-        extra = {k: v for k, v in row.items() if k not in BASE_COLUMNS}
-        return cls(file_name=row["file_name"], label=row["label"], caption=row.get("caption") or "",
-                   seed=row.get("seed"), sha256=row["sha256"], extra=extra)
-
-
-# --------------------------------------------------------------------------------------------- names
-
-def check_label(label: Any, where: str) -> str:
-    """Return ``label`` if it can name a folder inside the set, else raise naming ``where``."""
-    problem = label_problem(label)
-    if problem:
-        raise ImageSetError(f"{where}: {problem}")
-    return label
-
-
-def check_image_id(image_id: str, where: str) -> str:
-    if not image_id or image_id in (".", "..") or any(c in image_id for c in "/\\\x00"):
-        raise ImageSetError(f"{where}: image id {image_id!r} is not a plain file name")
-    return image_id
-
-
-def resolve_inside(root: Path, file_name: Any, where: str, real_root: str | None = None,
-                   known_real_folders: set[str] | None = None) -> Path:
-    """The path a metadata ``file_name`` names, refusing names that escape the set or pass a symbolic link.
-
-    ``real_root`` is ``os.path.realpath(root)`` when the caller knows it (it is the same for every row);
-    ``known_real_folders`` remembers folders already found free of links, so a set's few class folders
-    are resolved once and each file costs one ``lstat``.
-    """
-    if not isinstance(file_name, str) or not file_name or "\x00" in file_name:
-        raise ImageSetError(f"{where}: file_name must be a non-empty string without NUL, got {file_name!r}")
-    if file_name.startswith(("/", "\\")) or os.path.isabs(file_name) or "\\" in file_name:
-        raise ImageSetError(f"{where}: file_name {file_name!r} is absolute; it must be relative to the set")
-    parts = Path(file_name).parts
-    if ".." in parts or not parts or parts[0] != IMAGES:
-        raise ImageSetError(f"{where}: file_name {file_name!r} escapes the set's {IMAGES}/ folder")
-    real_root = real_root or os.path.realpath(root)
-    lexical = os.path.normpath(os.path.join(real_root, file_name))
-    folder = os.path.dirname(lexical)
-    linked = False
-    if known_real_folders is None or folder not in known_real_folders:
-        linked = os.path.realpath(folder) != folder
-        if not linked and known_real_folders is not None:
-            known_real_folders.add(folder)
-    if linked or os.path.islink(lexical):
-        # A link could point anywhere, and torchvision's ImageFolder would follow it too.
-        real = os.path.realpath(lexical)
-        where_to = "that resolves outside the set" if not real.startswith(real_root + os.sep) else "inside the set"
-        raise ImageSetError(f"{where}: file_name {file_name!r} is a symbolic link (or lies behind one) {where_to}; "
-                            "an ImageSet holds regular files only")
-    return root / file_name
-
-
-# --------------------------------------------------------------------------------------------- encoding
-
-def encode_png(image: Image.Image) -> bytes:
-    """Encode deterministically: no metadata chunks, fixed compression, so equal pixels give equal bytes."""
-    if image.mode not in ("L", "RGB"):
-        image = image.convert("RGB")
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=False, compress_level=6)
-    return buffer.getvalue()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    # A name of its own per writer process: workers of one job may commit into the same folder at once.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _partial_dir(root: Path) -> Path:
-    return root.parent / f".{root.name}.partial"
-
-
-def _shard_name(index: int) -> str:
-    return f"shard-{index:06d}.jsonl"
+from imgsynth.notes import Note
+from imgsynth.provenance import content_id, license_record, sha256_bytes, software_versions
+from imgsynth.set_schema import KINDS, SORTED, check_manifest, class_order, label_order, parse_json
 
 
 def _json_default(value: Any) -> Any:
@@ -207,7 +85,7 @@ class ImageSetWriter:
         self.config = dict(config or {})
         self.license = license_record(license)
         self.annotations = dict(annotations or {})
-        self.partial = _partial_dir(self.root)
+        self.partial = partial_dir(self.root)
         self._classes_set = set(self.classes)
         # Workers of one job (Ray actors, accelerate ranks) write into the partial their driver holds.
         self._joined = locked_by_driver
@@ -260,7 +138,7 @@ class ImageSetWriter:
                 shutil.rmtree(self.partial)
         (self.partial / "shards").mkdir(parents=True, exist_ok=True)
         if not job_path.is_file():
-            _atomic_write_text(job_path, job)
+            write_text_atomic(job_path, job)
 
     @property
     def done_shards(self) -> set[int]:
@@ -284,7 +162,7 @@ class ImageSetWriter:
                                        None if sample.seed is None else int(sample.seed),
                                        sha256_bytes(data), dict(sample.extra)))
         lines = "".join(json.dumps(r.to_row(), default=_json_default) + "\n" for r in records)
-        _atomic_write_text(self.partial / "shards" / _shard_name(index), lines)
+        write_text_atomic(self.partial / "shards" / shard_name(index), lines)
         return records
 
     def write_all(self, samples: Iterable[Sample], shard_size: int = 1024) -> None:
@@ -318,7 +196,7 @@ class ImageSetWriter:
             raise ImageSetError(f"{self.partial}: shards {missing} were never written; cannot finalize")
         rows: list[dict[str, Any]] = []
         for i in shard_indices:
-            text = (self.partial / "shards" / _shard_name(i)).read_text(encoding="utf-8")
+            text = (self.partial / "shards" / shard_name(i)).read_text(encoding="utf-8")
             rows.extend(json.loads(line) for line in text.splitlines() if line.strip())
         if not rows:
             raise ImageSetError(f"{self.root}: no images were written; an ImageSet cannot be empty")
@@ -334,10 +212,10 @@ class ImageSetWriter:
         manifest = self._manifest(records)
         if self.root.exists() and any(self.root.iterdir()):
             return self._settle_existing(manifest["id"])
-        _atomic_write_text(self.partial / METADATA,
-                           "".join(json.dumps(r, default=_json_default) + "\n" for r in rows))
-        _atomic_write_text(self.partial / MANIFEST, json.dumps(manifest, indent=2, default=_json_default))
-        _atomic_write_text(self.partial / CARD, card_text(manifest["id"], self.classes, column_types(rows, columns)))
+        write_text_atomic(self.partial / METADATA,
+                          "".join(json.dumps(r, default=_json_default) + "\n" for r in rows))
+        write_text_atomic(self.partial / MANIFEST, json.dumps(manifest, indent=2, default=_json_default))
+        write_text_atomic(self.partial / CARD, card_text(manifest["id"], self.classes, column_types(rows, columns)))
         shutil.rmtree(self.partial / "shards")
         (self.partial / JOB).unlink()
         self.root.parent.mkdir(parents=True, exist_ok=True)
@@ -445,7 +323,7 @@ class ImageSet:
         """Open a finalized set, checking manifest and metadata structure (not pixels: see ``verify``)."""
         root = Path(path).absolute()
         if not root.is_dir():
-            partial = _partial_dir(root)
+            partial = partial_dir(root)
             hint = f" (an unfinished write is in {partial})" if partial.exists() else ""
             raise ImageSetError(f"{root}: no such ImageSet folder{hint}")
         manifest_path = root / MANIFEST
@@ -627,333 +505,3 @@ def _to_tensor(image: Image.Image) -> Any:
     else:
         array = array.transpose(2, 0, 1)
     return torch.from_numpy(array.copy()).float().div_(255.0)
-
-
-def read_set_file(root: Path, name: str) -> bytes:
-    """A file at the set's root (manifest or metadata), refused when it is a link or not a regular file."""
-    return read_regular_file(root, name, limit=1 << 31)
-
-
-def metadata_lines(root: Path) -> list[tuple[str, bytes]]:
-    """``(file:line, bytes)`` for each line of ``metadata.jsonl`` (decoded per line, so errors have a line)."""
-    path = root / METADATA
-    return [(f"{path}:{number}", line)
-            for number, line in enumerate(read_set_file(root, METADATA).splitlines(), start=1)]
-
-
-def parse_metadata_line(root: Path, where: str, line: bytes, classes: set[str] | None,
-                        real_root: str | None = None, known_real_folders: set[str] | None = None) -> dict[str, Any]:
-    """One metadata row, parsed and checked (schema, path inside ``images/<label>/``), or an error at ``where``."""
-    if not line.strip():
-        raise ImageSetError(f"{where}: blank line")
-    row = parse_json(line, where)
-    if isinstance(row, dict) and isinstance(row.get("file_name"), str):
-        # An escaping name is the first thing to say.
-        resolve_inside(root, row["file_name"], where, real_root, known_real_folders)
-    problems = row_problems(row, classes)
-    if problems:
-        raise ImageSetError(f"{where}: {problems[0]}")
-    return row
-
-
-def read_metadata(root: Path, classes: set[str]) -> list[ImageRecord]:
-    """Parse and structurally check ``metadata.jsonl``: every line JSON, fields present, paths safe."""
-    path = root / METADATA
-    if not path.is_file():
-        raise ImageSetError(f"{path}: missing")
-    records: list[ImageRecord] = []
-    seen: set[str] = set()
-    real_root, folders = os.path.realpath(root), set()
-    for where, line in metadata_lines(root):
-        row = parse_metadata_line(root, where, line, classes, real_root, folders)
-        if row["file_name"] in seen:
-            raise ImageSetError(f"{where}: file_name {row['file_name']!r} appears twice")
-        seen.add(row["file_name"])
-        records.append(ImageRecord.from_row(row))
-    if not records:
-        raise ImageSetError(f"{path}: no images listed; an ImageSet cannot be empty")
-    return records
-
-
-# --------------------------------------------------------------------------------------------- verify
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a set on disk: the file (or ``metadata.jsonl:LINE``) and what is wrong."""
-
-    where: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.where}: {self.message}"
-
-
-@dataclass
-class VerifyReport:
-    """Everything :func:`verify` found; ``ok`` when nothing."""
-
-    root: Path
-    problems: list[Problem] = field(default_factory=list)
-    images_checked: int = 0
-    set_id: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def add(self, where: str | os.PathLike, message: str) -> None:
-        self.problems.append(Problem(str(where), message))
-
-    def summary(self) -> str:
-        if self.ok:
-            return f"{self.root}: ok ({self.images_checked} images, id {self.set_id})"
-        return f"{self.root}: {len(self.problems)} problem(s) found"
-
-    def raise_for_problems(self) -> None:
-        """Raise one ImageSetError listing every problem (for callers that need a valid set)."""
-        if self.problems:
-            raise ImageSetError("\n".join([self.summary(), *map(str, self.problems)]))
-
-
-def verify(path: str | os.PathLike) -> VerifyReport:
-    """Check a set on disk completely and report every problem rather than stopping at the first.
-
-    Checks the manifest (present, valid JSON, fields, classes), every metadata line (JSON, fields,
-    known label, ``file_name`` inside ``images/<label>/``, no repeats), every listed image (present,
-    sha256 as recorded, a PNG that decodes to the end, size as in the manifest), files on disk that
-    metadata does not list, and the manifest's id and counts against the metadata.
-    """
-    root = Path(path).absolute()
-    report = VerifyReport(root)
-    if not root.exists():
-        partial = _partial_dir(root)
-        hint = f" (an unfinished write is in {partial})" if partial.exists() else ""
-        report.add(root, f"no such ImageSet folder{hint}")
-        return report
-    if not root.is_dir():
-        report.add(root, "not a folder")
-        return report
-    if not any(root.iterdir()):
-        report.add(root, f"empty folder: no {MANIFEST}, {METADATA} or {IMAGES}/; not an ImageSet")
-        return report
-    manifest = _verify_manifest(root, report)
-    classes = set(manifest["classes"]) if manifest and isinstance(manifest.get("classes"), list) else None
-    problems_before = len(report.problems)
-    claimed: set[str] = set()
-    rows = _verify_metadata_lines(root, classes, report, claimed)
-    metadata_whole = len(report.problems) == problems_before
-    real_root, folders = os.path.realpath(root), set()
-    for where, row in rows:
-        _verify_image(root, where, row, manifest, report, real_root, folders)
-    _verify_no_strays(root, claimed, report)
-    if manifest is not None and isinstance(manifest.get("classes"), list):
-        _verify_card(root, manifest["classes"], report)
-    # With broken metadata lines the id and counts cannot agree; saying so again would only be noise.
-    if manifest is not None and metadata_whole:
-        _verify_manifest_agrees(root, manifest, [row for _, row in rows], report)
-    report.images_checked = len(rows)
-    report.set_id = manifest.get("id") if manifest else None
-    return report
-
-
-def _verify_manifest(root: Path, report: VerifyReport) -> dict[str, Any] | None:
-    """The manifest if it parses (its broken fields set to None so later checks skip them), else None."""
-    path = root / MANIFEST
-    if not path.is_file() and not path.is_symlink():
-        report.add(path, "missing; this folder is not a finished ImageSet")
-        return None
-    try:
-        manifest = parse_json(read_set_file(root, MANIFEST), str(path))
-    except ImageSetError as exc:
-        report.add(path, str(exc).removeprefix(f"{path}: "))
-        return None
-    problems = manifest_problems(manifest)
-    for problem in problems:
-        report.add(path, problem)
-    if not isinstance(manifest, dict):
-        return None
-    for key in ("classes", "counts", "image_size", "image_mode"):
-        if any(problem.startswith(f"'{key}'") for problem in problems):
-            manifest[key] = None
-    return manifest
-
-
-_FILE_NAME_IN_TEXT = re.compile(rb'"file_name"\s*:\s*"([^"]+)"')
-
-
-def _verify_metadata_lines(root: Path, classes: set[str] | None, report: VerifyReport,
-                           claimed: set[str]) -> list[tuple[str, dict[str, Any]]]:
-    """Every structurally sound metadata row with its ``file:line``; problems for the others.
-
-    ``claimed`` receives every file name a line mentions, sound or not, so that the files of broken
-    lines are not reported a second time as strays.
-    """
-    path = root / METADATA
-    if not path.is_file() and not path.is_symlink():
-        report.add(path, "missing")
-        return []
-    try:
-        lines = metadata_lines(root)
-    except ImageSetError as exc:
-        report.add(path, str(exc).removeprefix(f"{path}: "))
-        return []
-    rows: list[tuple[str, dict[str, Any]]] = []
-    seen: dict[str, str] = {}
-    real_root, folders = os.path.realpath(root), set()
-    for where, line in lines:
-        named = _FILE_NAME_IN_TEXT.search(line)
-        if named:
-            claimed.add(named.group(1).decode("utf-8", "replace"))
-        try:
-            row = parse_metadata_line(root, where, line, classes, real_root, folders)
-        except ImageSetError as exc:
-            report.add(where, str(exc).removeprefix(f"{where}: "))
-            continue
-        if row["file_name"] in seen:
-            report.add(where, f"file_name {row['file_name']!r} already listed at {seen[row['file_name']]}")
-            continue
-        seen[row["file_name"]] = where
-        rows.append((where, row))
-    if not lines:
-        report.add(path, "no images listed; an ImageSet cannot be empty")
-    return rows
-
-
-def _verify_image(root: Path, where: str, row: Mapping[str, Any], manifest: Mapping[str, Any] | None,
-                  report: VerifyReport, real_root: str, known_real_folders: set[str]) -> None:
-    """Check one listed image as every reader would read it, then its hash, reporting each problem."""
-    path = root / row["file_name"]
-    try:
-        data = read_regular_file(root, row["file_name"], real_root, known_real_folders)
-    except ImageFileError as exc:
-        report.add(path, f"{str(exc).split(': ', 1)[1]} (listed at {where})")
-        return
-    try:
-        check_sha256(data, row["sha256"], root, row["file_name"])
-    except ImageFileError as exc:
-        report.add(path, f"sha256 mismatch: {where} records {str(row['sha256'])[:16]}…, the file hashes to "
-                         f"{sha256_bytes(data)[:16]}…")
-    manifest = manifest or {}
-    try:
-        decode_image(data, path, mode=manifest.get("image_mode"), size_hw=manifest.get("image_size"),
-                     check_crc=True)
-    except ImageSetError as exc:
-        report.add(path, str(exc).removeprefix(f"{path}: "))
-
-
-def _verify_no_strays(root: Path, listed: set[str], report: VerifyReport) -> None:
-    """Files metadata does not list would be read by ImageFolder/imagefolder but not by ImageSet; links
-    would let either read files outside the set."""
-    for entry in sorted(root.iterdir()):
-        if entry.is_symlink():
-            report.add(entry, f"a symbolic link (to {os.readlink(entry)}); an ImageSet holds regular files only")
-        elif entry.name == IMAGES and entry.is_dir():
-            continue
-        elif entry.name not in ROOT_FILES:
-            report.add(entry, f"stray {'folder' if entry.is_dir() else 'file'}: not part of an ImageSet")
-    images = root / IMAGES
-    if images.is_symlink() or not images.is_dir():
-        if listed and not images.is_symlink():
-            report.add(images, "missing")
-        return
-    for folder, dirs, files in os.walk(images):
-        dirs.sort()
-        for name in list(dirs):
-            if (Path(folder) / name).is_symlink():
-                report.add(Path(folder) / name, "a symbolic link to a folder; ImageFolder would read files "
-                                                "outside the set")
-                dirs.remove(name)
-        if not dirs and not files:
-            report.add(folder, "empty folder (torchvision ImageFolder fails on empty class folders)")
-        for name in sorted(files):
-            relative = (Path(folder) / name).relative_to(root).as_posix()
-            if (Path(folder) / name).is_symlink() and relative not in listed:
-                report.add(Path(folder) / name, "a symbolic link; an ImageSet holds regular files only")
-            elif relative not in listed:
-                report.add(Path(folder) / name, f"stray file: on disk but not listed in {METADATA}")
-
-
-def _verify_card(root: Path, classes: Sequence[str], report: VerifyReport) -> None:
-    """The dataset card imgsynth wrote must name the manifest's classes in its order, or ``datasets``
-    would give images other label indices than every other reader (a user's own card is not checked)."""
-    path = root / CARD
-    if not path.is_file() or path.is_symlink():
-        return  # sets written before cards existed have none; a link is reported as one above
-    try:
-        declared = card_classes(read_set_file(root, CARD).decode("utf-8", "replace"))
-    except ImageSetError as exc:
-        report.add(path, str(exc).removeprefix(f"{path}: "))
-        return
-    except ValueError as exc:
-        report.add(path, str(exc))
-        return
-    if declared is not None and declared != list(classes):
-        report.add(path, f"declares label classes {declared}, but {MANIFEST} has {list(classes)}; "
-                         "datasets would give images other label indices")
-
-
-def _verify_manifest_agrees(root: Path, manifest: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
-                            report: VerifyReport) -> None:
-    path = root / MANIFEST
-    if not rows:
-        return
-    actual_id = content_id((str(r["sha256"]), r["label"]) for r in rows)
-    if "id" in manifest and manifest["id"] != actual_id:
-        report.add(path, f"id {str(manifest['id'])[:16]}… does not match the content listed in {METADATA} "
-                         f"(which hashes to {actual_id[:16]}…)")
-    counts = Counter(r["label"] for r in rows)
-    if isinstance(manifest.get("counts"), dict):
-        try:
-            expected = {c: int(n) for c, n in manifest["counts"].items() if int(n)}
-        except (TypeError, ValueError):
-            report.add(path, f"'counts' must map class names to integers, got {manifest['counts']}")
-        else:
-            if dict(counts) != expected:
-                report.add(path, f"counts {expected} disagree with {METADATA}, which lists {dict(sorted(counts.items()))}")
-    if "num_images" in manifest and manifest["num_images"] != len(rows):
-        report.add(path, f"num_images {manifest['num_images']} but {METADATA} lists {len(rows)} valid rows")
-
-
-# --------------------------------------------------------------------------------------------- operations
-
-def stratified_split_indices(labels: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Split indices so each class sends round(fraction * n_c) items (at least 1 when n_c ≥ 2) to the second part."""
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"split fraction must be in (0, 1), got {fraction}")
-    rng = np.random.default_rng(seed)
-    labels_arr = np.asarray(labels)
-    first: list[int] = []
-    second: list[int] = []
-    for label in sorted(set(labels_arr.tolist())):
-        members = np.flatnonzero(labels_arr == label)
-        members = members[rng.permutation(len(members))]
-        k = int(round(fraction * len(members)))
-        if len(members) >= 2:
-            k = min(max(k, 1), len(members) - 1)
-        second.extend(members[:k].tolist())
-        first.extend(members[k:].tolist())
-    return sorted(first), sorted(second)
-
-
-def concatenate(sets: Sequence[ImageSet], out: str | os.PathLike, *, kind: str = "mixed",
-                config: Mapping[str, Any] | None = None) -> ImageSet:
-    """Join sets (e.g. real + all earlier generations for ``accumulate`` loops) into a new set.
-
-    Classes are the union (indexed in sorted order, displayed in first-seen order); image ids are
-    prefixed with the parent's short id so files from different parents never clash.
-    """
-    if not sets:
-        raise ImageSetError(f"{out}: nothing to concatenate")
-    classes: list[str] = []
-    for s in sets:
-        classes.extend(c for c in s.display_order if c not in classes)
-    licenses = [s.manifest.get("license") for s in sets]
-    writer = ImageSetWriter(out, classes, kind=kind, parents=list(sets), config=config,
-                            license={"name": "mixed", "parts": licenses})
-
-    def samples() -> Iterator[Sample]:
-        for s in sets:
-            yield from s._samples(range(len(s)), prefix=f"{s.id[:8]}_")
-
-    writer.write_all(samples())
-    return writer.finalize()

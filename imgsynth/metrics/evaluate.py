@@ -97,7 +97,10 @@ def _unmet(names: Iterable[str], supplied: set[str], extractor_name: str) -> str
     """Why ``names`` cannot be computed with ``supplied``: one clause per missing need."""
     by_need: dict[str, list[str]] = {}
     for name in names:
-        for need in _missing(name, supplied):
+        missing = _missing(name, supplied)
+        # What the extractor lacks comes first: without it the data's inputs would not help.
+        from_extractor = [need for need in missing if need not in DATA_NEEDS]
+        for need in from_extractor or missing:
             by_need.setdefault(need, []).append(name)
     hint = {TEXT_ENCODER: f"; extractor {extractor_name!r} supplies no text encoder (use a 'clip:' extractor)",
             CAPTIONS: " (candidate_text)"}
@@ -119,6 +122,10 @@ def _select(metrics: Sequence[str] | None, extractor_supplies: Collection[str], 
         notes = [f"{name} skipped: no {NEED_WORDS[need]} were given" for name in known
                  for need in _missing(name, supplied) if set(_missing(name, supplied)) <= DATA_NEEDS]
         return _chosen(known, supplied), notes
+    elsewhere = sorted(m for m in set(metrics) if m in METRICS and METRICS[m].family is None)
+    if elsewhere:
+        raise ValueError(f"{', '.join(elsewhere)}: not computed from features (the experiment loop produces them); "
+                         f"metrics from features: {', '.join(known)}")
     unknown = sorted(set(metrics) - set(known))
     if unknown:
         raise ValueError(f"unknown metrics {unknown}; known: {', '.join(known)}")

@@ -213,3 +213,20 @@ def test_recipes_accept_a_registered_extractor_name(tmp_path):
         recipe_from_dict(data)
     with EXTRACTORS.registered("test-extractor", "imgsynth.metrics.extractors.pixels:PixelExtractor"):
         assert recipe_from_dict(data).metrics.extractors == ["test-extractor:abc"]
+
+
+def test_drawing_the_reports_leaves_matplotlibs_backend_and_pyplot_alone(tmp_path):
+    """A notebook that imports the reports keeps its backend: figures are bare Figure objects."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np, matplotlib\n"
+            "from imgsynth.reports import build, figures\n"
+            f"figures.sample_grid([('row', [np.zeros((4, 4), np.uint8)])], {str(tmp_path / 'g.png')!r})\n"
+            "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()\n"
+            "assert 'matplotlib.pyplot' not in sys.modules\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "MPLBACKEND": "svg"})
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "g.png").read_bytes().startswith(b"\x89PNG")

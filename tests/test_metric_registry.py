@@ -194,12 +194,18 @@ def test_diversity_is_named_by_what_the_extractor_supplies():
             assert name in names and ({"diversity", "clip_diversity"} - {name}).isdisjoint(names)
 
 
-def test_the_registries_import_no_torch():
+def test_the_registries_import_no_torch_and_metrics_no_higher_layer():
     import subprocess
     import sys
 
     code = ("import sys, imgsynth.metrics.registry, imgsynth.metrics.extractors, imgsynth.experiments.config\n"
             "assert 'torch' not in sys.modules, 'torch'\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    higher = ("imgsynth.pipelines", "imgsynth.experiments", "imgsynth.reports", "imgsynth.cli")
+    code = ("import sys, imgsynth.metrics.evaluate, imgsynth.metrics.features, imgsynth.metrics.families\n"
+            f"bad = sorted(m for m in sys.modules if m.startswith({higher!r}))\n"
+            "assert not bad, bad\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
 

@@ -18,6 +18,9 @@ from imgsynth.metrics import (EvaluationNote, clip_diversity, clip_score, cmmd, 
                               frechet_distance, kid, precision_recall_density_coverage, rows_to_frame,
                               vendi_score)
 from imgsynth.metrics.bootstrap import bootstrap_intervals, bootstrap_replicates
+from imgsynth.metrics.features import ClipExtractor
+
+CLIP_SUPPLIES = ClipExtractor.supplies  # features and a text encoder
 
 TINY_CLIP = {"embed_dim": 16,
              "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
@@ -104,12 +107,12 @@ def test_metric_selection_and_bad_requests():
 def test_clip_metrics_need_text_and_use_clip_names():
     candidate, reference, cl, rl = features_and_labels()
     text = candidate.flip(1)
-    rows, _ = run(candidate, reference, cl, rl, is_clip=True, candidate_text=text, per_class=False)
+    rows, _ = run(candidate, reference, cl, rl, supplies=CLIP_SUPPLIES, candidate_text=text, per_class=False)
     value = {r.metric: r.value for r in rows}
     assert value["clip_score"] == pytest.approx(clip_score(candidate, text), rel=1e-12)
     assert value["cmmd"] == pytest.approx(cmmd(candidate, reference), rel=1e-12)
     assert "clip_diversity" in value and "diversity" not in value
-    rows, notes = run(candidate, reference, cl, rl, is_clip=True, per_class=False)
+    rows, notes = run(candidate, reference, cl, rl, supplies=CLIP_SUPPLIES, per_class=False)
     assert "clip_score" not in {r.metric for r in rows} and any("clip_score skipped" in n for n in notes)
 
 

@@ -12,6 +12,7 @@ from PIL import Image
 
 from imgsynth.imageset import ImageSet, ImageSetWriter, Sample
 from imgsynth.metrics import features as F
+from imgsynth.metrics.extractors import inception
 from imgsynth.metrics.features import (FeatureExtractor, cached_features, clean_resize, create_extractor,
                                        feature_cache_dir)
 
@@ -70,7 +71,17 @@ def test_registry_is_one_line_per_extractor():
         assert isinstance(extractor, Constant) and extractor.name == "xyz"
         assert create_extractor(extractor) is extractor
     finally:
-        del F.EXTRACTORS["test-constant"]
+        F.EXTRACTORS.unregister("test-constant")
+
+
+def test_a_taken_extractor_name_is_refused_naming_both():
+    class Other(FeatureExtractor):
+        pass
+
+    with pytest.raises(ValueError, match="feature extractor 'pixels' is already registered as "
+                                         "imgsynth.metrics.extractors.pixels:PixelExtractor"):
+        F.register_extractor("pixels")(Other)
+    assert isinstance(create_extractor("pixels"), F.PixelExtractor)
 
 
 # --------------------------------------------------------------------------------------------- inception
@@ -109,7 +120,7 @@ def test_inception_loads_weights_from_the_cache_path_and_resizes_with_pil_bicubi
     # sha256 before loading), so the cache name is one that claims these weights' own digest.
     scratch = tmp_path / "scratch.pth"
     torch.save(state, scratch)
-    monkeypatch.setattr(F, "INCEPTION_FILE", f"weights-inception-2015-12-05-{F.file_digest(scratch)[:8]}.pth")
+    monkeypatch.setattr(inception, "INCEPTION_FILE", f"weights-inception-2015-12-05-{F.file_digest(scratch)[:8]}.pth")
     path = F.default_inception_weights()
     path.parent.mkdir(parents=True)
     scratch.rename(path)

@@ -22,6 +22,7 @@ from PIL import Image
 
 from imgsynth.imageset import ImageSet, ImageSetWriter, Sample
 from imgsynth.metrics import features as F
+from imgsynth.metrics.extractors import inception
 from imgsynth.metrics.features import create_extractor
 from imgsynth.safe_loading import (WEIGHT_LOADERS, UnsafeFileError, check_claimed_digest, claimed_digest,
                                    load_torch_file)
@@ -262,7 +263,7 @@ def test_inception_at_the_default_path_with_a_matching_digest_still_runs_no_code
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     marker = tmp_path / "marker"
     scratch = evil_torch_file(tmp_path / "scratch.pth", marker)
-    monkeypatch.setattr(F, "INCEPTION_FILE", f"weights-inception-2015-12-05-{F.file_digest(scratch)[:8]}.pth")
+    monkeypatch.setattr(inception, "INCEPTION_FILE", f"weights-inception-2015-12-05-{F.file_digest(scratch)[:8]}.pth")
     path = F.default_inception_weights()
     path.parent.mkdir(parents=True)
     scratch.rename(path)

@@ -25,13 +25,13 @@ else:  # pragma: no cover
 
 import tomli_w
 
+from imgsynth.metrics.extractors.registry import EXTRACTORS as EXTRACTOR_PREFIXES  # the names only: no torch
 from imgsynth.notes import Note
 
 LOOP_MODES = ("replace", "accumulate", "mix", "fresh")
 # A loop mode with this suffix ("replace+curate") runs the base mode with the [curate] filters applied,
 # so one run can compare a mode with and without curation.
 CURATED_SUFFIX = "+curate"
-EXTRACTOR_PREFIXES = ("domain", "inception", "clip", "dinov2", "pixels")
 # imgsynth.classifier.architectures.SMALL_RESNET, the default architecture (checked without torch).
 _SMALL_RESNET = "resnet18_small"
 

@@ -1,23 +1,52 @@
 """Metrics for synthetic image sets: feature extractors, distances, fidelity, diversity, alignment.
 
 Everything works on feature matrices (torch, float64 math, CPU or GPU); ``evaluate`` turns two
-ImageSets into tidy rows. Metrics never import pipelines.
+ImageSets into tidy rows. Each metric is declared once in ``imgsynth.metrics.registry`` (``METRICS``),
+each extractor in ``imgsynth.metrics.extractors``. Metrics never import pipelines.
+
+The names below are imported on first use, so importing a light module of this package (the metric and
+extractor registries, which the recipe checks and reports read) loads no torch.
 """
 
-from imgsynth.metrics.alignment import clip_score, clip_score_per_sample
-from imgsynth.metrics.bootstrap import bootstrap_intervals, bootstrap_replicates
-from imgsynth.metrics.distances import (BiasedEstimateWarning, cmmd, feature_statistics, frechet_distance,
-                                        frechet_distance_from_statistics, kid, kid_subset_values)
-from imgsynth.metrics.diversity import clip_diversity, vendi_score
-from imgsynth.metrics.evaluate import EvaluationNote, MetricRow, evaluate, evaluate_features, rows_to_frame
-from imgsynth.metrics.features import (EXTRACTORS, FeatureExtractor, cached_features, create_extractor,
-                                       register_extractor)
-from imgsynth.metrics.fidelity import precision_recall_density_coverage
+from __future__ import annotations
 
-__all__ = [
-    "BiasedEstimateWarning", "EXTRACTORS", "EvaluationNote", "FeatureExtractor", "MetricRow",
-    "bootstrap_intervals", "bootstrap_replicates", "cached_features", "clip_diversity", "clip_score",
-    "clip_score_per_sample", "cmmd", "create_extractor", "evaluate", "evaluate_features", "feature_statistics",
-    "frechet_distance", "frechet_distance_from_statistics", "kid", "kid_subset_values",
-    "precision_recall_density_coverage", "register_extractor", "rows_to_frame", "vendi_score",
-]
+import importlib
+import sys
+import types
+from typing import Any
+
+_WHERE = {
+    "clip_score": "alignment", "clip_score_per_sample": "alignment",
+    "bootstrap_intervals": "bootstrap", "bootstrap_replicates": "bootstrap",
+    "BiasedEstimateWarning": "distances", "cmmd": "distances", "feature_statistics": "distances",
+    "frechet_distance": "distances", "frechet_distance_from_statistics": "distances", "kid": "distances",
+    "kid_subset_values": "distances",
+    "clip_diversity": "diversity", "vendi_score": "diversity",
+    "EvaluationNote": "evaluate", "MetricRow": "evaluate", "evaluate": "evaluate",
+    "evaluate_features": "evaluate", "rows_to_frame": "evaluate",
+    "EXTRACTORS": "features", "FeatureExtractor": "features", "cached_features": "features",
+    "create_extractor": "features", "register_extractor": "features",
+    "precision_recall_density_coverage": "fidelity",
+    "METRICS": "registry", "Metric": "registry", "MetricFamily": "registry",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+
+
+class _Package(types.ModuleType):
+    """``imgsynth.metrics.evaluate`` is the function, as it always was: importing the submodule of the same
+    name binds the package attribute to the module, so that binding is turned into the function."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _WHERE and isinstance(value, types.ModuleType):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

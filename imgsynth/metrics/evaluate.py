@@ -1,7 +1,8 @@
 """One call from two ImageSets to tidy metric rows: overall and per class, with bootstrap intervals.
 
 ``evaluate(candidate, reference, extractor)`` extracts (cached) features, then ``evaluate_features``
-computes every metric that applies to the extractor:
+computes every metric declared in ``imgsynth.metrics.registry`` (``METRICS``) that applies to what the
+extractor supplies (``FeatureExtractor.supplies``) and the data at hand. The built-in ones:
 
 * two-sample, candidate vs reference: ``fid`` (Fréchet distance in the extractor's feature space; FID
   proper with ``inception``), ``kid``, ``precision``, ``recall``, ``density``, ``coverage`` and, for
@@ -10,7 +11,8 @@ computes every metric that applies to the extractor:
   for ``clip:`` extractors, ``clip_score`` of each image against its caption (its class name when the
   caption is empty).
 
-Per class, each metric runs on that class's images in both sets. A metric that cannot run for a class
+Rows come two-sample metrics first, then one-sample ones, each in registration order. Per class, each
+metric runs on that class's images in both sets. A metric that cannot run for a class
 (too few images, class missing from one set) is left out and said so in an ``EvaluationNote`` warning;
 no row ever carries NaN. ``n`` in a row is the number of candidate images the value was computed on.
 
@@ -24,7 +26,8 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from functools import partial
+from typing import Any, Collection, Iterable, Sequence
 
 import pandas as pd
 import torch
@@ -32,12 +35,11 @@ from PIL import Image
 
 from imgsynth.notes import Note
 from imgsynth.imageset import ImageSet
-from imgsynth.metrics.alignment import clip_score
 from imgsynth.metrics.bootstrap import bootstrap_intervals
-from imgsynth.metrics.distances import BiasedEstimateWarning, cmmd, frechet_distance, kid
-from imgsynth.metrics.diversity import clip_diversity, vendi_score
-from imgsynth.metrics.features import ClipExtractor, FeatureExtractor, cached_features, create_extractor
-from imgsynth.metrics.fidelity import precision_recall_density_coverage
+from imgsynth.metrics.distances import BiasedEstimateWarning
+from imgsynth.metrics.features import FeatureExtractor, cached_features, create_extractor
+from imgsynth.metrics.registry import (CAPTIONS, DATA_NEEDS, FEATURES, METRICS, NEED_WORDS, TEXT_ENCODER,
+                                       MetricFamily, MetricSettings, applies, bounds, resolve)
 
 ALL = "all"
 FRAME_COLUMNS = ["metric", "class", "value", "ci_low", "ci_high", "n", "extractor"]
@@ -61,58 +63,77 @@ class MetricRow:
 
 
 @dataclass(frozen=True)
-class MetricFamily:
-    """Metrics computed together from one call, and what that call needs."""
+class _Chosen:
+    """A family to compute: its members that apply (named in notes) and those whose rows are kept."""
 
+    family: MetricFamily
     names: tuple[str, ...]
-    two_sample: bool
-    min_candidate: int
-    min_reference: int
-    needs_clip: bool
-    compute: Callable[..., Mapping[str, float]]
+    wanted: tuple[str, ...]
 
 
-def _families(k: int, kid_subsets: int, kid_subset_size: int, seed: int, is_clip: bool) -> list[MetricFamily]:
-    diversity_name = "clip_diversity" if is_clip else "diversity"
-    return [
-        MetricFamily(("fid",), True, 2, 2, False, lambda c, r: {"fid": frechet_distance(c, r)}),
-        MetricFamily(("kid",), True, 2, 2, False,
-                     lambda c, r: {"kid": kid(c, r, kid_subsets, kid_subset_size, seed)}),
-        MetricFamily(("precision", "recall", "density", "coverage"), True, k + 1, k + 1, False,
-                     lambda c, r: precision_recall_density_coverage(r, c, k)),
-        MetricFamily(("cmmd",), True, 2, 2, True, lambda c, r: {"cmmd": cmmd(c, r)}),
-        MetricFamily((diversity_name,), False, 2, 0, False, lambda c: {diversity_name: clip_diversity(c)}),
-        MetricFamily(("vendi",), False, 1, 0, False, lambda c: {"vendi": vendi_score(c)}),
-        MetricFamily(("clip_score",), False, 1, 0, True, lambda c, t: {"clip_score": clip_score(c, t)}),
-    ]
+def known_metrics() -> list[str]:
+    """The metrics ``evaluate`` can compute (declared in ``imgsynth.metrics.registry`` with a family)."""
+    return [name for name, metric in METRICS.items() if metric.family is not None]
 
 
-INF = float("inf")
-# The values each metric can take, so bootstrap intervals stay inside them (KID may be negative).
-METRIC_BOUNDS = {"fid": (0.0, INF), "precision": (0.0, 1.0), "recall": (0.0, 1.0), "density": (0.0, INF),
-                 "coverage": (0.0, 1.0), "cmmd": (0.0, INF), "diversity": (0.0, 2.0), "clip_diversity": (0.0, 2.0),
-                 "vendi": (1.0, INF), "clip_score": (0.0, 100.0)}
+def _chosen(wanted: Collection[str], supplied: set[str]) -> list[_Chosen]:
+    """The families of the ``wanted`` metrics: two-sample first, then one-sample, each in registration order."""
+    groups: dict[MetricFamily, list[str]] = {}
+    for name in known_metrics():
+        family = METRICS[name].family
+        if family is not None and applies(name, supplied):
+            groups.setdefault(family, []).append(name)
+    chosen = [_Chosen(family, tuple(members), tuple(m for m in members if m in wanted))
+              for family, members in groups.items()]
+    chosen = [c for c in chosen if c.wanted]
+    return sorted(chosen, key=lambda c: not c.family.two_sample)  # a stable sort: registration order within each
 
-KNOWN_METRICS = ("fid", "kid", "precision", "recall", "density", "coverage", "cmmd", "diversity",
-                 "clip_diversity", "vendi", "clip_score")
+
+def _missing(name: str, supplied: set[str]) -> list[str]:
+    return sorted(METRICS[name].requires - supplied)
 
 
-def _select(families: list[MetricFamily], metrics: Sequence[str] | None, is_clip: bool,
-            extractor_name: str) -> tuple[list[MetricFamily], set[str]]:
+def _unmet(names: Iterable[str], supplied: set[str], extractor_name: str) -> str:
+    """Why ``names`` cannot be computed with ``supplied``: one clause per missing need."""
+    by_need: dict[str, list[str]] = {}
+    for name in names:
+        missing = _missing(name, supplied)
+        # What the extractor lacks comes first: without it the data's inputs would not help.
+        from_extractor = [need for need in missing if need not in DATA_NEEDS]
+        for need in from_extractor or missing:
+            by_need.setdefault(need, []).append(name)
+    hint = {TEXT_ENCODER: f"; extractor {extractor_name!r} supplies no text encoder (use a 'clip:' extractor)",
+            CAPTIONS: " (candidate_text)"}
+    return "; ".join(f"{', '.join(sorted(members))} need {NEED_WORDS[need]}{hint.get(need, '')}"
+                     for need, members in by_need.items())
+
+
+def _select(metrics: Sequence[str] | None, extractor_supplies: Collection[str], data_supplies: Collection[str],
+            extractor_name: str) -> tuple[list[_Chosen], list[str]]:
+    """The families to compute, and notes on metrics left out for want of an input the data should supply.
+
+    By default every declared metric that applies: one the extractor cannot serve (CMMD outside a CLIP
+    space) is left out silently, one whose data input is missing (CLIP score without captions) with a
+    note. A request (``metrics``) for an unknown metric, or for one that cannot be computed, is a ValueError.
+    """
+    supplied = set(extractor_supplies) | set(data_supplies)
+    known = known_metrics()
     if metrics is None:
-        chosen = [f for f in families if is_clip or not f.needs_clip]
-        return chosen, {n for f in chosen for n in f.names}
-    wanted = {("clip_diversity" if is_clip else "diversity") if m in ("diversity", "clip_diversity") else m
-              for m in metrics}
-    unknown = sorted(wanted - set(KNOWN_METRICS))
+        notes = [f"{name} skipped: no {NEED_WORDS[need]} were given" for name in known
+                 for need in _missing(name, supplied) if set(_missing(name, supplied)) <= DATA_NEEDS]
+        return _chosen(known, supplied), notes
+    elsewhere = sorted(m for m in set(metrics) if m in METRICS and METRICS[m].family is None)
+    if elsewhere:
+        raise ValueError(f"{', '.join(elsewhere)}: not computed from features (the experiment loop produces them); "
+                         f"metrics from features: {', '.join(known)}")
+    unknown = sorted(set(metrics) - set(known))
     if unknown:
-        raise ValueError(f"unknown metrics {unknown}; known: {', '.join(KNOWN_METRICS)}")
-    chosen = [f for f in families if wanted & set(f.names)]
-    clip_only = sorted(n for f in chosen if f.needs_clip and not is_clip for n in f.names if n in wanted)
-    if clip_only:
-        raise ValueError(f"{', '.join(clip_only)} need CLIP embeddings; extractor {extractor_name!r} is not a "
-                         "'clip:' extractor")
-    return chosen, wanted
+        raise ValueError(f"unknown metrics {unknown}; known: {', '.join(known)}")
+    wanted = {resolve(m, supplied) for m in metrics}
+    unmet = [n for n in known if n in wanted and not applies(n, supplied)]
+    if unmet:
+        raise ValueError(_unmet(unmet, supplied, extractor_name))
+    return _chosen(wanted, supplied), []
 
 
 def _group_rows(labels: Sequence[str]) -> dict[str, list[int]]:
@@ -126,14 +147,16 @@ def evaluate_features(candidate: torch.Tensor, reference: torch.Tensor, *, candi
                       reference_labels: Sequence[str], extractor: str, classes: Sequence[str] | None = None,
                       per_class: bool = True, bootstrap: int = 0, seed: int = 0,
                       metrics: Sequence[str] | None = None, candidate_text: torch.Tensor | None = None,
-                      is_clip: bool = False, k: int = 5, kid_subsets: int = 100, kid_subset_size: int = 1000,
-                      confidence: float = 0.95, interval: str = "recentred",
+                      supplies: Collection[str] = frozenset({FEATURES}), k: int = 5, kid_subsets: int = 100,
+                      kid_subset_size: int = 1000, confidence: float = 0.95, interval: str = "recentred",
                       device: str | torch.device | None = None) -> list[MetricRow]:
     """Metric rows from feature matrices and per-row class names (what ``evaluate`` runs after extraction).
 
-    ``candidate_text`` (unit text embeddings paired with the candidate rows) enables ``clip_score``;
-    ``is_clip`` enables the CLIP-only metrics and the ``clip_diversity`` name. ``classes`` orders the
-    per-class rows (default: reference classes first, then any the candidate adds).
+    ``supplies`` is what the extractor supplies (``FeatureExtractor.supplies``: a CLIP extractor adds a
+    text encoder, which enables the CLIP-space metrics and the ``clip_diversity`` name); ``candidate_text``
+    (unit text embeddings paired with the candidate rows) supplies the captions ``clip_score`` needs. The
+    metrics are those declared in ``imgsynth.metrics.registry``. ``classes`` orders the per-class rows
+    (default: reference classes first, then any the candidate adds).
     """
     if len(candidate_labels) != candidate.shape[0] or len(reference_labels) != reference.shape[0]:
         raise ValueError(f"labels do not match features: {len(candidate_labels)} labels for {candidate.shape[0]} "
@@ -143,13 +166,9 @@ def evaluate_features(candidate: torch.Tensor, reference: torch.Tensor, *, candi
     device = torch.device(device) if device else candidate.device
     candidate, reference = candidate.to(device), reference.to(device)
     text = candidate_text.to(device) if candidate_text is not None else None
-    families, wanted = _select(_families(k, kid_subsets, kid_subset_size, seed, is_clip), metrics, is_clip, extractor)
-    notes: list[str] = []
-    if text is None and any("clip_score" in f.names for f in families):
-        if metrics is not None:
-            raise ValueError("clip_score needs text embeddings of the candidate captions (candidate_text)")
-        notes.append("clip_score skipped: no text embeddings of the candidate captions were given")
-        families = [f for f in families if "clip_score" not in f.names]
+    families, notes = _select(metrics, supplies, {CAPTIONS} if text is not None else set(), extractor)
+    settings = MetricSettings(k=k, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, seed=seed)
+    limits = bounds()
 
     cand_groups, ref_groups = _group_rows(candidate_labels), _group_rows(reference_labels)
     if classes is None:
@@ -164,16 +183,20 @@ def evaluate_features(candidate: torch.Tensor, reference: torch.Tensor, *, candi
         c = candidate if cand_rows is None else candidate[cand_rows]
         r = reference if ref_rows is None else reference[ref_rows]
         t = text if text is None or cand_rows is None else text[cand_rows]
-        for family in families:
-            if c.shape[0] < family.min_candidate or (family.two_sample and r.shape[0] < family.min_reference):
+        for chosen in families:
+            family = chosen.family
+            min_candidate, min_reference = family.minimum(settings)
+            if c.shape[0] < min_candidate or (family.two_sample and r.shape[0] < min_reference):
                 have = f"{c.shape[0]} candidate" + (f" / {r.shape[0]} reference" if family.two_sample else "")
-                need = f"{family.min_candidate}" + (f" / {family.min_reference}" if family.two_sample else "")
-                notes.append(f"{'/'.join(family.names)} skipped for class {scope!r}: {have} images, needs {need}")
+                need = f"{min_candidate}" + (f" / {min_reference}" if family.two_sample else "")
+                notes.append(f"{'/'.join(chosen.names)} skipped for class {scope!r}: {have} images, needs {need}")
                 continue
-            args = (c, r) if family.two_sample else ((c, t) if family.names == ("clip_score",) else (c,))
+            compute = partial(family.function(), settings)
+            extra = (t,) if CAPTIONS in family.needs else ()
+            args = ((c, r) if family.two_sample else (c,)) + extra
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", BiasedEstimateWarning)
-                values = family.compute(*args)
+                values = compute(*args)
             if any(issubclass(w.category, BiasedEstimateWarning) for w in caught):
                 biased.append(scope)
             for w in caught:
@@ -184,11 +207,10 @@ def evaluate_features(candidate: torch.Tensor, reference: torch.Tensor, *, candi
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", BiasedEstimateWarning)
                     intervals = bootstrap_intervals(
-                        family.compute, c, r if family.two_sample else None, replicates=bootstrap, seed=seed,
-                        confidence=confidence, method=interval, estimate=values, bounds=METRIC_BOUNDS,
-                        extra=(t,) if family.names == ("clip_score",) else ())
+                        compute, c, r if family.two_sample else None, replicates=bootstrap, seed=seed,
+                        confidence=confidence, method=interval, estimate=values, bounds=limits, extra=extra)
             for name, value in values.items():
-                if name not in wanted:
+                if name not in chosen.wanted:
                     continue
                 low, high = intervals.get(name, (None, None))
                 rows.append(MetricRow(name, scope, float(value), low, high, int(c.shape[0]), extractor))
@@ -291,14 +313,13 @@ def evaluate(candidate_set: ImageSet, reference_set: ImageSet, extractor: str | 
     candidate_extractor = extractor if conversion is None else _ConvertingExtractor(extractor, *conversion)
     candidate = cached_features(candidate_set, candidate_extractor, cache_dir, batch_size)
     reference = cached_features(reference_set, extractor, cache_dir, batch_size)
-    is_clip = isinstance(extractor, ClipExtractor)
-    text = extractor.encode_text(_caption_texts(candidate_set)) if is_clip else None
+    text = extractor.encode_text(_caption_texts(candidate_set)) if TEXT_ENCODER in extractor.supplies else None
     classes = list(reference_set.classes) + [c for c in candidate_set.classes if c not in reference_set.classes]
     return evaluate_features(
         candidate, reference, candidate_labels=[r.label for r in candidate_set.records],
         reference_labels=[r.label for r in reference_set.records], extractor=extractor.name, classes=classes,
         per_class=per_class, bootstrap=bootstrap, seed=seed, metrics=metrics, candidate_text=text,
-        is_clip=is_clip, k=k, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
+        supplies=extractor.supplies, k=k, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
         confidence=confidence, interval=interval, device=device or extractor.device)
 
 

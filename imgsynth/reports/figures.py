@@ -1,4 +1,10 @@
-"""PNG figures: the dashboard (one panel per metric, a line per mode), sample grids and the class heat map."""
+"""PNG figures: the dashboard (one panel per metric, a line per mode), sample grids and the class heat map.
+
+Figures are drawn on ``matplotlib.figure.Figure`` objects, never through pyplot, so importing or calling
+this module leaves matplotlib's global state (the backend of a notebook, pyplot's figure list) alone.
+Which metrics get panels, in which order, with which arrow, comes from their declarations
+(``imgsynth.metrics.registry``).
+"""
 
 from __future__ import annotations
 
@@ -7,29 +13,26 @@ from pathlib import Path
 from typing import Sequence
 
 import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from imgsynth.reports.tables import metric_label  # noqa: E402
-
-# Panels in reading order; metrics not listed here follow alphabetically.
-PANEL_ORDER = ["fid", "kid", "precision", "recall", "density", "coverage", "diversity", "clip_diversity",
-               "vendi", "clip_score", "cmmd", "cas_accuracy", "cas_macro_f1", "train_size"]
-# Which way is better, for the panel titles.
-LOWER_IS_BETTER = {"fid", "kid", "cmmd"}
-HIGHER_IS_BETTER = {"precision", "recall", "density", "coverage", "diversity", "clip_diversity", "vendi",
-                    "clip_score", "cas_accuracy", "cas_macro_f1"}
+from imgsynth.metrics.registry import HIGHER, declared, direction, panel_order
+from imgsynth.reports.tables import metric_label
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Path:
     tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")  # a bare Figure renders with the Agg canvas for PNG
     os.replace(tmp, path)
     return path
+
+
+def panel_title(metric: str, extractor: str) -> str:
+    """A panel's title: the metric with its extractor and its declared direction, e.g. ``fid[domain] ↓``."""
+    found = declared(metric)
+    return f"{metric_label(metric, extractor)} {found.arrow if found else ''}"
 
 
 def _panels(summary: pd.DataFrame) -> list[tuple[str, str]]:
@@ -41,7 +44,9 @@ def _panels(summary: pd.DataFrame) -> list[tuple[str, str]]:
     for (metric, extractor), group in overall.groupby(["metric", "extractor"], sort=False):
         if group["mean"].round(12).nunique() > 1 or (not several_generations and metric != "sample_count"):
             keys.append((metric, extractor))
-    return sorted(keys, key=lambda k: (PANEL_ORDER.index(k[0]) if k[0] in PANEL_ORDER else len(PANEL_ORDER), k))
+    # Declared metrics in registration order; any others (rows of an older run) follow alphabetically.
+    order = panel_order()
+    return sorted(keys, key=lambda k: (order.index(k[0]) if k[0] in order else len(order), k))
 
 
 MARKERS = ["o", "s", "^", "D", "v", "P", "X"]
@@ -59,12 +64,12 @@ def _series_styles(series_keys: Sequence[tuple[str, str]]) -> dict[tuple[str, st
     """
     runs = list(dict.fromkeys(r for r, _ in series_keys))
     modes = list(dict.fromkeys(m for _, m in series_keys))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     styles = {}
     for run, mode in series_keys:
         m = modes.index(mode)
         if len(runs) > 1:
-            cmap = plt.get_cmap(RUN_COLORMAPS[runs.index(run) % len(RUN_COLORMAPS)])
+            cmap = matplotlib.colormaps[RUN_COLORMAPS[runs.index(run) % len(RUN_COLORMAPS)]]
             color = cmap(0.45 + 0.5 * (m + 1) / (len(modes) + 1))
         else:
             color = colors[m % len(colors)]
@@ -84,7 +89,8 @@ def dashboard(summary: pd.DataFrame, path: str | Path, title: str = "", note: st
         raise ValueError(f"{path}: no metrics to plot")
     cols = min(4, len(panels))
     rows = int(np.ceil(len(panels) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.0 * cols, 3.0 * rows), squeeze=False)
+    fig = Figure(figsize=(4.0 * cols, 3.0 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     overall = summary[summary["class"] == "all"]
     series_keys = list(dict.fromkeys(zip(overall["run"], overall["mode"])))
     multi_run = len({r for r, _ in series_keys}) > 1
@@ -106,8 +112,7 @@ def dashboard(summary: pd.DataFrame, path: str | Path, title: str = "", note: st
                 ax.errorbar(line["generation"], line["mean"], fmt="none", ecolor=style["color"], capsize=2,
                             yerr=[line["mean"] - sample_low, sample_high - line["mean"]], alpha=0.7)
         _reference_lines(ax, reference, metric, extractor)
-        arrow = "↑" if metric in HIGHER_IS_BETTER else ("↓" if metric in LOWER_IS_BETTER else "")
-        ax.set_title(f"{metric_label(metric, extractor)} {arrow}", fontsize=10)
+        ax.set_title(panel_title(metric, extractor), fontsize=10)
         ax.set_xlabel("generation")
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
@@ -133,7 +138,7 @@ def dashboard(summary: pd.DataFrame, path: str | Path, title: str = "", note: st
 SEED_BAND = "95% t-interval over seeds; error bars: bootstrap over samples"
 
 
-def _reference_lines(ax: plt.Axes, reference: pd.DataFrame | None, metric: str, extractor: str) -> None:
+def _reference_lines(ax: Axes, reference: pd.DataFrame | None, metric: str, extractor: str) -> None:
     if reference is None or reference.empty:
         return
     overall = reference[reference["class"] == "all"]
@@ -152,14 +157,14 @@ def class_heatmap(frame: pd.DataFrame, path: str | Path, metric: str, extractor:
     if data.empty:
         raise ValueError(f"{path}: no per-class rows for {metric_label(metric, extractor)}")
     modes = list(dict.fromkeys(data["mode"]))
-    fig, axes = plt.subplots(1, len(modes), figsize=(3.2 * len(modes) + 1, 0.35 * data["class"].nunique() + 1.8),
-                             squeeze=False)
+    fig = Figure(figsize=(3.2 * len(modes) + 1, 0.35 * data["class"].nunique() + 1.8))
+    axes = fig.subplots(1, len(modes), squeeze=False)
     tables = []
     for mode in modes:
         table = data[data["mode"] == mode].pivot_table(index="class", columns="generation", values="value")
         tables.append(table.sub(table[0], axis=0) if 0 in table.columns else table)
     limit = max(float(np.nanmax(np.abs(t.values))) for t in tables) or 1.0
-    cmap = "RdBu" if metric in HIGHER_IS_BETTER else "RdBu_r"
+    cmap = "RdBu" if direction(metric) == HIGHER else "RdBu_r"  # blue where the metric got better
     image = None
     for ax, mode, table in zip(axes.flat, modes, tables):
         image = ax.imshow(table.values, cmap=cmap, vmin=-limit, vmax=limit, aspect="auto")
@@ -178,7 +183,8 @@ def sample_grid(rows: Sequence[tuple[str, Sequence[np.ndarray]]], path: str | Pa
     if not rows:
         raise ValueError(f"{path}: no samples to show")
     width = max(len(images) for _, images in rows)
-    fig, axes = plt.subplots(len(rows), width, figsize=(0.55 * width + 1.4, 0.6 * len(rows) + 0.6), squeeze=False)
+    fig = Figure(figsize=(0.55 * width + 1.4, 0.6 * len(rows) + 0.6))
+    axes = fig.subplots(len(rows), width, squeeze=False)
     for r, (label, images) in enumerate(rows):
         for c in range(width):
             ax = axes[r, c]

@@ -22,16 +22,16 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from imgsynth.metrics.registry import bookkeeping_metrics, headline_metrics
 from imgsynth.reports.tables import metric_label
 
 CONFIDENCE = 0.95
 TEST_NAME = "paired t-test"
 SEED_INTERVAL = "95% t-interval over seeds"
 KEYS = ["run", "mode", "generation", "class", "metric", "extractor"]
-# Metrics a verdict line is written for (when present), per extractor.
-HEADLINE = ("fid", "recall", "coverage", "precision", "cas_accuracy")
-# Rows that describe the run rather than measure it.
-BOOKKEEPING = {"train_size", "sample_count"}
+# Which metrics get a verdict line (in which order), and which rows describe the run rather than measure it
+# (no findings for them), come from each metric's declaration: imgsynth.metrics.registry (headline,
+# bookkeeping).
 FINDINGS_COLUMNS = ["metric", "extractor", "class", "statistic", "generation", "comparison", "mean_difference",
                     "ci_low", "ci_high", "p_value", "test", "n_seeds"]
 
@@ -128,7 +128,7 @@ def findings(frame: pd.DataFrame) -> pd.DataFrame:
     """Every metric (overall and per class) of one run: each pair of modes at the last generation and over the
     whole curve (AUC), and each mode's change from generation 0 to the last generation."""
     rows: list[dict] = []
-    frame = frame[~frame["metric"].isin(BOOKKEEPING)]
+    frame = frame[~frame["metric"].isin(bookkeeping_metrics())]
     if frame.empty:
         return pd.DataFrame(columns=FINDINGS_COLUMNS)
     last = int(frame["generation"].max())
@@ -158,7 +158,8 @@ def _number(value: float) -> str:
 
 
 def verdicts(table: pd.DataFrame) -> list[str]:
-    """One plain-language line per headline metric and comparison (overall, last generation), e.g.
+    """One plain-language line per headline metric (in their declared rank) and comparison (overall, last
+    generation), e.g.
     ``replace − accumulate fid[domain] at gen 4: +5.1 [3.2, 7.0], p = 0.004 (3 seeds, paired t-test)``."""
     if table.empty:
         return []
@@ -167,7 +168,7 @@ def verdicts(table: pd.DataFrame) -> list[str]:
                 "and run again to know which differences are larger than seed-to-seed noise."]
     lines = []
     overall = table[(table["class"] == "all") & (table["statistic"].isin(["last", "change"]))]
-    for metric in HEADLINE:
+    for metric in headline_metrics():
         for _, row in overall[overall["metric"] == metric].iterrows():
             label = metric_label(row["metric"], row["extractor"])
             where = f"at gen {row['generation']}" if row["statistic"] == "last" else "since gen 0"

@@ -1,0 +1,70 @@
+"""The on-disk feature cache: ``cached_features(image_set, extractor)`` stores features as safetensors files
+in ``$IMGSYNTH_CACHE/features`` (default ``~/.cache/imgsynth/features``), keyed by the set's id and row
+order, the extractor id (which includes a hash of the weights) and its preprocessing; writes are atomic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from imgsynth.imageset import ImageSet
+from imgsynth.metrics.extractors.base import FeatureExtractor, create_extractor
+
+CACHE_FORMAT = 1
+
+
+def feature_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The features folder: ``cache_dir`` if given, else ``$IMGSYNTH_CACHE/features``, else ~/.cache/imgsynth/features."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    root = os.environ.get("IMGSYNTH_CACHE")
+    return (Path(root).expanduser() if root else Path("~/.cache/imgsynth").expanduser()) / "features"
+
+
+def feature_cache_key(image_set: ImageSet, extractor: FeatureExtractor) -> str:
+    """Hash of (set id, row order, extractor id, preprocessing): equal keys mean equal feature matrices."""
+    order = hashlib.sha256("".join(f"{r.sha256}\t{r.label}\n" for r in image_set.records).encode()).hexdigest()
+    payload = json.dumps({"format": CACHE_FORMAT, "set": image_set.id, "order": order, "extractor": extractor.id,
+                          "preprocessing": extractor.preprocessing}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def cached_features(image_set: ImageSet, extractor: FeatureExtractor | str, cache_dir: str | os.PathLike | None = None,
+                    batch_size: int = 64, device: str | torch.device | None = None) -> torch.Tensor:
+    """Features of ``image_set`` (float32 CPU, one row per image in set order), computed once and cached.
+
+    A cached file is used only if its recorded set id, extractor id, preprocessing and row count all
+    match; anything else (a stale or truncated file) is recomputed and replaced atomically.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open, save_file
+
+    extractor = create_extractor(extractor, device)
+    folder = feature_cache_dir(cache_dir)
+    key = feature_cache_key(image_set, extractor)
+    path = folder / f"{key}.safetensors"
+    expected = {"set_id": image_set.id, "extractor_id": extractor.id, "preprocessing": extractor.preprocessing,
+                "n": str(len(image_set))}
+    if path.is_file():
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+            if all(metadata.get(k) == v for k, v in expected.items()):
+                features = load_file(str(path))["features"]
+                if features.shape[0] == len(image_set):
+                    # The key is the recorded hashes: the files must still be those bytes to use it.
+                    image_set.check_files()
+                    return features
+        except (SafetensorError, OSError, KeyError):
+            pass  # unreadable cache entry: recompute below
+    features = extractor.extract(image_set, batch_size=batch_size).contiguous()
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{key}.{os.getpid()}.tmp"
+    save_file({"features": features}, str(tmp), metadata=expected)
+    os.replace(tmp, path)
+    return features

@@ -175,9 +175,8 @@ class Experiment:
         history = [self._curated_start(base, seed, mode, reference_ckpt)]
         for k in range(1, self.recipe.loop.generations):
             key = GenerationKey(seed, mode, k)
-            folder = self.generation_dir(key)
-            if (folder / METRICS_FILE).is_file():  # finished: its output is all the chain needs of it
-                history.append(self._training_output(folder, folder / "samples"))
+            if self._finished(key):  # its output is all the chain needs of a finished generation
+                history.append(self._output(key))
                 continue
             train_set = self._training_set(key, loop_mode, data, history)
             history.append(self._generation(key, train_set, real_test, reference_ckpt))
@@ -291,7 +290,7 @@ class Experiment:
         folder = self.generation_dir(key)
         samples_dir = folder / "samples"
         if (folder / METRICS_FILE).is_file():
-            return self._training_output(folder, samples_dir)
+            return self._output(key)
         folder.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         seconds: dict[str, float] = {}
@@ -317,9 +316,10 @@ class Experiment:
         _log(f"{key.label()}: done in {payload['seconds']:.1f}s")
         return output
 
-    def _training_output(self, folder: Path, samples_dir: Path) -> ImageSet:
-        curated = _open_if_complete(folder / "curated")
-        return curated if curated is not None else ImageSet.open(samples_dir)
+    def _output(self, key: GenerationKey) -> ImageSet:
+        """What a finished generation passed on; a missing set is an error naming its samples folder."""
+        output = self.folder.output(key)
+        return output if output is not None else ImageSet.open(self.generation_dir(key) / "samples")
 
     def _train_generator(self, train_set: ImageSet, out: Path, key: GenerationKey) -> Path:
         generator = self._generator()

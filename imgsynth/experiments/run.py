@@ -24,12 +24,15 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from imgsynth.experiments.config import Recipe, dump_recipe, load_recipe, replicate_seeds
+from imgsynth.imageset import ImageSet, ImageSetError
 
 CONFIG_FILE = "config.toml"
 METRICS_FILE = "metrics.json"
 REFERENCE_FILE = "reference.json"
 RUN_INFO_FILE = "run.json"
 SEED_PREFIX = "seed_"
+# What a generation passes on, first found first: its curated samples when it curated them, else its samples.
+OUTPUT_FOLDERS = ("curated", "samples")
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,15 @@ class RunFolder:
     def curated_start_dir(self, seed: int, mode: str) -> Path:
         """Generation 0's samples curated for one curating mode, when the shared generation 0 is not."""
         return self.seed_dir(seed) / mode / "gen_0" / "curated"
+
+    def output(self, key: GenerationKey) -> ImageSet | None:
+        """The set generation ``key`` passed on (see ``OUTPUT_FOLDERS``); None before it has a complete one."""
+        for name in OUTPUT_FOLDERS:
+            try:
+                return ImageSet.open(self.generation_dir(key) / name)
+            except ImageSetError:
+                continue
+        return None
 
     def keys(self) -> Iterator[GenerationKey]:
         """Every generation of the recipe: per seed, generation 0, then each mode's chain."""

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from imgsynth.experiments.run import GenerationKey, RunFolder
-from imgsynth.imageset import ImageSet, ImageSetError
+from imgsynth.imageset import ImageSet
 from imgsynth.locking import folder_lock
 from imgsynth.reports.figures import class_heatmap, dashboard, sample_grid
 from imgsynth.reports.findings import SEED_INTERVAL, TEST_NAME, findings, seed_summary, verdicts
@@ -30,15 +30,6 @@ DOMAIN_NOTE = ("features: 'domain' = penultimate layer of the classifier trained
 
 def _extractor_note(frame: pd.DataFrame) -> str:
     return DOMAIN_NOTE if "domain" in set(frame["extractor"]) else ""
-
-
-def _samples_of(generation_dir: Path) -> ImageSet | None:
-    for name in ("curated", "samples"):
-        try:
-            return ImageSet.open(generation_dir / name)
-        except ImageSetError:
-            continue
-    return None
 
 
 def _grid_images(samples: ImageSet, per_class: int = 2) -> list[np.ndarray]:
@@ -57,12 +48,12 @@ def grids(run: str | Path | RunFolder, out: str | Path | None = None) -> Path:
     folder = run if isinstance(run, RunFolder) else RunFolder(run)
     seed = folder.seeds[0]
     rows = []
-    base = _samples_of(folder.generation_dir(GenerationKey(seed, "base", 0)))
+    base = folder.output(GenerationKey(seed, "base", 0))
     if base is not None:
         rows.append(("gen 0", _grid_images(base)))
     for mode in folder.modes:
         for k in range(1, folder.generations):
-            samples = _samples_of(folder.generation_dir(GenerationKey(seed, mode, k)))
+            samples = folder.output(GenerationKey(seed, mode, k))
             if samples is not None:
                 rows.append((f"{mode} gen {k}", _grid_images(samples)))
     return sample_grid(rows, out or folder.root / "grids.png",

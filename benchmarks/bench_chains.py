@@ -24,6 +24,7 @@ import pandas as pd
 from imgsynth.experiments.config import load_recipe
 from imgsynth.experiments.loop import Experiment
 from imgsynth.experiments.recipes import resolve_target
+from imgsynth.reports.build import run_and_report
 
 CONFIGS = {"serial": {"workers": 1, "backend": "local"}, "workers2": {"workers": 2, "backend": "local"},
            "ray1": {"workers": 1, "backend": "ray"}, "ray2": {"workers": 2, "backend": "ray"}}
@@ -43,7 +44,7 @@ def main() -> None:
         for name in args.configs.split(","):
             os.environ["IMGSYNTH_CACHE"] = str(Path(tmp) / f"cache-{name}")
             started = time.perf_counter()
-            Experiment(recipe, Path(tmp) / name, progress=False, **CONFIGS[name]).run()
+            run_and_report(Experiment(recipe, Path(tmp) / name, progress=False, **CONFIGS[name]))
             seconds = time.perf_counter() - started
             values = pd.read_csv(Path(tmp) / name / "metrics.csv").drop(columns=["run"])
             results[name] = (seconds, values)

@@ -16,6 +16,7 @@ from imgsynth.imageset import ImageSet
 from imgsynth.pipelines import conditional
 from imgsynth.pipelines.base import build_kind
 from imgsynth.pipelines.conditional.config import auto_preset
+from imgsynth.reports.build import run_and_report
 
 
 def _folder(root: Path, mode: str, size: int = 20, per_class: int = 12) -> Path:
@@ -42,7 +43,7 @@ def test_the_default_loop_runs_on_a_users_folder_at_16_px(mode, tmp_path):
     recipe = load_recipe(shipped_recipes()["smoke"], [
         f'data.source="folder:{source}"', f'data.mode="{mode}"', "data.size=16", "loop.generations=2",
         'loop.modes=["replace"]', "loop.seeds=1", "generator.per_class=4"])
-    run = Experiment(recipe, tmp_path / "run", progress=False).run()
+    run = run_and_report(Experiment(recipe, tmp_path / "run", progress=False))
     samples = ImageSet.open(run / "seed_0" / "replace" / "gen_1" / "samples")
     assert samples.manifest["image_mode"] == mode and tuple(samples.image_size) == (16, 16)
     info = conditional.read_model_info(run / "seed_0" / "replace" / "gen_1" / "model")

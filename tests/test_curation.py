@@ -328,10 +328,11 @@ def test_loop_compares_a_mode_with_and_without_curation(tmp_path):
     from imgsynth.experiments.config import load_recipe
     from imgsynth.experiments.loop import Experiment
     from imgsynth.experiments.recipes import shipped_recipes
+    from imgsynth.reports.build import run_and_report
 
     recipe = load_recipe(shipped_recipes()["smoke"], ["loop.generations=2", 'loop.modes=["replace", "replace+curate"]',
                                                       "curate.dedup=0.3", 'curate.embedding="pixels:8"'])
-    run = Experiment(recipe, tmp_path / "run").run()
+    run = run_and_report(Experiment(recipe, tmp_path / "run"))
     seed_dir = run / "seed_0"  # the one replicate's folders
     base = ImageSet.open(seed_dir / "gen_0" / "samples")
     start = ImageSet.open(seed_dir / "replace+curate" / "gen_0" / "curated")

@@ -7,6 +7,7 @@ from imgsynth.experiments.config import load_recipe
 from imgsynth.experiments.loop import Experiment, GenerationKey
 from imgsynth.experiments.recipes import shipped_recipes
 from imgsynth.imageset import ImageSet
+from imgsynth.reports.build import run_and_report
 
 
 class Crash(RuntimeError):
@@ -25,7 +26,7 @@ def _smoke(**changes):
 def smoke_run(tmp_path_factory):
     """One uninterrupted smoke run, shared by the assertions below."""
     folder = tmp_path_factory.mktemp("uninterrupted") / "smoke"
-    Experiment(_smoke(), folder).run()
+    run_and_report(Experiment(_smoke(), folder))
     return folder
 
 
@@ -84,7 +85,7 @@ def test_kill_during_generation_two_resumes_without_recomputing(tmp_path, smoke_
                                                                     "seed_0/replace/gen_1/metrics.json"]
     stamps = {p: p.stat().st_mtime_ns for p in finished}
     stages = []
-    Experiment.resume(folder, stage_hook=lambda stage, key: stages.append((stage, key))).run()
+    run_and_report(Experiment.resume(folder, stage_hook=lambda stage, key: stages.append((stage, key))))
     assert {p: p.stat().st_mtime_ns for p in finished} == stamps
     assert all(key.generation == 2 for _, key in stages if key.mode == "replace"), stages
     assert not any(key.generation == 0 for _, key in stages)

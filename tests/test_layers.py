@@ -19,7 +19,9 @@ import pytest
                                        "imgsynth.experiments", "imgsynth.cli"]),
     ("imgsynth.distributed.tasks", ["imgsynth.pipelines.conditional", "imgsynth.pipelines.text2image",
                                     "imgsynth.experiments", "imgsynth.cli"]),
-    ("imgsynth.experiments.loop", ["imgsynth.cli"]),
+    ("imgsynth.experiments.loop", ["imgsynth.cli", "imgsynth.reports"]),
+    # recipes validate against the loop-mode registry without loading torch or the loop
+    ("imgsynth.experiments.modes", ["imgsynth.experiments.loop", "imgsynth.reports", "imgsynth.cli", "torch"]),
     ("imgsynth.pipelines.conditional.kind", ["imgsynth.experiments", "imgsynth.cli", "torch", "diffusers"]),
     ("imgsynth.generator_record", ["imgsynth.pipelines", "imgsynth.experiments", "imgsynth.cli"]),
 ])

@@ -25,6 +25,7 @@ from scipy import stats
 from imgsynth.experiments.config import RecipeError, load_recipe, replicate_seeds
 from imgsynth.experiments.loop import Experiment
 from imgsynth.experiments.recipes import shipped_recipes
+from imgsynth.reports.build import run_and_report
 from imgsynth.reports.findings import findings, paired_difference, seed_summary, t_interval, verdicts
 
 OVERRIDES = ["loop.generations=2", 'loop.modes=["replace", "accumulate"]', "loop.seeds=2"]
@@ -146,8 +147,8 @@ def smoke_runs(tmp_path_factory) -> dict[str, Path]:
     """The same 2-seed recipe run serially and with two local worker processes."""
     root = tmp_path_factory.mktemp("replicates")
     runs = {"serial": root / "serial", "workers": root / "workers"}
-    Experiment(_recipe(), runs["serial"], workers=1).run()
-    Experiment(_recipe(), runs["workers"], workers=2).run()
+    run_and_report(Experiment(_recipe(), runs["serial"], workers=1))
+    run_and_report(Experiment(_recipe(), runs["workers"], workers=2))
     return runs
 
 
@@ -167,7 +168,7 @@ def test_serial_and_two_worker_runs_write_identical_metrics(smoke_runs):
 def test_a_local_ray_cluster_writes_the_same_metrics(smoke_runs, tmp_path):
     pytest.importorskip("ray")
     run = tmp_path / "ray"
-    Experiment(_recipe(), run, workers=2, backend="ray").run()
+    run_and_report(Experiment(_recipe(), run, workers=2, backend="ray"))
     pd.testing.assert_frame_equal(_values(run), _values(smoke_runs["serial"]))
 
 
@@ -176,7 +177,7 @@ def test_extending_a_two_seed_run_to_three_computes_only_the_new_seed(smoke_runs
     shutil.copytree(smoke_runs["serial"], run)
     before = {p: p.stat().st_mtime_ns for p in run.glob("seed_*/**/metrics.json")}
     stages = []
-    Experiment.resume(run, ["loop.seeds=3"], stage_hook=lambda stage, key: stages.append(key)).run()
+    run_and_report(Experiment.resume(run, ["loop.seeds=3"], stage_hook=lambda stage, key: stages.append(key)))
     assert stages and {key.seed for key in stages} == {2}
     assert {p: p.stat().st_mtime_ns for p in before} == before
     extended = _values(run)

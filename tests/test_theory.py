@@ -18,6 +18,7 @@ from imgsynth.experiments.recipes import shipped_recipes
 from imgsynth.experiments.run import GenerationKey, RunFolder
 from imgsynth.pipelines.base import build_kind, options_from_dict
 from imgsynth.pipelines.gaussian import GaussianKind
+from imgsynth.reports.build import run_and_report
 
 N, K = 20, 4  # samples per class per generation, the last generation checked
 
@@ -119,7 +120,7 @@ def test_registered_kinds_run_through_the_loop(kind, options, tmp_path):
 
     recipe = load_recipe(shipped_recipes()["gaussian-theory"],
                          [f'generator.kind="{kind}"', options, "loop.seeds=1", "loop.generations=2"])
-    run = Experiment(recipe, tmp_path / "run", progress=False).run()
+    run = run_and_report(Experiment(recipe, tmp_path / "run", progress=False))
     frame = pd.read_csv(run / "metrics.csv")
     assert sorted(frame["generation"].unique()) == [0, 1] and "fid" in set(frame["metric"])
 

@@ -29,6 +29,7 @@ def run_command(
     from imgsynth.experiments.config import load_recipe
     from imgsynth.experiments.loop import Experiment
     from imgsynth.experiments.recipes import resolve_target, shipped_recipes
+    from imgsynth.reports.build import run_and_report
 
     if list_recipes:
         for name, path in shipped_recipes().items():
@@ -45,7 +46,7 @@ def run_command(
     else:
         recipe = load_recipe(recipe_path, overrides)
         experiment = Experiment(recipe, out or Path("runs") / recipe.name, **options)
-    folder = experiment.run()
+    folder = run_and_report(experiment)
     typer.echo(f"dashboard: {folder / 'dashboard.png'}\nreport:    {folder / 'report.html'}\n"
                f"metrics:   {folder / 'metrics.csv'}\nfindings:  {folder / 'findings.csv'}")
 

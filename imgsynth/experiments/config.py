@@ -25,13 +25,11 @@ else:  # pragma: no cover
 
 import tomli_w
 
+# The loop modes a recipe may name live in their registry (a mode added there is valid here at once).
+from imgsynth.experiments.modes import CURATED_SUFFIX, LOOP_MODES, base_mode
 from imgsynth.metrics.extractors.registry import EXTRACTORS as EXTRACTOR_PREFIXES  # the names only: no torch
 from imgsynth.notes import Note
 
-LOOP_MODES = ("replace", "accumulate", "mix", "fresh")
-# A loop mode with this suffix ("replace+curate") runs the base mode with the [curate] filters applied,
-# so one run can compare a mode with and without curation.
-CURATED_SUFFIX = "+curate"
 # imgsynth.classifier.architectures.SMALL_RESNET, the default architecture (checked without torch).
 _SMALL_RESNET = "resnet18_small"
 
@@ -167,6 +165,7 @@ class LoopConfig:
     """Generations and the loop modes compared side by side on the same real data and seeds."""
 
     generations: int = 5
+    # Names registered in imgsynth.experiments.modes.LOOP_MODES, each optionally with CURATED_SUFFIX.
     modes: list[str] = field(default_factory=lambda: ["replace", "accumulate", "mix"])
     mix_real_fraction: float = 0.1
     # Replicates: a count n (seeds recipe.seed, recipe.seed + 1, …) or an explicit list of seeds. Each seed
@@ -390,7 +389,7 @@ def _check_strings(label: str, values: Sequence[str], fail: Fail) -> None:
 def _check_loop(loop: LoopConfig, fail: Fail) -> None:
     unknown = [m for m in loop.modes if base_mode(m) not in LOOP_MODES]
     if unknown:
-        fail(f"[loop] modes: unknown mode(s) {unknown}; known: {list(LOOP_MODES)}, "
+        fail(f"[loop] modes: unknown mode(s) {unknown}; known: {LOOP_MODES.names()}, "
              f"each optionally with {CURATED_SUFFIX!r}")
     if not loop.modes:
         fail("[loop] modes: at least one loop mode is needed")
@@ -536,11 +535,6 @@ def replicate_seeds(recipe: Recipe) -> list[int]:
     """The seeds of a recipe's replicates, in order: ``[loop] seeds`` as a list, or a count from ``seed``."""
     seeds = recipe.loop.seeds
     return list(seeds) if isinstance(seeds, list) else [recipe.seed + i for i in range(seeds)]
-
-
-def base_mode(mode: str) -> str:
-    """The loop mode a mode name runs: ``replace+curate`` → ``replace``."""
-    return mode.removesuffix(CURATED_SUFFIX)
 
 
 def _validate_source(spec: str, where: str) -> None:

@@ -14,7 +14,6 @@ continues where it stopped, and a run extended with more seeds computes only the
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import platform
@@ -24,10 +23,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from imgsynth.experiments.config import (CURATED_SUFFIX, Recipe, RecipeError, apply_overrides, base_mode,
-                                         dump_recipe, load_recipe, recipe_from_dict, replicate_seeds)
+from imgsynth.experiments.config import (Recipe, RecipeError, dump_recipe, load_recipe, recipe_from_dict,
+                                         replicate_seeds)
+from imgsynth.experiments.modes import (CURATED_SUFFIX, LOOP_MODES, LoopData, LoopMode, ModeInputs, base_mode,
+                                        loop_seed)
 from imgsynth.experiments.run import CONFIG_FILE, METRICS_FILE, GenerationKey, RunFolder
-from imgsynth.imageset import ImageSet, ImageSetError, concatenate, stratified_split_indices
+from imgsynth.imageset import ImageSet, ImageSetError
 from imgsynth.locking import folder_lock
 from imgsynth.sources import import_source
 
@@ -63,16 +64,6 @@ def _no_hook(stage: str, key: GenerationKey) -> None:
     """The default stage hook (module level, so an Experiment pickles to worker processes)."""
 
 
-def loop_seed(seed: int, purpose: str, generation: int) -> int:
-    """A seed for one purpose ("train", "mix") of one generation of replicate ``seed``.
-
-    Hashed rather than ``seed + generation``, which would give replicate 1's generation 0 the weights
-    of replicate 0's generation 1: replicates must not share any stream.
-    """
-    digest = hashlib.sha256(f"imgsynth-loop/{seed}/{purpose}/{generation}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
-
-
 class Experiment:
     """One run folder for one recipe; ``run()`` does (or finishes) every generation of every seed and mode."""
 
@@ -100,9 +91,11 @@ class Experiment:
         return cls(load_recipe(run_dir / CONFIG_FILE, overrides), run_dir, **kwargs)
 
     def run(self) -> Path:
-        """Run every generation of every seed and loop mode, then write the reports; returns the run folder.
+        """Run every generation of every seed and loop mode; returns the run folder.
 
         The run folder is locked for the whole run: a second ``imgsynth run`` into it is refused at once.
+        Reports are not the loop's business: whoever ran it builds them from the folder
+        (:func:`imgsynth.reports.build.run_and_report` does both, as ``imgsynth run`` does).
         """
         with folder_lock(self.run_dir):
             return self._run()
@@ -119,7 +112,7 @@ class Experiment:
         with torch_threads(TASK_THREADS):
             t0 = time.perf_counter()
             real_train, real_test, full_train = self._real_data()
-            self._check_fresh_budget(full_train)
+            self._check_modes(self._loop_data(real_train, full_train))
             stages["real data"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             reference_ckpt = self._reference_classifier(full_train)
@@ -132,11 +125,7 @@ class Experiment:
         t0 = time.perf_counter()
         run_tasks(tasks, workers=self.workers, backend=self.backend, address=self.address, threads=TASK_THREADS)
         stages["generations (wall)"] = time.perf_counter() - t0
-        from imgsynth.reports.build import build_reports
-
         self._write_info(stages, time.perf_counter() - started)
-        build_reports(self.run_dir)
-        _log(f"finished in {time.perf_counter() - started:.1f}s; dashboard: {self.run_dir / 'dashboard.png'}")
         return self.run_dir
 
     def _pending_tasks(self) -> list[Any]:
@@ -160,8 +149,11 @@ class Experiment:
                     _open_if_complete(self.folder.curated_start_dir(seed, mode)) is not None
                 if not (start_done and all(map(self._finished, keys))):
                     name, after = f"seed {seed} {mode} chain", None if base_done else base_name
-                    tasks.append(Task(name, self.chain, (seed, mode), after) if serial else
-                                 Task(name, run_chain, (self.recipe, str(self.run_dir), seed, mode), after))
+                    # The mode is resolved here and travels with the task, so a worker process needs no
+                    # registration of its own (a mode registered at run time, by a plugin or a test).
+                    loop_mode = LOOP_MODES[base_mode(mode)]
+                    tasks.append(Task(name, self.chain, (seed, mode, loop_mode), after) if serial else
+                                 Task(name, run_chain, (self.recipe, str(self.run_dir), seed, mode, loop_mode), after))
         return tasks
 
     def _finished(self, key: GenerationKey) -> bool:
@@ -173,15 +165,23 @@ class Experiment:
         real_train, real_test, _ = self._real_data()
         return self._generation(GenerationKey(seed, "base", 0), real_train, real_test, self._reference_checkpoint())
 
-    def chain(self, seed: int, mode: str) -> list[ImageSet]:
-        """Generations 1… of one (seed, mode) chain; generation 0 must be done. Returns every output."""
+    def chain(self, seed: int, mode: str, loop_mode: LoopMode | None = None) -> list[ImageSet]:
+        """Generations 1… of one (seed, mode) chain; generation 0 must be done. Returns every output.
+
+        ``loop_mode`` is the registered entry of ``mode`` (looked up in :data:`LOOP_MODES` when not given).
+        """
+        loop_mode = loop_mode or LOOP_MODES[base_mode(mode)]
         real_train, real_test, full_train = self._real_data()
+        data = self._loop_data(real_train, full_train)
         reference_ckpt = self._reference_checkpoint()
         base = self._generation(GenerationKey(seed, "base", 0), real_train, real_test, reference_ckpt)
         history = [self._curated_start(base, seed, mode, reference_ckpt)]
         for k in range(1, self.recipe.loop.generations):
             key = GenerationKey(seed, mode, k)
-            train_set = self._training_set(key, real_train, full_train, history)
+            if self._finished(key):  # its output is all the chain needs of a finished generation
+                history.append(self._output(key))
+                continue
+            train_set = self._training_set(key, loop_mode, data, history)
             history.append(self._generation(key, train_set, real_test, reference_ckpt))
         return history
 
@@ -254,53 +254,37 @@ class Experiment:
                                                         "minority_keep": data.minority_keep})
         return minority, test, train
 
-    def _check_fresh_budget(self, full_train: ImageSet) -> None:
-        if "fresh" not in map(base_mode, self.recipe.loop.modes):
-            return
-        needed = self._synthetic_size(full_train) * (self.recipe.loop.generations - 1)
-        if needed > len(full_train):
-            raise RecipeError(f"[loop] mode 'fresh' needs {needed} new real training images "
-                              f"(per_class × classes × (generations − 1)) but {full_train.root} has "
-                              f"{len(full_train)}; lower per_class or generations, or drop 'fresh'")
+    def _loop_data(self, real_train: ImageSet, full_train: ImageSet) -> LoopData:
+        loop = self.recipe.loop
+        return LoopData(real_train=real_train, real_pool=full_train, per_class=self.recipe.generator.per_class,
+                        generations=loop.generations, mix_real_fraction=loop.mix_real_fraction)
 
-    def _synthetic_size(self, train: ImageSet) -> int:
-        return self.recipe.generator.per_class * len(train.classes)
+    def _check_modes(self, data: LoopData) -> None:
+        """Each loop mode's own check of the real data (``fresh``: enough for every generation), before any task."""
+        for name in dict.fromkeys(map(base_mode, self.recipe.loop.modes)):
+            check = LOOP_MODES[name].check
+            if check is None:
+                continue
+            try:
+                check(data)
+            except ValueError as exc:
+                raise RecipeError(str(exc)) from exc
 
     # ------------------------------------------------------------------ training sets
-    def _training_set(self, key: GenerationKey, real_train: ImageSet, full_train: ImageSet,
+    def _training_set(self, key: GenerationKey, loop_mode: LoopMode, data: LoopData,
                       history: list[ImageSet]) -> ImageSet:
-        """Training data of generation k under the key's loop mode (written to disk, except for replace)."""
-        mode, k = base_mode(key.mode), key.generation
-        previous = history[k - 1]
-        if mode == "replace":
-            return previous
+        """Training data of generation k, made by the key's loop mode (reused when already on disk)."""
         out = self.generation_dir(key) / "train_set"
         existing = _open_if_complete(out)
         if existing is not None:
             return existing
         self.stage_hook("train_set", key)
-        parts = self.generation_dir(key) / "train_parts"
-        shutil.rmtree(parts, ignore_errors=True)
-        if mode == "accumulate":
-            result = concatenate([real_train, *history[:k]], out, config={"loop": "accumulate", "generation": k})
-        elif mode == "mix":
-            n = len(previous)
-            n_real = int(round(self.recipe.loop.mix_real_fraction * n))
-            pieces = []
-            if n_real:
-                pieces.append(_stratified_sample(real_train, n_real, loop_seed(key.seed, "mix", k), parts / "real"))
-            if n - n_real:
-                pieces.append(_stratified_sample(previous, n - n_real, loop_seed(key.seed, "mix", k),
-                                                 parts / "synthetic"))
-            result = concatenate(pieces, out, config={"loop": "mix", "generation": k,
-                                                      "real_fraction": self.recipe.loop.mix_real_fraction})
-        elif mode == "fresh":
-            n = self._synthetic_size(full_train)
-            chunk = _fresh_chunk(full_train, n, k, key.seed)
-            result = full_train.subset(chunk, out, config={"loop": "fresh", "generation": k})
-        else:  # validated earlier; kept for a clear message if the list grows
-            raise RecipeError(f"unknown loop mode {mode!r}")
-        shutil.rmtree(parts, ignore_errors=True)
+        scratch = self.generation_dir(key) / "train_parts"
+        shutil.rmtree(scratch, ignore_errors=True)
+        inputs = ModeInputs(data=data, history=tuple(history), generation=key.generation, seed=key.seed,
+                            out=out, scratch=scratch)
+        result = loop_mode.build(inputs)
+        shutil.rmtree(scratch, ignore_errors=True)
         return result
 
     # ------------------------------------------------------------------ one generation
@@ -309,7 +293,7 @@ class Experiment:
         folder = self.generation_dir(key)
         samples_dir = folder / "samples"
         if (folder / METRICS_FILE).is_file():
-            return self._training_output(folder, samples_dir)
+            return self._output(key)
         folder.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         seconds: dict[str, float] = {}
@@ -335,9 +319,10 @@ class Experiment:
         _log(f"{key.label()}: done in {payload['seconds']:.1f}s")
         return output
 
-    def _training_output(self, folder: Path, samples_dir: Path) -> ImageSet:
-        curated = _open_if_complete(folder / "curated")
-        return curated if curated is not None else ImageSet.open(samples_dir)
+    def _output(self, key: GenerationKey) -> ImageSet:
+        """What a finished generation passed on; a missing set is an error naming its samples folder."""
+        output = self.folder.output(key)
+        return output if output is not None else ImageSet.open(self.generation_dir(key) / "samples")
 
     def _train_generator(self, train_set: ImageSet, out: Path, key: GenerationKey) -> Path:
         kind = self._kind()
@@ -505,43 +490,22 @@ def _minority_indices(train: ImageSet, minority: list[str], keep: int, seed: int
     return sorted(indices)
 
 
-def _stratified_sample(source: ImageSet, n: int, seed: int, out: Path) -> ImageSet:
-    """``n`` images of ``source`` with class proportions kept, seeded."""
-    if n >= len(source):
-        return source
-    _, chosen = stratified_split_indices(source.labels, n / len(source), seed)
-    return source.subset(chosen, out)
-
-
-def _fresh_chunk(full_train: ImageSet, n: int, k: int, seed: int) -> list[int]:
-    """The k-th of disjoint stratified chunks of ``n`` real images (chunk 0 is never used: gen 0 is shared)."""
-    import numpy as np
-
-    order = np.random.default_rng(seed).permutation(len(full_train))
-    labels = np.asarray(full_train.labels)[order]
-    # Interleave classes so every chunk is stratified: sort by (rank within class, class).
-    rank = np.zeros(len(order), dtype=int)
-    for label in np.unique(labels):
-        where = labels == label
-        rank[where] = np.arange(where.sum())
-    interleaved = order[np.lexsort((labels, rank))]
-    start = (k - 1) * n
-    return sorted(interleaved[start:start + n].tolist())
-
-
 def run_base(recipe: Recipe, run_dir: str, seed: int) -> None:
     """Task: generation 0 of one replicate (runs in a worker process or a Ray task)."""
     Experiment(recipe, run_dir, progress=False).base(seed)
 
 
-def run_chain(recipe: Recipe, run_dir: str, seed: int, mode: str) -> None:
+def run_chain(recipe: Recipe, run_dir: str, seed: int, mode: str, loop_mode: LoopMode | None = None) -> None:
     """Task: generations 1… of one (seed, mode) chain (runs in a worker process or a Ray task)."""
-    Experiment(recipe, run_dir, progress=False).chain(seed, mode)
+    Experiment(recipe, run_dir, progress=False).chain(seed, mode, loop_mode)
 
 
 def run_recipe(recipe_path: str | Path, run_dir: str | Path | None = None, overrides: list[str] | tuple = (),
                runs_root: str | Path = "runs", **options: Any) -> Path:
-    """Load a recipe (with overrides), run it into ``run_dir`` (default ``runs/<name>``), return the folder."""
+    """Load a recipe (with overrides), run it into ``run_dir`` (default ``runs/<name>``), return the folder.
+
+    Writes no reports: build them from the folder with :func:`imgsynth.reports.build.build_reports`.
+    """
     recipe = load_recipe(recipe_path, overrides)
     target = Path(run_dir) if run_dir else Path(runs_root) / recipe.name
     return Experiment(recipe, target, **options).run()

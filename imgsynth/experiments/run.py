@@ -1,6 +1,7 @@
 """A run folder's layout: where every seed, mode and generation lives, and which of them are finished.
 
-The loop writes through it and reports read through it, so nothing else globs a run folder::
+The loop writes through it and reports read a run only through it (the recipe included), so nothing else
+globs a run folder::
 
     runs/<name>/
       config.toml                          resolved recipe
@@ -22,13 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from imgsynth.experiments.config import Recipe, load_recipe, replicate_seeds
+from imgsynth.experiments.config import Recipe, dump_recipe, load_recipe, replicate_seeds
+from imgsynth.imageset import ImageSet, ImageSetError
 
 CONFIG_FILE = "config.toml"
 METRICS_FILE = "metrics.json"
 REFERENCE_FILE = "reference.json"
 RUN_INFO_FILE = "run.json"
 SEED_PREFIX = "seed_"
+# What a generation passes on, first found first: its curated samples when it curated them, else its samples.
+OUTPUT_FOLDERS = ("curated", "samples")
 
 
 @dataclass(frozen=True)
@@ -53,13 +57,23 @@ class RunFolder:
         self._recipe = recipe
 
     @property
+    def is_run(self) -> bool:
+        """Whether the folder holds a run (its saved recipe, ``config.toml``)."""
+        return (self.root / CONFIG_FILE).is_file()
+
+    @property
     def recipe(self) -> Recipe:
+        """The run's recipe: the one it was built with, else the saved ``config.toml`` (read once)."""
         if self._recipe is None:
             path = self.root / CONFIG_FILE
             if not path.is_file():
                 raise FileNotFoundError(f"{self.root}: not a run folder (no {CONFIG_FILE})")
             self._recipe = load_recipe(path)
         return self._recipe
+
+    def recipe_text(self) -> str:
+        """The resolved recipe as TOML text, as ``config.toml`` holds it."""
+        return dump_recipe(self.recipe)
 
     @property
     def name(self) -> str:
@@ -103,6 +117,15 @@ class RunFolder:
     def curated_start_dir(self, seed: int, mode: str) -> Path:
         """Generation 0's samples curated for one curating mode, when the shared generation 0 is not."""
         return self.seed_dir(seed) / mode / "gen_0" / "curated"
+
+    def output(self, key: GenerationKey) -> ImageSet | None:
+        """The set generation ``key`` passed on (see ``OUTPUT_FOLDERS``); None before it has a complete one."""
+        for name in OUTPUT_FOLDERS:
+            try:
+                return ImageSet.open(self.generation_dir(key) / name)
+            except ImageSetError:
+                continue
+        return None
 
     def keys(self) -> Iterator[GenerationKey]:
         """Every generation of the recipe: per seed, generation 0, then each mode's chain."""

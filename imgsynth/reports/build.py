@@ -1,19 +1,25 @@
 """Build a run's reports (metrics.csv, dashboard.png, grids.png, class_heatmap.png, report.html),
-and compare several runs side by side."""
+and compare several runs side by side.
+
+Reports read a run only through :class:`imgsynth.experiments.run.RunFolder`; the loop never builds them.
+Whoever runs a loop builds its reports afterwards: :func:`run_and_report` does both, as ``imgsynth run`` does.
+"""
 
 from __future__ import annotations
 
 import base64
 import html
 import os
+import time
 from pathlib import Path
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 import pandas as pd
 
 from imgsynth.experiments.run import GenerationKey, RunFolder
-from imgsynth.imageset import ImageSet, ImageSetError
+from imgsynth.imageset import ImageSet
+from imgsynth.locking import folder_lock
 from imgsynth.reports.figures import class_heatmap, dashboard, sample_grid
 from imgsynth.reports.findings import SEED_INTERVAL, TEST_NAME, findings, seed_summary, verdicts
 from imgsynth.reports.tables import collect_metrics, collect_reference, metric_label, write_csv
@@ -24,15 +30,6 @@ DOMAIN_NOTE = ("features: 'domain' = penultimate layer of the classifier trained
 
 def _extractor_note(frame: pd.DataFrame) -> str:
     return DOMAIN_NOTE if "domain" in set(frame["extractor"]) else ""
-
-
-def _samples_of(generation_dir: Path) -> ImageSet | None:
-    for name in ("curated", "samples"):
-        try:
-            return ImageSet.open(generation_dir / name)
-        except ImageSetError:
-            continue
-    return None
 
 
 def _grid_images(samples: ImageSet, per_class: int = 2) -> list[np.ndarray]:
@@ -51,12 +48,12 @@ def grids(run: str | Path | RunFolder, out: str | Path | None = None) -> Path:
     folder = run if isinstance(run, RunFolder) else RunFolder(run)
     seed = folder.seeds[0]
     rows = []
-    base = _samples_of(folder.generation_dir(GenerationKey(seed, "base", 0)))
+    base = folder.output(GenerationKey(seed, "base", 0))
     if base is not None:
         rows.append(("gen 0", _grid_images(base)))
     for mode in folder.modes:
         for k in range(1, folder.generations):
-            samples = _samples_of(folder.generation_dir(GenerationKey(seed, mode, k)))
+            samples = folder.output(GenerationKey(seed, mode, k))
             if samples is not None:
                 rows.append((f"{mode} gen {k}", _grid_images(samples)))
     return sample_grid(rows, out or folder.root / "grids.png",
@@ -112,8 +109,6 @@ def _findings_html(table: pd.DataFrame, runs: Sequence[str]) -> list[str]:
 
 def _run_html(folder: RunFolder) -> list[str]:
     """What was run: recipe, seeds, software, machine and wall time per stage."""
-    from imgsynth.experiments.config import dump_recipe
-
     info = folder.info()
     parts = [f"<h2>What was run: {html.escape(folder.name)}</h2>",
              f"<p>seeds {html.escape(str(folder.seeds))}; {info.get('workers', '?')} worker(s), backend "
@@ -128,7 +123,7 @@ def _run_html(folder: RunFolder) -> list[str]:
         stages = {**info.get("stages_last_invocation", {}),
                   **{f"{k} (sum over generations)": v for k, v in info.get("stage_seconds_all_generations", {}).items()}}
         parts.append(_table_html(pd.DataFrame({"stage": list(stages), "seconds": list(stages.values())})))
-    parts.append(f"<details><summary>recipe (resolved)</summary><pre>{html.escape(dump_recipe(folder.recipe))}"
+    parts.append(f"<details><summary>recipe (resolved)</summary><pre>{html.escape(folder.recipe_text())}"
                  "</pre></details>")
     return parts
 
@@ -187,7 +182,7 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[st
         raise ValueError("compare_runs: no run folders given")
     folders = [RunFolder(r) for r in run_dirs]
     for folder in folders:
-        if not (folder.root / "config.toml").is_file():
+        if not folder.is_run:
             raise FileNotFoundError(f"{folder.root}: not a run folder (no config.toml)")
     names = [f.name for f in folders]
     if len(set(names)) != len(names):
@@ -206,3 +201,27 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[st
     written["report.html"] = write_html(summary, table, [written["dashboard.png"]], out / "report.html",
                                         "imgsynth: " + " vs ".join(names), folders)
     return written
+
+
+class LoopRun(Protocol):
+    """What :func:`run_and_report` needs of a loop (``imgsynth.experiments.loop.Experiment`` is one)."""
+
+    @property
+    def run_dir(self) -> Path: ...
+
+    def run(self) -> Path: ...
+
+
+def run_and_report(experiment: LoopRun) -> Path:
+    """Run (or finish) a loop, then write its reports into its folder; returns the run folder.
+
+    The folder stays locked from the run's start to the last report, so a second writer cannot start
+    in between (the lock is re-entrant within this process, so the run's own lock nests in it).
+    """
+    started = time.perf_counter()
+    with folder_lock(experiment.run_dir):
+        folder = experiment.run()
+        build_reports(folder)
+    print(f"[imgsynth] finished in {time.perf_counter() - started:.1f}s; dashboard: {folder / 'dashboard.png'}",
+          flush=True)
+    return folder

@@ -1,0 +1,195 @@
+"""Loop modes: how generation k of a chain gets its training set from the real data and the earlier generations.
+
+A loop mode is one function from :class:`ModeInputs` (the real data, the chain's earlier generations, the
+generation index, where to write) to the next training set, registered in :data:`LOOP_MODES` under the
+name a recipe's ``[loop] modes`` uses. A mode may also carry a ``check``, run once with the real data
+before any task starts, that refuses a run it cannot serve (``fresh`` needs a new real chunk every
+generation). Adding a mode is one function and one registration, e.g. from a plugin or a test::
+
+    def halve(inputs: ModeInputs) -> ImageSet:
+        previous = inputs.previous
+        return previous.subset(range(0, len(previous), 2), inputs.out, config={"loop": "halve"})
+
+    LOOP_MODES.register("halve", LoopMode(halve))
+
+Rules the loop relies on, which every mode keeps:
+
+- Deterministic: the same inputs give the same set (byte for byte); draw randomness only from
+  :meth:`ModeInputs.seed_for`, which hashes the replicate, the purpose and the generation.
+- A new set is written to ``inputs.out`` (intermediate sets under ``inputs.scratch``, which the loop empties
+  before and deletes after); a mode may instead return one of its inputs itself (``replace`` returns the
+  previous generation's output), and then writes nothing.
+- Once ``inputs.out`` holds a complete set the loop reuses it and does not call the mode again, so a killed
+  run resumes with the same training set.
+
+The loop runs a mode named ``<mode>+curate`` (:data:`CURATED_SUFFIX`) as ``<mode>`` with the ``[curate]``
+filters applied to every generation's samples, so ``history`` then holds the curated sets.
+
+The mode of a chain is looked up in the process that starts the run and handed to the chain's task, so a
+mode registered at run time also reaches local worker processes, as long as its function can be imported
+there by module and name (a function of an importable module, not of ``__main__``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from imgsynth.imageset import ImageSet, concatenate, stratified_split_indices
+from imgsynth.registry import Registry
+
+# A loop mode with this suffix ("replace+curate") runs the base mode with the [curate] filters applied,
+# so one run can compare a mode with and without curation.
+CURATED_SUFFIX = "+curate"
+
+
+def base_mode(mode: str) -> str:
+    """The loop mode a mode name runs: ``replace+curate`` → ``replace``."""
+    return mode.removesuffix(CURATED_SUFFIX)
+
+
+def loop_seed(seed: int, purpose: str, generation: int) -> int:
+    """A seed for one purpose ("train", "mix") of one generation of replicate ``seed``.
+
+    Hashed rather than ``seed + generation``, which would give replicate 1's generation 0 the weights
+    of replicate 0's generation 1: replicates must not share any stream.
+    """
+    digest = hashlib.sha256(f"imgsynth-loop/{seed}/{purpose}/{generation}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+@dataclass(frozen=True)
+class LoopData:
+    """What every generation of a run shares: the real data and the recipe's settings a mode may read."""
+
+    real_train: ImageSet  # generation 0's training set (the real data, thinned by [data] minority_classes)
+    real_pool: ImageSet  # the whole real training split, where a mode draws new real images from
+    per_class: int  # samples per class each generation draws ([generator] per_class)
+    generations: int  # generations per chain, generation 0 included ([loop] generations)
+    mix_real_fraction: float  # λ of the mix mode ([loop] mix_real_fraction)
+
+    @property
+    def samples_per_generation(self) -> int:
+        """How many images a generation samples (before any curation): per_class × classes."""
+        return self.per_class * len(self.real_pool.classes)
+
+
+@dataclass(frozen=True)
+class ModeInputs:
+    """Everything a loop mode may read to build generation ``generation``'s training set."""
+
+    data: LoopData
+    history: Sequence[ImageSet]  # this chain's outputs of generations 0 … generation − 1, in order
+    generation: int  # the generation being trained, ≥ 1
+    seed: int  # the replicate's seed
+    out: Path  # where a newly written training set goes
+    scratch: Path  # room for intermediate sets; empty when the mode is called, deleted afterwards
+
+    @property
+    def previous(self) -> ImageSet:
+        """The output of the generation before this one (its samples, curated when the chain curates)."""
+        return self.history[-1]
+
+    def seed_for(self, purpose: str) -> int:
+        """A seed of its own for one purpose of this generation of this replicate (see :func:`loop_seed`)."""
+        return loop_seed(self.seed, purpose, self.generation)
+
+
+@dataclass(frozen=True)
+class LoopMode:
+    """A registered loop mode: ``build`` makes the training set; ``check``, when given, runs once before any
+    task with the run's real data and raises ``ValueError`` (one line naming ``[loop] mode '<name>'``) when
+    the mode cannot serve every generation."""
+
+    build: Callable[[ModeInputs], ImageSet]
+    check: Callable[[LoopData], None] | None = None
+
+    def __post_init__(self) -> None:
+        # The registry names an entry by its module and qualified name; borrowing those of ``build`` makes a
+        # refused registration name both functions ("… registered as imgsynth.experiments.modes:replace").
+        object.__setattr__(self, "__module__", self.build.__module__)
+        object.__setattr__(self, "__qualname__", self.build.__qualname__)
+
+
+LOOP_MODES: Registry[LoopMode] = Registry("loop mode")
+
+
+# ------------------------------------------------------------------------------------------ built-in modes
+
+def replace(inputs: ModeInputs) -> ImageSet:
+    """Train on the previous generation's output alone (the classic collapse loop); writes nothing."""
+    return inputs.previous
+
+
+def accumulate(inputs: ModeInputs) -> ImageSet:
+    """Train on the real data and every earlier generation's output, kept whole."""
+    return concatenate([inputs.data.real_train, *inputs.history], inputs.out,
+                       config={"loop": "accumulate", "generation": inputs.generation})
+
+
+def mix(inputs: ModeInputs) -> ImageSet:
+    """As many images as the previous generation gave: a fraction λ drawn from the real data, the rest from
+    the previous generation's output, both stratified by class with one seed."""
+    previous, fraction = inputs.previous, inputs.data.mix_real_fraction
+    n = len(previous)
+    n_real = int(round(fraction * n))
+    seed = inputs.seed_for("mix")
+    pieces = []
+    if n_real:
+        pieces.append(_stratified_sample(inputs.data.real_train, n_real, seed, inputs.scratch / "real"))
+    if n - n_real:
+        pieces.append(_stratified_sample(previous, n - n_real, seed, inputs.scratch / "synthetic"))
+    return concatenate(pieces, inputs.out, config={"loop": "mix", "generation": inputs.generation,
+                                                   "real_fraction": fraction})
+
+
+def fresh(inputs: ModeInputs) -> ImageSet:
+    """A new, disjoint, stratified chunk of real images every generation, as many as a generation samples
+    (the control: what the loop does with no synthetic data at all)."""
+    data = inputs.data
+    chunk = _fresh_chunk(data.real_pool, data.samples_per_generation, inputs.generation, inputs.seed)
+    return data.real_pool.subset(chunk, inputs.out, config={"loop": "fresh", "generation": inputs.generation})
+
+
+def check_fresh(data: LoopData) -> None:
+    """Refuse a run whose real pool cannot give every generation after the first its own chunk."""
+    needed = data.samples_per_generation * (data.generations - 1)
+    if needed > len(data.real_pool):
+        raise ValueError(f"[loop] mode 'fresh' needs {needed} new real training images "
+                         f"(per_class × classes × (generations − 1)) but {data.real_pool.root} has "
+                         f"{len(data.real_pool)}; lower per_class or generations, or drop 'fresh'")
+
+
+def _stratified_sample(source: ImageSet, n: int, seed: int, out: Path) -> ImageSet:
+    """``n`` images of ``source`` with class proportions kept, seeded."""
+    if n >= len(source):
+        return source
+    _, chosen = stratified_split_indices(source.labels, n / len(source), seed)
+    return source.subset(chosen, out)
+
+
+def _fresh_chunk(pool: ImageSet, n: int, k: int, seed: int) -> list[int]:
+    """The k-th of disjoint stratified chunks of ``n`` real images (chunk 0 is never used: gen 0 is shared)."""
+    order = np.random.default_rng(seed).permutation(len(pool))
+    labels = np.asarray(pool.labels)[order]
+    # Interleave classes so every chunk is stratified: sort by (rank within class, class).
+    rank = np.zeros(len(order), dtype=int)
+    for label in np.unique(labels):
+        where = labels == label
+        rank[where] = np.arange(where.sum())
+    interleaved = order[np.lexsort((labels, rank))]
+    start = (k - 1) * n
+    return sorted(interleaved[start:start + n].tolist())
+
+
+# Registration order is the order error messages and --help list the modes in.
+LOOP_MODES.register("replace", LoopMode(replace))
+LOOP_MODES.register("accumulate", LoopMode(accumulate))
+LOOP_MODES.register("mix", LoopMode(mix))
+LOOP_MODES.register("fresh", LoopMode(fresh, check=check_fresh))
+
+__all__ = ["CURATED_SUFFIX", "LOOP_MODES", "LoopData", "LoopMode", "ModeInputs", "base_mode", "loop_seed"]

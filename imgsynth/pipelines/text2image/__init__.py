@@ -5,10 +5,11 @@
 - ``renderer``: a loaded pipeline rendering prompts + seeds into samples (``Text2ImageRenderer``).
 - ``sampling``: the work plan and the sampling job every backend drives (``Text2ImageSamplingJob``),
   ``generate_text2image`` (fixed shards, resumable, byte-identical however split).
-- ``kind``: the registry's ``text2image`` kind and its options (light: no torch until used).
+- ``options``, ``kind``: a job's options and the registry's ``text2image`` kind (light: no torch until used).
 """
 
-from imgsynth.pipelines.text2image.kind import Text2ImageKind, Text2ImageOptions
+from imgsynth.pipelines.text2image.kind import Text2ImageKind
+from imgsynth.pipelines.text2image.options import Text2ImageOptions
 from imgsynth.pipelines.text2image.loading import (DEFAULT_GUIDANCE, DEFAULT_STEPS, DENOISERS, DTYPES,
                                                    FEW_STEP_MODELS, component_folder, default_sampling,
                                                    denoiser_name, hub_offline, load_text2image_pipeline,

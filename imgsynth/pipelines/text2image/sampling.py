@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Iterable, Mapping, Sequence
 from imgsynth.imageset import ImageSet, ImageSetWriter, Sample
 from imgsynth.pipelines.prompts import CaptionRewriter, PromptBank, resolve_bank
 from imgsynth.pipelines.sharding import SameSet, SetJob, SetSpec, write_set
-from imgsynth.pipelines.text2image.kind import Text2ImageOptions
+from imgsynth.pipelines.text2image.options import Text2ImageOptions
 from imgsynth.pipelines.text2image.loading import PLAN_FILE, default_sampling
 from imgsynth.pipelines.text2image.renderer import SamplingOptions, Text2ImageRenderer
 from imgsynth.pipelines.work import WorkItem, balanced_work

@@ -75,7 +75,7 @@ def main() -> None:
                                         test_fraction=0.2, seed=0)
             classifier = train_classifier(train, work / f"clf{size}", ClassifierConfig(), progress=False)
             ceiling = evaluate_classifier(classifier, test).accuracy
-            rows = [(f"rgb{size}-cpu", {})] + [(f"rgb{size}-cpu", {"steps": n}) for n in args.steps]
+            rows = [(f"rgb{size}-cpu", {})] + [(f"rgb{size}-cpu", {"train_steps": n}) for n in args.steps]
             rows += [("digits16-cpu", {})] if args.baseline else []
             for preset, extra in rows:
                 generator = build_kind("conditional", {"preset": preset, **extra})

@@ -108,7 +108,7 @@ def imgsynth_path(model: str, device: str, compile: bool, args: argparse.Namespa
     synchronize(device)
     seconds = time.perf_counter() - start
     pixels = image_set.as_array()
-    del generator
+    del renderer
     release(device)
     return seconds, pixels
 

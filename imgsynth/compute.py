@@ -86,8 +86,8 @@ def fast_matmul(device: torch.device | str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def highest_matmul_precision() -> Iterator[None]:
-    """float32 matmuls at full precision for the duration of the block (metrics whose values must not depend
-    on whether TF32 was allowed elsewhere), then the previous setting."""
+    """True float32 matmuls (no TF32 or bf16 shortcuts, whatever the caller set) for the duration of the
+    block, then the previous setting: for metrics whose error bounds assume IEEE float32 GEMMs."""
     import torch
 
     previous = torch.get_float32_matmul_precision()

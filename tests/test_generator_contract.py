@@ -18,7 +18,7 @@ from imgsynth.experiments.config import load_recipe
 from imgsynth.experiments.loop import Experiment
 from imgsynth.experiments.recipes import shipped_recipes
 from imgsynth.imageset import ImageSet, ImageSetWriter, verify
-from imgsynth.pipelines import base
+from imgsynth.pipelines import per_class
 from imgsynth.pipelines.base import GENERATOR_KINDS, build_kind, register_kind
 from imgsynth.pipelines.per_class import PerClassKind
 from imgsynth.sources import import_source
@@ -66,7 +66,7 @@ def _crash_after_one_shard(monkeypatch):
 
 @pytest.mark.parametrize("kind", CONTRACT_KINDS)
 def test_every_registered_kind_fits_samples_and_resumes_the_same_set(kind, real, tmp_path, monkeypatch):
-    marker, weights = FILES.get(kind, (base.MODEL_INFO, base.MODEL_WEIGHTS))
+    marker, weights = FILES.get(kind, (per_class.MODEL_INFO, per_class.MODEL_WEIGHTS))
     generator_kind = build_kind(kind, {**FAST_OPTIONS.get(kind, {}), "shard_size": 8})
     model = generator_kind.fit(real, tmp_path / "model", seed=0, progress=False)
     stamp = (model / marker).stat().st_mtime_ns
@@ -132,9 +132,10 @@ def test_text2image_runs_through_the_loop_with_lora_each_generation(tiny_text2im
     """The kitchen case: generation 0 samples the pretrained pipeline, later ones a LoRA fine-tuned on the
     previous generation's samples."""
     recipe = load_recipe(shipped_recipes()["smoke"], [
-        'generator.kind="text2image"', f'generator.model="{tiny_text2image}"', 'generator.classes=["kitchen","bedroom"]',
-        "generator.per_class=2", "generator.sample_steps=2", "generator.sample_batch_size=2", "generator.lora_steps=2",
-        "generator.lora_rank=2", "loop.generations=2", 'loop.modes=["replace"]', "loop.seeds=1", "data.size=16",
+        'generator.kind="text2image"', "generator.options={}", f'generator.options.model="{tiny_text2image}"',
+        'generator.options.classes=["kitchen","bedroom"]', "generator.per_class=2", "generator.options.sample_steps=2",
+        "generator.options.sample_batch_size=2", "generator.options.lora_steps=2", "generator.options.lora_rank=2",
+        "loop.generations=2", 'loop.modes=["replace"]', "loop.seeds=1", "data.size=16",
         'data.mode="RGB"', 'data.source="folder:' + str(_rgb_folder(tmp_path / "rgb")) + '"', "classifier.enabled=false",
         'metrics.extractors=["pixels"]'])
     run = Experiment(recipe, tmp_path / "run", progress=False).run()
@@ -192,10 +193,20 @@ def test_a_kind_registered_from_a_test_file_runs_through_the_cli_and_the_loop(re
     assert code == 0, err
     code, _, err = run_cli("generate", tmp_path / "model", tmp_path / "samples", "--per-class", "3")
     assert code == 0 and len(ImageSet.open(tmp_path / "samples")) == 3 * len(real.classes), err
-    recipe = load_recipe(shipped_recipes()["gaussian-theory"],
-                         ['generator.kind="midpoint"', "generator.options={}", "loop.seeds=1", "loop.generations=2"])
-    run = Experiment(recipe, tmp_path / "run", progress=False).run()
+    # The whole loop through `imgsynth run`, in this process (the kind is registered only here), with reports.
+    run = tmp_path / "run"
+    code, stdout, err = run_cli("run", "gaussian-theory", "--out", run, "--workers", "1", "--set",
+                                'generator.kind="midpoint"', "--set", "generator.options={}", "--set", "loop.seeds=2",
+                                "--set", "loop.generations=2")
+    assert code == 0, err
     assert (run / "seed_0" / "replace" / "gen_1" / "metrics.json").is_file()
+    assert f"dashboard: {run / 'dashboard.png'}" in stdout and (run / "dashboard.png").stat().st_size > 0
+    import pandas as pd
+
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert set(metrics["mode"]) == {"replace"} and set(metrics["generation"]) == {0, 1}
+    findings = pd.read_csv(run / "findings.csv")
+    assert len(findings) and set(findings["metric"]) <= set(metrics["metric"])
 
 
 def test_text2image_kind_honours_the_contract_with_a_lora_fit(tiny_text2image, real, tmp_path, monkeypatch, ray_pool):

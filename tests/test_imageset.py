@@ -3,8 +3,6 @@ and that the folder loads unchanged in Hugging Face datasets and torchvision."""
 
 from __future__ import annotations
 
-import json
-import shutil
 from collections import Counter
 from pathlib import Path
 

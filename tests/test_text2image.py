@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imgsynth.imageset import ImageSet, ImageSetWriter
-from imgsynth.pipelines.prompts import load_prompt_bank, resolve_bank
+from imgsynth.imageset import ImageSet
+from imgsynth.pipelines.prompts import load_prompt_bank
 from imgsynth.pipelines.sharding import finalize_job, open_job, write_shards
-from imgsynth.pipelines.text2image import (SamplingOptions, Text2ImageOptions, Text2ImageRenderer,
-                                           Text2ImageSamplingJob, generate_text2image, plan_text2image)
-from imgsynth.pipelines.work import image_seed, shards
+from imgsynth.pipelines.text2image import (Text2ImageOptions, Text2ImageRenderer,
+                                           Text2ImageSamplingJob, generate_text2image)
+from imgsynth.pipelines.work import image_seed
 
 CLASSES = ["kitchen", "bedroom", "office"]
 SEED = 7

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from imgsynth.atomic_files import atomic_path
 from imgsynth.classifier.architectures import ClassifierError
 from imgsynth.classifier.checkpoint import LoadedClassifier, load_classifier
 from imgsynth.classifier.inference import predict
@@ -136,16 +137,15 @@ def write_report(report: ClassifierReport, out_dir: str | os.PathLike) -> Path:
 
 def plot_confusion(report: ClassifierReport, path: Path) -> None:
     """Row-normalised confusion matrix (recall per cell) with counts written in when the matrix is small."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A bare Figure (Agg canvas for PNG), never pyplot: a notebook's backend and figure list stay as they were.
+    from matplotlib.figure import Figure
 
     k = len(report.classes)
     support = report.confusion.sum(axis=1, keepdims=True)
     rates = np.divide(report.confusion, support, out=np.zeros(report.confusion.shape), where=support > 0)
     side = min(12.0, 2.5 + 0.45 * k)
-    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    fig = Figure(figsize=(side + 1.2, side))
+    ax = fig.subplots()
     image = ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
     if k <= 30:
@@ -160,5 +160,5 @@ def plot_confusion(report: ClassifierReport, path: Path) -> None:
     ax.set_ylabel("true")
     ax.set_title(f"accuracy {report.accuracy:.3f} · macro-F1 {report.macro_f1:.3f} · n={report.n}")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 from typing import Optional
 
 import typer
+from imgsynth.atomic_files import atomic_path
 
 # torch and the metrics engine are imported inside the command so `imgsynth --help` stays quick.
 
@@ -46,9 +46,8 @@ def metrics_command(
                         device=device, resize=resize)
     frame = rows_to_frame(rows)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    frame.to_csv(tmp, index=False, float_format="%.10g")
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.10g")
     shown = frame.drop(columns=["extractor"] + ([] if bootstrap else ["ci_low", "ci_high"]))
     typer.echo(f"{candidate_set.root} vs {reference_set.root}  [{features}]")
     typer.echo(shown.to_string(index=False, float_format=lambda v: f"{v:.6g}"))

@@ -17,6 +17,7 @@ import numpy as np
 from imgsynth.distributed.backend import DEFAULT_RETRIES, dataset_of_rows, map_on_actor_pool, ray_session, require_ray
 from imgsynth.compute import uses_gpu
 from imgsynth.imageset import ImageSet
+from imgsynth.atomic_files import atomic_path
 
 DEFAULT_CHUNK_BATCHES = 16
 
@@ -125,9 +126,8 @@ def warm_feature_cache(image_set: ImageSet | str | os.PathLike, extractor: Any, 
     metadata = {"set_id": image_set.id, "extractor_id": built.id, "preprocessing": built.preprocessing,
                 "n": str(len(image_set))}
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{path.stem}.{os.getpid()}.tmp"
-    save_file({"features": features.contiguous()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({"features": features.contiguous()}, str(tmp), metadata=metadata)
     return path
 
 

@@ -28,6 +28,7 @@ import tomli_w
 # The loop modes a recipe may name live in their registry (a mode added there is valid here at once).
 from imgsynth.experiments.modes import CURATED_SUFFIX, LOOP_MODES, base_mode
 from imgsynth.metrics.extractors.registry import EXTRACTORS as EXTRACTOR_PREFIXES  # the names only: no torch
+from imgsynth.field_types import type_problem
 from imgsynth.notes import Note
 
 # imgsynth.classifier.architectures.SMALL_RESNET, the default architecture (checked without torch).
@@ -257,18 +258,11 @@ def _checked(spec: dataclasses.Field, value: Any, where: str) -> Any:
         if not isinstance(value, Mapping):
             raise RecipeError(f"{where}: [{spec.name}] must be a table, got {value!r}")
         return dict(value)
-    kinds = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "list": (list,)}
-    allowed = [k for k in kinds if k in str(spec.type).replace("list[str]", "list")]
-    if value is None and "None" in str(spec.type):
-        return value
-    ok = any(isinstance(value, kinds[k]) and not (k in ("int", "float") and isinstance(value, bool))
-             for k in allowed)
-    if allowed and not ok:
+    problem = type_problem(str(spec.type), value)
+    if problem is not None and problem.startswith("should be a list of"):
+        raise RecipeError(f"{where}: {spec.name} must be a list of {problem.rpartition(' ')[2]}, got {value!r}")
+    if problem is not None:
         raise RecipeError(f"{where}: {spec.name} = {value!r} should be {spec.type}")
-    element = int if "list[int]" in str(spec.type) else str
-    if isinstance(value, list) and not all(isinstance(v, element) and not isinstance(v, bool) for v in value):
-        raise RecipeError(f"{where}: {spec.name} must be a list of {'integers' if element is int else 'strings'}, "
-                          f"got {value!r}")
     return value
 
 

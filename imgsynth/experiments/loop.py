@@ -14,7 +14,6 @@ continues where it stopped, and a run extended with more seeds computes only the
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import platform
 import shutil
@@ -31,6 +30,7 @@ from imgsynth.experiments.run import CONFIG_FILE, METRICS_FILE, GenerationKey, R
 from imgsynth.imageset import ImageSet, ImageSetError
 from imgsynth.locking import folder_lock
 from imgsynth.sources import import_source
+from imgsynth.atomic_files import write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:
     from imgsynth.pipelines.base import GeneratorKind
@@ -45,12 +45,6 @@ EXTENSIBLE_FIELDS = ("loop.seeds",)
 
 def _log(message: str) -> None:
     print(f"[imgsynth] {message}", flush=True)
-
-
-def _atomic_json(path: Path, payload: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _open_if_complete(path: Path) -> ImageSet | None:
@@ -205,9 +199,7 @@ class Experiment:
                 raise RecipeError(f"{path}: this run folder was started with another recipe; "
                                   "use a new run folder (or delete this one) to change settings")
             _log(f"replicates: {replicate_seeds(started)} → {replicate_seeds(self.recipe)}")
-        tmp = path.with_name(f".{CONFIG_FILE}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(path, text)
 
     def _write_info(self, stages: dict[str, float], wall: float) -> None:
         """``run.json``: what ran, where, and how long each stage took (summed over every generation)."""
@@ -220,7 +212,7 @@ class Experiment:
             for stage, seconds in payload.get("stage_seconds", {}).items():
                 per_stage[stage] = per_stage.get(stage, 0.0) + seconds
         gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-        _atomic_json(self.folder.info_path, {
+        write_json_atomic(self.folder.info_path, {
             "seeds": replicate_seeds(self.recipe), "modes": list(self.recipe.loop.modes),
             "generations": self.recipe.loop.generations, "workers": self.workers, "backend": self.backend,
             "threads_per_task": TASK_THREADS, "wall_seconds_last_invocation": round(wall, 1),
@@ -229,7 +221,7 @@ class Experiment:
             "software": software_versions(),
             "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                         "cpus": os.cpu_count(), "gpu": gpu},
-        })
+        }, indent=2)
 
     # ------------------------------------------------------------------ real data
     def _real_data(self) -> tuple[ImageSet, ImageSet, ImageSet]:
@@ -315,7 +307,7 @@ class Experiment:
             "id": train_set.id, "path": os.path.relpath(train_set.root, self.run_dir), "size": len(train_set)},
             "samples": {"id": output.id, "path": os.path.relpath(output.root, self.run_dir)},
             "seconds": round(time.perf_counter() - t0, 2), "stage_seconds": seconds, "rows": rows}
-        _atomic_json(folder / METRICS_FILE, payload)
+        write_json_atomic(folder / METRICS_FILE, payload, indent=2)
         _log(f"{key.label()}: done in {payload['seconds']:.1f}s")
         return output
 
@@ -411,7 +403,8 @@ class Experiment:
         _log("real-data reference values (real train vs real test)")
         rows = self._evaluate(real_train, real_test, reference_ckpt, None, GenerationKey(self.recipe.seed, "real", 0))
         rows.append(_row("cas_accuracy_chance", "all", 1.0 / len(real_test.classes), len(real_test)))
-        _atomic_json(self.folder.reference_path, {"candidate": "real/train", "reference": "real/test", "rows": rows})
+        write_json_atomic(self.folder.reference_path, {"candidate": "real/train", "reference": "real/test",
+                                                         "rows": rows}, indent=2)
 
     def _train_classifier(self, train_set: ImageSet, out: Path, seed: int) -> Path:
         from imgsynth.classifier import ClassifierConfig, train_classifier
@@ -453,7 +446,6 @@ class Experiment:
     def _classification_score(self, samples: ImageSet, real_test: ImageSet, folder: Path,
                               key: GenerationKey) -> list[dict[str, Any]]:
         """Classification Accuracy Score: a classifier trained on the samples, scored on real test data."""
-        from imgsynth.classifier import evaluate_classifier
 
         self.stage_hook("classifier", key)
         ckpt = folder / "classifier"

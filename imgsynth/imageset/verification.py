@@ -171,7 +171,7 @@ def _verify_image(root: Path, where: str, row: Mapping[str, Any], manifest: Mapp
         return
     try:
         check_sha256(data, row["sha256"], root, row["file_name"])
-    except ImageFileError as exc:
+    except ImageFileError:
         report.add(path, f"sha256 mismatch: {where} records {str(row['sha256'])[:16]}…, the file hashes to "
                          f"{sha256_bytes(data)[:16]}…")
     manifest = manifest or {}

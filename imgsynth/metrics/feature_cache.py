@@ -14,6 +14,7 @@ import torch
 
 from imgsynth.imageset import ImageSet
 from imgsynth.metrics.extractors.base import FeatureExtractor, create_extractor
+from imgsynth.atomic_files import atomic_path
 
 CACHE_FORMAT = 1
 
@@ -64,7 +65,6 @@ def cached_features(image_set: ImageSet, extractor: FeatureExtractor | str, cach
             pass  # unreadable cache entry: recompute below
     features = extractor.extract(image_set, batch_size=batch_size).contiguous()
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{key}.{os.getpid()}.tmp"
-    save_file({"features": features}, str(tmp), metadata=expected)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({"features": features}, str(tmp), metadata=expected)
     return features

@@ -28,29 +28,18 @@ float32 copy of each set (plus two columns) and a few ``chunk × n`` blocks.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
+from imgsynth.compute import highest_matmul_precision
 from imgsynth.metrics.inputs import as_features, same_width
 
 F64 = torch.float64
 F32 = torch.float32
 DEFAULT_CHUNK = 2048
 EXACT_BLOCK = 1 << 19  # elements per direct-difference block (4 MiB of float64: stays in cache)
-
-
-@contextmanager
-def _ieee_float32_matmul() -> Iterator[None]:
-    """The error bound assumes true float32 GEMMs: no TF32 / bf16 shortcuts, whatever the caller set."""
-    previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(previous)
 
 
 def _exact_squared(a: torch.Tensor, rows_a: torch.Tensor, b: torch.Tensor, rows_b: torch.Tensor) -> torch.Tensor:
@@ -172,7 +161,7 @@ def _knn_radii_squared(points: _Points, k: int, chunk: int) -> torch.Tensor:
 def knn_radii(x: Any, k: int, chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
     """Distance from each row of ``x`` to its k-th nearest other row (float64), ``chunk`` rows at a time."""
     x = as_features(x, "x", min_samples=1)
-    with _ieee_float32_matmul():
+    with highest_matmul_precision():
         return _knn_radii_squared(_Points(x, x.mean(dim=0, dtype=F64), chunk), k, chunk).sqrt()
 
 
@@ -226,7 +215,7 @@ def precision_recall_density_coverage(real: Any, fake: Any, k: int = 5,
         real = real.to(F64)
     if not fake.is_floating_point():
         fake = fake.to(F64)
-    with _ieee_float32_matmul():
+    with highest_matmul_precision():
         # Distances do not change under a common shift; centring on the real mean shrinks the norms the
         # round-off scales with (Inception features, e.g., are all positive with a large mean).
         centre = real.mean(dim=0, dtype=F64)

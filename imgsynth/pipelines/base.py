@@ -156,13 +156,16 @@ def build_kind(name: str, options: Mapping[str, Any] | None = None,
     return kind_class(name)(options_from_dict(name, options or {}, where))
 
 
-def read_model_info(path: Path) -> dict[str, Any]:
-    """A registered kind's ``imgsynth_model_info.json``: a JSON object, or one error line naming the file."""
+def read_info_file(path: Path) -> dict[str, Any]:
+    """A model folder's JSON file (``imgsynth_model_info.json``, ``imgsynth_model.json``, ``imgsynth_lora.json``,
+    a diffusers config): a JSON object, or one error line naming the file (bad UTF-8, malformed or too deeply
+    nested JSON, not an object). Every kind reads its files through this."""
+    from imgsynth.field_types import json_kind
     from imgsynth.set_schema import parse_json
 
     info = parse_json(Path(path).read_bytes(), str(path))
     if not isinstance(info, dict):
-        raise ValueError(f"{path}: should hold a JSON object")
+        raise ValueError(f"{path}: should hold a JSON object, found {json_kind(info)}")
     return info
 
 
@@ -170,7 +173,7 @@ def model_kind(model: str | Path) -> str:
     """The kind of a model folder or id, by the rule in the module docstring."""
     info = Path(model) / MODEL_INFO
     if info.is_file():
-        name = read_model_info(info).get("kind", "")
+        name = read_info_file(info).get("kind", "")
         kind_class(name)  # an unknown kind names the registered ones
         return name
     owners: dict[str, list[str]] = {"specific": [], "fallback": []}

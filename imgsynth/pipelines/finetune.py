@@ -28,10 +28,12 @@ from typing import Any, Callable
 from imgsynth.imageset import ImageSet
 from imgsynth.locking import locks_output
 from imgsynth.compute import resolve_device
+from imgsynth.pipelines.base import read_info_file
 from imgsynth.pipelines.text2image.loading import (component_folder, load_text2image_pipeline, resolve_dtype,
                                                   weights_hash)
 from imgsynth.provenance import software_versions
 from imgsynth.safe_loading import load_torch_file
+from imgsynth.atomic_files import atomic_path
 
 INFO_FILE = "imgsynth_lora.json"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -201,9 +203,8 @@ def finetune_lora(model: str | os.PathLike, train_set: ImageSet | str | os.PathL
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     import torch
 
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # a kill mid-save leaves the previous checkpoint whole
+    with atomic_path(path) as tmp:  # a kill mid-save leaves the previous checkpoint whole
+        torch.save(state, tmp)
 
 
 def _load_checkpoint(path: Path, info: dict[str, Any]) -> dict[str, Any] | None:
@@ -238,7 +239,7 @@ def _existing(out: Path, info: dict[str, Any]) -> Path | None:
         if any(out.iterdir()):
             raise ValueError(f"{out}: folder exists and is not an imgsynth LoRA; refusing to overwrite it")
         return None
-    previous = json.loads(info_path.read_text(encoding="utf-8"))
+    previous = read_info_file(info_path)
     same = all(previous.get(key) == info[key] for key in ("base_weights_sha256", "config", "dtype")) and \
         previous.get("train_set", {}).get("id") == info["train_set"]["id"]
     if not same:

@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 
+from imgsynth.atomic_files import atomic_path, write_json_atomic
 from imgsynth.generator_record import GeneratorRecord
 from imgsynth.imageset import ImageSet, Sample
-from imgsynth.pipelines.base import MODEL_INFO, GeneratorKind, read_model_info
+from imgsynth.pipelines.base import MODEL_INFO, GeneratorKind, read_info_file
 from imgsynth.pipelines.sharding import SetJob, SetSpec
 from imgsynth.pipelines.work import WorkItem, balanced_work
 
@@ -33,22 +34,16 @@ def write_model(out: Path, kind: str, tensors: Mapping[str, np.ndarray], info: M
 
     The info records the kind, the weights' sha256 and the software; callers add classes, options, parent.
     """
-    import json
-    import os
-
     from safetensors.numpy import save_file
 
     from imgsynth.provenance import sha256_file, software_versions
 
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{MODEL_WEIGHTS}.tmp"
-    save_file({k: v for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, out / MODEL_WEIGHTS)
+    with atomic_path(out / MODEL_WEIGHTS) as tmp:
+        save_file({k: v for k, v in tensors.items()}, str(tmp))
     record = {**info, "kind": kind, "weights_sha256": sha256_file(out / MODEL_WEIGHTS),
               "software": software_versions()}
-    tmp = out / f".{MODEL_INFO}.tmp"
-    tmp.write_text(json.dumps(record, indent=2), encoding="utf-8")
-    os.replace(tmp, out / MODEL_INFO)
+    write_json_atomic(out / MODEL_INFO, record, indent=2)  # last: the info file marks the folder whole
     return out
 
 
@@ -66,7 +61,7 @@ def read_model(model_dir: Path, kind: str) -> tuple[dict[str, Any], dict[str, di
     info_path = model_dir / MODEL_INFO
     if not info_path.is_file():
         raise ValueError(f"{model_dir}: not a {kind} model folder ({MODEL_INFO} is missing)")
-    info = read_model_info(info_path)
+    info = read_info_file(info_path)
     if info.get("kind") != kind:
         raise ValueError(f"{info_path}: a {info.get('kind')!r} model, not {kind!r}")
     weights = model_dir / MODEL_WEIGHTS
@@ -86,7 +81,7 @@ def finished_fit(out: Path, record: Mapping[str, Any]) -> bool:
     info_path = Path(out) / MODEL_INFO
     if not info_path.is_file():
         return False
-    done = read_model_info(info_path)
+    done = read_info_file(info_path)
     if {k: done.get(k) for k in record} != dict(record):
         raise ValueError(f"{out}: already holds a model fitted to another set or with other options")
     return True
@@ -165,12 +160,12 @@ class PerClassKind(GeneratorKind):
     def owns(cls, model: str | Path) -> bool:
         """Whether ``model`` is a folder this kind fitted (its info file names the kind)."""
         info = Path(model) / MODEL_INFO
-        return info.is_file() and read_model_info(info).get("kind") == cls.name
+        return info.is_file() and read_info_file(info).get("kind") == cls.name
 
     @classmethod
     def options_for_model(cls, model: str | Path) -> dict[str, Any]:
         """The options the model was fitted with (sampling takes them as they are)."""
-        return dict(read_model_info(Path(model) / MODEL_INFO).get("options") or {})
+        return dict(read_info_file(Path(model) / MODEL_INFO).get("options") or {})
 
     def drawer(self, model_dir: Path) -> tuple[dict[str, Any], list[str], Callable[[WorkItem], Image.Image]]:
         """(info, the fitted classes, the function making one work item's image) of a fitted model."""

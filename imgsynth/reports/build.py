@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import html
-import os
 import time
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -23,6 +22,7 @@ from imgsynth.locking import folder_lock
 from imgsynth.reports.figures import class_heatmap, dashboard, sample_grid
 from imgsynth.reports.findings import SEED_INTERVAL, TEST_NAME, findings, seed_summary, verdicts
 from imgsynth.reports.tables import collect_metrics, collect_reference, metric_label, write_csv
+from imgsynth.atomic_files import write_text_atomic
 
 DOMAIN_NOTE = ("features: 'domain' = penultimate layer of the classifier trained on this run's real data "
                "(the offline default; no CLIP/Inception weights used)")
@@ -146,9 +146,7 @@ def write_html(summary: pd.DataFrame, table: pd.DataFrame, pictures: Sequence[Pa
     parts.append(f"<h2>Metrics (all classes; mean over seeds, ci = {SEED_INTERVAL})</h2>")
     parts.append(_table_html(summary_table(summary)))
     parts.append("</body></html>")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, "\n".join(parts))
     return path
 
 

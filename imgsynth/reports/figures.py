@@ -8,7 +8,6 @@ Which metrics get panels, in which order, with which arrow, comes from their dec
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -20,12 +19,12 @@ from matplotlib.figure import Figure
 
 from imgsynth.metrics.registry import HIGHER, declared, direction, panel_order
 from imgsynth.reports.tables import metric_label
+from imgsynth.atomic_files import atomic_path
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")  # a bare Figure renders with the Agg canvas for PNG
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")  # a bare Figure renders with the Agg canvas for PNG
     return path
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pandas as pd
 
 from imgsynth.experiments.run import RunFolder
+from imgsynth.atomic_files import atomic_path
 
 COLUMNS = ["run", "seed", "mode", "generation", "class", "metric", "extractor", "value", "ci_low", "ci_high", "n"]
 REFERENCE_COLUMNS = ["run", "class", "metric", "extractor", "value"]
@@ -51,9 +51,8 @@ def collect_reference(run: str | Path | RunFolder) -> pd.DataFrame:
 def write_csv(frame: pd.DataFrame, path: str | Path) -> Path:
     """Write atomically (temporary file, then rename)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    frame.to_csv(tmp, index=False, float_format="%.12g")  # enough digits to recompute findings from it
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.12g")  # enough digits to recompute findings from it
     return path
 
 

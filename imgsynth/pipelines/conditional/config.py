@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from imgsynth.field_types import is_int, json_kind, type_problem
+
 DEFAULT_GUIDANCE_SCALE = 2.0
 DEFAULT_SAMPLE_STEPS = 20
 SAMPLERS = ("dpm++", "ddim")
@@ -93,7 +95,7 @@ class TrainConfig:
 
         for spec in dataclasses.fields(self):
             value = getattr(self, spec.name)
-            problem = _type_problem(str(spec.type), value)
+            problem = type_problem(str(spec.type), value)
             need(problem is None, f"{spec.name} = {value!r} {problem}")
         levels = len(self.block_out_channels)
         need(4 <= self.image_size <= MAX_IMAGE_SIZE,
@@ -226,42 +228,17 @@ def train_config_from_dict(values: Any, where: str) -> TrainConfig:
     know are ignored (a newer imgsynth may have written them), missing ones take their defaults.
     """
     if not isinstance(values, Mapping):
-        raise ValueError(f"{where} must be a JSON object, got {_json_kind(values)}")
+        raise ValueError(f"{where} must be a JSON object, got {json_kind(values)}")
     specs = {f.name: f for f in dataclasses.fields(TrainConfig)}
     known = {k: v for k, v in values.items() if k in specs}
     for name, value in known.items():
-        problem = _type_problem(str(specs[name].type), value)
+        problem = type_problem(str(specs[name].type), value)
         if problem is not None:
             raise ValueError(f"{where}: {name} = {_short(value)} {problem}")
     try:
         return TrainConfig(**known).validate()
     except ValueError as exc:
         raise ValueError(f"{where}: {exc}") from exc
-
-
-_SCALAR_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
-
-
-def _type_problem(annotation: str, value: Any) -> str | None:
-    """Why ``value`` does not fit a ``TrainConfig`` field annotated ``annotation`` (as written), else None."""
-    base = annotation.removesuffix(" | None")
-    if value is None:
-        return None if base != annotation else f"should be {annotation}, not null"
-    if base == "tuple[int, ...]":
-        ok = isinstance(value, (list, tuple)) and all(_is_int(v) for v in value)
-        return None if ok else "should be a list of integers"
-    kinds = _SCALAR_TYPES.get(base)
-    if kinds is None:
-        return None  # an annotation this check does not know: validate's own rules cover the field
-    # bool is an int subclass; a flag where a number belongs is a mistake, not a 0 or 1.
-    ok = isinstance(value, kinds) and (base == "bool" or not isinstance(value, bool))
-    return None if ok else f"should be {annotation}"
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 
 
 def _jsonable(value: Any) -> Any:
@@ -272,12 +249,6 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-
-
-def _json_kind(value: Any) -> str:
-    kinds = ((bool, "true/false"), (int, "an integer"), (float, "a number"), (str, "a string"),
-             (list, "a list"), (dict, "an object"), (type(None), "null"))
-    return next((name for kind, name in kinds if isinstance(value, kind)), type(value).__name__)
 
 
 def _short(value: Any) -> str:
@@ -294,7 +265,7 @@ def _short(value: Any) -> str:
 def check_sampling(guidance_scale: float | None, steps: int | None, sampler: str | None, noise_temperature: float,
                    shard_size: int) -> None:
     """Refuse sampling settings no sampler takes (None: the model's own default), naming the setting."""
-    if steps is not None and (not _is_int(steps) or steps < 1):
+    if steps is not None and (not is_int(steps) or steps < 1):
         raise ValueError(f"steps must be at least 1, got {steps!r}")
     if guidance_scale is not None and not (isinstance(guidance_scale, (int, float)) and 0 <= guidance_scale < math.inf):
         raise ValueError(f"guidance_scale must be a finite number ≥ 0, got {guidance_scale!r}")
@@ -302,5 +273,5 @@ def check_sampling(guidance_scale: float | None, steps: int | None, sampler: str
         raise ValueError(f"noise_temperature must be positive, got {noise_temperature!r}")
     if sampler is not None and sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; known: {SAMPLERS}")
-    if not _is_int(shard_size) or shard_size < 1:
+    if not is_int(shard_size) or shard_size < 1:
         raise ValueError(f"shard_size must be at least 1, got {shard_size!r}")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -27,10 +26,13 @@ from typing import Any, Mapping
 
 import torch
 
+from imgsynth.atomic_files import write_json_atomic
 from imgsynth.compute import resolve_device
+from imgsynth.field_types import is_int, json_kind
 from imgsynth.imageset import ImageSet
 from imgsynth.pipelines import device as devices
-from imgsynth.pipelines.conditional.config import (TrainConfig, _is_int, _json_kind, _jsonable, _short,
+from imgsynth.pipelines.base import read_info_file
+from imgsynth.pipelines.conditional.config import (TrainConfig, _jsonable, _short,
                                                    train_config_from_dict)
 from imgsynth.pipelines.conditional.model import (ModelSize, check_model_size, estimate_size,
                                                   noise_scheduler_config, unet_config)
@@ -114,9 +116,7 @@ def _write_model_info(out: Path, config: TrainConfig, data: Any, image_set: Imag
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "software": software_versions(),
     }
-    tmp = out / (MODEL_FILE + ".tmp")
-    tmp.write_text(json.dumps(info, indent=2), encoding="utf-8")
-    os.replace(tmp, out / MODEL_FILE)
+    write_json_atomic(out / MODEL_FILE, info, indent=2)
 
 
 
@@ -138,7 +138,7 @@ def _read_model_info(folder: Path) -> tuple[dict[str, Any], TrainConfig]:
         raise FileNotFoundError(f"{folder}: no such model folder")
     if not path.is_file():
         raise ValueError(f"{folder}: not a class-conditional model folder ({MODEL_FILE} is missing)")
-    info = _read_json_object(path)
+    info = read_info_file(path)
     for key in ("classes", "image_size", "image_mode", "patch_size", "training_config", "weights_sha256"):
         if key not in info:
             raise ValueError(f"{path}: missing field {key!r}")
@@ -157,16 +157,16 @@ def _check_info_fields(info: Mapping[str, Any], config: TrainConfig, path: Path)
     need(isinstance(classes, list) and len(classes) >= 2 and all(isinstance(c, str) and c for c in classes)
          and len(set(classes)) == len(classes), "classes", "should be a list of two or more distinct class names")
     side = config.image_size
-    need(info["image_size"] == [side, side] and all(_is_int(v) for v in info["image_size"]), "image_size",
+    need(info["image_size"] == [side, side] and all(is_int(v) for v in info["image_size"]), "image_size",
          f"should be [{side}, {side}], the training config's image_size")
     need(info["image_mode"] == ("L" if config.channels == 1 else "RGB"), "image_mode",
          f"should be {'L' if config.channels == 1 else 'RGB'!r} for the training config's channels={config.channels}")
-    need(_is_int(info["patch_size"]) and info["patch_size"] == config.patch_size, "patch_size",
+    need(is_int(info["patch_size"]) and info["patch_size"] == config.patch_size, "patch_size",
          f"should be {config.patch_size}, the training config's patch_size")
-    need(_is_int(info.get("channels", config.channels)) and info.get("channels", config.channels) == config.channels,
+    need(is_int(info.get("channels", config.channels)) and info.get("channels", config.channels) == config.channels,
          "channels", f"should be {config.channels}, the training config's channels")
     null_class = info.get("null_class_index", len(classes))
-    need(_is_int(null_class) and null_class == len(classes), "null_class_index",
+    need(is_int(null_class) and null_class == len(classes), "null_class_index",
          f"should be {len(classes)}, the number of classes")
     digest = info["weights_sha256"]
     need(isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest),
@@ -178,22 +178,8 @@ def _check_info_fields(info: Mapping[str, Any], config: TrainConfig, path: Path)
     need(isinstance(parent, dict) and all(isinstance(parent.get(k, ""), str) for k in ("id", "path")), "parent",
          "should be an object whose id and path are strings")
     version = info.get("format_version", MODEL_FORMAT_VERSION)
-    need(_is_int(version) and version <= MODEL_FORMAT_VERSION, "format_version",
+    need(is_int(version) and version <= MODEL_FORMAT_VERSION, "format_version",
          f"should be an integer ≤ {MODEL_FORMAT_VERSION} (a newer format needs a newer imgsynth)")
-
-
-def _read_json_object(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: malformed JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from exc
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not a UTF-8 text file ({exc.reason})") from exc
-    if not isinstance(value, dict):
-        raise ValueError(f"{path}: should hold a JSON object, found {_json_kind(value)}")
-    return value
-
-
 
 
 def check_model_dir(model_dir: str | os.PathLike,
@@ -224,13 +210,13 @@ def _read_model_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ValueError(f"{path.parent}: missing {path.name} (a model folder from `imgsynth train` holds "
                          f"{', '.join(MODEL_FILES)})")
-    return _read_json_object(path)
+    return read_info_file(path)
 
 
 def _square_sample(values: Mapping[str, Any]) -> dict[str, Any]:
     # diffusers takes sample_size as one side or [height, width]; compare both spellings as the pair.
     side = values.get("sample_size")
-    return {**values, "sample_size": [side, side]} if _is_int(side) else dict(values)
+    return {**values, "sample_size": [side, side]} if is_int(side) else dict(values)
 
 
 def _check_config_file(path: Path, found: Mapping[str, Any], cls: type, expected: Mapping[str, Any]) -> None:
@@ -253,10 +239,10 @@ def _check_config_file(path: Path, found: Mapping[str, Any], cls: type, expected
         value = found[key]
         if _same(value, want):
             continue
-        kinds = {_json_kind(value), _json_kind(want)}
+        kinds = {json_kind(value), json_kind(want)}
         if len(kinds) > 1 and not kinds <= {"an integer", "a number"}:
             example = "" if want is None else f" ({_short(want)})"
-            raise ValueError(f"{path}: {key} = {_short(value)} should be {_json_kind(want)}{example}")
+            raise ValueError(f"{path}: {key} = {_short(value)} should be {json_kind(want)}{example}")
         raise ValueError(f"{path}: {key} = {_short(value)} does not match {source}, which gives {_short(want)}")
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import json
 import os
 import re
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 
 from imgsynth.compute import resolve_device
+from imgsynth.pipelines.base import read_info_file
 from imgsynth.provenance import sha256_file
 from imgsynth.safe_loading import UnsafeFileError, pickle_files, refusing_pickles
 
@@ -191,7 +191,7 @@ def lora_record(lora: str | Path) -> dict[str, Any]:
                               "sha256": weights_hash(folder) if path.is_dir() else sha256_file(path)}
     info = folder / "imgsynth_lora.json"
     if info.is_file():
-        trained = json.loads(info.read_text(encoding="utf-8"))
+        trained = read_info_file(info)
         record["trained"] = {key: trained[key] for key in ("base_model", "base_weights_sha256", "train_set",
                                                            "config") if key in trained}
     return record

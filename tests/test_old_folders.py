@@ -1,0 +1,85 @@
+"""Sets and model folders written before issue 20 (tests/fixtures/before-one-seam, see its README.md) still
+open, verify, keep their ids, and sample the same bytes through the command line; a finished set is still
+recognised as finished and one made with other settings still refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from imgsynth.imageset import ImageSet
+
+FIXTURE = Path(__file__).parent / "fixtures" / "before-one-seam"
+EXPECTED = json.loads((FIXTURE / "expected.json").read_text(encoding="utf-8"))
+SETS = sorted(EXPECTED["sets"])
+MODELS = sorted(EXPECTED["models"])
+
+
+def _digests(set_dir: Path) -> dict[str, str]:
+    opened = ImageSet.open(set_dir)
+    return {record.file_name: hashlib.sha256(opened.path_of(i).read_bytes()).hexdigest()
+            for i, record in enumerate(opened.records)}
+
+
+@pytest.fixture(scope="module")
+def old(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the fixture folder (sampling and resuming must not write into the repository)."""
+    root = tmp_path_factory.mktemp("old") / "before-one-seam"
+    shutil.copytree(FIXTURE, root, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    return root
+
+
+def test_the_fixture_holds_every_kind_of_folder():
+    kinds = {EXPECTED["sets"][name]["kind"] for name in SETS}
+    assert kinds == {"real", "generated", "curated"}
+    assert set(EXPECTED["models_kind"].values()) == {"conditional", "gaussian", "kde"}
+
+
+@pytest.mark.parametrize("name", SETS)
+def test_an_old_set_opens_verifies_and_keeps_its_id(name, run_cli):
+    want = EXPECTED["sets"][name]
+    opened = ImageSet.open(FIXTURE / name)
+    assert opened.id == want["id"] and opened.kind == want["kind"] and len(opened) == want["num_images"]
+    assert _digests(FIXTURE / name) == want["images"]
+    report = opened.verify()
+    assert report.ok, report.summary()
+    assert report.set_id == want["id"]
+    code, out, err = run_cli("data", "verify", FIXTURE / name)
+    assert code == 0, err
+    assert want["id"] in out
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_an_old_model_folder_samples_the_same_bytes(model, old, tmp_path, run_cli):
+    want = EXPECTED["models"][model]
+    out = tmp_path / "again"
+    code, _, err = run_cli("generate", old / model, out, *want["args"], "--no-progress")
+    assert code == 0, err
+    again = ImageSet.open(out)
+    assert again.manifest["generator"]["kind"] == EXPECTED["models_kind"][model]
+    assert again.id == want["id"] == EXPECTED["sets"][want["set"]]["id"]
+    assert _digests(out) == want["images"]
+    assert again.verify().ok
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_an_old_finished_set_is_recognised_and_other_settings_refused(model, old, tmp_path, run_cli):
+    want = EXPECTED["models"][model]
+    out = tmp_path / "set"
+    shutil.copytree(old / want["set"], out)
+    before = (out / "imageset.json").read_bytes()
+    code, _, err = run_cli("generate", old / model, out, *want["args"], "--no-progress")
+    assert code == 0, err
+    assert (out / "imageset.json").read_bytes() == before and _digests(out) == want["images"]
+
+    args = list(want["args"])
+    args[args.index("--seed") + 1] = "9"
+    code, _, err = run_cli("generate", old / model, out, *args, "--no-progress")
+    assert code == 2 and err.count("error:") == 1 and "Traceback" not in err
+    assert str(out) in err
+    assert (out / "imageset.json").read_bytes() == before and _digests(out) == want["images"]

@@ -37,6 +37,34 @@ def digits_sets(tmp_path_factory: pytest.TempPathFactory) -> tuple[ImageSet, Ima
     return import_source("digits", root / "digits", size=16, test_fraction=0.2, seed=0)
 
 
+@pytest.fixture(scope="session")
+def small_digits(digits_sets: tuple[ImageSet, ImageSet], tmp_path_factory: pytest.TempPathFactory) -> ImageSet:
+    """120 real digits at 16 px grayscale (the first 12 per class of the test split). Read-only; copy to modify."""
+    test = digits_sets[1]
+    indices = [i for c in test.classes for i in test.indices_of_class(c)[:12]]
+    return test.subset(indices, tmp_path_factory.mktemp("small-digits") / "real")
+
+
+@pytest.fixture(scope="session")
+def small_classifier(small_digits: ImageSet, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny classifier checkpoint (one epoch, width 4) trained on ``small_digits``, for ``domain:`` features.
+    Read-only."""
+    from imgsynth.classifier import ClassifierConfig, train_classifier
+
+    out = tmp_path_factory.mktemp("small-classifier") / "clf"
+    return train_classifier(small_digits, out, ClassifierConfig(epochs=1, width=4, batch_size=32), progress=False)
+
+
+@pytest.fixture(scope="session")
+def smoke_model(digits_sets: tuple[ImageSet, ImageSet], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The class-conditional model of the ``smoke`` preset trained on the digits train split, built once.
+    Read-only: a test that changes a model folder copies it first (``shutil.copytree``)."""
+    from imgsynth.pipelines import conditional
+
+    out = tmp_path_factory.mktemp("smoke-model") / "model"
+    return conditional.train(digits_sets[0], out, conditional.preset("smoke"), progress=False)
+
+
 @pytest.fixture
 def run_cli(capsys: pytest.CaptureFixture[str]):
     """Run the `imgsynth` console entry point in-process; returns (exit code, stdout, stderr)."""

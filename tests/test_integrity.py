@@ -28,29 +28,14 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBL
 
 
 # --------------------------------------------------------------------------------------------- fixtures
+# small_digits and small_classifier: tests/conftest.py
 
 @pytest.fixture(scope="module")
-def small_real(digits_sets, tmp_path_factory) -> ImageSet:
-    """120 real digits (12 per class), the input most commands below are given."""
-    test = digits_sets[1]
-    indices = [i for c in test.classes for i in test.indices_of_class(c)[:12]]
-    return test.subset(indices, tmp_path_factory.mktemp("small") / "real")
-
-
-@pytest.fixture(scope="module")
-def tiny_model(small_real, tmp_path_factory) -> Path:
+def tiny_model(small_digits, tmp_path_factory) -> Path:
     from imgsynth.pipelines import conditional
 
     out = tmp_path_factory.mktemp("model") / "model"
-    return conditional.train(small_real, out, conditional.preset("smoke", steps=4), progress=False)
-
-
-@pytest.fixture(scope="module")
-def tiny_classifier(small_real, tmp_path_factory) -> Path:
-    from imgsynth.classifier import ClassifierConfig, train_classifier
-
-    out = tmp_path_factory.mktemp("clf") / "clf"
-    return train_classifier(small_real, out, ClassifierConfig(epochs=1, batch_size=32), progress=False)
+    return conditional.train(small_digits, out, conditional.preset("smoke", steps=4), progress=False)
 
 
 def copy_set(image_set: ImageSet, out: Path) -> ImageSet:
@@ -166,14 +151,14 @@ def test_a_writer_never_deletes_the_partial_of_a_live_writer(tmp_path):
 
 @pytest.mark.parametrize("command", ["generate", "import", "train", "run"])
 def test_two_concurrent_jobs_into_one_folder_one_succeeds_the_other_is_refused_at_once(
-        command, run_cli, tiny_model, small_real, tmp_path):
+        command, run_cli, tiny_model, small_digits, tmp_path):
     out = tmp_path / "out"
     first, second = {
         "generate": (["generate", tiny_model, out, "--per-class", "60", "--seed", "0", "--steps", "8"],
                      ["generate", tiny_model, out, "--per-class", "2", "--seed", "1"]),
         "import": (["data", "import", "digits", out, "--size", "48"], ["data", "import", "digits", out, "--seed", "1"]),
-        "train": (["train", small_real.root, out, "--preset", "smoke", "--steps", "300"],
-                  ["train", small_real.root, out, "--preset", "smoke", "--steps", "2"]),
+        "train": (["train", small_digits.root, out, "--preset", "smoke", "--steps", "300"],
+                  ["train", small_digits.root, out, "--preset", "smoke", "--steps", "2"]),
         "run": (["run", "smoke", "--out", out, "--set", "loop.generations=1"],
                 ["run", "smoke", "--out", out, "--set", "seed=1", "--set", "loop.generations=1"]),
     }[command]
@@ -214,13 +199,13 @@ def tamper(image_set: ImageSet, count: int) -> Path:
 
 
 def test_changed_bytes_are_refused_by_every_stage_naming_the_first_bad_file(
-        run_cli, small_real, tiny_classifier, tmp_path):
-    changed = copy_set(small_real, tmp_path / "changed")
+        run_cli, small_digits, small_classifier, tmp_path):
+    changed = copy_set(small_digits, tmp_path / "changed")
     first_bad = tamper(changed, 25)
     before = tree_digest(changed.root)
     out = tmp_path / "out"
     commands = {
-        "metrics": ["metrics", small_real.root, changed.root, "--features", f"domain:{tiny_classifier}",
+        "metrics": ["metrics", small_digits.root, changed.root, "--features", f"domain:{small_classifier}",
                     "--out", tmp_path / "m.csv", "--cache-dir", tmp_path / "cache"],
         "train": ["train", changed.root, out, "--preset", "smoke", "--steps", "2", "--no-progress"],
         "classify": ["classify", "train", changed.root, out, "--epochs", "1"],
@@ -236,10 +221,10 @@ def test_changed_bytes_are_refused_by_every_stage_naming_the_first_bad_file(
     assert not (tmp_path / "m.csv").exists()
 
 
-def test_the_feature_cache_is_never_poisoned_by_changed_files(run_cli, small_real, tiny_classifier, tmp_path):
-    candidate = copy_set(small_real, tmp_path / "candidate")
+def test_the_feature_cache_is_never_poisoned_by_changed_files(run_cli, small_digits, small_classifier, tmp_path):
+    candidate = copy_set(small_digits, tmp_path / "candidate")
     cache = tmp_path / "cache"
-    args = ["metrics", small_real.root, candidate.root, "--features", f"domain:{tiny_classifier}",
+    args = ["metrics", small_digits.root, candidate.root, "--features", f"domain:{small_classifier}",
             "--metrics", "fid", "--cache-dir", cache]
     code, _, err = run_cli(*args, "--out", tmp_path / "clean.csv")
     assert code == 0, err
@@ -387,7 +372,7 @@ CASES = ["corrupt-png", "truncated-png", "zero-byte-png", "directory-as-image", 
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_every_command_answers_a_bad_set_with_one_line(case, run_cli, small_real, tiny_classifier, tmp_path):
+def test_every_command_answers_a_bad_set_with_one_line(case, run_cli, small_digits, small_classifier, tmp_path):
     root = tiny_set(tmp_path / "set").root
     expected = damage(case, root, tmp_path / "outside")
     before = tree_digest(root)
@@ -398,7 +383,7 @@ def test_every_command_answers_a_bad_set_with_one_line(case, run_cli, small_real
     commands = [
         *([] if case in FILE_CASES else [["data", "info", root]]),
         *([["lineage", root]] if case in MANIFEST_CASES else []),  # lineage reads manifests alone
-        ["metrics", small_real.root, root, "--features", f"domain:{tiny_classifier}", "--out", tmp_path / "m.csv",
+        ["metrics", small_digits.root, root, "--features", f"domain:{small_classifier}", "--out", tmp_path / "m.csv",
          "--cache-dir", tmp_path / "cache"],
         ["train", root, out_path, "--preset", "smoke", "--steps", "2", "--no-progress"],
         ["classify", "train", root, out_path, "--epochs", "1"],

@@ -16,6 +16,15 @@ from imgsynth.imageset import ImageSet  # noqa: E402
 from imgsynth.sources import import_source  # noqa: E402
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test marked ``gpu`` (see pyproject.toml's markers) is skipped where torch sees no CUDA device."""
+    if item.get_closest_marker("gpu") is not None:
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip("needs a CUDA device (marked gpu)")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():
     """Every test computes with one torch thread: CPU float results depend on the thread count (summation

@@ -228,6 +228,8 @@ def test_launch_ranks_write_their_shards_and_rank_zero_finalizes(local_pattern_s
 
 # --------------------------------------------------------------------------------------------- ray
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_ray_two_workers_one_dying_mid_shard_write_the_local_set(ray_cluster, local_pattern_set: ImageSet,
                                                                  tmp_path: Path) -> None:
     out = tmp_path / "set"
@@ -246,6 +248,8 @@ def test_ray_two_workers_one_dying_mid_shard_write_the_local_set(ray_cluster, lo
         assert result.read_bytes(i) == local_pattern_set.read_bytes(i)
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_ray_job_that_keeps_failing_stops_then_one_worker_resumes(ray_cluster, local_pattern_set: ImageSet,
                                                                   tmp_path: Path) -> None:
     out = tmp_path / "set"
@@ -285,6 +289,8 @@ def mean_colour_extractor():
     return MeanColourExtractor()
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_ray_feature_extraction_fills_the_metrics_cache_with_the_local_features(
         ray_cluster, local_pattern_set: ImageSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
@@ -315,6 +321,8 @@ def conditional_model(digits_sets, tmp_path_factory: pytest.TempPathFactory) -> 
                              conditional.preset("smoke", steps=1, checkpoint_every=0), progress=False)
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_ray_conditional_set_equals_conditional_sample(ray_cluster, conditional_model: Path, tmp_path: Path) -> None:
     from imgsynth.cli.generate import sample_model
     from imgsynth.pipelines import conditional

@@ -164,6 +164,8 @@ def test_serial_and_two_worker_runs_write_identical_metrics(smoke_runs):
     assert page.index("Findings") < page.index("What was run") and "paired t-test" in page
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_a_local_ray_cluster_writes_the_same_metrics(smoke_runs, tmp_path):
     pytest.importorskip("ray")
     run = tmp_path / "ray"

@@ -8,6 +8,8 @@ from imgsynth.experiments.loop import Experiment, GenerationKey
 from imgsynth.experiments.recipes import shipped_recipes
 from imgsynth.imageset import ImageSet
 
+pytestmark = pytest.mark.slow  # every test reads one whole smoke run (the slowest fixture of the suite)
+
 
 class Crash(RuntimeError):
     pass

@@ -149,6 +149,7 @@ def test_a_writer_never_deletes_the_partial_of_a_live_writer(tmp_path):
     assert len(writer.finalize()) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["generate", "import", "train", "run"])
 def test_two_concurrent_jobs_into_one_folder_one_succeeds_the_other_is_refused_at_once(
         command, run_cli, tiny_model, small_digits, tmp_path):

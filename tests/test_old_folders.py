@@ -1,6 +1,6 @@
 """Sets and model folders written before issue 20 (tests/fixtures/before-one-seam, see its README.md) still
-open, verify, keep their ids, and sample the same bytes through the command line; a finished set is still
-recognised as finished and one made with other settings still refused.
+open, verify, keep their ids, and sample the same bytes through the command line; a finished set or fit is
+still recognised as finished and one made with other settings still refused.
 """
 
 from __future__ import annotations
@@ -83,3 +83,32 @@ def test_an_old_finished_set_is_recognised_and_other_settings_refused(model, old
     assert code == 2 and err.count("error:") == 1 and "Traceback" not in err
     assert str(out) in err
     assert (out / "imageset.json").read_bytes() == before and _digests(out) == want["images"]
+
+
+def _tree(folder: Path) -> dict[str, tuple[str, int]]:
+    """Each file's sha256 and modification time below ``folder`` (a rewrite changes the time)."""
+    return {str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_an_old_model_folder_is_a_finished_fit_and_other_settings_are_refused(model, old, tmp_path, run_cli):
+    training = EXPECTED["training"]
+    folder, train_set = tmp_path / model, tmp_path / training["set"]
+    shutil.copytree(old / model, folder)  # beside its training set, as written (the fit records where it is)
+    shutil.copytree(old / training["set"], train_set)
+    before = _tree(folder)
+    code, _, err = run_cli("train", train_set, folder, *training[model], "--no-progress")
+    assert code == 0, err
+    assert _tree(folder) == before  # recognised as finished: nothing trained or written again
+
+    args = list(training[model])
+    if "--option" in args:
+        key, value = args[args.index("--option") + 1].split("=")
+        args[args.index("--option") + 1] = f"{key}={'mle' if key == 'estimator' else '7.0'}"
+    else:
+        args[args.index("--steps") + 1] = "5"
+    code, _, err = run_cli("train", train_set, folder, *args, "--no-progress")
+    assert code == 2 and err.count("error:") == 1 and "Traceback" not in err, err
+    assert folder.name in err
+    assert _tree(folder) == before

@@ -112,3 +112,20 @@ def test_an_old_model_folder_is_a_finished_fit_and_other_settings_are_refused(mo
     assert code == 2 and err.count("error:") == 1 and "Traceback" not in err, err
     assert folder.name in err
     assert _tree(folder) == before
+
+
+def test_the_old_text2image_set_is_sampled_again_with_the_models_own_defaults(tiny_text2image, tmp_path, run_cli):
+    """The pipeline is imgsynth.testing's tiny one (conftest ``tiny_text2image``, built as make.py built it); no
+    steps or guidance given, so the model-aware defaults decide, as they did then."""
+    want = EXPECTED["text2image"]
+    assert want["pipeline"] == {"sample_size": 8, "seed": 0}  # tiny_text2image_pipeline's defaults
+    out = tmp_path / "again"
+    code, _, err = run_cli("generate", tiny_text2image, out, *want["args"], "--no-progress")
+    assert code == 0, err
+    again, then = ImageSet.open(out), ImageSet.open(FIXTURE / want["set"])
+    assert again.manifest["generator"]["weights_sha256"] == then.manifest["generator"]["weights_sha256"]
+    assert again.manifest["generator"]["kind"] == "text2image"
+    for key in ("steps", "guidance_scale", "negative_prompt", "prompt_bank"):
+        assert again.manifest["generator"].get(key) == then.manifest["generator"].get(key), key
+    assert again.id == want["id"] == EXPECTED["sets"][want["set"]]["id"]
+    assert _digests(out) == want["images"]

@@ -28,14 +28,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBL
 
 
 # --------------------------------------------------------------------------------------------- fixtures
-# small_digits and small_classifier: tests/conftest.py
-
-@pytest.fixture(scope="module")
-def tiny_model(small_digits, tmp_path_factory) -> Path:
-    from imgsynth.pipelines import conditional
-
-    out = tmp_path_factory.mktemp("model") / "model"
-    return conditional.train(small_digits, out, conditional.preset("smoke", steps=4), progress=False)
+# small_digits, small_classifier and smoke_model: tests/conftest.py
 
 
 def copy_set(image_set: ImageSet, out: Path) -> ImageSet:
@@ -97,12 +90,12 @@ def hold_lock_in_subprocess(target: Path) -> subprocess.Popen:
 
 
 def test_a_second_writer_is_refused_at_once_with_the_holders_pid_and_a_dead_holders_lock_is_taken_over(
-        run_cli, tiny_model, tmp_path):
+        run_cli, smoke_model, tmp_path):
     out = tmp_path / "samples"
     holder = hold_lock_in_subprocess(out)
     try:
         started = time.monotonic()
-        code, _, err = run_cli("generate", tiny_model, out, "--per-class", "2", "--no-progress")
+        code, _, err = run_cli("generate", smoke_model, out, "--per-class", "2", "--no-progress")
         assert time.monotonic() - started < 30
         assert_one_error_line(code, err, str(out), f"pid {holder.pid}", "is writing this folder")
         assert not out.exists()
@@ -110,7 +103,7 @@ def test_a_second_writer_is_refused_at_once_with_the_holders_pid_and_a_dead_hold
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     assert lock_path(out).exists()  # a killed holder cannot clean up: its lock file stays, unlocked
-    code, _, err = run_cli("generate", tiny_model, out, "--per-class", "2", "--no-progress")
+    code, _, err = run_cli("generate", smoke_model, out, "--per-class", "2", "--no-progress")
     assert code == 0, err
     assert verify(out).ok and not lock_path(out).exists()
 
@@ -152,11 +145,11 @@ def test_a_writer_never_deletes_the_partial_of_a_live_writer(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("command", ["generate", "import", "train", "run"])
 def test_two_concurrent_jobs_into_one_folder_one_succeeds_the_other_is_refused_at_once(
-        command, run_cli, tiny_model, small_digits, tmp_path):
+        command, run_cli, smoke_model, small_digits, tmp_path):
     out = tmp_path / "out"
     first, second = {
-        "generate": (["generate", tiny_model, out, "--per-class", "60", "--seed", "0", "--steps", "8"],
-                     ["generate", tiny_model, out, "--per-class", "2", "--seed", "1"]),
+        "generate": (["generate", smoke_model, out, "--per-class", "60", "--seed", "0", "--steps", "8"],
+                     ["generate", smoke_model, out, "--per-class", "2", "--seed", "1"]),
         "import": (["data", "import", "digits", out, "--size", "48"], ["data", "import", "digits", out, "--seed", "1"]),
         "train": (["train", small_digits.root, out, "--preset", "smoke", "--steps", "300"],
                   ["train", small_digits.root, out, "--preset", "smoke", "--steps", "2"]),
@@ -423,7 +416,7 @@ def test_verify_reports_an_unlisted_symlinked_folder_inside_images(run_cli, tmp_
     assert code == 1 and f"{root / 'images' / 'cat' / 'more'}: a symbolic link to a folder" in out
 
 
-def test_a_full_disk_is_one_line_and_the_partial_stays_resumable(run_cli, tiny_model, tmp_path, monkeypatch):
+def test_a_full_disk_is_one_line_and_the_partial_stays_resumable(run_cli, smoke_model, tmp_path, monkeypatch):
     import errno
 
     from imgsynth import imageset
@@ -439,13 +432,13 @@ def test_a_full_disk_is_one_line_and_the_partial_stays_resumable(run_cli, tiny_m
         real_write(path, text)
 
     monkeypatch.setattr(imageset, "_atomic_write_text", fill_up)
-    code, _, err = run_cli("generate", tiny_model, out, "--per-class", "20", "--no-progress")
+    code, _, err = run_cli("generate", smoke_model, out, "--per-class", "20", "--no-progress")
     assert_one_error_line(code, err, "no space left on the device", "shard-", status=1)  # not the input's fault
     done = len(list((tmp_path / ".samples.partial" / "shards").glob("shard-*.jsonl")))
     assert done >= 1
     monkeypatch.setattr(imageset, "_atomic_write_text", real_write)
-    code, _, err = run_cli("generate", tiny_model, out, "--per-class", "20", "--no-progress")
+    code, _, err = run_cli("generate", smoke_model, out, "--per-class", "20", "--no-progress")
     assert code == 0, err
     fresh = tmp_path / "fresh"
-    code, _, err = run_cli("generate", tiny_model, fresh, "--per-class", "20", "--no-progress")
+    code, _, err = run_cli("generate", smoke_model, fresh, "--per-class", "20", "--no-progress")
     assert ImageSet.open(out).id == ImageSet.open(fresh).id

@@ -8,7 +8,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Iterator  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -46,12 +48,27 @@ def digits_sets(tmp_path_factory: pytest.TempPathFactory) -> tuple[ImageSet, Ima
     return import_source("digits", root / "digits", size=16, test_fraction=0.2, seed=0)
 
 
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@contextmanager
+def _read_only(root: Path) -> Iterator[None]:
+    """At the end of the session, fail if a test changed, added or removed a file below ``root``."""
+    before = _files(root)
+    yield
+    assert _files(root) == before, f"{root}: a shared read-only fixture was changed by a test (copy it first)"
+
+
 @pytest.fixture(scope="session")
-def small_digits(digits_sets: tuple[ImageSet, ImageSet], tmp_path_factory: pytest.TempPathFactory) -> ImageSet:
+def small_digits(digits_sets: tuple[ImageSet, ImageSet], tmp_path_factory: pytest.TempPathFactory
+                 ) -> Iterator[ImageSet]:
     """120 real digits at 16 px grayscale (the first 12 per class of the test split). Read-only; copy to modify."""
     test = digits_sets[1]
     indices = [i for c in test.classes for i in test.indices_of_class(c)[:12]]
-    return test.subset(indices, tmp_path_factory.mktemp("small-digits") / "real")
+    subset = test.subset(indices, tmp_path_factory.mktemp("small-digits") / "real")
+    with _read_only(subset.root):
+        yield subset
 
 
 @pytest.fixture(scope="session")
@@ -65,13 +82,15 @@ def small_classifier(small_digits: ImageSet, tmp_path_factory: pytest.TempPathFa
 
 
 @pytest.fixture(scope="session")
-def smoke_model(digits_sets: tuple[ImageSet, ImageSet], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def smoke_model(digits_sets: tuple[ImageSet, ImageSet], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The class-conditional model of the ``smoke`` preset trained on the digits train split, built once.
     Read-only: a test that changes a model folder copies it first (``shutil.copytree``)."""
     from imgsynth.pipelines import conditional
 
     out = tmp_path_factory.mktemp("smoke-model") / "model"
-    return conditional.train(digits_sets[0], out, conditional.preset("smoke"), progress=False)
+    model = conditional.train(digits_sets[0], out, conditional.preset("smoke"), progress=False)
+    with _read_only(model):
+        yield model
 
 
 @pytest.fixture

@@ -31,6 +31,8 @@ from imgsynth.errors import TaskFailedError
 from imgsynth.imageset import ImageSet, ImageSetWriter, Sample
 from imgsynth.notes import Note
 
+from cli_checks import nothing_written, refused, tree_digest
+
 
 # --------------------------------------------------------------------------------------------- fixtures
 
@@ -56,32 +58,6 @@ def plant(image_set: ImageSet, out: Path, kind: str) -> tuple[Path, Path]:
     lines[3] = json.dumps(row)
     (out / "metadata.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return out, bad
-
-
-def tree_digest(root: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*")):
-        digest.update(str(path.relative_to(root)).encode())
-        if path.is_file():
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-def refused(result: tuple[int, str, str], *needles: str) -> str:
-    """Exit 2, no traceback, exactly one ``error:`` line, holding every needle; returns that line."""
-    code, out, err = result
-    assert code == 2, (code, out, err)
-    assert "Traceback" not in out + err, err
-    errors = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, err
-    for needle in needles:
-        assert needle in errors[0], (needle, errors[0])
-    return errors[0]
-
-
-def nothing_written(out: Path) -> bool:
-    """Neither ``out`` nor a temporary or partial sibling of it (``.<name>...``) exists."""
-    return not out.exists() and not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
 
 
 # --------------------------------------------------------------------------------------------- broken PNGs

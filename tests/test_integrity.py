@@ -23,6 +23,8 @@ from PIL import Image
 from imgsynth.imageset import ImageSet, ImageSetWriter, Sample, encode_png, verify
 from imgsynth.locking import FolderBusyError, acquire, lock_path, release
 
+from cli_checks import assert_one_error_line, nothing_written, tree_digest
+
 IMGSYNTH = [sys.executable, "-m", "imgsynth"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
 
@@ -34,18 +36,6 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBL
 def copy_set(image_set: ImageSet, out: Path) -> ImageSet:
     shutil.copytree(image_set.root, out)
     return ImageSet.open(out)
-
-
-def tree_digest(root: Path) -> str:
-    """A hash over every path, link target and file's bytes below ``root`` (to prove inputs are unchanged)."""
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*")):
-        digest.update(str(path.relative_to(root)).encode())
-        if path.is_symlink():
-            digest.update(os.readlink(path).encode())
-        elif path.is_file():
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120.0) -> None:
@@ -62,21 +52,6 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120.0) -> N
 def spawn(*args: str | Path) -> subprocess.Popen:
     return subprocess.Popen([*IMGSYNTH, *map(str, args)], env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-
-
-def assert_one_error_line(code: int, err: str, *needles: str, status: int = 2) -> None:
-    """One ``error:`` line holding every needle, no traceback, exit ``status`` (2: bad input, 1: a failure)."""
-    assert code == status, err
-    assert "Traceback" not in err, err
-    errors = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, err
-    for needle in needles:
-        assert needle in errors[0], (needle, err)
-
-
-def no_partial_left(out: Path) -> bool:
-    leftovers = [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
-    return not out.exists() and not leftovers
 
 
 # --------------------------------------------------------------------------------------------- locks
@@ -210,7 +185,7 @@ def test_changed_bytes_are_refused_by_every_stage_naming_the_first_bad_file(
     for name, args in commands.items():
         code, _, err = run_cli(*args)
         assert_one_error_line(code, err, str(first_bad), "content changed")
-        assert no_partial_left(out), name
+        assert nothing_written(out), name
         assert tree_digest(changed.root) == before, name
     assert not (tmp_path / "m.csv").exists()
 
@@ -389,7 +364,7 @@ def test_every_command_answers_a_bad_set_with_one_line(case, run_cli, small_digi
         code, _, err = run_cli(*args)
         assert code == 2, (args, err)
         assert_one_error_line(code, err, expected.split(": ", 1)[-1] if expected.startswith("metadata") else expected)
-        assert no_partial_left(out_path), args
+        assert nothing_written(out_path), args
         assert tree_digest(root) == before, args
     assert not (tmp_path / "m.csv").exists()
 

@@ -37,6 +37,7 @@ def _folder(root: Path, mode: str, size: int = 20, per_class: int = 12) -> Path:
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["RGB", "L"])
 def test_the_default_loop_runs_on_a_users_folder_at_16_px(mode, tmp_path):
     source = _folder(tmp_path / "photos", mode)

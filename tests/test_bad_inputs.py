@@ -31,23 +31,12 @@ from imgsynth.errors import TaskFailedError
 from imgsynth.imageset import ImageSet, ImageSetWriter, Sample
 from imgsynth.notes import Note
 
+from cli_checks import nothing_written, refused, tree_digest
+
 
 # --------------------------------------------------------------------------------------------- fixtures
 
-@pytest.fixture(scope="module")
-def real(digits_sets, tmp_path_factory) -> ImageSet:
-    """60 real digits at 16 px grayscale, 6 per class."""
-    test = digits_sets[1]
-    indices = [i for c in test.classes for i in test.indices_of_class(c)[:6]]
-    return test.subset(indices, tmp_path_factory.mktemp("real") / "real")
-
-
-@pytest.fixture(scope="module")
-def classifier(real, tmp_path_factory) -> Path:
-    from imgsynth.classifier import ClassifierConfig, train_classifier
-
-    out = tmp_path_factory.mktemp("clf") / "clf"
-    return train_classifier(real, out, ClassifierConfig(epochs=1, width=4, batch_size=30), progress=False)
+# small_digits and small_classifier: tests/conftest.py
 
 
 BROKEN = {
@@ -71,38 +60,12 @@ def plant(image_set: ImageSet, out: Path, kind: str) -> tuple[Path, Path]:
     return out, bad
 
 
-def tree_digest(root: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*")):
-        digest.update(str(path.relative_to(root)).encode())
-        if path.is_file():
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-def refused(result: tuple[int, str, str], *needles: str) -> str:
-    """Exit 2, no traceback, exactly one ``error:`` line, holding every needle; returns that line."""
-    code, out, err = result
-    assert code == 2, (code, out, err)
-    assert "Traceback" not in out + err, err
-    errors = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, err
-    for needle in needles:
-        assert needle in errors[0], (needle, errors[0])
-    return errors[0]
-
-
-def nothing_written(out: Path) -> bool:
-    """Neither ``out`` nor a temporary or partial sibling of it (``.<name>...``) exists."""
-    return not out.exists() and not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
-
-
 # --------------------------------------------------------------------------------------------- broken PNGs
 
-def command(name: str, broken: Path, out: Path, real: ImageSet, classifier: Path, tmp_path: Path) -> list:
+def command(name: str, broken: Path, out: Path, small_digits: ImageSet, small_classifier: Path, tmp_path: Path) -> list:
     return {
         "train": ["train", broken, out, "--preset", "smoke", "--steps", "2", "--no-progress"],
-        "metrics": ["metrics", real.root, broken, "--features", f"domain:{classifier}", "--out", out,
+        "metrics": ["metrics", small_digits.root, broken, "--features", f"domain:{small_classifier}", "--out", out,
                     "--cache-dir", tmp_path / "fresh-cache"],
         "classify": ["classify", "train", broken, out, "--epochs", "1", "--no-progress"],
         "curate": ["curate", broken, out, "--dedup", "0.98"],
@@ -112,33 +75,33 @@ def command(name: str, broken: Path, out: Path, real: ImageSet, classifier: Path
 
 @pytest.mark.parametrize("name", ["train", "metrics", "classify", "curate", "export"])
 @pytest.mark.parametrize("kind", sorted(BROKEN))
-def test_a_broken_png_inside_a_set_is_one_line_naming_it(kind, name, real, classifier, run_cli, tmp_path):
-    broken, bad_file = plant(real, tmp_path / "broken", kind)
+def test_a_broken_png_inside_a_set_is_one_line_naming_it(kind, name, small_digits, small_classifier, run_cli, tmp_path):
+    broken, bad_file = plant(small_digits, tmp_path / "broken", kind)
     before = tree_digest(broken)
     out = tmp_path / ("metrics.csv" if name == "metrics" else "out")
-    line = refused(run_cli(*command(name, broken, out, real, classifier, tmp_path)), str(bad_file))
+    line = refused(run_cli(*command(name, broken, out, small_digits, small_classifier, tmp_path)), str(bad_file))
     assert "not a readable image" in line
     assert nothing_written(out)
     assert tree_digest(broken) == before  # the input is left as it was
 
 
 @pytest.mark.parametrize("kind", sorted(BROKEN))
-def test_importing_a_folder_with_a_broken_png_makes_no_set(kind, real, run_cli, tmp_path):
+def test_importing_a_folder_with_a_broken_png_makes_no_set(kind, small_digits, run_cli, tmp_path):
     folder = tmp_path / "photos"
     for label in ("0", "1"):
         (folder / label).mkdir(parents=True)
-        for i in real.indices_of_class(label):
-            (folder / label / f"{i}.png").write_bytes(real.read_bytes(i))
+        for i in small_digits.indices_of_class(label):
+            (folder / label / f"{i}.png").write_bytes(small_digits.read_bytes(i))
     bad = folder / "1" / "broken.png"
-    bad.write_bytes(BROKEN[kind](real.read_bytes(0)))
+    bad.write_bytes(BROKEN[kind](small_digits.read_bytes(0)))
     out = tmp_path / "imported"
     refused(run_cli("data", "import", f"folder:{folder}", out), "broken.png", "not a readable image")
     assert nothing_written(out)
 
 
-def test_a_thumbnail_size_that_would_exhaust_memory_is_refused_at_once(real, run_cli, tmp_path):
+def test_a_thumbnail_size_that_would_exhaust_memory_is_refused_at_once(small_digits, run_cli, tmp_path):
     out = tmp_path / "curated"
-    refused(run_cli("curate", real.root, out, "--dedup", "0.9", "--embedding", "pixels:100000"),
+    refused(run_cli("curate", small_digits.root, out, "--dedup", "0.9", "--embedding", "pixels:100000"),
             "embedding 'pixels:100000': pixel embedding size must be at least 2 and at most 1024, got 100000")
     assert nothing_written(out)
 
@@ -155,25 +118,26 @@ def converted(image_set: ImageSet, out: Path, mode: str, size: int) -> ImageSet:
 
 @pytest.mark.parametrize("mode, size, shown", [("L", 32, "32x32 (HxW) L"), ("RGB", 16, "16x16 (HxW) RGB"),
                                                ("RGB", 32, "32x32 (HxW) RGB")])
-def test_metrics_refuses_sets_of_another_size_or_mode_naming_both(mode, size, shown, real, classifier, run_cli,
-                                                                   tmp_path):
-    candidate = converted(real, tmp_path / "candidate", mode, size)
+def test_metrics_refuses_sets_of_another_size_or_mode_naming_both(mode, size, shown, small_digits, small_classifier,
+                                                                   run_cli, tmp_path):
+    candidate = converted(small_digits, tmp_path / "candidate", mode, size)
     out, cache = tmp_path / "metrics.csv", tmp_path / "cache"
-    args = ("metrics", real.root, candidate.root, "--features", f"domain:{classifier}", "--out", out,
+    args = ("metrics", small_digits.root, candidate.root, "--features", f"domain:{small_classifier}", "--out", out,
             "--cache-dir", cache)
-    refused(run_cli(*args), f"{candidate.root} holds {shown} images", f"{real.root} holds 16x16 (HxW) L images",
-            "--resize")
+    refused(run_cli(*args), f"{candidate.root} holds {shown} images",
+            f"{small_digits.root} holds 16x16 (HxW) L images", "--resize")
     assert nothing_written(out) and not cache.exists()
 
 
-def test_metrics_resize_equals_converting_the_candidate_by_hand(real, classifier, run_cli, tmp_path):
-    big_rgb = converted(real, tmp_path / "big", "RGB", 32)
+def test_metrics_resize_equals_converting_the_candidate_by_hand(small_digits, small_classifier, run_cli, tmp_path):
+    big_rgb = converted(small_digits, tmp_path / "big", "RGB", 32)
     by_hand = converted(big_rgb, tmp_path / "by-hand", "L", 16)  # what --resize promises: convert, bicubic
     results = {}
     for name, candidate, extra in (("resize", big_rgb, ["--resize"]), ("by-hand", by_hand, [])):
         out = tmp_path / f"{name}.csv"
-        code, _, err = run_cli("metrics", real.root, candidate.root, "--features", f"domain:{classifier}", "--out",
-                               out, "--cache-dir", tmp_path / "cache", "--per-class", *extra)
+        code, _, err = run_cli("metrics", small_digits.root, candidate.root, "--features",
+                               f"domain:{small_classifier}", "--out", out, "--cache-dir", tmp_path / "cache",
+                               "--per-class", *extra)
         assert code == 0, err
         results[name] = pd.read_csv(out)
     assert results["resize"][["metric", "class", "n"]].equals(results["by-hand"][["metric", "class", "n"]])

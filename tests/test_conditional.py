@@ -24,13 +24,6 @@ from imgsynth.pipelines.work import image_seed
 from imgsynth.provenance import sha256_file
 
 
-@pytest.fixture(scope="module")
-def smoke_model(digits_sets, tmp_path_factory) -> Path:
-    train_set, _ = digits_sets
-    out = tmp_path_factory.mktemp("conditional") / "model"
-    return conditional.train(train_set, out, conditional.preset("smoke"), progress=False)
-
-
 def _pixels(image_set: ImageSet) -> dict[str, np.ndarray]:
     return {r.file_name: np.asarray(image_set.load_image(i), dtype=np.int16) for i, r in enumerate(image_set.records)}
 

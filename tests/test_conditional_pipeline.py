@@ -22,13 +22,6 @@ from imgsynth.pipelines.work import balanced_work
 FIXTURES = Path(__file__).parent / "fixtures" / "before-generator-record"
 
 
-@pytest.fixture(scope="module")
-def smoke_model(digits_sets, tmp_path_factory) -> Path:
-    train_set, _ = digits_sets
-    out = tmp_path_factory.mktemp("pipeline") / "model"
-    return conditional.train(train_set, out, conditional.preset("smoke"), progress=False)
-
-
 def _arrays_by_item(image_set: ImageSet) -> dict[tuple[str, int], np.ndarray]:
     return {(r.label, r.seed): np.asarray(image_set.load_image(i)) for i, r in enumerate(image_set.records)}
 

@@ -324,6 +324,7 @@ def test_dedup_stays_perceptual_with_a_classifier_unless_domain_is_asked_for(sam
     assert len(domain) < len(pixels)  # at the same threshold the class-clustered space drops more
 
 
+@pytest.mark.slow
 def test_loop_compares_a_mode_with_and_without_curation(tmp_path):
     from imgsynth.experiments.config import load_recipe
     from imgsynth.experiments.loop import Experiment

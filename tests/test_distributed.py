@@ -230,6 +230,8 @@ def test_launch_ranks_write_their_shards_and_rank_zero_finalizes(local_pattern_s
 
 # --------------------------------------------------------------------------------------------- ray
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_ray_two_workers_one_dying_mid_shard_write_the_local_set(ray_cluster, local_pattern_set: ImageSet,
                                                                  tmp_path: Path) -> None:
     out = tmp_path / "set"
@@ -248,6 +250,8 @@ def test_ray_two_workers_one_dying_mid_shard_write_the_local_set(ray_cluster, lo
         assert result.read_bytes(i) == local_pattern_set.read_bytes(i)
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_ray_job_that_keeps_failing_stops_then_one_worker_resumes(ray_cluster, local_pattern_set: ImageSet,
                                                                   tmp_path: Path) -> None:
     out = tmp_path / "set"
@@ -287,6 +291,8 @@ def mean_colour_extractor():
     return MeanColourExtractor()
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_ray_feature_extraction_fills_the_metrics_cache_with_the_local_features(
         ray_cluster, local_pattern_set: ImageSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
@@ -307,17 +313,9 @@ def test_ray_feature_extraction_fills_the_metrics_cache_with_the_local_features(
 
 # --------------------------------------------------------------------------------------------- real generators
 
-@pytest.fixture(scope="module")
-def conditional_model(digits_sets, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A class-conditional model dir as `conditional.train` writes it (one step of the smoke preset)."""
-    from imgsynth.pipelines import conditional
-
-    train, _ = digits_sets
-    return conditional.train(train, tmp_path_factory.mktemp("model") / "model",
-                             conditional.preset("smoke", steps=1, checkpoint_every=0), progress=False)
-
-
-def test_ray_conditional_set_equals_conditional_sample(ray_cluster, conditional_model: Path, tmp_path: Path) -> None:
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ray_conditional_set_equals_conditional_sample(ray_cluster, smoke_model: Path, tmp_path: Path) -> None:
     from imgsynth.cli.generate import sample_model
     from imgsynth.pipelines import conditional
 
@@ -325,9 +323,9 @@ def test_ray_conditional_set_equals_conditional_sample(ray_cluster, conditional_
 
     settings = dict(seed=3, batch_size=4, shard_size=5, guidance_scale=2.0, noise_temperature=0.9)
     with torch_threads(1):  # CPU floats depend on the thread count; every backend computes with one
-        local = conditional.sample(conditional_model, tmp_path / "local", 2, progress=False, **settings)
+        local = conditional.sample(smoke_model, tmp_path / "local", 2, progress=False, **settings)
     # What `imgsynth generate MODEL OUT --backend ray --workers 2` runs.
-    spread = sample_model(conditional_model, tmp_path / "ray", 2, settings["seed"], {
+    spread = sample_model(smoke_model, tmp_path / "ray", 2, settings["seed"], {
         "sample_batch_size": 4, "shard_size": 5, "guidance_scale": 2.0, "noise_temperature": 0.9},
         backend="ray", workers=2, progress=False)
     assert spread.id == local.id

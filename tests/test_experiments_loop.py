@@ -9,6 +9,8 @@ from imgsynth.experiments.recipes import shipped_recipes
 from imgsynth.imageset import ImageSet
 from imgsynth.reports.build import run_and_report
 
+pytestmark = pytest.mark.slow  # every test reads one whole smoke run (the slowest fixture of the suite)
+
 
 class Crash(RuntimeError):
     pass

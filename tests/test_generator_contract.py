@@ -91,6 +91,8 @@ def test_every_registered_kind_fits_samples_and_resumes_the_same_set(kind, real,
         generator_kind.sample(model, tmp_path / "tampered", per_class=2, seed=4, progress=False)
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", CONTRACT_KINDS)
 def test_every_kind_writes_the_same_set_on_two_ray_workers(kind, real, tmp_path, ray_pool):
     from imgsynth.distributed.generate import generate
@@ -209,6 +211,8 @@ def test_a_kind_registered_from_a_test_file_runs_through_the_cli_and_the_loop(re
     assert len(findings) and set(findings["metric"]) <= set(metrics["metric"])
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_text2image_kind_honours_the_contract_with_a_lora_fit(tiny_text2image, real, tmp_path, monkeypatch, ray_pool):
     """The same contract for the kind that fine-tunes a pretrained pipeline: the fit (a LoRA) is made once and
     refused for another set, a seed gives the same bytes, an interrupted write resumes byte for byte, and two

@@ -23,51 +23,19 @@ from PIL import Image
 from imgsynth.imageset import ImageSet, ImageSetWriter, Sample, encode_png, verify
 from imgsynth.locking import FolderBusyError, acquire, lock_path, release
 
+from cli_checks import assert_one_error_line, nothing_written, tree_digest
+
 IMGSYNTH = [sys.executable, "-m", "imgsynth"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
 
 
 # --------------------------------------------------------------------------------------------- fixtures
-
-@pytest.fixture(scope="module")
-def small_real(digits_sets, tmp_path_factory) -> ImageSet:
-    """120 real digits (12 per class), the input most commands below are given."""
-    test = digits_sets[1]
-    indices = [i for c in test.classes for i in test.indices_of_class(c)[:12]]
-    return test.subset(indices, tmp_path_factory.mktemp("small") / "real")
-
-
-@pytest.fixture(scope="module")
-def tiny_model(small_real, tmp_path_factory) -> Path:
-    from imgsynth.pipelines import conditional
-
-    out = tmp_path_factory.mktemp("model") / "model"
-    return conditional.train(small_real, out, conditional.preset("smoke", steps=4), progress=False)
-
-
-@pytest.fixture(scope="module")
-def tiny_classifier(small_real, tmp_path_factory) -> Path:
-    from imgsynth.classifier import ClassifierConfig, train_classifier
-
-    out = tmp_path_factory.mktemp("clf") / "clf"
-    return train_classifier(small_real, out, ClassifierConfig(epochs=1, batch_size=32), progress=False)
+# small_digits, small_classifier and smoke_model: tests/conftest.py
 
 
 def copy_set(image_set: ImageSet, out: Path) -> ImageSet:
     shutil.copytree(image_set.root, out)
     return ImageSet.open(out)
-
-
-def tree_digest(root: Path) -> str:
-    """A hash over every path, link target and file's bytes below ``root`` (to prove inputs are unchanged)."""
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*")):
-        digest.update(str(path.relative_to(root)).encode())
-        if path.is_symlink():
-            digest.update(os.readlink(path).encode())
-        elif path.is_file():
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120.0) -> None:
@@ -86,21 +54,6 @@ def spawn(*args: str | Path) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
-def assert_one_error_line(code: int, err: str, *needles: str, status: int = 2) -> None:
-    """One ``error:`` line holding every needle, no traceback, exit ``status`` (2: bad input, 1: a failure)."""
-    assert code == status, err
-    assert "Traceback" not in err, err
-    errors = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, err
-    for needle in needles:
-        assert needle in errors[0], (needle, err)
-
-
-def no_partial_left(out: Path) -> bool:
-    leftovers = [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
-    return not out.exists() and not leftovers
-
-
 # --------------------------------------------------------------------------------------------- locks
 
 def hold_lock_in_subprocess(target: Path) -> subprocess.Popen:
@@ -112,12 +65,12 @@ def hold_lock_in_subprocess(target: Path) -> subprocess.Popen:
 
 
 def test_a_second_writer_is_refused_at_once_with_the_holders_pid_and_a_dead_holders_lock_is_taken_over(
-        run_cli, tiny_model, tmp_path):
+        run_cli, smoke_model, tmp_path):
     out = tmp_path / "samples"
     holder = hold_lock_in_subprocess(out)
     try:
         started = time.monotonic()
-        code, _, err = run_cli("generate", tiny_model, out, "--per-class", "2", "--no-progress")
+        code, _, err = run_cli("generate", smoke_model, out, "--per-class", "2", "--no-progress")
         assert time.monotonic() - started < 30
         assert_one_error_line(code, err, str(out), f"pid {holder.pid}", "is writing this folder")
         assert not out.exists()
@@ -125,7 +78,7 @@ def test_a_second_writer_is_refused_at_once_with_the_holders_pid_and_a_dead_hold
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     assert lock_path(out).exists()  # a killed holder cannot clean up: its lock file stays, unlocked
-    code, _, err = run_cli("generate", tiny_model, out, "--per-class", "2", "--no-progress")
+    code, _, err = run_cli("generate", smoke_model, out, "--per-class", "2", "--no-progress")
     assert code == 0, err
     assert verify(out).ok and not lock_path(out).exists()
 
@@ -164,16 +117,17 @@ def test_a_writer_never_deletes_the_partial_of_a_live_writer(tmp_path):
     assert len(writer.finalize()) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["generate", "import", "train", "run"])
 def test_two_concurrent_jobs_into_one_folder_one_succeeds_the_other_is_refused_at_once(
-        command, run_cli, tiny_model, small_real, tmp_path):
+        command, run_cli, smoke_model, small_digits, tmp_path):
     out = tmp_path / "out"
     first, second = {
-        "generate": (["generate", tiny_model, out, "--per-class", "60", "--seed", "0", "--steps", "8"],
-                     ["generate", tiny_model, out, "--per-class", "2", "--seed", "1"]),
+        "generate": (["generate", smoke_model, out, "--per-class", "60", "--seed", "0", "--steps", "8"],
+                     ["generate", smoke_model, out, "--per-class", "2", "--seed", "1"]),
         "import": (["data", "import", "digits", out, "--size", "48"], ["data", "import", "digits", out, "--seed", "1"]),
-        "train": (["train", small_real.root, out, "--preset", "smoke", "--steps", "300"],
-                  ["train", small_real.root, out, "--preset", "smoke", "--steps", "2"]),
+        "train": (["train", small_digits.root, out, "--preset", "smoke", "--steps", "300"],
+                  ["train", small_digits.root, out, "--preset", "smoke", "--steps", "2"]),
         "run": (["run", "smoke", "--out", out, "--set", "loop.generations=1"],
                 ["run", "smoke", "--out", out, "--set", "seed=1", "--set", "loop.generations=1"]),
     }[command]
@@ -214,13 +168,13 @@ def tamper(image_set: ImageSet, count: int) -> Path:
 
 
 def test_changed_bytes_are_refused_by_every_stage_naming_the_first_bad_file(
-        run_cli, small_real, tiny_classifier, tmp_path):
-    changed = copy_set(small_real, tmp_path / "changed")
+        run_cli, small_digits, small_classifier, tmp_path):
+    changed = copy_set(small_digits, tmp_path / "changed")
     first_bad = tamper(changed, 25)
     before = tree_digest(changed.root)
     out = tmp_path / "out"
     commands = {
-        "metrics": ["metrics", small_real.root, changed.root, "--features", f"domain:{tiny_classifier}",
+        "metrics": ["metrics", small_digits.root, changed.root, "--features", f"domain:{small_classifier}",
                     "--out", tmp_path / "m.csv", "--cache-dir", tmp_path / "cache"],
         "train": ["train", changed.root, out, "--preset", "smoke", "--steps", "2", "--no-progress"],
         "classify": ["classify", "train", changed.root, out, "--epochs", "1"],
@@ -231,15 +185,15 @@ def test_changed_bytes_are_refused_by_every_stage_naming_the_first_bad_file(
     for name, args in commands.items():
         code, _, err = run_cli(*args)
         assert_one_error_line(code, err, str(first_bad), "content changed")
-        assert no_partial_left(out), name
+        assert nothing_written(out), name
         assert tree_digest(changed.root) == before, name
     assert not (tmp_path / "m.csv").exists()
 
 
-def test_the_feature_cache_is_never_poisoned_by_changed_files(run_cli, small_real, tiny_classifier, tmp_path):
-    candidate = copy_set(small_real, tmp_path / "candidate")
+def test_the_feature_cache_is_never_poisoned_by_changed_files(run_cli, small_digits, small_classifier, tmp_path):
+    candidate = copy_set(small_digits, tmp_path / "candidate")
     cache = tmp_path / "cache"
-    args = ["metrics", small_real.root, candidate.root, "--features", f"domain:{tiny_classifier}",
+    args = ["metrics", small_digits.root, candidate.root, "--features", f"domain:{small_classifier}",
             "--metrics", "fid", "--cache-dir", cache]
     code, _, err = run_cli(*args, "--out", tmp_path / "clean.csv")
     assert code == 0, err
@@ -387,7 +341,7 @@ CASES = ["corrupt-png", "truncated-png", "zero-byte-png", "directory-as-image", 
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_every_command_answers_a_bad_set_with_one_line(case, run_cli, small_real, tiny_classifier, tmp_path):
+def test_every_command_answers_a_bad_set_with_one_line(case, run_cli, small_digits, small_classifier, tmp_path):
     root = tiny_set(tmp_path / "set").root
     expected = damage(case, root, tmp_path / "outside")
     before = tree_digest(root)
@@ -398,7 +352,7 @@ def test_every_command_answers_a_bad_set_with_one_line(case, run_cli, small_real
     commands = [
         *([] if case in FILE_CASES else [["data", "info", root]]),
         *([["lineage", root]] if case in MANIFEST_CASES else []),  # lineage reads manifests alone
-        ["metrics", small_real.root, root, "--features", f"domain:{tiny_classifier}", "--out", tmp_path / "m.csv",
+        ["metrics", small_digits.root, root, "--features", f"domain:{small_classifier}", "--out", tmp_path / "m.csv",
          "--cache-dir", tmp_path / "cache"],
         ["train", root, out_path, "--preset", "smoke", "--steps", "2", "--no-progress"],
         ["classify", "train", root, out_path, "--epochs", "1"],
@@ -410,7 +364,7 @@ def test_every_command_answers_a_bad_set_with_one_line(case, run_cli, small_real
         code, _, err = run_cli(*args)
         assert code == 2, (args, err)
         assert_one_error_line(code, err, expected.split(": ", 1)[-1] if expected.startswith("metadata") else expected)
-        assert no_partial_left(out_path), args
+        assert nothing_written(out_path), args
         assert tree_digest(root) == before, args
     assert not (tmp_path / "m.csv").exists()
 
@@ -437,7 +391,7 @@ def test_verify_reports_an_unlisted_symlinked_folder_inside_images(run_cli, tmp_
     assert code == 1 and f"{root / 'images' / 'cat' / 'more'}: a symbolic link to a folder" in out
 
 
-def test_a_full_disk_is_one_line_and_the_partial_stays_resumable(run_cli, tiny_model, tmp_path, monkeypatch):
+def test_a_full_disk_is_one_line_and_the_partial_stays_resumable(run_cli, smoke_model, tmp_path, monkeypatch):
     import errno
 
     from imgsynth.imageset import sets as imageset  # the module whose writer commits shards
@@ -453,13 +407,13 @@ def test_a_full_disk_is_one_line_and_the_partial_stays_resumable(run_cli, tiny_m
         real_write(path, text)
 
     monkeypatch.setattr(imageset, "write_text_atomic", fill_up)
-    code, _, err = run_cli("generate", tiny_model, out, "--per-class", "20", "--no-progress")
+    code, _, err = run_cli("generate", smoke_model, out, "--per-class", "20", "--no-progress")
     assert_one_error_line(code, err, "no space left on the device", "shard-", status=1)  # not the input's fault
     done = len(list((tmp_path / ".samples.partial" / "shards").glob("shard-*.jsonl")))
     assert done >= 1
     monkeypatch.setattr(imageset, "write_text_atomic", real_write)
-    code, _, err = run_cli("generate", tiny_model, out, "--per-class", "20", "--no-progress")
+    code, _, err = run_cli("generate", smoke_model, out, "--per-class", "20", "--no-progress")
     assert code == 0, err
     fresh = tmp_path / "fresh"
-    code, _, err = run_cli("generate", tiny_model, fresh, "--per-class", "20", "--no-progress")
+    code, _, err = run_cli("generate", smoke_model, fresh, "--per-class", "20", "--no-progress")
     assert ImageSet.open(out).id == ImageSet.open(fresh).id

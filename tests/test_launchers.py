@@ -67,6 +67,7 @@ def one_process_model(small_set: ImageSet, tmp_path_factory: pytest.TempPathFact
         return conditional.train(small_set, tmp_path_factory.mktemp("one") / "model", config, progress=False)
 
 
+@pytest.mark.slow
 def test_two_processes_train_the_one_process_model(small_set: ImageSet, one_process_model: Path,
                                                    tmp_path: Path) -> None:
     done = torchrun("train", small_set.root, tmp_path / "two", "--preset", "smoke", "--steps", STEPS,
@@ -80,6 +81,7 @@ def test_two_processes_train_the_one_process_model(small_set: ImageSet, one_proc
     assert info["parent"]["id"] == small_set.id
 
 
+@pytest.mark.slow
 def test_one_process_checkpoint_resumes_with_two(small_set: ImageSet, one_process_model: Path,
                                                  tmp_path: Path) -> None:
     config = conditional.preset("smoke", steps=STEPS, batch_size=BATCH, device="cpu", checkpoint_every=4,
@@ -101,6 +103,7 @@ def test_one_process_checkpoint_resumes_with_two(small_set: ImageSet, one_proces
     assert_same_model(one_process_model, out)
 
 
+@pytest.mark.slow
 def test_a_batch_that_does_not_split_over_the_processes_is_refused(small_set: ImageSet, tmp_path: Path) -> None:
     done = torchrun("train", small_set.root, tmp_path / "model", "--preset", "smoke", "--steps", 2,
                     "--batch-size", 15, "--no-progress")
@@ -131,6 +134,7 @@ def test_diffusion_loss_parts_are_the_rows_of_the_whole_batch() -> None:
 
 
 
+@pytest.mark.slow
 def test_two_processes_generate_the_one_process_set(one_process_model: Path, tmp_path: Path) -> None:
     settings = dict(seed=4, batch_size=4, shard_size=4, guidance_scale=2.0, steps=3)
     with torch_threads(1):

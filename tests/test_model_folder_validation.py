@@ -22,13 +22,6 @@ from imgsynth.pipelines import conditional
 MODEL, UNET, SCHEDULER = conditional.MODEL_FILE, conditional.UNET_CONFIG_FILE, conditional.SCHEDULER_CONFIG_FILE
 
 
-@pytest.fixture(scope="module")
-def smoke_model(digits_sets, tmp_path_factory) -> Path:
-    train_set, _ = digits_sets
-    out = tmp_path_factory.mktemp("model-folder") / "model"
-    return conditional.train(train_set, out, conditional.preset("smoke"), progress=False)
-
-
 def _edit(name: str, change: Callable[[dict[str, Any]], None]) -> Callable[[Path], None]:
     def apply(folder: Path) -> None:
         values = json.loads((folder / name).read_text())

@@ -96,6 +96,7 @@ def test_one_seed_says_intervals_need_two_seeds_instead_of_printing_any():
     assert len(lines) == 1 and "need at least 2 seeds" in lines[0]
 
 
+@pytest.mark.slow
 def test_dashboard_bands_are_the_seed_intervals_of_metrics_csv(smoke_runs):
     """The band drawn for each (mode, generation) is the t-interval over the seeds' values in metrics.csv."""
     frame = pd.read_csv(smoke_runs["serial"] / "metrics.csv", keep_default_na=True)
@@ -152,6 +153,7 @@ def smoke_runs(tmp_path_factory) -> dict[str, Path]:
     return runs
 
 
+@pytest.mark.slow
 def test_serial_and_two_worker_runs_write_identical_metrics(smoke_runs):
     serial = _values(smoke_runs["serial"])
     assert sorted(serial["seed"].unique()) == [0, 1]
@@ -165,6 +167,8 @@ def test_serial_and_two_worker_runs_write_identical_metrics(smoke_runs):
     assert page.index("Findings") < page.index("What was run") and "paired t-test" in page
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_a_local_ray_cluster_writes_the_same_metrics(smoke_runs, tmp_path):
     pytest.importorskip("ray")
     run = tmp_path / "ray"
@@ -172,6 +176,7 @@ def test_a_local_ray_cluster_writes_the_same_metrics(smoke_runs, tmp_path):
     pd.testing.assert_frame_equal(_values(run), _values(smoke_runs["serial"]))
 
 
+@pytest.mark.slow
 def test_extending_a_two_seed_run_to_three_computes_only_the_new_seed(smoke_runs, tmp_path):
     run = tmp_path / "extended"
     shutil.copytree(smoke_runs["serial"], run)
@@ -212,6 +217,7 @@ def _finished_metrics(run: Path) -> list[Path]:
             continue
 
 
+@pytest.mark.slow
 def test_a_killed_parallel_run_resumes_to_the_same_metrics_without_recomputing_finished_work(smoke_runs, tmp_path):
     run = tmp_path / "killed"
     process = _spawn_run(run)
@@ -226,6 +232,7 @@ def test_a_killed_parallel_run_resumes_to_the_same_metrics_without_recomputing_f
     pd.testing.assert_frame_equal(_values(run), _values(smoke_runs["serial"]))
 
 
+@pytest.mark.slow
 def test_a_worker_that_dies_is_reported_with_its_chain_and_the_run_resumes(smoke_runs, tmp_path):
     run = tmp_path / "worker-died"
     process = _spawn_run(run)

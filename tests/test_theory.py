@@ -140,6 +140,7 @@ def test_imgsynth_train_and_generate_take_a_registered_kind(run_cli, tmp_path):
     assert code == 2 and "unknown option(s) ['bandwith'] for generator kind 'kde'" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_accumulate_keeps_the_error_of_the_mean_bounded_where_replace_lets_it_walk(tmp_path, unbiased_run):
     """With every earlier generation (and the real data) kept, generation k's mean averages k·n + N images:
     n·E[(μ_k − μ_0)²]/σ²_0 stays below Σ 1/j² ≤ π²/6 (the bound without the real data, which only
@@ -161,6 +162,7 @@ def test_accumulate_keeps_the_error_of_the_mean_bounded_where_replace_lets_it_wa
     assert errors.mean() < replace_walk.mean() / 4
 
 
+@pytest.mark.slow
 def test_mix_with_a_fixed_real_fraction_follows_its_recursion_and_stays_bounded(tmp_path, unbiased_run):
     """mix, fraction λ: generation k fits r = λ·n real images (a fresh draw, without replacement, from the N
     real training images of the class, whose mean is μ_0: generation 0 fits all of them) and s = n − r of

@@ -6,6 +6,7 @@ Imported by test files as ``from cli_checks import ...`` (pytest puts tests/ on 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from pathlib import Path
@@ -46,3 +47,60 @@ def refused(result: tuple[int, str, str], *needles: str) -> str:
 def nothing_written(out: Path) -> bool:
     """Neither ``out`` nor a temporary or partial sibling of it (``.<name>...``) exists."""
     return not out.exists() and not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
+
+
+# --------------------------------------------------------------------------------------------- the corpus
+
+MEMORY_LIMIT = 2 << 30  # bytes of private writable memory (RLIMIT_DATA) a refused command may reach
+TIME_LIMIT = 30.0  # seconds a refused command may take
+
+
+@dataclasses.dataclass
+class Ran:
+    """What one ``imgsynth`` subprocess did: exit code, its two streams, and how long it took."""
+
+    code: int
+    out: str
+    err: str
+    seconds: float
+
+
+def run_limited(*args: str | Path, cwd: Path | None = None, timeout: float = 120.0,
+                memory: int = MEMORY_LIMIT, env: dict[str, str] | None = None) -> Ran:
+    """Run ``python -m imgsynth ARGS`` in a subprocess whose private memory is capped at ``memory`` bytes
+    (``RLIMIT_DATA``: heap and anonymous maps, so a runaway allocation fails instead of swapping) and whose
+    wall time is capped at ``timeout`` (a hang is a test failure, reported with the command)."""
+    import resource
+    import subprocess
+    import sys
+    import time
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_DATA, (memory, memory))
+
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    start = time.perf_counter()
+    try:
+        done = subprocess.run([sys.executable, "-m", "imgsynth", *map(str, args)], cwd=cwd, env=environment,
+                              capture_output=True, text=True, timeout=timeout, preexec_fn=limit)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"imgsynth {' '.join(map(str, args))} ran past {timeout} s") from exc
+    return Ran(done.returncode, done.stdout, done.stderr, time.perf_counter() - start)
+
+
+def assert_refused_within_limits(ran: Ran, *needles: str) -> str:
+    """A refusal as the corpus wants it: non-zero exit, no traceback, one ``error:`` line holding every needle,
+    within :data:`TIME_LIMIT` seconds (the memory cap is the subprocess's own); returns the error line."""
+    assert ran.code != 0, (ran.out, ran.err)
+    assert "Traceback" not in ran.err + ran.out, ran.err
+    errors = [line for line in ran.err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, ran.err
+    for needle in needles:
+        assert needle in errors[0], (needle, ran.err)
+    assert ran.seconds < TIME_LIMIT, f"took {ran.seconds:.1f} s: {ran.err}"
+    return errors[0]
+
+
+def leftovers(folder: Path) -> list[Path]:
+    """Hidden temporary or partial files and folders anywhere below ``folder`` (``.x.tmp``, ``.x.partial``)."""
+    return sorted(p for p in folder.rglob(".*") if p.name.endswith((".tmp", ".partial")) or ".tmp" in p.name)

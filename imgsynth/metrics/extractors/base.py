@@ -34,7 +34,7 @@ class _Preprocessed(torch.utils.data.Dataset):
 class FeatureExtractor:
     """An image → feature-vector model with a fixed, described preprocessing.
 
-    Subclasses set ``name`` (the spec it was built from), ``id`` (name plus a weights hash: equal ids
+    Subclasses set ``name`` (the name it was built from), ``id`` (name plus a weights hash: equal ids
     give equal features), ``preprocessing`` (a description of what ``preprocess`` does), and implement
     ``preprocess(PIL image) -> tensor`` and ``forward(batch) -> (B, D) tensor``.
 

@@ -44,16 +44,16 @@ class ClipExtractor(FeatureExtractor):
 
     supplies: ClassVar[frozenset[str]] = frozenset({FEATURES, TEXT_ENCODER})
 
-    def __init__(self, spec: str, device: torch.device | None = None) -> None:
+    def __init__(self, argument: str, device: torch.device | None = None) -> None:
         import open_clip
 
         self.device = device or default_device()
-        if not spec:
+        if not argument:
             raise ValueError("clip needs a model: 'clip:<model>:<pretrained tag or checkpoint file>' "
                              "or 'clip:<folder with open_clip_config.json and weights>'")
         options: dict[str, Any] = {}
-        if spec.startswith("local-dir:") or Path(spec).expanduser().is_dir():
-            folder = Path(spec.removeprefix("local-dir:")).expanduser()
+        if argument.startswith("local-dir:") or Path(argument).expanduser().is_dir():
+            folder = Path(argument.removeprefix("local-dir:")).expanduser()
             if not (folder / "open_clip_config.json").is_file():
                 raise FileNotFoundError(f"{folder}: no open_clip_config.json; a clip folder needs the config "
                                         "and the weights (open_clip_model.safetensors or open_clip_pytorch_model.bin)")
@@ -66,11 +66,11 @@ class ClipExtractor(FeatureExtractor):
             source = pickle_files(folder)  # open_clip prefers safetensors: only a pickle file can be refused
             self.name = f"clip:{folder}"
         else:
-            model_name, _, pretrained = spec.partition(":")
+            model_name, _, pretrained = argument.partition(":")
             if not pretrained:
-                raise ValueError(f"clip:{spec} names no weights (open_clip would build a random model); use "
-                                 f"'clip:{spec}:<pretrained tag>' (e.g. openai, laion2b_s34b_b79k) or "
-                                 f"'clip:{spec}:/path/to/checkpoint'")
+                raise ValueError(f"clip:{argument} names no weights (open_clip would build a random model); use "
+                                 f"'clip:{argument}:<pretrained tag>' (e.g. openai, laion2b_s34b_b79k) or "
+                                 f"'clip:{argument}:/path/to/checkpoint'")
             if open_clip.get_model_config(model_name) is None:
                 raise ValueError(f"clip: unknown open_clip model {model_name!r}; see open_clip.list_models()")
             path = Path(pretrained).expanduser()
@@ -93,18 +93,18 @@ class ClipExtractor(FeatureExtractor):
                                                    ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg}
             else:
                 raise FileNotFoundError(
-                    f"clip:{spec}: {pretrained!r} is neither a file nor a pretrained tag of {model_name} "
+                    f"clip:{argument}: {pretrained!r} is neither a file nor a pretrained tag of {model_name} "
                     f"(tags: {open_clip.list_pretrained_tags_by_model(model_name)})")
             pretrained = source = str(weights_file)
             weights_id = file_digest(weights_file)
-            self.name = f"clip:{spec}"
-        with refusing_pickles(source, f"clip:{spec} weights"):
+            self.name = f"clip:{argument}"
+        with refusing_pickles(source, f"clip:{argument} weights"):
             try:
                 # weights_only=True is open_clip's default; passed so that a changed default cannot loosen it
                 model = open_clip.create_model(model_name, pretrained=pretrained, device="cpu",
                                                weights_only=True, **options)
             except (RuntimeError, ValueError, OSError) as exc:
-                raise ValueError(f"clip:{spec}: open_clip could not load the model ({first_line(exc)})") from exc
+                raise ValueError(f"clip:{argument}: open_clip could not load the model ({first_line(exc)})") from exc
         self.model = model.eval().to(self.device)
         self.tokenizer = open_clip.get_tokenizer(model_name)
         cfg = open_clip.get_model_preprocess_cfg(model)

@@ -22,33 +22,33 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class Dinov2Extractor(FeatureExtractor):
     """DINOv2 (transformers) CLS features after the final layer norm (``pooler_output``)."""
 
-    def __init__(self, spec: str, device: torch.device | None = None, size: int = 224) -> None:
+    def __init__(self, argument: str, device: torch.device | None = None, size: int = 224) -> None:
         from transformers import AutoModel
 
         self.device = device or default_device()
-        if not spec:
+        if not argument:
             raise ValueError("dinov2 needs a model: 'dinov2:<save_pretrained folder>' or "
                              "'dinov2:<hub name already in the local cache, e.g. facebook/dinov2-base>'")
-        folder = Path(spec).expanduser()
+        folder = Path(argument).expanduser()
         if not folder.is_dir():
             from huggingface_hub import snapshot_download
 
             try:
-                folder = Path(snapshot_download(spec, local_files_only=True))
+                folder = Path(snapshot_download(argument, local_files_only=True))
             except Exception as exc:  # not cached / not a repo name: say what to do
                 raise FileNotFoundError(
-                    f"dinov2:{spec}: no such folder and not in the local Hugging Face cache; nothing is "
+                    f"dinov2:{argument}: no such folder and not in the local Hugging Face cache; nothing is "
                     f"downloaded automatically. On a machine with internet run `hf download "
-                    f"{spec}` (or save_pretrained the model to a folder) and use 'dinov2:<folder>'.") from exc
-        with refusing_pickles(pickle_files(folder), f"dinov2:{spec} weights"):
+                    f"{argument}` (or save_pretrained the model to a folder) and use 'dinov2:<folder>'.") from exc
+        with refusing_pickles(pickle_files(folder), f"dinov2:{argument} weights"):
             try:
                 model = AutoModel.from_pretrained(folder, local_files_only=True, weights_only=True)
             except (OSError, ValueError) as exc:
-                raise FileNotFoundError(f"dinov2:{spec}: {folder} does not hold a loadable model "
+                raise FileNotFoundError(f"dinov2:{argument}: {folder} does not hold a loadable model "
                                         f"({first_line(exc)})") from exc
         self.model = model.eval().to(self.device)
         self.size = size
-        self.name = f"dinov2:{spec}"
+        self.name = f"dinov2:{argument}"
         weights = folder_digest(folder, ("config.json", "*.safetensors", "*.bin"))
         self.id = f"dinov2:{type(model).__name__}:{weights[:16]}:pooler"
         self.preprocessing = (f"rgb|pil-bicubic-uint8-{size}x{size}|no-crop|"

@@ -20,7 +20,7 @@ from imgsynth.atomic_files import atomic_path, write_json_atomic
 from imgsynth.generator_record import GeneratorRecord
 from imgsynth.imageset import ImageSet, Sample
 from imgsynth.pipelines.base import MODEL_INFO, GeneratorKind, read_info_file
-from imgsynth.pipelines.sharding import SetJob, SetSpec
+from imgsynth.pipelines.sharding import SameSet, SetJob, SetSpec
 from imgsynth.pipelines.work import WorkItem, balanced_work
 
 if TYPE_CHECKING:
@@ -197,6 +197,11 @@ def chosen_classes(fitted: list[str], classes: list[str] | None) -> list[str]:
 @dataclasses.dataclass
 class PerClassJob(SetJob):
     """A per-class kind's sampling job: one image per work item, drawn from its class's arrays."""
+
+    # The same weights, options, seed and counts make the same set wherever the model folder now lies (the
+    # record's model_path is where it was when the set was made).
+    same_set: ClassVar[SameSet] = SameSet(generator=("kind", "pipeline", "weights_sha256", "seed", "options"),
+                                          config=("per_class", "generation", "classes"))
 
     kind: PerClassKind
     model_dir: str

@@ -227,3 +227,22 @@ def test_folder_kinds_of_the_fixtures(world):
     assert folder_kind(world["SET"]) == IMAGESET and folder_kind(world["MODEL"]) == CONDITIONAL_MODEL
     assert folder_kind(world["CLF"]) == CLASSIFIER and folder_kind(world["RUN"]) == RUN
     assert folder_kind(world["ROOT"] / "nothing") is None
+
+
+@pytest.mark.parametrize(("seeds", "allowed"), [("3", True), ("[0, 1, 7]", True), ("[1, 0]", False), ("[1]", False)])
+def test_a_run_s_seeds_may_grow_and_never_shrink_or_reorder(tmp_path, seeds, allowed):
+    from imgsynth.experiments.config import RecipeError
+    from imgsynth.experiments.loop import Experiment
+
+    run = _make_run(tmp_path, "grow", seeds=2)
+    experiment = Experiment.resume(run, [f"loop.seeds={seeds}"])
+    if allowed:
+        experiment._save_config()
+        from imgsynth.experiments.config import replicate_seeds
+
+        assert replicate_seeds(load_recipe(run / "config.toml")) == replicate_seeds(experiment.recipe)
+    else:
+        before = (run / "config.toml").read_text()
+        with pytest.raises(RecipeError, match="may only grow"):
+            experiment._save_config()
+        assert (run / "config.toml").read_text() == before

@@ -78,13 +78,14 @@ class OutputError(ValueError):
     """An output that would destroy or change an input or a folder of another kind (a user error)."""
 
 
-def folder_kind(path: str | os.PathLike[str]) -> str | None:
+def folder_kind(path: str | os.PathLike[str], *, unfinished: bool = True) -> str | None:
     """What ``path`` is (one of this module's kind names), ``FILE`` for a file, None for an unknown folder or
-    nothing. An ImageSet still being written (its hidden partial folder holds the job) counts as an ImageSet."""
+    nothing. With ``unfinished``, an ImageSet still being written (its hidden partial folder holds the job)
+    counts as an ImageSet."""
     path = Path(path)
     if path.is_file():
         return FILE
-    if (partial_folder(path) / JOB).is_file():
+    if unfinished and (partial_folder(path) / JOB).is_file():
         return IMAGESET
     if not path.is_dir():
         return None
@@ -139,7 +140,7 @@ def claim_output(out: str | os.PathLike[str], kind: str, inputs: Iterable[str | 
         if _inside(source, real):
             raise OutputError(f"{out}: the output contains the input {given}; choose an output that does not")
     for folder in real.parents:
-        around = folder_kind(folder)
+        around = folder_kind(folder, unfinished=False)
         if around in CONTAINERS:
             raise OutputError(f"{out}: the output lies inside {_a(around)}, {folder}; only the command that "
                               "makes it writes there: choose an output outside it")

@@ -49,8 +49,10 @@ def main(
     from accelerate import PartialState
 
     from imgsynth.distributed.accelerate_train import launched_on_cpu
+    from imgsynth.outputs import IMAGESET, claim_output
     from imgsynth.pipelines.base import kind_for_model
 
+    claim_output(out, IMAGESET, [model, prompts])
     state = PartialState(cpu=launched_on_cpu())  # CPU-only machines use gloo ranks
     given = {"guidance_scale": guidance, "sample_steps": renamed_flag("--steps", steps, "--sample-steps", sample_steps), "sample_batch_size": batch_size,
              "shard_size": shard_size, "prompts": prompts, "noise_temperature": noise_temperature, "dtype": dtype}

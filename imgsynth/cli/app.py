@@ -22,6 +22,7 @@ from imgsynth.cli import metrics as metrics_cli
 from imgsynth.errors import TaskFailedError
 from imgsynth.locking import FolderBusyError
 from imgsynth.notes import note_lines
+from imgsynth.outputs import discard_abandoned, forget_claims
 
 app = typer.Typer(help="Labeled synthetic image datasets and model-collapse experiments.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -150,11 +151,13 @@ def run_app(typer_app: typer.Typer) -> None:
     read as imgsynth's; they keep Python's format (deprecation noise stays hidden by Python's filters).
     """
     _options["debug"] = False
+    forget_claims()
     with warnings.catch_warnings():
         warnings.showwarning = note_lines(warnings.showwarning)
         try:
             typer_app()
         except Exception as exc:  # noqa: BLE001 - sorted into user errors, failures and bugs below
+            discard_abandoned()  # what a failed command began and no rerun resumes from (imgsynth.outputs)
             status = exit_status(exc)
             if status is None:
                 raise

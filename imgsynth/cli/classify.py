@@ -34,7 +34,9 @@ def train_command(
     """Train a classifier on TRAIN_SET and write its checkpoint to OUT."""
     # torch is imported here, not at module level, so `imgsynth --help` stays fast.
     from imgsynth.classifier import ClassifierConfig, train_classifier
+    from imgsynth.outputs import CLASSIFIER, claim_output
 
+    claim_output(out, CLASSIFIER, [train_set])
     options = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "width": width, "image_size": image_size}
     config = ClassifierConfig(arch=arch, seed=seed, augment=augment, device=device,
                               **{k: v for k, v in options.items() if v is not None})
@@ -54,7 +56,11 @@ def eval_command(
 ) -> None:
     """Score CHECKPOINT on TEST_SET: accuracy, macro-F1 and per-class accuracy."""
     from imgsynth.classifier import evaluate_classifier, load_classifier
+    from imgsynth.classifier.evaluation import CONFUSION_CSV, CONFUSION_PNG, REPORT
+    from imgsynth.outputs import claim_report_folder
 
+    if out is not None:
+        claim_report_folder(out, [REPORT, CONFUSION_CSV, CONFUSION_PNG], [checkpoint, test_set])
     report = evaluate_classifier(load_classifier(checkpoint, device=device), test_set, out)
     typer.echo(f"accuracy  {report.accuracy:.4f}\nmacro-F1  {report.macro_f1:.4f}\nimages    {report.n}")
     width = max(len("class"), *(len(c) for c in report.classes))

@@ -33,7 +33,9 @@ def curate_command(
 ) -> None:
     """Filter an ImageSet into a curated one; the manifest records every drop and its reason."""
     from imgsynth.curation import curate, curation_record
+    from imgsynth.outputs import IMAGESET, claim_output
 
+    claim_output(out, IMAGESET, [image_set, classifier])
     curated = curate(image_set, out, dedup=dedup, min_confidence=min_confidence, min_clip_score=min_clip_score,
                      clip_top_fraction=clip_top_fraction, classifier=classifier, clip=clip, rebalance=rebalance,
                      seed=seed, embedding=embedding, batch_size=batch_size)
@@ -57,8 +59,13 @@ def audit_command(
     batch_size: int = typer.Option(256, help="Images per batch when embedding."),
 ) -> None:
     """Report which images descend from a known generator, exactly or approximately, per class."""
-    from imgsynth.audit import audit
+    from dataclasses import fields
 
+    from imgsynth.audit import AuditRow, audit
+    from imgsynth.outputs import FILE, claim_output
+
+    if out is not None:
+        claim_output(out, FILE, [image_set, *against], header=",".join(f.name for f in fields(AuditRow)))
     report = audit(image_set, against, threshold=threshold, embedding=embedding, batch_size=batch_size)
     typer.echo(report.summary())
     if out is not None:

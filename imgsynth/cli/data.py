@@ -10,6 +10,7 @@ import typer
 
 from imgsynth.exports import EXPORT_FORMATS, export
 from imgsynth.imageset import ImageSet, verify
+from imgsynth.outputs import EXPORT, IMPORTED, claim_output
 from imgsynth.provenance import lineage
 from imgsynth.sources import import_source
 
@@ -28,6 +29,8 @@ def import_command(
     license: str = typer.Option(None, help="License of the source, when it does not record one."),
 ) -> None:
     """Import a real source as OUT/train and OUT/test ImageSets."""
+    name, _, location = source.partition(":")
+    claim_output(out, IMPORTED, [location.rpartition(":")[2] if name == "torchvision" else location or None])
     train, test = import_source(source, out, size=size, mode=mode, test_fraction=test_fraction,
                                 seed=seed, license=license)
     typer.echo(f"train: {train.root}  ({len(train)} images, id {train.id[:12]})")
@@ -81,6 +84,8 @@ def export_command(
 ) -> None:
     """Export a set as parquet, WebDataset tar shards, a Croissant 1.1 JSON-LD description, or any other
     registered export format (imgsynth.exports.EXPORT_FORMATS)."""
+    if out is not None and fmt != "croissant":  # croissant.json belongs in the set (or above): its own rule
+        claim_output(out, EXPORT, [path])
     image_set = ImageSet.open(path)
     for written in export(image_set, fmt, out):
         typer.echo(str(written))

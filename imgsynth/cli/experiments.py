@@ -29,6 +29,7 @@ def run_command(
     from imgsynth.experiments.config import load_recipe
     from imgsynth.experiments.loop import Experiment
     from imgsynth.experiments.recipes import resolve_target, shipped_recipes
+    from imgsynth.outputs import RUN, claim_output
     from imgsynth.reports.build import run_and_report
 
     if list_recipes:
@@ -45,6 +46,7 @@ def run_command(
         experiment = Experiment.resume(run_dir, overrides, **options)
     else:
         recipe = load_recipe(recipe_path, overrides)
+        claim_output(out or Path("runs") / recipe.name, RUN)
         experiment = Experiment(recipe, out or Path("runs") / recipe.name, **options)
     folder = run_and_report(experiment)
     typer.echo(f"dashboard: {folder / 'dashboard.png'}\nreport:    {folder / 'report.html'}\n"

@@ -23,7 +23,10 @@ def features_command(
 ) -> None:
     """Compute a set's features into the cache that `imgsynth metrics` reads, so it need not extract them."""
     from imgsynth.distributed.features import warm_feature_cache
+    from imgsynth.outputs import FEATURE_CACHE, claim_output
 
+    if cache_dir is not None:
+        claim_output(cache_dir, FEATURE_CACHE, [image_set])
     path = warm_feature_cache(image_set, features, backend=backend, cache_dir=cache_dir, workers=workers,
                               address=address, batch_size=batch_size, device=device, progress=True)
     typer.echo(f"features of {image_set} [{features}] cached in {path}")

@@ -38,8 +38,10 @@ def finetune_command(
     """Train a LoRA on an ImageSet so `imgsynth generate PIPELINE OUT2 --lora OUT` samples the tuned model."""
     import json
 
+    from imgsynth.outputs import LORA, claim_output
     from imgsynth.pipelines.finetune import INFO_FILE, LoraConfig, finetune_lora
 
+    claim_output(out, LORA, [pipeline, image_set])
     train_steps = renamed_flag("--steps", steps, "--train-steps", train_steps)
     config = LoraConfig(steps=LoraConfig.steps if train_steps is None else train_steps, rank=rank, alpha=alpha, lr=lr,
                         batch_size=batch_size, resolution=resolution, seed=seed, caption_column=caption,

@@ -45,8 +45,10 @@ def train_command(
     """
     from imgsynth.distributed.accelerate_train import AccelerateDataParallel, launched_world_size
     from imgsynth.imageset import ImageSet
+    from imgsynth.outputs import LORA, MODEL_KINDS, PER_CLASS_MODEL, claim_output
     from imgsynth.pipelines.base import build_kind
 
+    claim_output(out_model, PER_CLASS_MODEL, [image_set], accepts={*MODEL_KINDS, LORA})
     train_steps = renamed_flag("--steps", steps, "--train-steps", train_steps)
     given = {name: value for name, value in (("preset", preset), ("train_steps", train_steps),
                                              ("batch_size", batch_size), ("lr", lr), ("device", device))
@@ -120,6 +122,9 @@ def generate_command(
 ) -> None:
     """Sample a labeled ImageSet from any generator's model: a class-conditional model, a fitted gaussian or
     kde model, or a text-to-image pipeline. Which kind is decided by MODEL alone."""
+    from imgsynth.outputs import IMAGESET, claim_output
+
+    claim_output(out, IMAGESET, [model, lora, caption_model, prompts])
     sample_steps = renamed_flag("--steps", steps, "--sample-steps", sample_steps)
     flags = {"guidance_scale": guidance, "sample_steps": sample_steps, "sample_batch_size": batch_size, "device": device,
              "noise_temperature": noise_temperature, "prompts": prompts, "negative_prompt": negative_prompt,

@@ -35,8 +35,12 @@ def metrics_command(
 ) -> None:
     """Compare CANDIDATE with REFERENCE in a feature space: FID/KID/PRDC/diversity/Vendi (+ CLIP score, CMMD)."""
     from imgsynth.imageset import ImageSet
-    from imgsynth.metrics.evaluate import EvaluationNote, evaluate, rows_to_frame
+    from imgsynth.metrics.evaluate import FRAME_COLUMNS, EvaluationNote, evaluate, rows_to_frame
+    from imgsynth.outputs import FEATURE_CACHE, FILE, claim_output
 
+    claim_output(out, FILE, [reference, candidate, cache_dir], header=",".join(FRAME_COLUMNS))
+    if cache_dir is not None:
+        claim_output(cache_dir, FEATURE_CACHE, [reference, candidate])
     reference_set, candidate_set = ImageSet.open(reference), ImageSet.open(candidate)
     chosen = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
     with warnings.catch_warnings(record=True) as caught:

@@ -198,6 +198,10 @@ class Experiment:
             if dump_recipe(same_but_seeds) != dump_recipe(started):  # as read now (older spellings translated)
                 raise RecipeError(f"{path}: this run folder was started with another recipe; "
                                   "use a new run folder (or delete this one) to change settings")
+            before, after = replicate_seeds(started), replicate_seeds(self.recipe)
+            if after[:len(before)] != before:  # its reports and layout speak of every seed it has
+                raise RecipeError(f"{path}: this run has seeds {before}; loop.seeds may only grow (keep {before} "
+                                  f"first and add seeds after them), not become {after}")
             _log(f"replicates: {replicate_seeds(started)} → {replicate_seeds(self.recipe)}")
         write_text_atomic(path, text)
 

@@ -19,10 +19,16 @@ import pandas as pd
 from imgsynth.experiments.run import GenerationKey, RunFolder
 from imgsynth.imageset import ImageSet
 from imgsynth.locking import folder_lock
+from imgsynth.outputs import claim_report_folder
 from imgsynth.reports.figures import class_heatmap, dashboard, sample_grid
 from imgsynth.reports.findings import SEED_INTERVAL, TEST_NAME, findings, seed_summary, verdicts
 from imgsynth.reports.tables import collect_metrics, collect_reference, metric_label, write_csv
 from imgsynth.atomic_files import write_text_atomic
+
+# The files each report writes: a report folder of its own (--out DIR) lists them in its marker, so a rerun
+# replaces them and nothing else (imgsynth.outputs.claim_report_folder).
+RUN_REPORTS = ("metrics.csv", "findings.csv", "dashboard.png", "grids.png", "class_heatmap.png", "report.html")
+COMPARISON_REPORTS = ("metrics.csv", "findings.csv", "dashboard.png", "report.html")
 
 DOMAIN_NOTE = ("features: 'domain' = penultimate layer of the classifier trained on this run's real data "
                "(the offline default; no CLIP/Inception weights used)")
@@ -154,6 +160,8 @@ def build_reports(run_dir: str | Path, out_dir: str | Path | None = None) -> dic
     """Write every report of one run into ``out_dir`` (default: the run folder)."""
     folder = RunFolder(run_dir)
     out = Path(out_dir) if out_dir else folder.root
+    if out.resolve() != folder.root.resolve():  # the run's own reports live in it; any other folder is claimed
+        claim_report_folder(out, RUN_REPORTS, [folder.root])
     out.mkdir(parents=True, exist_ok=True)
     frame = collect_metrics(folder)
     if frame.empty:
@@ -185,6 +193,7 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[st
     names = [f.name for f in folders]
     if len(set(names)) != len(names):
         raise ValueError(f"run folder names must differ to be told apart on the dashboard: {names}")
+    claim_report_folder(out_dir, COMPARISON_REPORTS, [f.root for f in folders])
     frames = [collect_metrics(f) for f in folders]
     frame = pd.concat(frames, ignore_index=True)
     table = pd.concat([findings(f).assign(run=name) for f, name in zip(frames, names)], ignore_index=True)

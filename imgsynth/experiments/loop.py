@@ -18,10 +18,12 @@ import os
 import platform
 import shutil
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from imgsynth.atomic_files import write_json_atomic, write_text_atomic
 from imgsynth.experiments.config import (Recipe, RecipeError, dump_recipe, load_recipe, recipe_from_dict,
                                          replicate_seeds)
 from imgsynth.experiments.modes import (CURATED_SUFFIX, LOOP_MODES, LoopData, LoopMode, ModeInputs, base_mode,
@@ -29,8 +31,8 @@ from imgsynth.experiments.modes import (CURATED_SUFFIX, LOOP_MODES, LoopData, Lo
 from imgsynth.experiments.run import CONFIG_FILE, METRICS_FILE, GenerationKey, RunFolder
 from imgsynth.imageset import ImageSet, ImageSetError
 from imgsynth.locking import folder_lock
+from imgsynth.notes import Note
 from imgsynth.sources import import_source
-from imgsynth.atomic_files import write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:
     from imgsynth.pipelines.base import GeneratorKind
@@ -192,7 +194,10 @@ class Experiment:
             existing = path.read_text(encoding="utf-8")
             if existing == text:
                 return
-            started = load_recipe(path)
+            with warnings.catch_warnings():
+                # A config.toml in older spellings is rewritten below in today's; its note helps nobody.
+                warnings.simplefilter("ignore", Note)
+                started = load_recipe(path)
             same_but_seeds = dataclasses.replace(self.recipe, loop=dataclasses.replace(
                 self.recipe.loop, seeds=started.loop.seeds))
             if dump_recipe(same_but_seeds) != dump_recipe(started):  # as read now (older spellings translated)
@@ -202,7 +207,8 @@ class Experiment:
             if after[:len(before)] != before:  # its reports and layout speak of every seed it has
                 raise RecipeError(f"{path}: this run has seeds {before}; loop.seeds may only grow (keep {before} "
                                   f"first and add seeds after them), not become {after}")
-            _log(f"replicates: {replicate_seeds(started)} → {replicate_seeds(self.recipe)}")
+            if after != before:
+                _log(f"replicates: {before} → {after}")
         write_text_atomic(path, text)
 
     def _write_info(self, stages: dict[str, float], wall: float) -> None:

@@ -33,6 +33,7 @@ from imgsynth.imageset.verification import VerifyReport, verify
 from imgsynth.locking import FolderLock, acquire, release
 from imgsynth.notes import Note
 from imgsynth.provenance import content_id, license_record, sha256_bytes, software_versions
+from imgsynth.safe_paths import LinkedPathError, make_dirs_inside, refuse_links_below, write_file_inside
 from imgsynth.set_schema import KINDS, SORTED, check_manifest, class_order, label_order, parse_json
 
 
@@ -87,6 +88,7 @@ class ImageSetWriter:
         self.annotations = dict(annotations or {})
         self.partial = partial_dir(self.root)
         self._classes_set = set(self.classes)
+        self._made_folders: set[str] = set()  # class folders of the partial made and found free of links
         # Workers of one job (Ray actors, accelerate ranks) write into the partial their driver holds.
         self._joined = locked_by_driver
         self._lock: FolderLock | None = None if locked_by_driver else acquire(self.root)
@@ -127,6 +129,9 @@ class ImageSetWriter:
                           "generator": self.generator, "config": self.config},
                          sort_keys=True, default=_json_default)
         job_path = self.partial / JOB
+        if self.partial.is_symlink():
+            raise LinkedPathError(f"{self.partial}: a symbolic link (to {os.readlink(self.partial)}) where "
+                                  f"imgsynth writes {self.root}; imgsynth never writes through links — remove it")
         if self.partial.exists():
             previous = job_path.read_text(encoding="utf-8") if job_path.is_file() else None
             if previous != job:
@@ -136,7 +141,9 @@ class ImageSetWriter:
                 warnings.warn(f"{self.partial}: discarding an unfinished write of a different job", Note,
                               stacklevel=3)
                 shutil.rmtree(self.partial)
-        (self.partial / "shards").mkdir(parents=True, exist_ok=True)
+        # Resuming: nothing an earlier write left may lead this write out of the partial folder.
+        refuse_links_below(self.partial)
+        make_dirs_inside(self.partial, "shards")
         if not job_path.is_file():
             write_text_atomic(job_path, job)
 
@@ -155,9 +162,10 @@ class ImageSetWriter:
             image_id = check_image_id(sample.image_id or f"{index:06d}-{position:05d}", str(self.root))
             data = sample.image if isinstance(sample.image, bytes) else encode_png(sample.image)
             file_name = f"{IMAGES}/{label}/{image_id}.png"
-            path = self.partial / file_name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
+            if label not in self._made_folders:  # once per class: a link there is refused, not written through
+                make_dirs_inside(self.partial, f"{IMAGES}/{label}")
+                self._made_folders.add(label)
+            write_file_inside(self.partial / file_name, data)
             records.append(ImageRecord(file_name, label, sample.caption,
                                        None if sample.seed is None else int(sample.seed),
                                        sha256_bytes(data), dict(sample.extra)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections import Counter
@@ -119,7 +120,28 @@ def _verify_manifest(root: Path, report: VerifyReport) -> dict[str, Any] | None:
     return manifest
 
 
-_FILE_NAME_IN_TEXT = re.compile(rb'"file_name"\s*:\s*"([^"]+)"')
+# A JSON string literal after "file_name" (escapes included), for lines too broken to parse as a whole.
+_FILE_NAME_IN_TEXT = re.compile(rb'"file_name"\s*:\s*("(?:[^"\\]|\\.)*")')
+
+
+def _claimed_file_name(line: bytes) -> str | None:
+    """The ``file_name`` a metadata line names, as its parsed value (never the raw JSON text: ``café`` is
+    ``caf\\u00e9`` there), also for a line that does not parse as a whole; None if it names none."""
+    try:
+        row = json.loads(line)
+    except (ValueError, RecursionError):
+        row = None
+    if isinstance(row, dict):
+        name = row.get("file_name")
+        return name if isinstance(name, str) else None
+    named = _FILE_NAME_IN_TEXT.search(line)
+    if not named:
+        return None
+    try:
+        name = json.loads(named.group(1))
+    except ValueError:  # e.g. a broken escape or bytes that are not UTF-8
+        return None
+    return name if isinstance(name, str) else None
 
 
 def _verify_metadata_lines(root: Path, classes: set[str] | None, report: VerifyReport,
@@ -142,9 +164,9 @@ def _verify_metadata_lines(root: Path, classes: set[str] | None, report: VerifyR
     seen: dict[str, str] = {}
     real_root, folders = os.path.realpath(root), set()
     for where, line in lines:
-        named = _FILE_NAME_IN_TEXT.search(line)
-        if named:
-            claimed.add(named.group(1).decode("utf-8", "replace"))
+        named = _claimed_file_name(line)
+        if named is not None:
+            claimed.add(named)
         try:
             row = parse_metadata_line(root, where, line, classes, real_root, folders)
         except ImageSetError as exc:

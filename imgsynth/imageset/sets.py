@@ -25,7 +25,7 @@ from imgsynth.errors import ImageSetError
 from imgsynth.image_files import check_sha256, decode_image, read_regular_file
 from imgsynth.imageset.layout import FORMAT_VERSION, IMAGES, JOB, MANIFEST, METADATA, partial_dir, shard_name
 from imgsynth.imageset.metadata import read_metadata, read_set_file
-from imgsynth.imageset.names import check_image_id, check_label
+from imgsynth.imageset.names import check_image_id, check_label, check_labels
 from imgsynth.imageset.png import encode_png
 from imgsynth.imageset.records import BASE_COLUMNS, ImageRecord, Sample
 from imgsynth.imageset.splitting import stratified_split_indices
@@ -75,9 +75,7 @@ class ImageSetWriter:
             raise ImageSetError(f"{self.root}: kind must be one of {KINDS}, got {kind!r}")
         if not classes:
             raise ImageSetError(f"{self.root}: an ImageSet needs at least one class")
-        given = [check_label(c, str(self.root)) for c in classes]
-        if len(set(given)) != len(given):
-            raise ImageSetError(f"{self.root}: duplicate class names in {given}")
+        given = check_labels(classes, str(self.root))
         self.classes = label_order(given)
         self.display_order = given if given != self.classes else None
         self.kind = kind

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,6 +215,8 @@ def _verify_no_strays(root: Path, listed: set[str], report: VerifyReport) -> Non
             continue
         elif entry.name not in ROOT_FILES:
             report.add(entry, f"stray {'folder' if entry.is_dir() else 'file'}: not part of an ImageSet")
+        elif entry.name not in (MANIFEST, METADATA):  # those two are read, and so checked, above
+            _verify_regular_file(entry, report)
     images = root / IMAGES
     if images.is_symlink() or not images.is_dir():
         if listed and not images.is_symlink():
@@ -234,6 +237,14 @@ def _verify_no_strays(root: Path, listed: set[str], report: VerifyReport) -> Non
                 report.add(Path(folder) / name, "a symbolic link; an ImageSet holds regular files only")
             elif relative not in listed:
                 report.add(Path(folder) / name, f"stray file: on disk but not listed in {METADATA}")
+
+
+def _verify_regular_file(path: Path, report: VerifyReport) -> None:
+    """A file a set holds must be a regular file, as its images must (a FIFO would hang whoever reads it)."""
+    mode = path.lstat().st_mode
+    if not stat.S_ISREG(mode):
+        what = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a FIFO, socket or device)"
+        report.add(path, f"{what}; an ImageSet holds regular files only")
 
 
 def _verify_card(root: Path, classes: Sequence[str], report: VerifyReport) -> None:

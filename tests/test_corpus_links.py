@@ -355,3 +355,34 @@ def test_verify_refuses_a_set_file_that_is_a_fifo(small_digits: ImageSet, tmp_pa
     assert ran.code != 0 and "Traceback" not in ran.err + ran.out and ran.seconds < 30
     assert f"{out / name}: not a regular file" in ran.out + ran.err, ran.out + ran.err
     assert json.loads((out / "imageset.json").read_text(encoding="utf-8"))["id"] == small_digits.id
+
+
+def test_generating_a_set_at_a_link_to_an_empty_folder_is_refused_before_sampling(tiny_run: Path,
+                                                                                    tmp_path: Path) -> None:
+    """A set is renamed into place, which would replace the link: refused up front, naming it (it was a bare
+    "Not a directory" after sampling)."""
+    target = tmp_path / "empty"
+    target.mkdir()
+    link = tmp_path / "samples"
+    link.symlink_to(target, target_is_directory=True)
+
+    ran = run_limited("generate", tiny_run / "seed_0" / "gen_0" / "model", link, "--per-class", "2")
+
+    assert_refused_within_limits(ran, str(link), "symbolic link")
+    assert list(target.iterdir()) == [] and link.is_symlink() and leftovers(tmp_path) == []
+
+
+def test_an_export_whose_partial_folder_is_a_link_discards_the_link_not_its_target(small_digits: ImageSet,
+                                                                                   tmp_path: Path) -> None:
+    """An export starts over in a fresh hidden partial folder: a link left at that name is removed (it was a bare
+    "File exists"), what it points at is untouched, and the export is written where it was asked for."""
+    outside = _outside(tmp_path)
+    out = tmp_path / "export"
+    (tmp_path / ".export.partial").symlink_to(outside, target_is_directory=True)
+    before = tree_digest(outside)
+
+    ran = run_limited("data", "export", small_digits.root, out, "--format", "parquet")
+
+    assert ran.code == 0, ran.err
+    assert tree_digest(outside) == before
+    assert sorted(p.suffix for p in out.iterdir()) == [".parquet"] and leftovers(tmp_path) == []

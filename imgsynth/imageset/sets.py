@@ -93,6 +93,10 @@ class ImageSetWriter:
         try:
             if self.root.exists() and not (self.root / MANIFEST).is_file() and any(self.root.iterdir()):
                 raise ImageSetError(f"{self.root}: folder exists and is not an ImageSet; refusing to write into it")
+            if self.root.is_symlink() and not (self.root / MANIFEST).is_file():
+                # The finished set is renamed into place: it would replace the link, not fill what it points at.
+                raise LinkedPathError(f"{self.root}: a symbolic link (to {os.readlink(self.root)}); a set is renamed "
+                                      "into place, so give the folder the link points at, or another folder")
             self._claim_partial()
         except BaseException:
             self.close()

@@ -72,27 +72,6 @@ def make_dirs_inside(root: str | os.PathLike[str], relative: str | os.PathLike[s
     return current
 
 
-def check_inside(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
-    """Return ``path`` (absolute) if it lies below ``root`` and no existing level of it below ``root``, the
-    last one included, is a symbolic link; raise naming the first link otherwise."""
-    root = Path(root).absolute()
-    target = Path(path).absolute()
-    try:
-        relative = target.relative_to(root)
-    except ValueError:
-        raise LinkedPathError(f"{target}: not a path inside the output {root}") from None
-    current = root
-    for part in _relative_parts(root, relative):
-        current = current / part
-        try:
-            info = os.lstat(current)
-        except FileNotFoundError:
-            break
-        if stat.S_ISLNK(info.st_mode):
-            raise LinkedPathError(_link_message(current, root))
-    return target
-
-
 def refuse_links_below(root: str | os.PathLike[str]) -> None:
     """Raise naming the first symbolic link anywhere below ``root`` (sorted order); nothing if ``root`` is absent.
 

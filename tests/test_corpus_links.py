@@ -382,3 +382,27 @@ def test_an_export_whose_partial_folder_is_a_link_discards_the_link_not_its_targ
     assert ran.code == 0, ran.err
     assert tree_digest(outside) == before
     assert sorted(p.suffix for p in out.iterdir()) == [".parquet"] and leftovers(tmp_path) == []
+
+
+def test_a_run_on_classes_with_non_ascii_and_quoted_names_verifies_and_reports_them(tmp_path: Path) -> None:
+    """Non-ASCII and escaped class names through a whole run: every set it writes verifies, and the per-class
+    metrics name the classes exactly as the source folders spelled them (NFD kept NFD)."""
+    import pandas as pd
+
+    classes = ["café", 'say "cheese"', NFD_CREME]
+    source = _images(tmp_path / "source", classes, per_class=12)
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(TINY_RUN.replace('source = "gaussian:classes=2,per_class=30,mean=128,sigma=20,spacing=40,seed=0"',
+                                       f'source = "folder:{source.as_posix()}"')
+                      .replace("per_class = false", "per_class = true"), encoding="utf-8")
+    run = tmp_path / "run"
+
+    ran = run_limited("run", recipe, "--out", run, timeout=300)
+
+    assert ran.code == 0, ran.err
+    sets = sorted(p.parent for p in run.rglob("imageset.json"))
+    assert len(sets) >= 4
+    for folder in sets:
+        assert verify(folder).ok, verify(folder).summary()
+    metrics = pd.read_csv(run / "metrics.csv", keep_default_na=False)
+    assert set(classes) <= set(metrics["class"])

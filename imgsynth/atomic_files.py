@@ -10,6 +10,10 @@ killed mid-write can leave its hidden temporary file behind, never a truncated t
 A folder of several files (an export, a checkpoint) is written the same way: into a hidden sibling
 ``.<name>.partial`` that is renamed into place when it is whole (:func:`atomic_folder`).
 
+The final ``os.replace``/``os.rename`` replaces whatever is at the target, a symbolic link included, and
+never writes through it; that the target's folder lies inside the output without links is
+:mod:`imgsynth.safe_paths`' part.
+
 Nothing here calls ``fsync``: no writer in imgsynth did before this module existed, and a crash of
 the whole machine is not a case the resumable writers promise to survive.
 """
@@ -47,6 +51,8 @@ def atomic_path(path: str | os.PathLike[str], *, suffix: str = "") -> Iterator[P
     """
     target = Path(path)
     tmp = temporary_sibling(target, suffix=suffix)
+    # Whatever lies at this process's temporary name (a link planted there) goes: writers open it by name.
+    tmp.unlink(missing_ok=True)
     try:
         yield tmp
         os.replace(tmp, target)
@@ -95,6 +101,8 @@ def atomic_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(path)
     partial = partial_folder(target)
+    if partial.is_symlink():  # rmtree refuses links; the link itself goes, never what it points at
+        partial.unlink()
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 from PIL import Image
 
-from imgsynth.imageset import (ImageSet, ImageSetError, ImageSetWriter, Sample, check_label,
+from imgsynth.imageset import (ImageSet, ImageSetError, ImageSetWriter, Sample, check_label, check_labels,
                                stratified_split_indices)
 from imgsynth.locking import locks_output
 from imgsynth.provenance import read_card_license
@@ -112,10 +112,13 @@ def load_folder_source(location: str | None, size: int | None = 16, mode: str = 
     if not class_dirs:
         what = "empty folder" if not any(root.iterdir()) else "no class sub-folders"
         raise ImageSetError(f"{root}: {what}; expected {root}/<class name>/<image files>")
+    # Class names are the folders' own names, exactly (no Unicode normalisation): see check_label. The
+    # source folder names the problem (a name with a newline would split a message holding the full path).
+    check_labels([d.name for d in class_dirs], f"{root} (class folders)")
     extensions = _image_extensions()
     images, labels = [], []
     for class_dir in class_dirs:
-        label = check_label(class_dir.name, str(class_dir))
+        label = class_dir.name
         files = sorted(p for p in class_dir.rglob("*")
                        if p.is_file() and p.suffix.lower() in extensions
                        and not any(part.startswith(".") for part in p.relative_to(class_dir).parts))

@@ -33,6 +33,7 @@ from imgsynth.imageset import ImageSet, ImageSetError
 from imgsynth.locking import folder_lock
 from imgsynth.notes import Note
 from imgsynth.sources import import_source
+from imgsynth.safe_paths import make_dirs_inside, refuse_links_below
 
 if TYPE_CHECKING:
     from imgsynth.pipelines.base import GeneratorKind
@@ -104,6 +105,9 @@ class Experiment:
 
         started = time.perf_counter()
         stages: dict[str, float] = {}
+        # Below the run folder everything is imgsynth's: a link anywhere in it (a resumed or extended run)
+        # would make a later write land outside it.
+        refuse_links_below(self.run_dir)
         self._save_config()
         with torch_threads(TASK_THREADS):
             t0 = time.perf_counter()
@@ -185,9 +189,15 @@ class Experiment:
     def generation_dir(self, key: GenerationKey) -> Path:
         return self.folder.generation_dir(key)
 
+    def _make_folder(self, folder: Path) -> Path:
+        """Create ``folder`` of the run level by level, refusing a link (or a file) at any level below the run
+        folder (:func:`imgsynth.safe_paths.make_dirs_inside`); returns ``folder``."""
+        make_dirs_inside(self.run_dir, Path(folder).relative_to(self.run_dir))
+        return folder
+
     def _save_config(self) -> None:
         """Write ``config.toml``, or check the run folder was started with this recipe (up to its seeds)."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs_inside(self.run_dir)
         path = self.run_dir / CONFIG_FILE
         text = dump_recipe(self.recipe)
         if path.exists():
@@ -240,6 +250,7 @@ class Experiment:
         real = self.run_dir / "real"
         train, test = _open_if_complete(real / "train"), _open_if_complete(real / "test")
         if train is None or test is None:
+            self._make_folder(real)
             _log(f"importing real data {data.source!r} at {data.size}px")
             train, test = import_source(data.source, real, size=data.size, mode=data.mode,
                                         test_fraction=data.test_fraction, seed=data.split_seed)
@@ -281,6 +292,7 @@ class Experiment:
         if existing is not None:
             return existing
         self.stage_hook("train_set", key)
+        self._make_folder(self.generation_dir(key))
         scratch = self.generation_dir(key) / "train_parts"
         shutil.rmtree(scratch, ignore_errors=True)
         inputs = ModeInputs(data=data, history=tuple(history), generation=key.generation, seed=key.seed,
@@ -296,7 +308,7 @@ class Experiment:
         samples_dir = folder / "samples"
         if (folder / METRICS_FILE).is_file():
             return self._output(key)
-        folder.mkdir(parents=True, exist_ok=True)
+        self._make_folder(folder)
         t0 = time.perf_counter()
         seconds: dict[str, float] = {}
 

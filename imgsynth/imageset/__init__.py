@@ -24,7 +24,7 @@ from __future__ import annotations
 from imgsynth.errors import ImageSetError
 from imgsynth.imageset.layout import FORMAT_VERSION, IMAGES, JOB, MANIFEST, METADATA, ROOT_FILES
 from imgsynth.imageset.metadata import metadata_lines, parse_metadata_line, read_metadata, read_set_file
-from imgsynth.imageset.names import check_image_id, check_label, resolve_inside
+from imgsynth.imageset.names import check_image_id, check_label, check_labels, resolve_inside
 from imgsynth.imageset.operations import concatenate
 from imgsynth.imageset.png import encode_png
 from imgsynth.imageset.records import BASE_COLUMNS, ImageRecord, Sample
@@ -36,6 +36,6 @@ from imgsynth.set_schema import KINDS
 __all__ = [
     "BASE_COLUMNS", "FORMAT_VERSION", "IMAGES", "JOB", "KINDS", "MANIFEST", "METADATA", "ROOT_FILES",
     "ImageRecord", "ImageSet", "ImageSetError", "ImageSetWriter", "Problem", "Sample", "VerifyReport",
-    "check_image_id", "check_label", "concatenate", "encode_png", "metadata_lines", "parse_metadata_line",
+    "check_image_id", "check_label", "check_labels", "concatenate", "encode_png", "metadata_lines", "parse_metadata_line",
     "read_metadata", "read_set_file", "resolve_inside", "stratified_split_indices", "verify",
 ]

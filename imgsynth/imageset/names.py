@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import unicodedata
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from imgsynth.errors import ImageSetError
 from imgsynth.imageset.layout import IMAGES
@@ -12,11 +13,47 @@ from imgsynth.set_schema import label_problem
 
 
 def check_label(label: Any, where: str) -> str:
-    """Return ``label`` if it can name a folder inside the set, else raise naming ``where``."""
+    """Return ``label`` if a new set may use it as a class name (a folder inside the set), else raise naming
+    ``where``.
+
+    Names are kept exactly as given and compared exactly, code point by code point: ``café`` is the
+    folder's own name, in whatever Unicode normalisation form the source spelled it (NFC or NFD), so
+    imgsynth, ImageFolder and ``datasets`` agree on every file. Besides the folder-name rules every
+    reader applies (:func:`imgsynth.set_schema.label_problem`), a *new* name may hold no control
+    character (newline, tab, …): it would split the one-line messages, CSV rows and card lines that
+    show class names; nor bytes that are not UTF-8 (a folder name from another encoding), which no
+    manifest or card can hold. Sets written before this rule still open.
+    """
     problem = label_problem(label)
     if problem:
         raise ImageSetError(f"{where}: {problem}")
+    for character in label:
+        category = unicodedata.category(character)
+        if category == "Cc":
+            raise ImageSetError(f"{where}: class name {label!r} holds the control character "
+                                f"U+{ord(character):04X}; class names are folder names and must be printable "
+                                "(rename it)")
+        if category == "Cs":  # how Python spells a file name's bytes that are not UTF-8
+            raise ImageSetError(f"{where}: class name {label!r} is not valid UTF-8; manifests, metadata and cards "
+                                "are UTF-8 (rename it)")
     return label
+
+
+def check_labels(labels: Sequence[Any], where: str) -> list[str]:
+    """Every name as :func:`check_label` checks it, none twice, and no two the same after Unicode NFC
+    normalisation: those look identical, and a normalisation-insensitive file system (macOS) makes them
+    one folder."""
+    given = [check_label(label, where) for label in labels]
+    if len(set(given)) != len(given):
+        raise ImageSetError(f"{where}: duplicate class names in {given}")
+    seen: dict[str, str] = {}
+    for label in given:
+        other = seen.setdefault(unicodedata.normalize("NFC", label), label)
+        if other != label:
+            raise ImageSetError(f"{where}: class names {ascii(other)} and {ascii(label)} differ only in Unicode "
+                                "normalisation (NFC/NFD); they look the same and would share one folder on "
+                                "some file systems — rename one")
+    return given
 
 
 def check_image_id(image_id: str, where: str) -> str:

@@ -25,7 +25,7 @@ from imgsynth.errors import ImageSetError
 from imgsynth.image_files import check_sha256, decode_image, read_regular_file
 from imgsynth.imageset.layout import FORMAT_VERSION, IMAGES, JOB, MANIFEST, METADATA, partial_dir, shard_name
 from imgsynth.imageset.metadata import read_metadata, read_set_file
-from imgsynth.imageset.names import check_image_id, check_label
+from imgsynth.imageset.names import check_image_id, check_label, check_labels
 from imgsynth.imageset.png import encode_png
 from imgsynth.imageset.records import BASE_COLUMNS, ImageRecord, Sample
 from imgsynth.imageset.splitting import stratified_split_indices
@@ -33,6 +33,7 @@ from imgsynth.imageset.verification import VerifyReport, verify
 from imgsynth.locking import FolderLock, acquire, release
 from imgsynth.notes import Note
 from imgsynth.provenance import content_id, license_record, sha256_bytes, software_versions
+from imgsynth.safe_paths import LinkedPathError, make_dirs_inside, refuse_links_below, write_file_inside
 from imgsynth.set_schema import KINDS, SORTED, check_manifest, class_order, label_order, parse_json
 
 
@@ -74,9 +75,7 @@ class ImageSetWriter:
             raise ImageSetError(f"{self.root}: kind must be one of {KINDS}, got {kind!r}")
         if not classes:
             raise ImageSetError(f"{self.root}: an ImageSet needs at least one class")
-        given = [check_label(c, str(self.root)) for c in classes]
-        if len(set(given)) != len(given):
-            raise ImageSetError(f"{self.root}: duplicate class names in {given}")
+        given = check_labels(classes, str(self.root))
         self.classes = label_order(given)
         self.display_order = given if given != self.classes else None
         self.kind = kind
@@ -87,12 +86,17 @@ class ImageSetWriter:
         self.annotations = dict(annotations or {})
         self.partial = partial_dir(self.root)
         self._classes_set = set(self.classes)
+        self._made_folders: set[str] = set()  # class folders of the partial made and found free of links
         # Workers of one job (Ray actors, accelerate ranks) write into the partial their driver holds.
         self._joined = locked_by_driver
         self._lock: FolderLock | None = None if locked_by_driver else acquire(self.root)
         try:
             if self.root.exists() and not (self.root / MANIFEST).is_file() and any(self.root.iterdir()):
                 raise ImageSetError(f"{self.root}: folder exists and is not an ImageSet; refusing to write into it")
+            if self.root.is_symlink() and not (self.root / MANIFEST).is_file():
+                # The finished set is renamed into place: it would replace the link, not fill what it points at.
+                raise LinkedPathError(f"{self.root}: a symbolic link (to {os.readlink(self.root)}); a set is renamed "
+                                      "into place, so give the folder the link points at, or another folder")
             self._claim_partial()
         except BaseException:
             self.close()
@@ -127,6 +131,9 @@ class ImageSetWriter:
                           "generator": self.generator, "config": self.config},
                          sort_keys=True, default=_json_default)
         job_path = self.partial / JOB
+        if self.partial.is_symlink():
+            raise LinkedPathError(f"{self.partial}: a symbolic link (to {os.readlink(self.partial)}) where "
+                                  f"imgsynth writes {self.root}; imgsynth never writes through links — remove it")
         if self.partial.exists():
             previous = job_path.read_text(encoding="utf-8") if job_path.is_file() else None
             if previous != job:
@@ -136,7 +143,9 @@ class ImageSetWriter:
                 warnings.warn(f"{self.partial}: discarding an unfinished write of a different job", Note,
                               stacklevel=3)
                 shutil.rmtree(self.partial)
-        (self.partial / "shards").mkdir(parents=True, exist_ok=True)
+        # Resuming: nothing an earlier write left may lead this write out of the partial folder.
+        refuse_links_below(self.partial)
+        make_dirs_inside(self.partial, "shards")
         if not job_path.is_file():
             write_text_atomic(job_path, job)
 
@@ -155,9 +164,10 @@ class ImageSetWriter:
             image_id = check_image_id(sample.image_id or f"{index:06d}-{position:05d}", str(self.root))
             data = sample.image if isinstance(sample.image, bytes) else encode_png(sample.image)
             file_name = f"{IMAGES}/{label}/{image_id}.png"
-            path = self.partial / file_name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
+            if label not in self._made_folders:  # once per class: a link there is refused, not written through
+                make_dirs_inside(self.partial, f"{IMAGES}/{label}")
+                self._made_folders.add(label)
+            write_file_inside(self.partial / file_name, data)
             records.append(ImageRecord(file_name, label, sample.caption,
                                        None if sample.seed is None else int(sample.seed),
                                        sha256_bytes(data), dict(sample.extra)))

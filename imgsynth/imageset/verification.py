@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,7 +121,28 @@ def _verify_manifest(root: Path, report: VerifyReport) -> dict[str, Any] | None:
     return manifest
 
 
-_FILE_NAME_IN_TEXT = re.compile(rb'"file_name"\s*:\s*"([^"]+)"')
+# A JSON string literal after "file_name" (escapes included), for lines too broken to parse as a whole.
+_FILE_NAME_IN_TEXT = re.compile(rb'"file_name"\s*:\s*("(?:[^"\\]|\\.)*")')
+
+
+def _claimed_file_name(line: bytes) -> str | None:
+    """The ``file_name`` a metadata line names, as its parsed value (never the raw JSON text: ``café`` is
+    ``caf\\u00e9`` there), also for a line that does not parse as a whole; None if it names none."""
+    try:
+        row = json.loads(line)
+    except (ValueError, RecursionError):
+        row = None
+    if isinstance(row, dict):
+        name = row.get("file_name")
+        return name if isinstance(name, str) else None
+    named = _FILE_NAME_IN_TEXT.search(line)
+    if not named:
+        return None
+    try:
+        name = json.loads(named.group(1))
+    except ValueError:  # e.g. a broken escape or bytes that are not UTF-8
+        return None
+    return name if isinstance(name, str) else None
 
 
 def _verify_metadata_lines(root: Path, classes: set[str] | None, report: VerifyReport,
@@ -142,9 +165,9 @@ def _verify_metadata_lines(root: Path, classes: set[str] | None, report: VerifyR
     seen: dict[str, str] = {}
     real_root, folders = os.path.realpath(root), set()
     for where, line in lines:
-        named = _FILE_NAME_IN_TEXT.search(line)
-        if named:
-            claimed.add(named.group(1).decode("utf-8", "replace"))
+        named = _claimed_file_name(line)
+        if named is not None:
+            claimed.add(named)
         try:
             row = parse_metadata_line(root, where, line, classes, real_root, folders)
         except ImageSetError as exc:
@@ -192,6 +215,8 @@ def _verify_no_strays(root: Path, listed: set[str], report: VerifyReport) -> Non
             continue
         elif entry.name not in ROOT_FILES:
             report.add(entry, f"stray {'folder' if entry.is_dir() else 'file'}: not part of an ImageSet")
+        elif entry.name not in (MANIFEST, METADATA):  # those two are read, and so checked, above
+            _verify_regular_file(entry, report)
     images = root / IMAGES
     if images.is_symlink() or not images.is_dir():
         if listed and not images.is_symlink():
@@ -212,6 +237,14 @@ def _verify_no_strays(root: Path, listed: set[str], report: VerifyReport) -> Non
                 report.add(Path(folder) / name, "a symbolic link; an ImageSet holds regular files only")
             elif relative not in listed:
                 report.add(Path(folder) / name, f"stray file: on disk but not listed in {METADATA}")
+
+
+def _verify_regular_file(path: Path, report: VerifyReport) -> None:
+    """A file a set holds must be a regular file, as its images must (a FIFO would hang whoever reads it)."""
+    mode = path.lstat().st_mode
+    if not stat.S_ISREG(mode):
+        what = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a FIFO, socket or device)"
+        report.add(path, f"{what}; an ImageSet holds regular files only")
 
 
 def _verify_card(root: Path, classes: Sequence[str], report: VerifyReport) -> None:

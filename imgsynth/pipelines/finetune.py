@@ -34,6 +34,7 @@ from imgsynth.pipelines.text2image.loading import (component_folder, load_text2i
 from imgsynth.provenance import software_versions
 from imgsynth.safe_loading import load_torch_file
 from imgsynth.atomic_files import atomic_path
+from imgsynth.safe_paths import LinkedPathError, refuse_links_below
 
 INFO_FILE = "imgsynth_lora.json"
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -137,6 +138,10 @@ def finetune_lora(model: str | os.PathLike, train_set: ImageSet | str | os.PathL
     checkpoint = partial / CHECKPOINT_FILE
     losses: list[float] = []
     order: list[int] = []
+    if partial.is_symlink():
+        raise LinkedPathError(f"{partial}: a symbolic link (to {os.readlink(partial)}) where imgsynth writes {out}; "
+                              "imgsynth never writes through links — remove it")
+    refuse_links_below(partial)  # resumed: nothing left in it may lead a write (or the checkpoint read) out
     state = _load_checkpoint(checkpoint, info)
     if state is not None:
         set_peft_model_state_dict(unet, state["lora"])

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Mapping, Sequence
 import numpy as np
 
 from imgsynth.atomic_files import atomic_path, write_json_atomic
+from imgsynth.safe_paths import refuse_links_below
 from imgsynth.generator_record import GeneratorRecord
 from imgsynth.imageset import ImageSet, Sample
 from imgsynth.pipelines.base import MODEL_INFO, GeneratorKind, read_info_file
@@ -39,6 +40,7 @@ def write_model(out: Path, kind: str, tensors: Mapping[str, np.ndarray], info: M
     from imgsynth.provenance import sha256_file, software_versions
 
     out.mkdir(parents=True, exist_ok=True)
+    refuse_links_below(out)  # the files below replace what is there; a link there is refused, not replaced
     with atomic_path(out / MODEL_WEIGHTS) as tmp:
         save_file({k: v for k, v in tensors.items()}, str(tmp))
     record = {**info, "kind": kind, "weights_sha256": sha256_file(out / MODEL_WEIGHTS),

@@ -34,6 +34,7 @@ from imgsynth.pipelines.conditional.folder import (CHECKPOINTS, MODEL_FILE, _che
 from imgsynth.pipelines.conditional.model import build_noise_scheduler, build_unet
 from imgsynth.pipelines.conditional.pipeline import ClassConditionalPipeline
 from imgsynth.safe_loading import load_torch_file
+from imgsynth.safe_paths import make_dirs_inside, refuse_links_below
 
 
 @dataclass
@@ -142,7 +143,8 @@ class Checkpoints:
              lr_scheduler: Any) -> Path:
         from safetensors.torch import save_file
 
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_dirs_inside(self.root.parent, self.root.name)  # the model folder's checkpoints/, not a link
+        refuse_links_below(self.root)
         final = self.root / f"step-{step:08d}"
         tmp = self.root / f".step-{step:08d}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -255,6 +257,7 @@ def _train(image_set: ImageSet | str | os.PathLike, out_dir: str | os.PathLike, 
                          "remove it or choose another folder")
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: exists and is not a folder")
+    refuse_links_below(out)  # an unfinished model folder is resumed: no write may follow a link out of it
     data = load_training_data(image_set, config)
     device = resolve_device(config.device)
     cuda_devices = [device.index or 0] if device.type == "cuda" else []
@@ -398,7 +401,8 @@ def diffusion_loss(forward: Callable[..., Any], noise_scheduler: Any, x0: torch.
 
 def _write_model_weights(out: Path, unet: Any, noise_scheduler: Any, config: TrainConfig, data: TrainingData) -> None:
     """Save the (EMA) UNet and the training scheduler as a ``ClassConditionalPipeline`` (safetensors only)."""
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs_inside(out)
+    refuse_links_below(out)  # save_pretrained opens its files by name: checked again just before it does
     unet.to("cpu").to(memory_format=torch.contiguous_format)
     pipeline = ClassConditionalPipeline(unet, noise_scheduler, class_names=data.classes, image_mode=data.mode,
                                         patch_size=config.patch_size, sampler=config.sampler,

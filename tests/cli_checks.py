@@ -16,9 +16,9 @@ def tree_digest(root: Path) -> str:
     """A hash over every path, link target and file's bytes below ``root`` (to prove inputs are unchanged)."""
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*")):
-        digest.update(str(path.relative_to(root)).encode())
+        digest.update(os.fsencode(path.relative_to(root)))  # names need not be UTF-8
         if path.is_symlink():
-            digest.update(os.readlink(path).encode())
+            digest.update(os.fsencode(os.readlink(path)))
         elif path.is_file():
             digest.update(path.read_bytes())
     return digest.hexdigest()

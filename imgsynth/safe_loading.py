@@ -135,6 +135,39 @@ def load_torch_file(path: str | os.PathLike, what: str) -> dict[str, Any]:
     return loaded
 
 
+def load_safetensors(path: str | os.PathLike, what: str, numpy: bool = False,
+                     device: str = "cpu") -> dict[str, Any]:
+    """The tensors of a safetensors file (numpy arrays with ``numpy``, else torch tensors on ``device``); a
+    file that is not safetensors (a pickle renamed, a truncated file) is an ``UnsafeFileError`` naming
+    ``path`` and ``what`` it should have been; a missing file stays a ``FileNotFoundError``."""
+    from safetensors import SafetensorError
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: missing ({what})")
+    try:
+        if numpy:
+            from safetensors.numpy import load_file as load_numpy
+
+            return load_numpy(str(path))
+        from safetensors.torch import load_file as load_torch
+
+        return load_torch(str(path), device=device)
+    except (SafetensorError, ValueError, OSError) as exc:
+        hint = " (it looks like a pickle, which imgsynth never loads)" if _starts_like_pickle(path) else ""
+        raise UnsafeFileError(f"{path}: {what}: not a readable safetensors file{hint} "
+                              f"({type(exc).__name__}: {first_line(exc) or 'unreadable'})") from None
+
+
+def _starts_like_pickle(path: str | os.PathLike) -> bool:
+    """Whether the file begins as a pickle (protocol 2+) or a torch zip archive does."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError:
+        return False
+    return head[:1] == b"\x80" or head[:4] == b"PK\x03\x04"
+
+
 def load_error(path: str | os.PathLike, what: str, exc: BaseException) -> UnsafeFileError:
     """The one-line error for ``exc``, raised while loading ``path``: refused pickle, or unreadable file."""
     refusal = pickle_refusal(exc)

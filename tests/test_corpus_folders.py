@@ -199,7 +199,7 @@ def test_a_training_checkpoint_without_ema_is_refused_naming_the_file(smoke_mode
     step.mkdir(parents=True)
     unet = load_file(str(model / conditional.WEIGHTS_FILE))
     tensors = {f"model.{k}": v for k, v in unet.items()}
-    tensors.update({f"ema.{i:05d}": v for i, v in enumerate(unet.values())})
+    tensors.update({f"ema.{i:05d}": v.clone() for i, v in enumerate(unet.values())})
     save_file(tensors, str(step / "weights.safetensors"))
     torch.save({"step": 1, "optimizer": {}, "lr_scheduler": {}, "rng": {"torch": torch.get_rng_state()}},
                step / "training_state.pt")

@@ -3,8 +3,9 @@
 A subclass of :class:`PerClassKind` gives ``name``, ``Options`` (a dataclass with ``validate()`` and
 ``shard_size``), ``fit_class(points) -> arrays`` and ``draw(arrays, rng) -> flat pixel values``; fitting
 (locked, returning at once when done), the model folder (``model.safetensors`` plus
-``imgsynth_model_info.json``, hash-checked on load) and the sampling job (:class:`PerClassJob`) are
-shared here.
+``imgsynth_model_info.json``, checked on load and before a fit is taken as finished: the info's schema,
+the weights' hash, and every class's arrays through the kind's ``check_arrays``) and the sampling job
+(:class:`PerClassJob`) are shared here.
 """
 
 from __future__ import annotations

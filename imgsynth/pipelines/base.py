@@ -174,7 +174,7 @@ def model_kind(model: str | Path) -> str:
     info = Path(model) / MODEL_INFO
     if info.is_file():
         name = read_info_file(info).get("kind")
-        if not isinstance(name, str) or name not in GENERATOR_KINDS.names():
+        if not isinstance(name, str) or name not in GENERATOR_KINDS:
             raise ValueError(f"{info}: kind = {name!r} is not a registered generator kind "
                              f"({', '.join(GENERATOR_KINDS.names())})")
         return name

@@ -79,6 +79,11 @@ WEIGHT_LOADERS: tuple[WeightLoader, ...] = (
         "counters, RNG states: tensors and numbers) through load_torch_file (weights_only=True)",
         "imgsynth.pipelines.conditional.Checkpoints.load"),
     WeightLoader(
+        "per-class-model", "a gaussian or kde model folder: model.safetensors + imgsynth_model_info.json",
+        "safetensors only (load_safetensors, numpy): the info's schema and the sha256 it records are checked "
+        "first, then every class's arrays (names, shapes, finite values) by the kind's check_arrays",
+        "imgsynth.pipelines.per_class.read_model"),
+    WeightLoader(
         "classifier", "a classifier folder: model.safetensors + classifier.json (also 'domain:<folder>')",
         "safetensors only (safetensors.torch.load_model); pickle files in the folder are named and refused",
         "imgsynth.classifier.checkpoint.load_classifier"),
@@ -108,8 +113,9 @@ WEIGHT_LOADERS: tuple[WeightLoader, ...] = (
         "imgsynth.pipelines.prompts.CaptionRewriter"),
     WeightLoader(
         "feature-cache", "$IMGSYNTH_CACHE/features/*.safetensors",
-        "safetensors only (safetensors.torch.load_file); an unreadable entry is recomputed",
-        "imgsynth.metrics.features.cached_features"),
+        "safetensors only (safetensors.torch.load_file); an unreadable entry is recomputed; a readable one whose "
+        "features cannot be the extractor's (not a finite float32 matrix, another width) is refused, naming it",
+        "imgsynth.metrics.feature_cache.cached_features"),
 )
 
 

@@ -62,13 +62,16 @@ def write_model(out: Path, kind: str, tensors: Mapping[str, np.ndarray], info: M
 def read_model_info(model_dir: Path, kind: str) -> dict[str, Any]:
     """A per-class model folder's ``imgsynth_model_info.json``, checked against the kind's schema (the weights
     are not read): every problem is one ``ValueError`` naming the file and the field."""
-    model_dir = Path(model_dir)
+    return _read_info(Path(model_dir), kind)[0]
+
+
+def _read_info(model_dir: Path, kind: str) -> tuple[dict[str, Any], Any]:
+    """(the info as stored, its validated options)."""
     info_path = model_dir / MODEL_INFO
     if not info_path.is_file():
         raise ValueError(f"{model_dir}: not a {kind} model folder ({MODEL_INFO} is missing)")
     info = read_info_file(info_path)
-    check_model_info(info, kind, info_path)
-    return info
+    return info, check_model_info(info, kind, info_path)
 
 
 def check_model_info(info: Mapping[str, Any], kind: str, path: Path) -> Any:
@@ -121,8 +124,7 @@ def read_model(model_dir: Path, kind: str | type[PerClassKind]
 
     cls = kind_class(kind) if isinstance(kind, str) else kind
     model_dir = Path(model_dir)
-    info = read_model_info(model_dir, cls.name)
-    options = options_from_dict(cls.name, info["options"], f"{model_dir / MODEL_INFO}: options")
+    info, options = _read_info(model_dir, cls.name)
     weights = model_dir / MODEL_WEIGHTS
     if not weights.is_file() or sha256_file(weights) != info["weights_sha256"]:
         raise ValueError(f"{weights}: missing, or its content does not match the sha256 recorded in {MODEL_INFO}")
@@ -130,7 +132,7 @@ def read_model(model_dir: Path, kind: str | type[PerClassKind]
     parameters: dict[str, dict[str, Any]] = {}
     for key, value in load_safetensors(weights, f"{cls.name} model weights", numpy=True).items():
         index, _, name = key.partition(".")
-        if not (index.isdigit() and int(index) < len(classes) and name):
+        if not (index.isascii() and index.isdigit() and int(index) < len(classes) and name):
             raise ValueError(f"{weights}: tensor {key[:60]!r} is not named <class index>.<array> for one of the "
                              f"{len(classes)} classes in {MODEL_INFO}")
         parameters.setdefault(classes[int(index)], {})[name] = value

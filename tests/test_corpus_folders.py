@@ -185,6 +185,24 @@ def test_training_into_a_finished_conditional_model_with_tampered_weights_is_ref
     assert tree_digest(model) == before
 
 
+def test_train_cli_into_a_finished_conditional_model_with_tampered_weights_is_refused(smoke_model, digits_sets,
+                                                                                      tmp_path):
+    from imgsynth.pipelines import conditional
+
+    model = tmp_path / "model"
+    shutil.copytree(smoke_model, model)
+    ran = run_limited("train", digits_sets[0].root, model, "--preset", "smoke", "--no-progress")
+    assert ran.code == 0, ran.err  # the finished model is recognised ...
+    weights = model / conditional.WEIGHTS_FILE
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    before = tree_digest(model)
+    ran = run_limited("train", digits_sets[0].root, model, "--preset", "smoke", "--no-progress")
+    assert_refused_within_limits(ran, str(weights), "sha256")  # ... but not with other weights
+    assert tree_digest(model) == before and not leftovers(tmp_path)
+
+
 def test_a_training_checkpoint_without_ema_is_refused_naming_the_file(smoke_model, digits_sets, tmp_path):
     import torch
     from safetensors.torch import load_file, save_file

@@ -79,6 +79,11 @@ WEIGHT_LOADERS: tuple[WeightLoader, ...] = (
         "counters, RNG states: tensors and numbers) through load_torch_file (weights_only=True)",
         "imgsynth.pipelines.conditional.Checkpoints.load"),
     WeightLoader(
+        "per-class-model", "a gaussian or kde model folder: model.safetensors + imgsynth_model_info.json",
+        "safetensors only (load_safetensors, numpy): the info's schema and the sha256 it records are checked "
+        "first, then every class's arrays (names, shapes, finite values) by the kind's check_arrays",
+        "imgsynth.pipelines.per_class.read_model"),
+    WeightLoader(
         "classifier", "a classifier folder: model.safetensors + classifier.json (also 'domain:<folder>')",
         "safetensors only (safetensors.torch.load_model); pickle files in the folder are named and refused",
         "imgsynth.classifier.checkpoint.load_classifier"),
@@ -108,8 +113,9 @@ WEIGHT_LOADERS: tuple[WeightLoader, ...] = (
         "imgsynth.pipelines.prompts.CaptionRewriter"),
     WeightLoader(
         "feature-cache", "$IMGSYNTH_CACHE/features/*.safetensors",
-        "safetensors only (safetensors.torch.load_file); an unreadable entry is recomputed",
-        "imgsynth.metrics.features.cached_features"),
+        "safetensors only (safetensors.torch.load_file); an unreadable entry is recomputed; a readable one whose "
+        "features cannot be the extractor's (not a finite float32 matrix, another width) is refused, naming it",
+        "imgsynth.metrics.feature_cache.cached_features"),
 )
 
 
@@ -133,6 +139,39 @@ def load_torch_file(path: str | os.PathLike, what: str) -> dict[str, Any]:
     if not isinstance(loaded, dict):
         raise UnsafeFileError(f"{path}: {what}: holds a {type(loaded).__name__}, expected a dict of tensors")
     return loaded
+
+
+def load_safetensors(path: str | os.PathLike, what: str, numpy: bool = False,
+                     device: str = "cpu") -> dict[str, Any]:
+    """The tensors of a safetensors file (numpy arrays with ``numpy``, else torch tensors on ``device``); a
+    file that is not safetensors (a pickle renamed, a truncated file) is an ``UnsafeFileError`` naming
+    ``path`` and ``what`` it should have been; a missing file stays a ``FileNotFoundError``."""
+    from safetensors import SafetensorError
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: missing ({what})")
+    try:
+        if numpy:
+            from safetensors.numpy import load_file as load_numpy
+
+            return load_numpy(str(path))
+        from safetensors.torch import load_file as load_torch
+
+        return load_torch(str(path), device=device)
+    except (SafetensorError, ValueError, OSError) as exc:
+        hint = " (it looks like a pickle, which imgsynth never loads)" if _starts_like_pickle(path) else ""
+        raise UnsafeFileError(f"{path}: {what}: not a readable safetensors file{hint} "
+                              f"({type(exc).__name__}: {first_line(exc) or 'unreadable'})") from None
+
+
+def _starts_like_pickle(path: str | os.PathLike) -> bool:
+    """Whether the file begins as a pickle (protocol 2+) or a torch zip archive does."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError:
+        return False
+    return head[:1] == b"\x80" or head[:4] == b"PK\x03\x04"
 
 
 def load_error(path: str | os.PathLike, what: str, exc: BaseException) -> UnsafeFileError:

@@ -57,6 +57,12 @@ def plant(image_set: ImageSet, out: Path, kind: str) -> tuple[Path, Path]:
     row["sha256"] = hashlib.sha256(data).hexdigest()
     lines[3] = json.dumps(row)
     (out / "metadata.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    # ... and the manifest's id for the rows (readers check it), so the decoder, not a hash, speaks
+    from imgsynth.provenance import content_id
+
+    manifest = json.loads((out / "imageset.json").read_text(encoding="utf-8"))
+    manifest["id"] = content_id((r["sha256"], r["label"]) for r in map(json.loads, lines))
+    (out / "imageset.json").write_text(json.dumps(manifest), encoding="utf-8")
     return out, bad
 
 

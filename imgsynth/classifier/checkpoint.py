@@ -12,6 +12,7 @@ always a whole checkpoint.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -23,7 +24,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from imgsynth.classifier.architectures import ClassifierError, build_model, classification_head, logits_of
+from imgsynth.classifier.architectures import (ClassifierError, build_model, check_arch, classification_head,
+                                                logits_of)
 from imgsynth.classifier.config import ClassifierConfig
 from imgsynth.classifier.preprocessing import Preprocessing
 from imgsynth.compute import resolve_device
@@ -145,20 +147,91 @@ def checkpoint_dir(checkpoint: str | os.PathLike) -> Path:
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
+    """A checkpoint folder's ``classifier.json``, checked against its schema (:func:`check_metadata`): one
+    ``ClassifierError`` naming the file and the field for anything malformed, mistyped or inconsistent."""
+    from imgsynth.errors import ImageSetError
+    from imgsynth.set_schema import parse_json
+
     file = path / METADATA
     try:
-        metadata = json.loads(file.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, huge numbers, absurd nesting
-        raise ClassifierError(f"{file}: malformed JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
+        metadata = parse_json(file.read_bytes(), str(file))
+    except ImageSetError as exc:  # bad JSON or UTF-8, huge numbers, absurd nesting: already names the file
+        raise ClassifierError(str(exc)) from None
+    check_metadata(metadata, file)
+    return metadata
+
+
+def check_metadata(metadata: Any, file: Path) -> None:
+    """The schema of ``classifier.json``: classes (distinct class names), model (arch, num_classes matching the
+    classes, in_channels matching the preprocessing, width), preprocessing (mode, image_size, numeric finite
+    mean and std, one per channel) and config (each field of the type ``ClassifierConfig`` declares)."""
+    from dataclasses import fields
+
+    from imgsynth.field_types import is_int, json_kind, type_problem
+    from imgsynth.set_schema import MAX_SIDE, label_problem
+
+    def need(ok: bool, field: str, value: Any, what: str) -> None:
+        if not ok:
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:60] + "…"
+            raise ClassifierError(f"{file}: {field} = {shown} ({json_kind(value)}) {what}")
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
     if not isinstance(metadata, dict):
-        raise ClassifierError(f"{file}: expected a JSON object")
+        raise ClassifierError(f"{file}: expected a JSON object, found {json_kind(metadata)}")
     for key in ("classes", "model", "preprocessing"):
         if key not in metadata:
             raise ClassifierError(f"{file}: missing field {key!r}")
-    if metadata.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
-        raise ClassifierError(f"{file}: format_version {metadata['format_version']} is newer than this "
-                              f"imgsynth reads ({FORMAT_VERSION})")
-    return metadata
+    version = metadata.get("format_version", FORMAT_VERSION)
+    need(is_int(version), "format_version", version, "should be an integer")
+    if version > FORMAT_VERSION:
+        raise ClassifierError(f"{file}: format_version {version} is newer than this imgsynth reads ({FORMAT_VERSION})")
+    classes = metadata["classes"]
+    need(isinstance(classes, list) and bool(classes) and all(label_problem(c) is None for c in classes)
+         and len(set(classes)) == len(classes), "classes", classes, "should be a non-empty list of distinct class names")
+    model = metadata["model"]
+    need(isinstance(model, dict), "model", model, "should be an object (arch, num_classes, in_channels, width)")
+    for key in ("arch", "num_classes", "in_channels"):
+        if key not in model:
+            raise ClassifierError(f"{file}: missing field 'model.{key}'")
+    need(isinstance(model["arch"], str), "model.arch", model["arch"], "should be an architecture name")
+    try:
+        check_arch(model["arch"])
+    except ClassifierError as exc:
+        raise ClassifierError(f"{file}: model.arch: {exc}") from None
+    need(is_int(model["num_classes"]) and model["num_classes"] == len(classes), "model.num_classes",
+         model["num_classes"], f"should be {len(classes)}, the number of classes")
+    need(model["in_channels"] in (1, 3) and is_int(model["in_channels"]), "model.in_channels", model["in_channels"],
+         "should be 1 or 3")
+    width = model.get("width")
+    need(width is None or (is_int(width) and width >= 1), "model.width", width, "should be a whole number ≥ 1 or null")
+    prep = metadata["preprocessing"]
+    need(isinstance(prep, dict), "preprocessing", prep, "should be an object (mode, image_size, mean, std)")
+    for key in ("mode", "image_size", "mean", "std"):
+        if key not in prep:
+            raise ClassifierError(f"{file}: missing field 'preprocessing.{key}'")
+    channels = 1 if prep["mode"] == "L" else 3
+    need(prep["mode"] in ("L", "RGB") and channels == model["in_channels"], "preprocessing.mode", prep["mode"],
+         f"should be {'L' if model['in_channels'] == 1 else 'RGB'!r} for model.in_channels = {model['in_channels']}")
+    size = prep["image_size"]
+    need(isinstance(size, list) and len(size) == 2 and all(is_int(v) and 1 <= v <= MAX_SIDE for v in size),
+         "preprocessing.image_size", size, f"should be [height, width] in pixels (1..{MAX_SIDE})")
+    for key in ("mean", "std"):
+        values = prep[key]
+        need(isinstance(values, list) and len(values) == channels and all(number(v) for v in values)
+             and (key == "mean" or all(v > 0 for v in values)), f"preprocessing.{key}", values,
+             f"should be a list of {channels} finite number(s){', each > 0' if key == 'std' else ''}")
+    config = metadata.get("config", {})
+    need(isinstance(config, dict), "config", config, "should be an object (the training configuration)")
+    for spec in fields(ClassifierConfig):
+        if spec.name in config:
+            problem = type_problem(str(spec.type), config[spec.name])
+            need(problem is None, f"config.{spec.name}", config[spec.name], problem or "")
+    try:
+        ClassifierConfig.from_dict(config)
+    except ClassifierError as exc:
+        raise ClassifierError(f"{file}: {exc}") from None
 
 
 def load_classifier(checkpoint: str | os.PathLike | LoadedClassifier,

@@ -48,9 +48,11 @@ def info_command(
         typer.echo(json.dumps(image_set.manifest, indent=2))
         return
     m = image_set.manifest
+    license = m.get("license")  # the schema allows an object with a name, a bare name, or nothing
+    license_name = license.get("name") if isinstance(license, dict) else license
     typer.echo(f"{image_set.root}\n  id        {image_set.id}\n  kind      {image_set.kind}\n"
                f"  images    {len(image_set)}\n  size      {m.get('image_size')} {m.get('image_mode', '')}\n"
-               f"  license   {m.get('license', {}).get('name')}")
+               f"  license   {license_name}")
     typer.echo(f"  classes   {len(image_set.classes)}, label index order {image_set.class_order}")
     if image_set.display_order != image_set.classes:
         typer.echo(f"  display   {', '.join(image_set.display_order)}")

@@ -18,10 +18,9 @@ seed; seeds added later go under ``seed_<s>/``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from imgsynth.experiments.config import Recipe, dump_recipe, load_recipe, replicate_seeds
 from imgsynth.imageset import ImageSet, ImageSetError
@@ -136,19 +135,118 @@ class RunFolder:
                     yield GenerationKey(seed, mode, k)
 
     def finished(self) -> Iterator[tuple[GenerationKey, dict[str, Any]]]:
-        """(key, metrics.json payload) of every finished generation, in :meth:`keys` order."""
+        """(key, metrics.json payload) of every finished generation, in :meth:`keys` order; each payload is
+        checked (:func:`check_metrics_file`)."""
         for key in self.keys():
             path = self.generation_dir(key) / METRICS_FILE
             if path.is_file():
-                yield key, json.loads(path.read_text(encoding="utf-8"))
+                yield key, read_metrics_file(path)
 
     def reference(self) -> dict[str, Any]:
-        """The real-data reference values the loop recorded (empty for runs made before they existed)."""
+        """The real-data reference values the loop recorded (empty for runs made before they existed), checked."""
         if not self.reference_path.is_file():
             return {}
-        return json.loads(self.reference_path.read_text(encoding="utf-8"))
+        payload = read_run_file(self.reference_path)
+        check_rows(payload, self.reference_path)
+        return payload
+
+    def check(self) -> None:
+        """Read and check every run file (the recipe, each generation's ``metrics.json``, ``reference.json``,
+        ``run.json``) before a report uses any: the first problem is one ``ValueError`` naming its file, and
+        nothing has been written yet."""
+        _ = self.recipe  # reading it checks it
+        for _ in self.finished():
+            pass
+        self.reference()
+        self.info()
 
     def info(self) -> dict[str, Any]:
+        """``run.json`` (empty before the run first finished), checked (:func:`check_run_info`)."""
         if not self.info_path.is_file():
             return {}
-        return json.loads(self.info_path.read_text(encoding="utf-8"))
+        payload = read_run_file(self.info_path)
+        check_run_info(payload, self.info_path)
+        return payload
+
+
+# ------------------------------------------------------------------------------------- the run files' schemas
+
+def read_run_file(path: Path) -> dict[str, Any]:
+    """A run folder's JSON file as an object; malformed, too deep or not an object is one ``ValueError``
+    naming the file."""
+    from imgsynth.field_types import json_kind
+    from imgsynth.set_schema import parse_json
+
+    payload = parse_json(path.read_bytes(), str(path))
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path}: should hold a JSON object, found {json_kind(payload)}")
+    return payload
+
+
+def read_metrics_file(path: Path) -> dict[str, Any]:
+    """A generation's ``metrics.json``, checked (:func:`check_metrics_file`)."""
+    payload = read_run_file(path)
+    check_metrics_file(payload, path)
+    return payload
+
+
+def _problem(path: Path, field: str, value: Any, what: str) -> ValueError:
+    from imgsynth.field_types import json_kind
+
+    shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:60] + "…"
+    return ValueError(f"{path}: {field} = {shown} ({json_kind(value)}) {what}")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_rows(payload: Any, path: Path) -> None:
+    """``rows``: a list of metric rows, each an object with string ``metric`` and ``class_name``, a number
+    (or null) ``value``, numbers or nulls ``ci_low``/``ci_high``, a whole-number or null ``n`` and a string
+    or null ``extractor`` (what reports read of them)."""
+    from imgsynth.field_types import is_int
+
+    rows = payload.get("rows")
+    if not isinstance(rows, list):
+        raise _problem(path, "rows", rows, "should be a list of metric rows")
+    for i, row in enumerate(rows):
+        where = f"rows[{i}]"
+        if not isinstance(row, dict):
+            raise _problem(path, where, row, "should be an object (metric, class_name, value, ...)")
+        for key in ("metric", "class_name", "value"):
+            if key not in row:
+                raise ValueError(f"{path}: {where}: missing field {key!r}")
+        for key in ("metric", "class_name"):
+            if not isinstance(row[key], str):
+                raise _problem(path, f"{where}.{key}", row[key], "should be a string")
+        if row.get("extractor") is not None and not isinstance(row["extractor"], str):
+            raise _problem(path, f"{where}.extractor", row["extractor"], "should be a string or null")
+        for key in ("value", "ci_low", "ci_high"):
+            if row.get(key) is not None and not _number(row[key]):
+                raise _problem(path, f"{where}.{key}", row[key], "should be a number or null")
+        if row.get("n") is not None and not is_int(row["n"]):
+            raise _problem(path, f"{where}.n", row["n"], "should be a whole number or null")
+
+
+def check_metrics_file(payload: Mapping[str, Any], path: Path) -> None:
+    """A generation's ``metrics.json``: its rows (:func:`check_rows`) and the stage timings reports sum."""
+    check_rows(payload, path)
+    stages = payload.get("stage_seconds", {})
+    if not (isinstance(stages, dict) and all(_number(v) for v in stages.values())):
+        raise _problem(path, "stage_seconds", stages, "should map stage names to seconds")
+
+
+def check_run_info(payload: Mapping[str, Any], path: Path) -> None:
+    """``run.json``: the objects and numbers the report shows, of the types the loop writes."""
+    for key in ("machine", "software", "stages_last_invocation", "stage_seconds_all_generations"):
+        if key in payload and not isinstance(payload[key], dict):
+            raise _problem(path, key, payload[key], "should be an object")
+    for key in ("stages_last_invocation", "stage_seconds_all_generations"):
+        if not all(_number(v) for v in payload.get(key, {}).values()):
+            raise _problem(path, key, payload[key], "should map stage names to seconds")
+    for key in ("workers", "threads_per_task", "generations"):
+        if payload.get(key) is not None and not _number(payload[key]):
+            raise _problem(path, key, payload[key], "should be a number")
+    if payload.get("backend") is not None and not isinstance(payload["backend"], str):
+        raise _problem(path, "backend", payload["backend"], "should be a string")

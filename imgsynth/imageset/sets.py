@@ -347,6 +347,7 @@ class ImageSet:
         if dict(counts) != expected:
             raise ImageSetError(f"{root / METADATA}: per-class counts {dict(counts)} disagree with "
                                 f"{MANIFEST} counts {expected}")
+        _check_manifest_agrees(manifest_path, manifest, records)
         return cls(root, manifest, records, transform)
 
     # ---- properties
@@ -515,3 +516,14 @@ def _to_tensor(image: Image.Image) -> Any:
     else:
         array = array.transpose(2, 0, 1)
     return torch.from_numpy(array.copy()).float().div_(255.0)
+
+
+def _check_manifest_agrees(path: Path, manifest: Mapping[str, Any], records: Sequence[ImageRecord]) -> None:
+    """The manifest's ``num_images`` and ``id`` against the rows just read (cheap: no pixels), so a reader
+    never takes a set for another one; ``verify`` reports the same problems with the rest."""
+    if "num_images" in manifest and manifest["num_images"] != len(records):
+        raise ImageSetError(f"{path}: num_images {manifest['num_images']} but {METADATA} lists {len(records)} images")
+    actual = content_id((r.sha256, r.label) for r in records)
+    if manifest["id"] != actual:
+        raise ImageSetError(f"{path}: id {manifest['id'][:16]}… does not match the content listed in {METADATA} "
+                            f"(which hashes to {actual[:16]}…)")

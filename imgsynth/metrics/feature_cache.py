@@ -58,6 +58,7 @@ def cached_features(image_set: ImageSet, extractor: FeatureExtractor | str, cach
             if all(metadata.get(k) == v for k, v in expected.items()):
                 features = load_file(str(path))["features"]
                 if features.shape[0] == len(image_set):
+                    check_cached(path, features, extractor, image_set)
                     # The key is the recorded hashes: the files must still be those bytes to use it.
                     image_set.check_files()
                     return features
@@ -68,3 +69,21 @@ def cached_features(image_set: ImageSet, extractor: FeatureExtractor | str, cach
     with atomic_path(path) as tmp:
         save_file({"features": features}, str(tmp), metadata=expected)
     return features
+
+
+def check_cached(path: Path, features: torch.Tensor, extractor: FeatureExtractor, image_set: ImageSet) -> None:
+    """Refuse, naming the cache file, an entry whose metadata matches but whose features cannot be the
+    extractor's: not a float32 matrix, not finite, or of another width than the extractor gives (checked
+    on the set's first image, so a tampered entry never reaches a metric as a number)."""
+    def refuse(problem: str) -> ValueError:
+        return ValueError(f"{path}: feature cache entry {problem}; it is not what {extractor.id} computes — "
+                          "delete it and it is recomputed")
+
+    if features.dim() != 2 or features.dtype != torch.float32:
+        raise refuse(f"holds a {features.dtype} tensor of shape {list(features.shape)}, not a float32 matrix")
+    if not bool(torch.isfinite(features).all()):
+        raise refuse("holds NaN or infinite values")
+    with torch.inference_mode():  # one image through the network: the width, without extracting the set
+        width = extractor.forward(extractor.preprocess(image_set.load_image(0))[None].to(extractor.device)).shape[1]
+    if features.shape[1] != width:
+        raise refuse(f"holds {features.shape[1]}-dimensional features, the extractor gives {width}")

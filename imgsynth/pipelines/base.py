@@ -173,8 +173,10 @@ def model_kind(model: str | Path) -> str:
     """The kind of a model folder or id, by the rule in the module docstring."""
     info = Path(model) / MODEL_INFO
     if info.is_file():
-        name = read_info_file(info).get("kind", "")
-        kind_class(name)  # an unknown kind names the registered ones
+        name = read_info_file(info).get("kind")
+        if not isinstance(name, str) or name not in GENERATOR_KINDS:
+            raise ValueError(f"{info}: kind = {name!r} is not a registered generator kind "
+                             f"({', '.join(GENERATOR_KINDS.names())})")
         return name
     owners: dict[str, list[str]] = {"specific": [], "fallback": []}
     for name, cls in GENERATOR_KINDS.items():

@@ -22,7 +22,7 @@ from typing import ClassVar, Mapping
 
 import numpy as np
 
-from imgsynth.pipelines.per_class import PerClassKind
+from imgsynth.pipelines.per_class import PIXEL_MAX, PerClassKind, check_shapes
 
 ESTIMATORS = ("mle", "unbiased")
 
@@ -73,6 +73,23 @@ class GaussianKind(PerClassKind):
             residual = np.clip(np.diag(covariance) - (factor ** 2).sum(axis=1), 0.0, None)
             return {"mean": mean, "factor": factor, "residual": np.sqrt(residual)}
         return {"mean": mean, "factor": vectors * np.sqrt(values)}
+
+    @classmethod
+    def check_arrays(cls, arrays: Mapping[str, np.ndarray], dim: int, options: GaussianOptions, where: str) -> None:
+        """``mean`` (D,), ``factor`` (D, D), or (D, rank) plus ``residual`` (D,) when ``rank`` < D; floats,
+        finite, within the range fitting uint8 pixels gives (a mean in [0, 255]; a factor entry or residual
+        is at most a pixel's standard deviation, below 255)."""
+        low_rank = bool(options.rank) and options.rank < dim
+        shapes = {"mean": (dim,), "factor": (dim, options.rank if low_rank else dim)}
+        if low_rank:
+            shapes["residual"] = (dim,)
+        check_shapes(arrays, shapes, where)
+        super().check_arrays(arrays, dim, options, where)
+        bounds = {"mean": (0.0, PIXEL_MAX), "factor": (-PIXEL_MAX, PIXEL_MAX), "residual": (0.0, PIXEL_MAX)}
+        for name, (low, high) in bounds.items():
+            if name in arrays and arrays[name].size and not (low <= arrays[name].min() and arrays[name].max() <= high):
+                raise ValueError(f"{where}: array {name!r} has values outside [{low:g}, {high:g}], which no fit "
+                                 "of uint8 pixels gives")
 
     def draw(self, parameters: Mapping[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
         factor = parameters["factor"]

@@ -16,7 +16,7 @@ from typing import ClassVar, Mapping
 
 import numpy as np
 
-from imgsynth.pipelines.per_class import PerClassKind
+from imgsynth.pipelines.per_class import PerClassKind, check_shapes
 
 
 @dataclass
@@ -52,6 +52,21 @@ class KdeKind(PerClassKind):
         """The class's images themselves and its bandwidth."""
         h = self.options.bandwidth or scott_bandwidth(points.astype(np.float64))
         return {"points": points, "bandwidth": np.array([h], dtype=np.float64)}
+
+    @classmethod
+    def check_arrays(cls, arrays: Mapping[str, np.ndarray], dim: int, options: KdeOptions, where: str) -> None:
+        """``points`` (N ≥ 1, D) uint8 and ``bandwidth`` (1,), a finite float ≥ 0: the option's when it is set."""
+        points = arrays.get("points")
+        check_shapes(arrays, {"points": (points.shape[0] if points is not None and points.ndim == 2 else -1, dim),
+                              "bandwidth": (1,)}, where)
+        if points.dtype != np.uint8 or not len(points):
+            raise ValueError(f"{where}: array 'points' should be one or more uint8 images, got {len(points)} of "
+                             f"{points.dtype}")
+        super().check_arrays(arrays, dim, options, where)
+        h = arrays["bandwidth"]
+        if h.dtype.kind != "f" or not h[0] >= 0 or (options.bandwidth and h[0] != options.bandwidth):
+            want = f"the option's {options.bandwidth}" if options.bandwidth else "a number ≥ 0"
+            raise ValueError(f"{where}: array 'bandwidth' = {h[0]!r} should be {want}")
 
     def draw(self, parameters: Mapping[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
         points = parameters["points"]

@@ -3,8 +3,9 @@
 A subclass of :class:`PerClassKind` gives ``name``, ``Options`` (a dataclass with ``validate()`` and
 ``shard_size``), ``fit_class(points) -> arrays`` and ``draw(arrays, rng) -> flat pixel values``; fitting
 (locked, returning at once when done), the model folder (``model.safetensors`` plus
-``imgsynth_model_info.json``, hash-checked on load) and the sampling job (:class:`PerClassJob`) are
-shared here.
+``imgsynth_model_info.json``, checked on load and before a fit is taken as finished: the info's schema,
+the weights' hash, and every class's arrays through the kind's ``check_arrays``) and the sampling job
+(:class:`PerClassJob`) are shared here.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from imgsynth.atomic_files import atomic_path, write_json_atomic
 from imgsynth.safe_paths import refuse_links_below
 from imgsynth.generator_record import GeneratorRecord
 from imgsynth.imageset import ImageSet, Sample
-from imgsynth.pipelines.base import MODEL_INFO, GeneratorKind, read_info_file
+from imgsynth.pipelines.base import MODEL_INFO, GeneratorKind, kind_class, options_from_dict, read_info_file
 from imgsynth.pipelines.sharding import SameSet, SetJob, SetSpec
 from imgsynth.pipelines.work import WorkItem, balanced_work
 
@@ -28,6 +29,17 @@ if TYPE_CHECKING:
     from PIL import Image
 
 MODEL_WEIGHTS = "model.safetensors"
+PIXEL_MAX = 255.0  # the largest uint8 pixel value: bounds what a fit of pixels can hold
+
+
+def check_shapes(arrays: Mapping[str, np.ndarray], shapes: Mapping[str, tuple[int, ...]], where: str) -> None:
+    """Refuse (``ValueError`` starting with ``where``) arrays other than ``shapes`` names, or of other shapes."""
+    missing, unknown = sorted(set(shapes) - set(arrays)), sorted(set(arrays) - set(shapes))
+    if missing or unknown:
+        raise ValueError(f"{where}: arrays {sorted(arrays)}, expected {sorted(shapes)}")
+    for name, shape in shapes.items():
+        if tuple(arrays[name].shape) != tuple(shape):
+            raise ValueError(f"{where}: array {name!r} has shape {list(arrays[name].shape)}, expected {list(shape)}")
 
 
 def write_model(out: Path, kind: str, tensors: Mapping[str, np.ndarray], info: Mapping[str, Any]) -> Path:
@@ -49,36 +61,96 @@ def write_model(out: Path, kind: str, tensors: Mapping[str, np.ndarray], info: M
     return out
 
 
-def read_model(model_dir: Path, kind: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """(info, per-class arrays) of a model folder :func:`write_model` wrote; the weights' hash is checked.
+def read_model_info(model_dir: Path, kind: str) -> dict[str, Any]:
+    """A per-class model folder's ``imgsynth_model_info.json``, checked against the kind's schema (the weights
+    are not read): every problem is one ``ValueError`` naming the file and the field."""
+    return _read_info(Path(model_dir), kind)[0]
 
-    Tensor names are ``<class index>.<name>``; the result maps each class name to its arrays.
-    """
 
-    from safetensors.numpy import load_file
-
-    from imgsynth.provenance import sha256_file
-
-    model_dir = Path(model_dir)
+def _read_info(model_dir: Path, kind: str) -> tuple[dict[str, Any], Any]:
+    """(the info as stored, its validated options)."""
     info_path = model_dir / MODEL_INFO
     if not info_path.is_file():
         raise ValueError(f"{model_dir}: not a {kind} model folder ({MODEL_INFO} is missing)")
     info = read_info_file(info_path)
-    if info.get("kind") != kind:
-        raise ValueError(f"{info_path}: a {info.get('kind')!r} model, not {kind!r}")
+    return info, check_model_info(info, kind, info_path)
+
+
+def check_model_info(info: Mapping[str, Any], kind: str, path: Path) -> Any:
+    """The schema of a per-class kind's info file: kind, classes, image_shape, options (through the kind's
+    ``Options`` and its ``validate()``), parent and weights_sha256, present and of the right types; returns
+    the validated options."""
+    from imgsynth.field_types import is_int, json_kind
+    from imgsynth.set_schema import MAX_SIDE, label_problem
+
+    def need(ok: bool, key: str, what: str) -> None:
+        if not ok:
+            value = info.get(key)
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:60] + "…"
+            raise ValueError(f"{path}: {key} = {shown} ({json_kind(value)}) {what}")
+
+    for key in ("kind", "classes", "image_shape", "options", "parent", "weights_sha256"):
+        if key not in info:
+            raise ValueError(f"{path}: missing field {key!r}")
+    if info["kind"] != kind:
+        raise ValueError(f"{path}: a {info['kind']!r} model, not {kind!r}")
+    classes = info["classes"]
+    need(isinstance(classes, list) and bool(classes) and all(label_problem(c) is None for c in classes)
+         and len(set(classes)) == len(classes), "classes", "should be a non-empty list of distinct class names")
+    shape = info["image_shape"]
+    need(isinstance(shape, list) and len(shape) in (2, 3) and all(is_int(v) and 1 <= v <= MAX_SIDE for v in shape)
+         and (len(shape) == 2 or shape[2] in (3, 4)), "image_shape",
+         f"should be [height, width] or [height, width, 3 or 4], sides 1..{MAX_SIDE}")
+    need(isinstance(info["options"], dict), "options", f"should be an object of {kind} options")
+    options = options_from_dict(kind, info["options"], f"{path}: options")
+    parent = info["parent"]
+    need(isinstance(parent, dict) and all(isinstance(parent.get(k), str) for k in ("id", "path", "kind")),
+         "parent", "should be an object whose id, path and kind are strings")
+    digest = info["weights_sha256"]
+    need(isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest),
+         "weights_sha256", "should be a sha256 hex digest")
+    need(isinstance(info.get("training_set", ""), str), "training_set", "should be a set id")
+    return options
+
+
+def read_model(model_dir: Path, kind: str | type[PerClassKind]
+               ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """(info, per-class arrays) of a model folder :func:`write_model` wrote; the info's schema, the weights'
+    hash, the tensor names and every fitted class's arrays (shapes, finite values: the kind's
+    ``check_arrays``) are checked.
+
+    Tensor names are ``<class index>.<name>``; the result maps each class name to its arrays.
+    """
+    from imgsynth.provenance import sha256_file
+    from imgsynth.safe_loading import load_safetensors
+
+    cls = kind_class(kind) if isinstance(kind, str) else kind
+    model_dir = Path(model_dir)
+    info, options = _read_info(model_dir, cls.name)
     weights = model_dir / MODEL_WEIGHTS
-    if not weights.is_file() or sha256_file(weights) != info.get("weights_sha256"):
+    if not weights.is_file() or sha256_file(weights) != info["weights_sha256"]:
         raise ValueError(f"{weights}: missing, or its content does not match the sha256 recorded in {MODEL_INFO}")
+    classes = info["classes"]
     parameters: dict[str, dict[str, Any]] = {}
-    for key, value in load_file(str(weights)).items():
+    for key, value in load_safetensors(weights, f"{cls.name} model weights", numpy=True).items():
         index, _, name = key.partition(".")
-        parameters.setdefault(info["classes"][int(index)], {})[name] = value
+        if not (index.isascii() and index.isdigit() and int(index) < len(classes) and name):
+            raise ValueError(f"{weights}: tensor {key[:60]!r} is not named <class index>.<array> for one of the "
+                             f"{len(classes)} classes in {MODEL_INFO}")
+        parameters.setdefault(classes[int(index)], {})[name] = value
+    if not parameters:
+        raise ValueError(f"{weights}: holds no fitted class")
+    if issubclass(cls, PerClassKind):
+        dim = int(np.prod(info["image_shape"]))
+        for label, arrays in parameters.items():
+            cls.check_arrays(arrays, dim, options, f"{weights}: class {label!r}")
     return info, parameters
 
 
-def finished_fit(out: Path, record: Mapping[str, Any]) -> bool:
-    """True when ``out`` already holds the model of this fit (``record``'s fields match); another fit there
-    is an error, so a changed recipe never silently reuses a model."""
+def finished_fit(out: Path, record: Mapping[str, Any], kind: str | type[PerClassKind] | None = None) -> bool:
+    """True when ``out`` already holds the model of this fit (``record``'s fields match) and its weights
+    pass :func:`read_model` (hash, arrays) when ``kind`` is given; another fit there is an error, so a
+    changed recipe never silently reuses a model, and damaged weights are never taken for a finished fit."""
 
     info_path = Path(out) / MODEL_INFO
     if not info_path.is_file():
@@ -86,6 +158,8 @@ def finished_fit(out: Path, record: Mapping[str, Any]) -> bool:
     done = read_info_file(info_path)
     if {k: done.get(k) for k in record} != dict(record):
         raise ValueError(f"{out}: already holds a model fitted to another set or with other options")
+    if kind is not None:
+        read_model(Path(out), kind)
     return True
 
 
@@ -131,6 +205,15 @@ class PerClassKind(GeneratorKind):
         """The arrays that describe one class, from its flattened images (N, D)."""
         raise NotImplementedError
 
+    @classmethod
+    def check_arrays(cls, arrays: Mapping[str, np.ndarray], dim: int, options: Any, where: str) -> None:
+        """Refuse (``ValueError`` starting with ``where``) one class's arrays that ``fit_class`` could not have
+        written for images of ``dim`` pixel values with ``options``: names, shapes, dtypes, finite values.
+        The default checks that every array is finite; a kind adds its names and shapes."""
+        for name, value in arrays.items():
+            if value.dtype.kind == "f" and not np.isfinite(value).all():
+                raise ValueError(f"{where}: array {name!r} holds NaN or infinite values")
+
     def draw(self, parameters: Mapping[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
         """One image's flat pixel values, drawn with ``rng`` from a class's arrays."""
         raise NotImplementedError
@@ -142,7 +225,7 @@ class PerClassKind(GeneratorKind):
         out = Path(out)
         with folder_lock(out):
             record = fit_record(train_set, out, self.options)
-            if finished_fit(out, record):
+            if finished_fit(out, record, type(self)):
                 return out
             flat = train_set.as_array().reshape(len(train_set), -1)
             labels = np.asarray(train_set.labels)
@@ -155,8 +238,8 @@ class PerClassKind(GeneratorKind):
 
     @classmethod
     def load(cls, model_dir: Path) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
-        """(info, per-class arrays) of a fitted model, the weights checked against the recorded hash."""
-        return read_model(model_dir, cls.name)
+        """(info, per-class arrays) of a fitted model, checked (:func:`read_model`)."""
+        return read_model(model_dir, cls)
 
     @classmethod
     def owns(cls, model: str | Path) -> bool:
@@ -166,8 +249,8 @@ class PerClassKind(GeneratorKind):
 
     @classmethod
     def options_for_model(cls, model: str | Path) -> dict[str, Any]:
-        """The options the model was fitted with (sampling takes them as they are)."""
-        return dict(read_info_file(Path(model) / MODEL_INFO).get("options") or {})
+        """The options the model was fitted with (sampling takes them as they are), from its checked info."""
+        return dict(read_model_info(Path(model), cls.name)["options"])
 
     def drawer(self, model_dir: Path) -> tuple[dict[str, Any], list[str], Callable[[WorkItem], Image.Image]]:
         """(info, the fitted classes, the function making one work item's image) of a fitted model."""

@@ -159,6 +159,7 @@ def write_html(summary: pd.DataFrame, table: pd.DataFrame, pictures: Sequence[Pa
 def build_reports(run_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
     """Write every report of one run into ``out_dir`` (default: the run folder)."""
     folder = RunFolder(run_dir)
+    folder.check()  # every run file, before anything is written
     out = Path(out_dir) if out_dir else folder.root
     if out.resolve() != folder.root.resolve():  # the run's own reports live in it; any other folder is claimed
         claim_report_folder(out, RUN_REPORTS, [folder.root])
@@ -190,6 +191,7 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[st
     for folder in folders:
         if not folder.is_run:
             raise FileNotFoundError(f"{folder.root}: not a run folder (no config.toml)")
+        folder.check()  # every run file, before anything is written
     names = [f.name for f in folders]
     if len(set(names)) != len(names):
         raise ValueError(f"run folder names must differ to be told apart on the dashboard: {names}")

@@ -40,6 +40,7 @@ from imgsynth.provenance import sha256_file, software_versions
 from imgsynth.safe_loading import PICKLE_SUFFIXES
 
 PIPELINE_NAME = "ClassConditionalDiffusion"
+PIPELINE_CLASS = "ClassConditionalPipeline"  # the _class_name model_index.json records (pipeline.py)
 MODEL_FILE = "imgsynth_model.json"
 PIPELINE_FILE = "model_index.json"
 UNET_FOLDER, SCHEDULER_FOLDER = "unet", "scheduler"
@@ -125,6 +126,19 @@ def is_model_dir(path: str | os.PathLike) -> bool:
     return (Path(path) / MODEL_FILE).is_file()
 
 
+def is_pipeline_of_this_kind(path: str | os.PathLike) -> bool:
+    """True when ``path`` holds a ``model_index.json`` naming the class-conditional pipeline ``train`` writes:
+    a model folder of this kind even when ``imgsynth_model.json`` is missing (an unfinished or damaged one,
+    refused when read, never taken for a text-to-image pipeline)."""
+    index = Path(path) / PIPELINE_FILE
+    if not index.is_file():
+        return False
+    try:
+        return read_info_file(index).get("_class_name") == PIPELINE_CLASS
+    except ValueError:
+        return False
+
+
 def read_model_info(model_dir: str | os.PathLike) -> dict[str, Any]:
     """The model dir's ``imgsynth_model.json``, checked: the fields sampling needs, their types, and the
     training config (``TrainConfig.validate``), which the other fields must agree with."""
@@ -137,6 +151,9 @@ def _read_model_info(folder: Path) -> tuple[dict[str, Any], TrainConfig]:
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such model folder")
     if not path.is_file():
+        if is_pipeline_of_this_kind(folder):
+            raise ValueError(f"{folder}: not a complete conditional model folder: {MODEL_FILE} is missing (training "
+                             "did not finish, or the file was removed)")
         raise ValueError(f"{folder}: not a class-conditional model folder ({MODEL_FILE} is missing)")
     info = read_info_file(path)
     for key in ("classes", "image_size", "image_mode", "patch_size", "training_config", "weights_sha256"):
@@ -295,20 +312,37 @@ def load_model(model_dir: str | os.PathLike, device: str | None = None) -> Loade
         _check_safetensors_only(folder, "the model folder")
         raise ValueError(f"{folder}: no weights ({weights.relative_to(folder)} is missing); the training run did not finish "
                          "or the file was removed")
-    weights_hash = sha256_file(weights)
-    if weights_hash != info["weights_sha256"]:
-        raise ValueError(f"{weights}: content does not match the sha256 recorded in {MODEL_FILE}; "
-                         "the weights were changed or damaged after training")
+    weights_hash = check_weights(layout, info)
     unet = devices.prepare_module(_load_unet(layout), resolved).eval()
     scheduler_config = dict(DDPMScheduler.load_config(layout.scheduler))
     return LoadedModel(unet, info, scheduler_config, weights_hash, resolved, folder, size)
 
 
+def check_weights(layout: ModelLayout, info: Mapping[str, Any]) -> str:
+    """The weights' sha256 when it is the one ``imgsynth_model.json`` records; else a ``ValueError`` naming
+    the file (loading and "already finished" both check it)."""
+    weights = layout.weights
+    if not weights.is_file():
+        _check_safetensors_only(layout.root, "the model folder")
+        raise ValueError(f"{layout.root}: no weights ({weights.relative_to(layout.root)} is missing); the training "
+                         "run did not finish or the file was removed")
+    weights_hash = sha256_file(weights)
+    if weights_hash != info["weights_sha256"]:
+        raise ValueError(f"{weights}: content does not match the sha256 recorded in {MODEL_FILE}; "
+                         "the weights were changed or damaged after training")
+    return weights_hash
+
+
 def _load_unet(layout: ModelLayout) -> Any:
     from diffusers import UNet2DModel
+    from safetensors import SafetensorError
+
+    from imgsynth.safe_loading import UnsafeFileError, first_line
 
     try:
         return UNet2DModel.from_pretrained(layout.unet, use_safetensors=True)
+    except SafetensorError as exc:  # the recorded hash matched, but the file is no safetensors (a renamed pickle)
+        raise UnsafeFileError(f"{layout.weights}: not a readable safetensors file ({first_line(exc)})") from None
     except (ValueError, RuntimeError, KeyError) as exc:
         # Both configs were edited alike, so they agree, but the weights (whose hash matched) are the trained ones.
         text = " ".join(str(exc).split()) or type(exc).__name__

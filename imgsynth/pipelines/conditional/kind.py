@@ -127,10 +127,11 @@ class ConditionalKind(GeneratorKind):
 
     @classmethod
     def owns(cls, model: str | Path) -> bool:
-        """Whether ``model`` is a model folder of this kind (``imgsynth_model.json`` is there)."""
-        from imgsynth.pipelines.conditional.folder import is_model_dir
+        """Whether ``model`` is a model folder of this kind (``imgsynth_model.json`` is there, or its
+        ``model_index.json`` names this kind's pipeline: an unfinished one, refused when read)."""
+        from imgsynth.pipelines.conditional.folder import is_model_dir, is_pipeline_of_this_kind
 
-        return is_model_dir(model)
+        return is_model_dir(model) or is_pipeline_of_this_kind(model)
 
     def check_data(self, image_size: int, channels: int) -> TrainConfig:
         """The training config for square images of ``image_size`` px with ``channels``; ``ValueError`` when

@@ -29,11 +29,12 @@ from imgsynth.locking import folder_lock
 from imgsynth.notes import Note
 from imgsynth.pipelines import device as devices
 from imgsynth.pipelines.conditional.config import TrainConfig
-from imgsynth.pipelines.conditional.folder import (CHECKPOINTS, MODEL_FILE, _check_safetensors_only,
-                                                   _write_model_info, read_model_info)
+from imgsynth.pipelines.base import read_info_file
+from imgsynth.pipelines.conditional.folder import (CHECKPOINTS, MODEL_FILE, ModelLayout, _check_safetensors_only,
+                                                   _write_model_info, check_weights, read_model_info)
 from imgsynth.pipelines.conditional.model import build_noise_scheduler, build_unet
 from imgsynth.pipelines.conditional.pipeline import ClassConditionalPipeline
-from imgsynth.safe_loading import load_torch_file
+from imgsynth.safe_loading import first_line, load_safetensors, load_torch_file
 from imgsynth.safe_paths import make_dirs_inside, refuse_links_below
 
 
@@ -169,23 +170,27 @@ class Checkpoints:
     def load(self, path: Path, unet: torch.nn.Module, ema: Any, optimizer: torch.optim.Optimizer,
              lr_scheduler: Any, device: torch.device) -> int:
         """Restore everything from ``path``; returns the number of steps already done."""
-        from safetensors.torch import load_file
-
         weights = path / "weights.safetensors"
         if not weights.is_file():
             _check_safetensors_only(path, "the training checkpoint")
             raise ValueError(f"{path}: training checkpoint has no weights.safetensors; delete {path} to restart "
                              "from the previous checkpoint or from scratch")
         meta_path = path / "checkpoint.json"
-        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+        meta = read_info_file(meta_path) if meta_path.is_file() else {}
         for key, value in self.identity.items():
             if meta.get(key) != value:
                 raise ValueError(f"{path}: checkpoint was made by a different run ({key} differs); resume with "
                                  f"the same training set and config, or delete {self.root} to start over")
-        tensors = load_file(str(weights), device=str(device))
-        unet.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        tensors = load_safetensors(weights, "weights of a training checkpoint", device=str(device))
+        model = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
         shadow = [tensors[k] for k in sorted(k for k in tensors if k.startswith("ema."))]
         state = load_torch_file(path / "training_state.pt", "training state of a checkpoint")
+        _check_training_state(path, state, len(shadow), len(list(unet.parameters())))
+        try:
+            unet.load_state_dict(model)
+        except RuntimeError as exc:
+            raise ValueError(f"{weights}: does not fit the model of this config ({first_line(exc)}); delete "
+                             f"{path} to restart from the previous checkpoint or from scratch") from None
         ema.load_state_dict({**state["ema"], "shadow_params": shadow})
         optimizer.load_state_dict(state["optimizer"])
         lr_scheduler.load_state_dict(state["lr_scheduler"])
@@ -194,6 +199,25 @@ class Checkpoints:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         return int(state["step"])
 
+
+
+def _check_training_state(path: Path, state: Mapping[str, Any], shadows: int, parameters: int) -> None:
+    """A checkpoint's ``training_state.pt`` holds what resuming restores, of the types ``save`` writes, and
+    its weights hold one EMA copy per model parameter; else a ``ValueError`` naming the file."""
+    file = path / "training_state.pt"
+    kinds = {"step": int, "optimizer": dict, "lr_scheduler": dict, "ema": dict, "rng": dict}
+    for key, kind in kinds.items():
+        if key not in state:
+            raise ValueError(f"{file}: training checkpoint lacks {key!r}; delete {path} to restart from the "
+                             "previous checkpoint or from scratch")
+        if not isinstance(state[key], kind) or isinstance(state[key], bool):
+            raise ValueError(f"{file}: {key!r} should be {'an integer' if kind is int else 'a dict'}, found "
+                             f"{type(state[key]).__name__}; delete {path} to restart")
+    if "torch" not in state["rng"] or not isinstance(state["rng"]["torch"], torch.Tensor):
+        raise ValueError(f"{file}: 'rng' lacks the torch RNG state; delete {path} to restart")
+    if shadows != parameters:
+        raise ValueError(f"{path / 'weights.safetensors'}: {shadows} EMA tensors for a model of {parameters} "
+                         f"parameters; delete {path} to restart")
 
 
 StepCallback = Callable[[int, float], None]
@@ -252,6 +276,7 @@ def _train(image_set: ImageSet | str | os.PathLike, out_dir: str | os.PathLike, 
     if (out / MODEL_FILE).is_file():
         done = read_model_info(out)
         if done.get("parent", {}).get("id") == image_set.id and done.get("config_fingerprint") == identity["config"]:
+            check_weights(ModelLayout.of(out), done)  # damaged weights are not a finished model
             return out
         raise ValueError(f"{out}: already holds a model trained on another set or with another config; "
                          "remove it or choose another folder")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -34,12 +33,13 @@ def train_command(
     """Train a classifier on TRAIN_SET and write its checkpoint to OUT."""
     # torch is imported here, not at module level, so `imgsynth --help` stays fast.
     from imgsynth.classifier import ClassifierConfig, train_classifier
+    from imgsynth.structured_files import read_json_object
 
     options = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "width": width, "image_size": image_size}
     config = ClassifierConfig(arch=arch, seed=seed, augment=augment, device=device,
                               **{k: v for k, v in options.items() if v is not None})
     checkpoint = train_classifier(train_set, out, config, progress=progress)
-    training = json.loads((checkpoint / "classifier.json").read_text(encoding="utf-8"))["training"]
+    training = read_json_object(checkpoint / "classifier.json")["training"]
     typer.echo(f"checkpoint: {checkpoint}")
     typer.echo(f"trained {config.epochs} epochs in {training['seconds']:.1f}s on {training['device']}: "
                f"final loss {training['final_loss']:.4f}, train accuracy {training['final_accuracy']:.4f}")

@@ -36,9 +36,9 @@ def finetune_command(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Train a LoRA on an ImageSet so `imgsynth generate PIPELINE OUT2 --lora OUT` samples the tuned model."""
-    import json
 
     from imgsynth.pipelines.finetune import INFO_FILE, LoraConfig, finetune_lora
+    from imgsynth.structured_files import read_json_object
 
     train_steps = renamed_flag("--steps", steps, "--train-steps", train_steps)
     config = LoraConfig(steps=LoraConfig.steps if train_steps is None else train_steps, rank=rank, alpha=alpha, lr=lr,
@@ -46,7 +46,7 @@ def finetune_command(
                         random_flip=random_flip)
     folder = finetune_lora(pipeline, image_set, out, config, device=device, dtype=dtype,
                            checkpoint_every=checkpoint_every, progress=progress)
-    info = json.loads((folder / INFO_FILE).read_text(encoding="utf-8"))
+    info = read_json_object(folder / INFO_FILE)
     losses = info.get("losses") or [float("nan")]
     typer.echo(f"{folder}: LoRA rank {rank}, {len(losses)} steps on {info['train_set']['num_images']} images, "
                f"final loss {losses[-1]:.4f}")

@@ -12,16 +12,10 @@ import dataclasses
 import json
 import math
 import re
-import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, NoReturn, Sequence
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 import tomli_w
 
@@ -30,6 +24,7 @@ from imgsynth.experiments.modes import CURATED_SUFFIX, LOOP_MODES, base_mode
 from imgsynth.metrics.extractors.registry import EXTRACTORS as EXTRACTOR_PREFIXES  # the names only: no torch
 from imgsynth.field_types import type_problem
 from imgsynth.notes import Note
+from imgsynth.structured_files import read_toml
 
 # imgsynth.classifier.architectures.SMALL_RESNET, the default architecture (checked without torch).
 _SMALL_RESNET = "resnet18_small"
@@ -274,9 +269,12 @@ _SECTIONS: dict[str, type] = {
 
 def _parse_override(text: str) -> tuple[list[str], Any]:
     from imgsynth.assignments import parse_assignment
+    from imgsynth.structured_files import StructuredFileError
 
     try:
         key, value = parse_assignment(text)
+    except StructuredFileError as exc:  # a value too long or too deeply nested
+        raise RecipeError(f"--set {exc}") from None
     except ValueError:
         raise RecipeError(f"override {text!r}: expected section.field=value") from None
     return key.split("."), value
@@ -556,12 +554,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found")
-    try:
-        values = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise RecipeError(f"{path}: not valid TOML ({exc})") from exc
-    except UnicodeDecodeError as exc:
-        raise RecipeError(f"{path}: not UTF-8 text (byte {exc.start}); a recipe is a TOML file") from exc
+    values = read_toml(path, error=RecipeError)  # size, depth and UTF-8 limits, one line naming the file
     if not overrides:
         return recipe_from_dict(values, str(path))
     for text in overrides:

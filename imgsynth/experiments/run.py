@@ -18,13 +18,13 @@ seed; seeds added later go under ``seed_<s>/``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from imgsynth.experiments.config import Recipe, dump_recipe, load_recipe, replicate_seeds
 from imgsynth.imageset import ImageSet, ImageSetError
+from imgsynth.structured_files import read_json
 
 CONFIG_FILE = "config.toml"
 METRICS_FILE = "metrics.json"
@@ -140,15 +140,15 @@ class RunFolder:
         for key in self.keys():
             path = self.generation_dir(key) / METRICS_FILE
             if path.is_file():
-                yield key, json.loads(path.read_text(encoding="utf-8"))
+                yield key, read_json(path)
 
     def reference(self) -> dict[str, Any]:
         """The real-data reference values the loop recorded (empty for runs made before they existed)."""
         if not self.reference_path.is_file():
             return {}
-        return json.loads(self.reference_path.read_text(encoding="utf-8"))
+        return read_json(self.reference_path)
 
     def info(self) -> dict[str, Any]:
         if not self.info_path.is_file():
             return {}
-        return json.loads(self.info_path.read_text(encoding="utf-8"))
+        return read_json(self.info_path)

@@ -34,6 +34,7 @@ from imgsynth.pipelines.conditional.folder import (CHECKPOINTS, MODEL_FILE, _che
 from imgsynth.pipelines.conditional.model import build_noise_scheduler, build_unet
 from imgsynth.pipelines.conditional.pipeline import ClassConditionalPipeline
 from imgsynth.safe_loading import load_torch_file
+from imgsynth.structured_files import read_json_object
 
 
 @dataclass
@@ -175,7 +176,7 @@ class Checkpoints:
             raise ValueError(f"{path}: training checkpoint has no weights.safetensors; delete {path} to restart "
                              "from the previous checkpoint or from scratch")
         meta_path = path / "checkpoint.json"
-        meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+        meta = read_json_object(meta_path) if meta_path.is_file() else {}
         for key, value in self.identity.items():
             if meta.get(key) != value:
                 raise ValueError(f"{path}: checkpoint was made by a different run ({key} differs); resume with "

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from imgsynth.compute import check_device
+
 app = typer.Typer(no_args_is_help=True)
 
 # imgsynth.classifier.ClassifierConfig's defaults, shown in --help without importing torch (a test keeps
@@ -31,6 +33,7 @@ def train_command(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Train a classifier on TRAIN_SET and write its checkpoint to OUT."""
+    check_device(device)  # before torch, data or weights load
     # torch is imported here, not at module level, so `imgsynth --help` stays fast.
     from imgsynth.classifier import ClassifierConfig, train_classifier
     from imgsynth.structured_files import read_json_object
@@ -53,6 +56,7 @@ def eval_command(
     device: Optional[str] = typer.Option(None, help="cpu, cuda … (default: cuda if available)."),
 ) -> None:
     """Score CHECKPOINT on TEST_SET: accuracy, macro-F1 and per-class accuracy."""
+    check_device(device)  # before the checkpoint or the set loads
     from imgsynth.classifier import evaluate_classifier, load_classifier
 
     report = evaluate_classifier(load_classifier(checkpoint, device=device), test_set, out)

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from imgsynth.cli.flags import renamed_flag
+from imgsynth.compute import check_device
 
 # torch and diffusers are imported inside the command so `imgsynth --help` stays quick.
 
@@ -40,6 +41,7 @@ def finetune_command(
     from imgsynth.pipelines.finetune import INFO_FILE, LoraConfig, finetune_lora
     from imgsynth.structured_files import read_json_object
 
+    check_device(device)  # before the pipeline or the set loads
     train_steps = renamed_flag("--steps", steps, "--train-steps", train_steps)
     config = LoraConfig(steps=LoraConfig.steps if train_steps is None else train_steps, rank=rank, alpha=alpha, lr=lr,
                         batch_size=batch_size, resolution=resolution, seed=seed, caption_column=caption,

@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 from imgsynth.atomic_files import atomic_path
+from imgsynth.compute import check_device
 
 # torch and the metrics engine are imported inside the command so `imgsynth --help` stays quick.
 
@@ -37,6 +38,7 @@ def metrics_command(
     from imgsynth.imageset import ImageSet
     from imgsynth.metrics.evaluate import EvaluationNote, evaluate, rows_to_frame
 
+    check_device(device)  # before the sets, features or models load
     reference_set, candidate_set = ImageSet.open(reference), ImageSet.open(candidate)
     chosen = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
     with warnings.catch_warnings(record=True) as caught:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping, Protocol, Seq
 
 from imgsynth.notes import Note
 from imgsynth.pipelines.sharding import SetJob, write_set
+from imgsynth.pipelines.work import check_per_class
 from imgsynth.registry import Registry
 
 if TYPE_CHECKING:
@@ -85,6 +86,7 @@ class GeneratorKind:
     def sample(self, model_dir: Path, out: Path, per_class: int, seed: int, generation: int | None = None,
                progress: bool = True, classes: Sequence[str] | None = None) -> ImageSet:
         """Write the job's set at ``out`` in this process (resumes; a finished set is returned as it is)."""
+        check_per_class(per_class)  # before the job opens its output: an absurd count allocates for minutes
         return write_set(self.job(model_dir, per_class, seed, generation=generation, classes=classes), out,
                          progress=progress)
 

@@ -31,7 +31,7 @@ from imgsynth.pipelines import device as devices
 from imgsynth.pipelines.conditional.config import TrainConfig
 from imgsynth.pipelines.conditional.folder import (CHECKPOINTS, MODEL_FILE, _check_safetensors_only,
                                                    _write_model_info, read_model_info)
-from imgsynth.pipelines.conditional.model import build_noise_scheduler, build_unet
+from imgsynth.pipelines.conditional.model import build_noise_scheduler, build_unet, check_model_size, estimate_size
 from imgsynth.pipelines.conditional.pipeline import ClassConditionalPipeline
 from imgsynth.safe_loading import load_torch_file
 from imgsynth.structured_files import read_json_object
@@ -241,6 +241,7 @@ def train(image_set: ImageSet | str | os.PathLike, out_dir: str | os.PathLike, c
 def _train(image_set: ImageSet | str | os.PathLike, out_dir: str | os.PathLike, config: TrainConfig,
            progress: bool, callback: StepCallback | None, parallel: DataParallel | None) -> Path:
     config.validate()
+    device = resolve_device(config.device)  # before any data loads: a wrong device is refused at once
     if parallel is not None and config.batch_size % parallel.world_size:
         raise ValueError(f"batch_size {config.batch_size} does not split evenly over {parallel.world_size} "
                          "processes; choose a batch size divisible by the process count")
@@ -256,8 +257,9 @@ def _train(image_set: ImageSet | str | os.PathLike, out_dir: str | os.PathLike, 
                          "remove it or choose another folder")
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: exists and is not a folder")
+    # The model must fit the device (weights and one image's activations, as for sampling) before it is built.
+    check_model_size(estimate_size(config, len(image_set.classes)), 1, out, device)
     data = load_training_data(image_set, config)
-    device = resolve_device(config.device)
     cuda_devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda_devices), fast_matmul(device):
         torch.manual_seed(config.seed)  # weight initialisation (and dropout, in the GPU presets)

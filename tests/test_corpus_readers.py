@@ -283,3 +283,93 @@ def test_a_recipe_device_this_machine_lacks_is_refused_before_the_run_starts(tmp
                       encoding="utf-8")
     out = tmp_path / "run"
     _refused(["run", recipe, "--out", out], [recipe], out, "[generator.options] device", "CUDA is not available")
+
+
+# --------------------------------------------------------------------------------------------- malformed files
+
+def test_a_malformed_training_checkpoint_json_is_refused_naming_it(small_digits, tmp_path):
+    from safetensors.numpy import save_file
+
+    out = tmp_path / "model"
+    step = out / "checkpoints" / "step-00000001"
+    step.mkdir(parents=True)
+    save_file({"model.x": np.zeros(1, np.float32)}, str(step / "weights.safetensors"))
+    (step / "checkpoint.json").write_text('{"training_set": 1,}', encoding="utf-8")
+    _refused(["train", small_digits.root, out, "--option", "preset=smoke"], [small_digits.root, out], None,
+             "checkpoint.json", "malformed JSON")
+
+
+def test_a_malformed_lora_json_is_refused_naming_it(tiny_text2image, tmp_path):
+    from safetensors.numpy import save_file
+
+    lora = tmp_path / "lora"
+    lora.mkdir()
+    save_file({"x": np.zeros(1, np.float32)}, str(lora / "pytorch_lora_weights.safetensors"))
+    (lora / "imgsynth_lora.json").write_text('{"rank": 4,}', encoding="utf-8")
+    out = tmp_path / "out"
+    _refused(["generate", tiny_text2image, out, "--per-class", "1", "--classes", "kitchen", "--lora", lora],
+             [lora], out, "imgsynth_lora.json", "malformed JSON")
+
+
+# --------------------------------------------------------------------------------------------- the reader itself
+
+def test_the_reader_refuses_fifos_large_files_and_names_them(tmp_path):
+    import os
+
+    from imgsynth.structured_files import LimitExceeded, read_json, read_toml, read_yaml
+
+    fifo = tmp_path / "config.json"
+    os.mkfifo(fifo)
+    with pytest.raises(LimitExceeded, match=f"{fifo}: not a regular file"):
+        read_json(fifo)  # returns at once: opening never waits for a writer
+    big = tmp_path / "big.toml"
+    big.write_text("a = 1\n" * 100, encoding="utf-8")
+    with pytest.raises(LimitExceeded, match=f"{big}: 600 bytes, larger than the 100 bytes"):
+        read_toml(big, max_bytes=100)
+    card = tmp_path / "card.yaml"
+    card.write_text("a: &x [1, 2]\nb: *x\nc: *x\n", encoding="utf-8")
+    assert read_yaml(card) == {"a": [1, 2], "b": [1, 2], "c": [1, 2]}  # a few aliases are fine
+
+
+@pytest.mark.parametrize("text, says", [
+    ("a: &a [*a]\n", "refers to itself"),
+    ("a: !!python/object/apply:os.system ['true']\n", "not valid YAML"),
+    ("".join(f"k{i}: &a{i} 1\n" for i in range(200)) + "l: [" + ", ".join(f"*a{i}" for i in range(200)) + "]\n",
+     "more than 100 aliases"),
+], ids=["recursive", "python-tag", "many-aliases"])
+def test_yaml_is_loaded_safely_and_bounded(text, says):
+    from imgsynth.structured_files import StructuredFileError, parse_yaml
+
+    with pytest.raises(StructuredFileError, match=says):
+        parse_yaml(text, "card.md")
+
+
+def test_command_line_values_are_bounded_and_bare_words_stay_strings():
+    from imgsynth.assignments import parse_assignment
+
+    assert parse_assignment("sampler=ddim") == ("sampler", "ddim")
+    assert parse_assignment("seeds=[[1], [2]]") == ("seeds", [[1], [2]])
+    with pytest.raises(ValueError, match="'seeds'=…: value nested too deeply"):
+        parse_assignment(f"seeds={DEEP_TOML_VALUE}")
+    with pytest.raises(ValueError, match="expected key=value"):
+        parse_assignment("steps")
+
+
+def test_library_entry_points_bound_counts_before_allocating(smoke_model, tmp_path):
+    from imgsynth.classifier.architectures import ClassifierError, build_model
+    from imgsynth.pipelines.base import kind_for_model
+    from imgsynth.pipelines.conditional import preset
+    from imgsynth.pipelines.work import balanced_work
+
+    with pytest.raises(ValueError, match="per_class must be at most 1000000"):
+        balanced_work(["a"], 10**12, 0)
+    with pytest.raises(ValueError, match="per_class must be at most"):
+        kind_for_model(smoke_model).sample(smoke_model, tmp_path / "out", 10**12, 0, progress=False)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.iterdir())
+    with pytest.raises(ValueError, match="parameters, more than imgsynth loads"):
+        preset("smoke", block_out_channels=(100000, 100000))
+    with pytest.raises(ClassifierError, match="width must be at most"):
+        build_model("resnet18_small", 10, 1, width=100000)
+    with pytest.raises(ClassifierError, match="num_classes must be at most"):
+        build_model("resnet18", 10**9, 3)
+    assert build_model("resnet18_small", 10, 1, width=4).fc.out_features == 10

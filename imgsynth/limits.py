@@ -21,6 +21,9 @@ MAX_CLASSES = 100_000
 MAX_PARAMETERS = 2_000_000_000
 # The largest image side imgsynth trains or samples: sets are held in memory whole (1024 px RGB is 3 MB).
 MAX_IMAGE_SIZE = 1024
+# A text-to-image pipeline's output side (SDXL-class models sample 1024 px; some upscale-trained ones 2048).
+MAX_PIPELINE_SIDE = 4096
+MAX_LORA_RANK = 1024
 
 
 def check_count(name: str, value: int, high: int, low: int = 1) -> int:

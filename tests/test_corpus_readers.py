@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from cli_checks import assert_refused_within_limits, leftovers, run_limited, tree_digest
+from PIL import Image
 
 # A YAML "billion laughs": nine levels of ten aliases, 10^9 strings once expanded (a few hundred bytes here).
 ALIAS_BOMB = "---\nlicense: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(

@@ -23,7 +23,7 @@ from imgsynth.experiments.modes import CURATED_SUFFIX, LOOP_MODES, base_mode
 from imgsynth.metrics.extractors.registry import EXTRACTORS as EXTRACTOR_PREFIXES  # the names only: no torch
 from imgsynth.field_types import type_problem
 from imgsynth.compute import DEVICE_PATTERN
-from imgsynth.limits import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_PER_CLASS, MAX_STEPS
+from imgsynth.limits import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_LORA_RANK, MAX_PER_CLASS, MAX_STEPS
 from imgsynth.notes import Note
 from imgsynth.structured_files import read_toml
 
@@ -87,7 +87,7 @@ RANGES: dict[str, dict[str, Range]] = {
                   "sample_steps": Range(1, MAX_SAMPLE_STEPS), "guidance_scale": Range(0.0, MAX_GUIDANCE_SCALE),
                   "noise_temperature": Range(0.0, 10.0, open_low=True),
                   "sample_batch_size": Range(1, MAX_BATCH_SIZE), "lora_steps": Range(1, MAX_STEPS),
-                  "lora_rank": Range(1, 1024)},
+                  "lora_rank": Range(1, MAX_LORA_RANK)},
     "loop": {"generations": Range(1, 1000), "mix_real_fraction": _FRACTION},
     "metrics": {"bootstrap": Range(0, 100_000), "max_per_class": Range(1, MAX_PER_CLASS)},
     "classifier": {"epochs": Range(1, MAX_EPOCHS), "batch_size": Range(1, MAX_BATCH_SIZE), "lr": _POSITIVE_RATE},

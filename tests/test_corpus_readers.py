@@ -154,12 +154,13 @@ def test_deeply_nested_json_in_a_model_folder_is_refused_naming_it(name, smoke_m
     _refused(["generate", model, out, "--per-class", "1"], [model], out, name, "nested too deeply")
 
 
-def test_deeply_nested_model_index_of_a_pipeline_is_refused_naming_it(tiny_text2image, tmp_path):
+@pytest.mark.parametrize("name", ["model_index.json", "unet/config.json"])
+def test_deeply_nested_json_of_a_pipeline_is_refused_naming_it(name, tiny_text2image, tmp_path):
     pipeline = _copy(tiny_text2image, tmp_path, "pipeline")
-    _deep(pipeline / "model_index.json")
+    _deep(pipeline / name)
     out = tmp_path / "out"
     _refused(["generate", pipeline, out, "--per-class", "1", "--classes", "kitchen"], [pipeline], out,
-             "model_index.json", "nested too deeply")
+             name, "nested too deeply")
 
 
 def test_deeply_nested_json_in_a_gaussian_model_is_refused_naming_it(small_digits, tmp_path):
@@ -354,21 +355,44 @@ def test_command_line_values_are_bounded_and_bare_words_stay_strings():
         parse_assignment("steps")
 
 
-def test_library_entry_points_bound_counts_before_allocating(smoke_model, tmp_path):
-    from imgsynth.classifier.architectures import ClassifierError, build_model
-    from imgsynth.pipelines.base import kind_for_model
-    from imgsynth.pipelines.conditional import preset
-    from imgsynth.pipelines.work import balanced_work
+LIBRARY_CHECKS = """
+import sys
+from pathlib import Path
 
-    with pytest.raises(ValueError, match="per_class must be at most 1000000"):
-        balanced_work(["a"], 10**12, 0)
-    with pytest.raises(ValueError, match="per_class must be at most"):
-        kind_for_model(smoke_model).sample(smoke_model, tmp_path / "out", 10**12, 0, progress=False)
-    assert not (tmp_path / "out").exists() and not list(tmp_path.iterdir())
-    with pytest.raises(ValueError, match="parameters, more than imgsynth loads"):
-        preset("smoke", block_out_channels=(100000, 100000))
-    with pytest.raises(ClassifierError, match="width must be at most"):
-        build_model("resnet18_small", 10, 1, width=100000)
-    with pytest.raises(ClassifierError, match="num_classes must be at most"):
-        build_model("resnet18", 10**9, 3)
-    assert build_model("resnet18_small", 10, 1, width=4).fc.out_features == 10
+import pytest
+
+from imgsynth.classifier.architectures import ClassifierError, build_model
+from imgsynth.pipelines.base import kind_for_model
+from imgsynth.pipelines.conditional import preset
+from imgsynth.pipelines.work import balanced_work
+
+model, out = Path(sys.argv[1]), Path(sys.argv[2])
+with pytest.raises(ValueError, match="per_class must be at most 1000000"):
+    balanced_work(["a"], 10**12, 0)
+with pytest.raises(ValueError, match="per_class must be at most"):
+    kind_for_model(model).sample(model, out, 10**12, 0, progress=False)
+assert not out.exists() and not list(out.parent.iterdir())
+with pytest.raises(ValueError, match="parameters, more than imgsynth loads"):
+    preset("smoke", block_out_channels=(100000, 100000))
+with pytest.raises(ClassifierError, match="width must be at most"):
+    build_model("resnet18_small", 10, 1, width=100000)
+with pytest.raises(ClassifierError, match="num_classes must be at most"):
+    build_model("resnet18", 10**9, 3)
+assert build_model("resnet18_small", 10, 1, width=4).fc.out_features == 10
+"""
+
+
+def test_library_entry_points_bound_counts_before_allocating(smoke_model, tmp_path):
+    # In a subprocess under the corpus memory cap: without the bounds these calls allocate without end.
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    from cli_checks import MEMORY_LIMIT
+
+    (tmp_path / "empty").mkdir()
+    done = subprocess.run([sys.executable, "-c", LIBRARY_CHECKS, str(smoke_model), str(tmp_path / "empty" / "out")],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_DATA, (MEMORY_LIMIT, MEMORY_LIMIT)))
+    assert done.returncode == 0, done.stderr

@@ -123,7 +123,8 @@ def generate_command(
 ) -> None:
     """Sample a labeled ImageSet from any generator's model: a class-conditional model, a fitted gaussian or
     kde model, or a text-to-image pipeline. Which kind is decided by MODEL alone."""
-    check_device(device), check_per_class(per_class, "--per-class")  # before any model or data loads
+    check_device(device)  # before any model or data loads
+    check_per_class(per_class, "--per-class")
     sample_steps = renamed_flag("--steps", steps, "--sample-steps", sample_steps)
     flags = {"guidance_scale": guidance, "sample_steps": sample_steps, "sample_batch_size": batch_size, "device": device,
              "noise_temperature": noise_temperature, "prompts": prompts, "negative_prompt": negative_prompt,

@@ -3,25 +3,24 @@ bare word that is not TOML is taken as a string, so ``sampler=ddim`` needs no qu
 
 from __future__ import annotations
 
-import sys
 from typing import Iterable
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from imgsynth.structured_files import NOT_TOML, parse_toml_value
 
 
 def parse_assignment(text: str) -> tuple[str, object]:
-    """(key, value) of one ``key=value``; ``ValueError`` naming the text when there is no ``=`` or no key."""
+    """(key, value) of one ``key=value``; ``ValueError`` naming the text when there is no ``=`` or no key, or
+    when the value is too long or too deeply nested (``structured_files.parse_toml_value``'s limits)."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise ValueError(f"{text!r}: expected key=value")
-    try:
-        value: object = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw  # bare strings need no quotes on the command line
-    return key.strip(), value
+        raise ValueError(f"{_short(text)}: expected key=value")
+    value = parse_toml_value(raw, f"{_short(key.strip())}=…")
+    # bare strings need no quotes on the command line
+    return key.strip(), raw if value is NOT_TOML else value
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "…")
 
 
 def parse_assignments(pairs: Iterable[str]) -> dict[str, object]:

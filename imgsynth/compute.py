@@ -8,11 +8,40 @@ model's preparation). torch is imported only when a function needs it, so light 
 from __future__ import annotations
 
 import contextlib
+import math
+import os
+import re
 import sys
 from typing import TYPE_CHECKING, Iterator
 
 if TYPE_CHECKING:
     import torch
+
+# The device names imgsynth runs on (CPU and CUDA only); recipes are checked against it without torch.
+DEVICE_PATTERN = re.compile(r"(auto|cpu|cuda(:[0-9]+)?)\Z")
+DEVICE_CHOICES = "'auto', 'cpu', 'cuda' or 'cuda:N'"
+# Building or sampling a model whose estimated float32 weights plus activations exceed the memory of the
+# device it runs on (a CUDA device's memory, or the machine's RAM) is refused; this environment variable
+# sets another limit, in GB (10^9 bytes). Where the memory cannot be read the limit is 16 GB.
+MAX_MODEL_GB_ENV = "IMGSYNTH_MAX_MODEL_GB"
+FALLBACK_MAX_MODEL_GB = 16.0
+
+
+def check_device(name: str | None, where: str = "--device") -> str | None:
+    """``name`` when imgsynth can run on it on this machine; one ``ValueError`` naming ``where`` otherwise.
+
+    Every command and recipe field that takes a device calls this first, before any data or weights load:
+    a misspelt device is refused without importing torch, and ``cuda`` is checked to be present.
+    """
+    if name is None or str(name) in ("", "auto"):
+        return name
+    if not DEVICE_PATTERN.match(str(name)):
+        raise ValueError(f"{where} {str(name)!r} is not a device imgsynth runs on; use {DEVICE_CHOICES}")
+    try:
+        resolve_device(name)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+    return name
 
 
 def resolve_device(name: str | torch.device | None = None) -> torch.device:
@@ -29,11 +58,35 @@ def resolve_device(name: str | torch.device | None = None) -> torch.device:
         device = torch.device(name)
     except RuntimeError as exc:
         raise ValueError(f"unknown device {name!r} (use 'cpu', 'cuda', 'cuda:N' or 'auto')") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was asked for but CUDA is not available on this machine")
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"device {name!r} is not supported (use 'cpu' or 'cuda')")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for but CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r} was asked for but this machine has {torch.cuda.device_count()} "
+                         "CUDA device(s)")
     return device
+
+
+def max_model_bytes(device: torch.device | None = None) -> tuple[float, str]:
+    """(the memory limit for building, loading and sampling a model, in bytes; where the limit comes from)."""
+    raw = os.environ.get(MAX_MODEL_GB_ENV, "").strip()
+    if raw:
+        try:
+            limit = float(raw)
+        except ValueError:
+            limit = math.nan
+        if not (limit > 0 and math.isfinite(limit)):
+            raise ValueError(f"{MAX_MODEL_GB_ENV}={raw!r}: expected a positive number of gigabytes")
+        return limit * 1e9, f"set by {MAX_MODEL_GB_ENV}"
+    if device is not None and device.type == "cuda":
+        import torch
+
+        return float(torch.cuda.get_device_properties(device.index or 0).total_memory), f"the memory of {device}"
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")), "this machine's RAM"
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows)
+        return FALLBACK_MAX_MODEL_GB * 1e9, "imgsynth's default"
 
 
 def uses_gpu(name: str | None) -> bool:

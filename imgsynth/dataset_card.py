@@ -136,16 +136,20 @@ def card_classes(text: str) -> list[str] | None:
     """The ClassLabel names, in index order, that an imgsynth-written card declares for ``label``; None
     when the card is not one imgsynth wrote (a user's own README is left alone). A card imgsynth wrote
     whose front matter no longer reads as such raises ValueError."""
-    import yaml
+    from imgsynth.structured_files import StructuredFileError, parse_yaml
 
     if _MARK not in text:
         return None
     end = text.find("\n---\n", 3)
     try:
-        front = yaml.safe_load(text[4:end]) if text.startswith("---\n") and end > 0 else None
+        # The one YAML reader: safe loading, aliases and nesting bounded (a card is the user's to edit).
+        front = parse_yaml(text[4:end], CARD) if text.startswith("---\n") and end > 0 else None
+    except StructuredFileError as exc:
+        raise ValueError(f"its front matter cannot be read: {str(exc).removeprefix(CARD + ': ')}") from None
+    try:
         features = front["configs"][0]["features"]
         label = next(f for f in features if isinstance(f, dict) and f.get("name") == "label")
         names = label["dtype"]["class_label"]["names"]
         return [str(names[key]) for key in sorted(names, key=int)]
-    except (yaml.YAMLError, KeyError, IndexError, TypeError, ValueError, StopIteration, AttributeError):
+    except (KeyError, IndexError, TypeError, ValueError, StopIteration, AttributeError):
         raise ValueError("its front matter does not declare a 'label' ClassLabel that datasets can read") from None

@@ -7,52 +7,25 @@ it first. Nothing here touches pixels.
 
 from __future__ import annotations
 
-import json
 import posixpath
 import re
 from typing import Any, Mapping, Sequence
 
+from imgsynth import structured_files
 from imgsynth.errors import ImageSetError
 
 KINDS = ("real", "generated", "curated", "mixed")
 SORTED, AS_WRITTEN = "sorted", "as written"  # the two class orders a manifest can have (class_order)
-# Deeper JSON is no manifest imgsynth wrote; the limit also keeps every later walk far from recursion limits.
-MAX_DEPTH = 32
+MAX_DEPTH = structured_files.MAX_DEPTH  # deeper JSON is no manifest imgsynth wrote
 MAX_INT = (1 << 63) - 1
 MAX_SIDE = 1 << 16
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def parse_json(data: bytes, where: str) -> Any:
-    """Parse JSON bytes, raising one located line for bad UTF-8, bad JSON, huge numbers or deep nesting."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ImageSetError(f"{where}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})") from None
-    try:
-        value = json.loads(text)
-    except RecursionError:
-        raise ImageSetError(f"{where}: JSON nested too deeply (limit {MAX_DEPTH} levels)") from None
-    except json.JSONDecodeError as exc:
-        raise ImageSetError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
-    except ValueError as exc:  # e.g. an integer with more digits than Python converts
-        raise ImageSetError(f"{where}: unreadable JSON value ({exc})") from None
-    if _depth(value) > MAX_DEPTH:
-        raise ImageSetError(f"{where}: JSON nested too deeply (limit {MAX_DEPTH} levels)")
-    return value
-
-
-def _depth(value: Any) -> int:
-    """Nesting depth, computed without recursion (the value may be as deep as the parser allowed)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        deepest = max(deepest, depth)
-        if depth > MAX_DEPTH:
-            return depth
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
-        stack.extend((child, depth + 1) for child in children)
-    return deepest
+    """Parse JSON bytes, raising one located ``ImageSetError`` for bad UTF-8, bad JSON, huge numbers or deep
+    nesting (``structured_files.parse_json``, the one JSON reader, with the set's error type)."""
+    return structured_files.parse_json(data, where, ImageSetError)
 
 
 def _is_int(value: Any, low: int = 0, high: int = MAX_INT) -> bool:

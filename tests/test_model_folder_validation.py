@@ -94,9 +94,10 @@ TAMPERED = [
     ("info-training-groups-zero", _set_training(norm_num_groups=0), MODEL, "norm_num_groups must be at least 1"),
     ("both-layers-100000", _both(_set(UNET, layers_per_block=100000), _set_training(layers_per_block=100000)),
      MODEL, "layers_per_block must lie in [1, 16], got 100000"),
+    # Both files are wide; the training config is checked first now (TrainConfig.validate bounds the size too).
     ("both-wide-channels", _both(_set(UNET, block_out_channels=[100000, 200000]),
                                  _set_training(block_out_channels=[100000, 200000])),
-     UNET, "block_out_channels=[100000, 200000], layers_per_block=1, sample_size=8 give a UNet of ~"),
+     MODEL, "block_out_channels=[100000, 200000], layers_per_block=1, sample_size=8 give a UNet of ~"),
     ("both-sizes-30000", _both(_set(UNET, sample_size=15000), _set_training(image_size=30000),
                                _set(MODEL, image_size=[30000, 30000])), MODEL, "image_size must lie in [4, 1024]"),
     ("both-fits-not-the-weights", _both(_set(UNET, block_out_channels=[16, 32]),

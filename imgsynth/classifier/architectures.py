@@ -13,7 +13,12 @@ from torch import nn
 from torchvision import models
 from torchvision.models.resnet import BasicBlock, ResNet
 
+from imgsynth.compute import MAX_MODEL_GB_ENV, max_model_bytes
+from imgsynth.limits import MAX_CLASSES, MAX_PARAMETERS, check_count
+
 SMALL_RESNET = "resnet18_small"
+# resnet18_small's base width (the last stage is 8× wider): 512 is 32× the default, ~7e8 parameters.
+MAX_WIDTH = 512
 # Torchvision's own classifiers expect RGB at a fixed size; this one is used when no weights entry says otherwise.
 DEFAULT_TORCHVISION_SIZE = 224
 
@@ -91,8 +96,43 @@ def native_input_size(arch: str) -> int:
         return DEFAULT_TORCHVISION_SIZE
 
 
-def build_model(arch: str, num_classes: int, in_channels: int, width: int = 16) -> nn.Module:
-    """A freshly initialised classifier with ``num_classes`` outputs (no pretrained weights: runs stay offline)."""
+def build_model(arch: str, num_classes: int, in_channels: int, width: int = 16,
+                device: torch.device | None = None) -> nn.Module:
+    """A freshly initialised classifier with ``num_classes`` outputs (no pretrained weights: runs stay offline).
+
+    The size is checked first (:func:`check_model_size`), so a damaged checkpoint or a slip in ``width`` or
+    ``num_classes`` is one error line instead of an allocation that fails minutes later."""
+    check_model_size(arch, num_classes, in_channels, width, device)
+    return _build(arch, num_classes, in_channels, width)
+
+
+def check_model_size(arch: str, num_classes: int, in_channels: int, width: int = 16,
+                     device: torch.device | None = None) -> int:
+    """The parameter count of ``build_model(arch, num_classes, in_channels, width)``, counted on the meta device
+    (shapes only, nothing allocated); ``ClassifierError`` naming the fields when the counts are out of range,
+    the model has more than ``MAX_PARAMETERS`` parameters, or its float32 weights exceed the memory limit of
+    ``device`` (``compute.max_model_bytes``)."""
+    fields = f"arch={arch!r}, num_classes={num_classes!r}" + (f", width={width!r}" if is_small_arch(arch) else "")
+    try:
+        check_count("num_classes", num_classes, MAX_CLASSES)
+        check_count("in_channels", in_channels, 4)
+        if is_small_arch(arch):
+            check_count("width", width, MAX_WIDTH)
+    except ValueError as exc:
+        raise ClassifierError(f"classifier {fields}: {exc}") from None
+    with torch.device("meta"):
+        parameters = sum(p.numel() for p in _build(arch, num_classes, in_channels, width).parameters())
+    if parameters > MAX_PARAMETERS:
+        raise ClassifierError(f"classifier {fields}: ~{parameters:.3g} parameters, more than imgsynth builds "
+                              f"({MAX_PARAMETERS:.0e})")
+    limit, source = max_model_bytes(device)
+    if 4 * parameters > limit:
+        raise ClassifierError(f"classifier {fields}: ~{parameters:.3g} parameters need ~{4 * parameters / 1e9:.3g} "
+                              f"GB, over the {limit / 1e9:.3g} GB limit ({source}; set {MAX_MODEL_GB_ENV} to change it)")
+    return parameters
+
+
+def _build(arch: str, num_classes: int, in_channels: int, width: int) -> nn.Module:
     check_arch(arch)
     if is_small_arch(arch):
         return SmallInputResNet(num_classes, in_channels=in_channels, width=width)

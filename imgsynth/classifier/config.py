@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-from imgsynth.classifier.architectures import SMALL_RESNET, ClassifierError, check_arch
+from imgsynth.classifier.architectures import MAX_WIDTH, SMALL_RESNET, ClassifierError, check_arch
+from imgsynth.compute import DEVICE_PATTERN
+from imgsynth.limits import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_IMAGE_SIZE
 
 
 @dataclass
@@ -35,9 +37,11 @@ class ClassifierConfig:
 
     def __post_init__(self) -> None:
         check_arch(self.arch)
-        checks = [("epochs", self.epochs >= 1), ("batch_size", self.batch_size >= 1), ("lr", self.lr > 0),
-                  ("weight_decay", self.weight_decay >= 0), ("width", self.width >= 1),
-                  ("image_size", self.image_size is None or self.image_size >= 8),
+        # Upper bounds too: counts past them are slips that would allocate for minutes (imgsynth.limits).
+        checks = [("epochs", 1 <= self.epochs <= MAX_EPOCHS), ("batch_size", 1 <= self.batch_size <= MAX_BATCH_SIZE),
+                  ("lr", self.lr > 0), ("weight_decay", self.weight_decay >= 0), ("width", 1 <= self.width <= MAX_WIDTH),
+                  ("image_size", self.image_size is None or 8 <= self.image_size <= MAX_IMAGE_SIZE),
+                  ("device", self.device is None or bool(DEVICE_PATTERN.match(str(self.device)))),
                   ("label_smoothing", 0 <= self.label_smoothing < 1), ("num_workers", self.num_workers >= 0)]
         for name, ok in checks:
             if not ok:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 import typer
+
+from imgsynth.compute import check_device
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -32,16 +33,18 @@ def train_command(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Train a classifier on TRAIN_SET and write its checkpoint to OUT."""
+    check_device(device)  # before torch, data or weights load
     # torch is imported here, not at module level, so `imgsynth --help` stays fast.
     from imgsynth.classifier import ClassifierConfig, train_classifier
     from imgsynth.outputs import CLASSIFIER, claim_output
+    from imgsynth.structured_files import read_json_object
 
     claim_output(out, CLASSIFIER, [train_set])
     options = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "width": width, "image_size": image_size}
     config = ClassifierConfig(arch=arch, seed=seed, augment=augment, device=device,
                               **{k: v for k, v in options.items() if v is not None})
     checkpoint = train_classifier(train_set, out, config, progress=progress)
-    training = json.loads((checkpoint / "classifier.json").read_text(encoding="utf-8"))["training"]
+    training = read_json_object(checkpoint / "classifier.json")["training"]
     typer.echo(f"checkpoint: {checkpoint}")
     typer.echo(f"trained {config.epochs} epochs in {training['seconds']:.1f}s on {training['device']}: "
                f"final loss {training['final_loss']:.4f}, train accuracy {training['final_accuracy']:.4f}")
@@ -55,6 +58,7 @@ def eval_command(
     device: Optional[str] = typer.Option(None, help="cpu, cuda … (default: cuda if available)."),
 ) -> None:
     """Score CHECKPOINT on TEST_SET: accuracy, macro-F1 and per-class accuracy."""
+    check_device(device)  # before the checkpoint or the set loads
     from imgsynth.classifier import evaluate_classifier, load_classifier
     from imgsynth.classifier.evaluation import CONFUSION_CSV, CONFUSION_PNG, REPORT
     from imgsynth.outputs import claim_report_folder

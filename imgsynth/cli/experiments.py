@@ -26,7 +26,7 @@ def run_command(
 ) -> None:
     """Run a recursive-generation experiment (or continue or extend a stopped one) and write its reports."""
     from imgsynth.distributed.tasks import BACKENDS, default_workers
-    from imgsynth.experiments.config import load_recipe
+    from imgsynth.experiments.config import check_recipe_devices, load_recipe
     from imgsynth.experiments.loop import Experiment
     from imgsynth.experiments.recipes import resolve_target, shipped_recipes
     from imgsynth.outputs import RUN, claim_output
@@ -48,6 +48,7 @@ def run_command(
         recipe = load_recipe(recipe_path, overrides)
         claim_output(out or Path("runs") / recipe.name, RUN)
         experiment = Experiment(recipe, out or Path("runs") / recipe.name, **options)
+    check_recipe_devices(experiment.recipe)  # before any data or model loads
     folder = run_and_report(experiment)
     typer.echo(f"dashboard: {folder / 'dashboard.png'}\nreport:    {folder / 'report.html'}\n"
                f"metrics:   {folder / 'metrics.csv'}\nfindings:  {folder / 'findings.csv'}")

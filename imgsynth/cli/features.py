@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from imgsynth.compute import check_device
+
 
 def features_command(
     image_set: Path = typer.Argument(..., help="ImageSet whose features to compute."),
@@ -22,6 +24,7 @@ def features_command(
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per batch."),
 ) -> None:
     """Compute a set's features into the cache that `imgsynth metrics` reads, so it need not extract them."""
+    check_device(device)  # before the set or the extractor loads
     from imgsynth.distributed.features import warm_feature_cache
     from imgsynth.outputs import FEATURE_CACHE, claim_output
 

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from imgsynth.cli.flags import renamed_flag
+from imgsynth.compute import check_device
 
 # torch and diffusers are imported inside the command so `imgsynth --help` stays quick.
 
@@ -36,11 +37,12 @@ def finetune_command(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Train a LoRA on an ImageSet so `imgsynth generate PIPELINE OUT2 --lora OUT` samples the tuned model."""
-    import json
 
     from imgsynth.outputs import LORA, claim_output
     from imgsynth.pipelines.finetune import INFO_FILE, LoraConfig, finetune_lora
+    from imgsynth.structured_files import read_json_object
 
+    check_device(device)  # before the pipeline or the set loads
     claim_output(out, LORA, [pipeline, image_set])
     train_steps = renamed_flag("--steps", steps, "--train-steps", train_steps)
     config = LoraConfig(steps=LoraConfig.steps if train_steps is None else train_steps, rank=rank, alpha=alpha, lr=lr,
@@ -48,7 +50,7 @@ def finetune_command(
                         random_flip=random_flip)
     folder = finetune_lora(pipeline, image_set, out, config, device=device, dtype=dtype,
                            checkpoint_every=checkpoint_every, progress=progress)
-    info = json.loads((folder / INFO_FILE).read_text(encoding="utf-8"))
+    info = read_json_object(folder / INFO_FILE)
     losses = info.get("losses") or [float("nan")]
     typer.echo(f"{folder}: LoRA rank {rank}, {len(losses)} steps on {info['train_set']['num_images']} images, "
                f"final loss {losses[-1]:.4f}")

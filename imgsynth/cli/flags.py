@@ -5,8 +5,6 @@ from __future__ import annotations
 import warnings
 from typing import TypeVar
 
-import typer
-
 from imgsynth.assignments import parse_assignments
 from imgsynth.notes import Note
 
@@ -26,8 +24,9 @@ def renamed_flag(old: str, old_value: T | None, new: str, new_value: T | None) -
 
 def option_pairs(pairs: list[str], flag: str = "--option") -> dict[str, object]:
     """``key=value`` pairs (values read as TOML, bare words as strings) for a kind's options; a malformed pair
-    is one error naming ``flag``."""
+    (no ``=``, a value too long or too deeply nested) is one ``error:`` line naming ``flag`` (a ``ValueError``:
+    the pairs are read in the command's body, where a usage error would print a usage box instead)."""
     try:
         return parse_assignments(pairs)
     except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint=flag) from None
+        raise ValueError(f"{flag} {exc}") from None

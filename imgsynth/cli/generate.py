@@ -14,6 +14,8 @@ from typing import List, Optional
 import typer
 
 from imgsynth.cli.flags import option_pairs, renamed_flag
+from imgsynth.compute import check_device
+from imgsynth.pipelines.work import check_per_class
 
 # Heavy modules (torch, diffusers) are imported inside the commands so `imgsynth --help` stays quick.
 
@@ -61,6 +63,7 @@ def train_command(
         parallel = AccelerateDataParallel()
         given["device"] = str(parallel.device)
     generator_kind = build_kind(kind, {**given, **option_pairs(options)}, where="imgsynth train")
+    check_device(getattr(generator_kind.options, "device", None))  # before the data loads
     train_set = ImageSet.open(image_set)
     fit_parallel = {"parallel": parallel} if parallel is not None else {}
     model_dir = generator_kind.fit(train_set, out_model, seed, progress=progress, **fit_parallel)
@@ -122,6 +125,8 @@ def generate_command(
 ) -> None:
     """Sample a labeled ImageSet from any generator's model: a class-conditional model, a fitted gaussian or
     kde model, or a text-to-image pipeline. Which kind is decided by MODEL alone."""
+    check_device(device)  # before any model or data loads
+    check_per_class(per_class, "--per-class")
     from imgsynth.outputs import IMAGESET, claim_output
 
     claim_output(out, IMAGESET, [model, lora, caption_model, prompts])

@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 from imgsynth.atomic_files import atomic_path
+from imgsynth.compute import check_device
 
 # torch and the metrics engine are imported inside the command so `imgsynth --help` stays quick.
 
@@ -38,6 +39,7 @@ def metrics_command(
     from imgsynth.metrics.evaluate import FRAME_COLUMNS, EvaluationNote, evaluate, rows_to_frame
     from imgsynth.outputs import FEATURE_CACHE, FILE, claim_output
 
+    check_device(device)  # before the sets, features or models load
     claim_output(out, FILE, [reference, candidate, cache_dir], header=",".join(FRAME_COLUMNS))
     if cache_dir is not None:
         claim_output(cache_dir, FEATURE_CACHE, [reference, candidate])

@@ -11,17 +11,10 @@ import copy
 import dataclasses
 import json
 import math
-import re
-import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, NoReturn, Sequence
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 import tomli_w
 
@@ -29,7 +22,10 @@ import tomli_w
 from imgsynth.experiments.modes import CURATED_SUFFIX, LOOP_MODES, base_mode
 from imgsynth.metrics.extractors.registry import EXTRACTORS as EXTRACTOR_PREFIXES  # the names only: no torch
 from imgsynth.field_types import type_problem
+from imgsynth.compute import DEVICE_PATTERN
+from imgsynth.limits import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_LORA_RANK, MAX_PER_CLASS, MAX_STEPS
 from imgsynth.notes import Note
+from imgsynth.structured_files import read_toml
 
 # imgsynth.classifier.architectures.SMALL_RESNET, the default architecture (checked without torch).
 _SMALL_RESNET = "resnet18_small"
@@ -66,16 +62,9 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
-# The largest image side a recipe may ask for: real data and samples are held in memory as whole sets
-# (1024 px RGB is 3 MB an image), and no shipped generator trains beyond it.
-MAX_IMAGE_SIZE = 1024
 # Seeds feed numpy and torch generators and are offset per generation; 2^31 leaves room for both.
 MAX_SEED = 2**31 - 1
 MAX_REPLICATES = 1000
-# Counts past these are typing slips, not experiments: work lists and batches are built whole in memory.
-MAX_PER_CLASS = 1_000_000
-MAX_BATCH_SIZE = 65_536
-MAX_STEPS = 10_000_000
 # Classifier-free guidance beyond ~30 saturates every pixel; 100 leaves room for odd experiments.
 MAX_GUIDANCE_SCALE = 100.0
 # DDPM-family schedules are trained with 1000 timesteps; a sampler cannot take more distinct steps.
@@ -98,17 +87,16 @@ RANGES: dict[str, dict[str, Range]] = {
                   "sample_steps": Range(1, MAX_SAMPLE_STEPS), "guidance_scale": Range(0.0, MAX_GUIDANCE_SCALE),
                   "noise_temperature": Range(0.0, 10.0, open_low=True),
                   "sample_batch_size": Range(1, MAX_BATCH_SIZE), "lora_steps": Range(1, MAX_STEPS),
-                  "lora_rank": Range(1, 1024)},
+                  "lora_rank": Range(1, MAX_LORA_RANK)},
     "loop": {"generations": Range(1, 1000), "mix_real_fraction": _FRACTION},
     "metrics": {"bootstrap": Range(0, 100_000), "max_per_class": Range(1, MAX_PER_CLASS)},
-    "classifier": {"epochs": Range(1, 10_000), "batch_size": Range(1, MAX_BATCH_SIZE), "lr": _POSITIVE_RATE},
+    "classifier": {"epochs": Range(1, MAX_EPOCHS), "batch_size": Range(1, MAX_BATCH_SIZE), "lr": _POSITIVE_RATE},
     "curate": {"dedup": Range(-1.0, 1.0), "min_confidence": _FRACTION, "min_clip_score": Range(0.0, CLIP_SCORE_MAX),
                "clip_top_fraction": Range(0.0, 1.0, open_low=True)},
 }
 IMAGE_MODES = {"L": 1, "RGB": 3}
-# What imgsynth.compute.resolve_device accepts (CPU and CUDA only; whether CUDA is present is
-# the run's question, so a recipe written for a GPU machine still validates on a laptop).
-DEVICE_PATTERN = re.compile(r"(auto|cpu|cuda(:[0-9]+)?)\Z")
+# Devices are spelled as imgsynth.compute.DEVICE_PATTERN says; whether CUDA is present is the run's
+# question (imgsynth.compute.check_device), so a recipe written for a GPU machine still validates on a laptop.
 
 
 @dataclass
@@ -274,9 +262,12 @@ _SECTIONS: dict[str, type] = {
 
 def _parse_override(text: str) -> tuple[list[str], Any]:
     from imgsynth.assignments import parse_assignment
+    from imgsynth.structured_files import StructuredFileError
 
     try:
         key, value = parse_assignment(text)
+    except StructuredFileError as exc:  # a value too long or too deeply nested
+        raise RecipeError(f"--set {exc}") from None
     except ValueError:
         raise RecipeError(f"override {text!r}: expected section.field=value") from None
     return key.split("."), value
@@ -525,6 +516,16 @@ def _check_embedding(embedding: str, fail: Fail) -> None:
         fail(f"[curate] embedding {embedding!r}: thumbnails larger than {MAX_IMAGE_SIZE} px are not supported")
 
 
+def check_recipe_devices(recipe: Recipe) -> None:
+    """Refuse, before a run loads anything, a recipe whose devices this machine does not have (e.g. ``cuda``
+    on a machine without CUDA): ``validate`` checks only their spelling, so a recipe stays portable."""
+    from imgsynth.compute import check_device
+
+    check_device(recipe.generator.device, "[generator] device")
+    device = recipe.generator.options.get("device")
+    check_device(device if isinstance(device, str) else None, "[generator.options] device")
+
+
 def replicate_seeds(recipe: Recipe) -> list[int]:
     """The seeds of a recipe's replicates, in order: ``[loop] seeds`` as a list, or a count from ``seed``."""
     seeds = recipe.loop.seeds
@@ -556,12 +557,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found")
-    try:
-        values = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise RecipeError(f"{path}: not valid TOML ({exc})") from exc
-    except UnicodeDecodeError as exc:
-        raise RecipeError(f"{path}: not UTF-8 text (byte {exc.start}); a recipe is a TOML file") from exc
+    values = read_toml(path, error=RecipeError)  # size, depth and UTF-8 limits, one line naming the file
     if not overrides:
         return recipe_from_dict(values, str(path))
     for text in overrides:

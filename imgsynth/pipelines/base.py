@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping, Protocol, Seq
 
 from imgsynth.notes import Note
 from imgsynth.pipelines.sharding import SetJob, write_set
+from imgsynth.pipelines.work import check_per_class
 from imgsynth.registry import Registry
 
 if TYPE_CHECKING:
@@ -85,6 +86,7 @@ class GeneratorKind:
     def sample(self, model_dir: Path, out: Path, per_class: int, seed: int, generation: int | None = None,
                progress: bool = True, classes: Sequence[str] | None = None) -> ImageSet:
         """Write the job's set at ``out`` in this process (resumes; a finished set is returned as it is)."""
+        check_per_class(per_class)  # before the job opens its output: an absurd count allocates for minutes
         return write_set(self.job(model_dir, per_class, seed, generation=generation, classes=classes), out,
                          progress=progress)
 
@@ -158,12 +160,12 @@ def build_kind(name: str, options: Mapping[str, Any] | None = None,
 
 def read_info_file(path: Path) -> dict[str, Any]:
     """A model folder's JSON file (``imgsynth_model_info.json``, ``imgsynth_model.json``, ``imgsynth_lora.json``,
-    a diffusers config): a JSON object, or one error line naming the file (bad UTF-8, malformed or too deeply
-    nested JSON, not an object). Every kind reads its files through this."""
+    a diffusers config): a JSON object, or one error line naming the file (not a regular file, too large, bad
+    UTF-8, malformed or too deeply nested JSON, not an object). Every kind reads its files through this."""
     from imgsynth.field_types import json_kind
-    from imgsynth.set_schema import parse_json
+    from imgsynth.structured_files import read_json
 
-    info = parse_json(Path(path).read_bytes(), str(path))
+    info = read_json(path)
     if not isinstance(info, dict):
         raise ValueError(f"{path}: should hold a JSON object, found {json_kind(info)}")
     return info

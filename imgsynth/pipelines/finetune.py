@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from imgsynth.imageset import ImageSet
+from imgsynth.limits import MAX_BATCH_SIZE, MAX_LORA_RANK, MAX_PIPELINE_SIDE, MAX_STEPS, check_count
 from imgsynth.locking import locks_output
 from imgsynth.compute import resolve_device
 from imgsynth.pipelines.base import read_info_file
@@ -63,6 +64,10 @@ class LoraConfig:
         for name in ("steps", "rank", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"LoRA {name} must be at least 1, got {getattr(self, name)}")
+        for name, high in (("steps", MAX_STEPS), ("rank", MAX_LORA_RANK), ("batch_size", MAX_BATCH_SIZE)):
+            check_count(f"LoRA {name}", getattr(self, name), high)
+        if self.resolution is not None:
+            check_count("resolution", self.resolution, MAX_PIPELINE_SIDE, low=8)
         if not self.lr > 0:
             raise ValueError(f"LoRA learning rate must be positive, got {self.lr}")
         if self.caption_column not in CAPTION_COLUMNS:

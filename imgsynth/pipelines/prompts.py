@@ -17,18 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
 from imgsynth.imageset import ImageSetError, check_label
 from imgsynth.package_data import shipped_files
+from imgsynth.structured_files import read_toml
 from imgsynth.safe_loading import pickle_files, refusing_pickles
 
 GENERIC_BANK = "generic"
@@ -127,10 +122,7 @@ def load_prompt_bank(spec: str | Path) -> PromptBank:
         else:
             raise FileNotFoundError(f"prompt bank {str(spec)!r}: no such file, and no shipped bank of that "
                                     f"name (shipped: {', '.join(shipped) or 'none'})")
-    try:
-        values = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"{path}: not valid TOML ({exc})") from exc
+    values = read_toml(path)  # size, depth and UTF-8 limits, one line naming the file
     return bank_from_dict(values, str(path))
 
 

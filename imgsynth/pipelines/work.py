@@ -12,6 +12,8 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
+from imgsynth.limits import MAX_PER_CLASS, check_count
+
 DEFAULT_SHARD_SIZE = 64
 
 
@@ -37,10 +39,15 @@ class WorkItem:
         return f"{self.label}-{self.index:06d}".replace(" ", "_")
 
 
+def check_per_class(per_class: int, name: str = "per_class") -> int:
+    """``per_class`` when it lies in [1, ``MAX_PER_CLASS``]; else one ``ValueError`` naming ``name`` (a flag or
+    field), raised before any work list is built."""
+    return check_count(name, per_class, MAX_PER_CLASS)
+
+
 def balanced_work(classes: Sequence[str], per_class: int, base_seed: int) -> list[WorkItem]:
     """``per_class`` items for every class, interleaved by index so each shard mixes classes."""
-    if per_class < 1:
-        raise ValueError(f"per_class must be at least 1, got {per_class}")
+    check_per_class(per_class)
     if not classes:
         raise ValueError("no classes to generate")
     return [WorkItem(label, index, image_seed(base_seed, label, index))

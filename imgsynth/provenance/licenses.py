@@ -3,9 +3,10 @@ license a model's card or config declares."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Mapping
+
+from imgsynth.structured_files import LimitExceeded, StructuredFileError, front_matter, read_card, read_json
 
 
 def license_record(value: Mapping[str, Any] | str | None) -> dict[str, Any]:
@@ -98,7 +99,7 @@ def read_card_license(folder: str | Path) -> dict[str, Any] | None:
     folder = Path(folder)
     card = folder / "README.md"
     if card.is_file():
-        meta = _front_matter(card.read_text(encoding="utf-8", errors="replace"))
+        meta = _front_matter(card)
         license = meta.get("license")
         if isinstance(license, list):
             license = license[0] if license else None
@@ -113,25 +114,24 @@ def read_card_license(folder: str | Path) -> dict[str, Any] | None:
         config = folder / config_name
         if config.is_file():
             try:
-                values = json.loads(config.read_text(encoding="utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                continue
+                values = read_json(config)
+            except LimitExceeded:
+                raise  # a bomb or a FIFO is refused, naming the file
+            except StructuredFileError:
+                continue  # a malformed config declares no license
             if isinstance(values, dict) and values.get("license"):
                 return {"name": str(values["license"]), "from": str(config)}
     return None
 
 
-def _front_matter(text: str) -> dict[str, Any]:
-    if not text.startswith("---"):
-        return {}
-    end = text.find("\n---", 3)
-    if end < 0:
-        return {}
-    import yaml
-
+def _front_matter(card: Path) -> dict[str, Any]:
+    """A card's YAML front matter as a mapping ({} when it has none or it is malformed); a card past the
+    reader's limits (size, nesting, an alias bomb) or one that is no regular file is refused naming it."""
     try:
-        values = yaml.safe_load(text[3:end])
-    except yaml.YAMLError:
+        values = front_matter(read_card(card), str(card))
+    except LimitExceeded:
+        raise
+    except StructuredFileError:
         return {}
     return values if isinstance(values, dict) else {}
 

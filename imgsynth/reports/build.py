@@ -163,11 +163,11 @@ def build_reports(run_dir: str | Path, out_dir: str | Path | None = None) -> dic
     out = Path(out_dir) if out_dir else folder.root
     if out.resolve() != folder.root.resolve():  # the run's own reports live in it; any other folder is claimed
         claim_report_folder(out, RUN_REPORTS, [folder.root])
-    out.mkdir(parents=True, exist_ok=True)
     frame = collect_metrics(folder)
     if frame.empty:
         raise ValueError(f"{folder.root}: no finished generation (no metrics.json) to report on")
     summary, reference, table = seed_summary(frame), collect_reference(folder), findings(frame)
+    out.mkdir(parents=True, exist_ok=True)
     written = {"metrics.csv": write_csv(frame, out / "metrics.csv"),
                "findings.csv": write_csv(table, out / "findings.csv")}
     written["dashboard.png"] = dashboard(summary, out / "dashboard.png", title=f"run {folder.name}",
@@ -201,7 +201,8 @@ def compare_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[st
     table = pd.concat([findings(f).assign(run=name) for f, name in zip(frames, names)], ignore_index=True)
     summary = seed_summary(frame)
     reference = pd.concat([collect_reference(f) for f in folders], ignore_index=True)
-    out = Path(out_dir)
+    for folder in folders:
+        out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = {"metrics.csv": write_csv(frame, out / "metrics.csv"),
                "findings.csv": write_csv(table, out / "findings.csv")}

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from imgsynth.field_types import is_int, json_kind, type_problem
+from imgsynth.limits import MAX_BATCH_SIZE, MAX_PARAMETERS, MAX_STEPS
 
 DEFAULT_GUIDANCE_SCALE = 2.0
 DEFAULT_SAMPLE_STEPS = 20
@@ -22,7 +23,7 @@ RUNTIME_FIELDS = ("device", "checkpoint_every", "keep_checkpoints", "compile")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 # Bounds past any model `imgsynth train` makes sensibly. They keep a hand-edited or damaged config from
-# asking for unbounded memory or time before any message; the size estimate (``model.estimate_size``)
+# asking for unbounded memory or time before any message; the size estimate (``estimate_size``, below)
 # covers what they leave open, such as very wide levels.
 MAX_IMAGE_SIZE = 1024
 MAX_LAYERS_PER_BLOCK = 16
@@ -116,7 +117,9 @@ class TrainConfig:
              f"layers_per_block must lie in [1, {MAX_LAYERS_PER_BLOCK}], got {self.layers_per_block}")
         need(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
         need(self.steps >= 1, f"steps must be at least 1, got {self.steps}")
+        need(self.steps <= MAX_STEPS, f"steps must be at most {MAX_STEPS}, got {self.steps}")
         need(self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}")
+        need(self.batch_size <= MAX_BATCH_SIZE, f"batch_size must be at most {MAX_BATCH_SIZE}, got {self.batch_size}")
         need(0 < self.lr < math.inf, f"lr must be positive, got {self.lr}")
         need(self.weight_decay >= 0, f"weight_decay must be ≥ 0, got {self.weight_decay}")
         need(self.lr_schedule in ("cosine", "constant"),
@@ -140,6 +143,11 @@ class TrainConfig:
         need(0 <= self.guidance_scale < math.inf,
              f"guidance_scale must be a finite number ≥ 0, got {self.guidance_scale}")
         need(self.checkpoint_every >= 0, f"checkpoint_every must be ≥ 0 (0 disables), got {self.checkpoint_every}")
+        # The parameters without the class embedding (the class count is the data's): a bound that needs no
+        # torch, so a recipe or --option asking for very wide levels is refused before anything is built.
+        size = estimate_size(self, 0)
+        need(size.parameters <= MAX_PARAMETERS, f"{size.fields} give a UNet of ~{size.parameters:.3g} parameters, "
+             f"more than imgsynth loads ({MAX_PARAMETERS:.0e})")
         return self
 
     def fingerprint(self) -> dict[str, Any]:
@@ -275,3 +283,90 @@ def check_sampling(guidance_scale: float | None, steps: int | None, sampler: str
         raise ValueError(f"unknown sampler {sampler!r}; known: {SAMPLERS}")
     if not is_int(shard_size) or shard_size < 1:
         raise ValueError(f"shard_size must be at least 1, got {shard_size!r}")
+
+
+# --------------------------------------------------------------------------------------------- size
+
+@dataclass(frozen=True)
+class ModelSize:
+    """What sampling a model costs, estimated from its config alone: parameters and float32 bytes."""
+
+    parameters: int
+    # One forward pass of one image at the model's resolution, as ``_activation_floats`` counts it.
+    activation_bytes: int
+    # The config fields that decide the size, for messages.
+    fields: str = ""
+
+    def sampling_bytes(self, batch_size: int) -> int:
+        """Weights plus the activations of ``batch_size`` images (doubled by classifier-free guidance)."""
+        return 4 * self.parameters + 2 * batch_size * self.activation_bytes
+
+
+def estimate_size(config: TrainConfig, num_classes: int) -> ModelSize:
+    """Parameter count and activation memory of ``build_unet(config, num_classes)``, without building it.
+
+    The count follows diffusers' ``UNet2DModel`` layer by layer (a test compares it with built models);
+    it takes microseconds even for a config that would never fit in memory.
+    """
+    widths, layers, attention = config.block_out_channels, config.layers_per_block, set(config.attention_levels)
+    io = config.channels * config.patch_size ** 2
+    time_dim = 4 * widths[0]
+    total = _conv(io, widths[0], 3) + _linear(widths[0], time_dim) + _linear(time_dim, time_dim)
+    total += (num_classes + 1) * time_dim + 2 * widths[0] + _conv(widths[0], io, 3)
+    previous = widths[0]
+    for level, width in enumerate(widths):  # down
+        for j in range(layers):
+            total += _resnet(previous if j == 0 else width, width, time_dim) + (level in attention) * _attention(width)
+        total += _conv(width, width, 3) if level < len(widths) - 1 else 0
+        previous = width
+    if config.mid_block:
+        total += 2 * _resnet(widths[-1], widths[-1], time_dim) + bool(attention) * _attention(widths[-1])
+    reversed_widths = widths[::-1]
+    for i, width in enumerate(reversed_widths):  # up: each resnet also takes a skip connection
+        skip_in = reversed_widths[min(i + 1, len(widths) - 1)]
+        for j in range(layers + 1):
+            first = reversed_widths[max(i - 1, 0)] if j == 0 else width
+            skip = skip_in if j == layers else width
+            total += _resnet(first + skip, width, time_dim) + (len(widths) - 1 - i in attention) * _attention(width)
+        total += _conv(width, width, 3) if i < len(widths) - 1 else 0
+    fields = (f"block_out_channels={_short(list(widths))}, layers_per_block={layers}, "
+              f"sample_size={config.image_size // config.patch_size}")
+    return ModelSize(total, 4 * _activation_floats(config), fields)
+
+
+def _conv(inputs: int, outputs: int, kernel: int) -> int:
+    return inputs * outputs * kernel * kernel + outputs
+
+
+def _linear(inputs: int, outputs: int) -> int:
+    return inputs * outputs + outputs
+
+
+def _resnet(inputs: int, outputs: int, time_dim: int) -> int:
+    shortcut = _conv(inputs, outputs, 1) if inputs != outputs else 0
+    return 2 * inputs + _conv(inputs, outputs, 3) + _linear(time_dim, outputs) + 2 * outputs + \
+        _conv(outputs, outputs, 3) + shortcut
+
+
+def _attention(width: int) -> int:
+    inner = width // 8 * 8  # heads of diffusers' default attention_head_dim, 8
+    return 2 * width + 3 * _linear(width, inner) + _linear(inner, width)
+
+
+def _activation_floats(config: TrainConfig) -> int:
+    """Floats alive at once in one image's forward pass (inference: no autograd graph is kept).
+
+    The skip connections the down path hands to the up path, twenty maps of the widest level (an up
+    block's concatenated input, its norm, conv and time-shifted copies, and the kernels' workspaces) and
+    one attention score matrix: ``scaled_dot_product_attention`` does not hold one per head. Checked
+    against the per-image peak memory of CPU forward passes of the GPU presets: 1.0–1.4× of it.
+    """
+    side = config.image_size // config.patch_size
+    widths, last = config.block_out_channels, len(config.block_out_channels) - 1
+    pixels = [(side >> level) ** 2 for level in range(len(widths))]
+    skips = widths[0] * pixels[0] + sum(config.layers_per_block * w * p for w, p in zip(widths, pixels))
+    skips += sum(widths[i] * pixels[i + 1] for i in range(last))
+    working = 20 * max(w * p for w, p in zip(widths, pixels))
+    attended = set(config.attention_levels) | ({last} if config.mid_block and config.attention_levels else set())
+    scores = max((pixels[i] ** 2 for i in attended), default=0)
+    return skips + working + scores

@@ -23,7 +23,7 @@ from imgsynth.pipelines.conditional.folder import PIPELINE_NAME, UNET_CONFIG_FIL
 from imgsynth.pipelines.conditional.model import build_sampler, check_model_size
 from imgsynth.pipelines.conditional.pipeline import denoise, initial_noise, to_pil
 from imgsynth.pipelines.sharding import SameSet, SetJob, SetSpec, open_job, write_set, write_shards
-from imgsynth.pipelines.work import DEFAULT_SHARD_SIZE, WorkItem, balanced_work, batches
+from imgsynth.pipelines.work import DEFAULT_SHARD_SIZE, WorkItem, balanced_work, batches, check_per_class
 
 
 @dataclass(frozen=True)
@@ -90,8 +90,7 @@ def _make_plan(info: Mapping[str, Any], per_class: int, classes: Sequence[str] |
     guidance = float(config.get("guidance_scale", DEFAULT_GUIDANCE_SCALE) if guidance_scale is None else guidance_scale)
     n_steps = int(config.get("sample_steps", DEFAULT_SAMPLE_STEPS) if steps is None else steps)
     name = sampler or config.get("sampler", "dpm++")
-    if per_class < 1:
-        raise ValueError(f"per_class must be at least 1, got {per_class}")
+    check_per_class(per_class)
     check_sampling(guidance, n_steps, name, noise_temperature, shard_size)
     timesteps = int(config.get("num_train_timesteps", 1000))
     if n_steps > timesteps:  # a sampler takes distinct timesteps of the training schedule

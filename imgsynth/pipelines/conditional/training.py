@@ -32,7 +32,7 @@ from imgsynth.pipelines.conditional.config import TrainConfig
 from imgsynth.pipelines.base import read_info_file
 from imgsynth.pipelines.conditional.folder import (CHECKPOINTS, MODEL_FILE, ModelLayout, _check_safetensors_only,
                                                    _write_model_info, check_weights, read_model_info)
-from imgsynth.pipelines.conditional.model import build_noise_scheduler, build_unet
+from imgsynth.pipelines.conditional.model import build_noise_scheduler, build_unet, check_model_size, estimate_size
 from imgsynth.pipelines.conditional.pipeline import ClassConditionalPipeline
 from imgsynth.safe_loading import first_line, load_safetensors, load_torch_file
 from imgsynth.safe_paths import make_dirs_inside, refuse_links_below
@@ -266,6 +266,7 @@ def train(image_set: ImageSet | str | os.PathLike, out_dir: str | os.PathLike, c
 def _train(image_set: ImageSet | str | os.PathLike, out_dir: str | os.PathLike, config: TrainConfig,
            progress: bool, callback: StepCallback | None, parallel: DataParallel | None) -> Path:
     config.validate()
+    device = resolve_device(config.device)  # before any data loads: a wrong device is refused at once
     if parallel is not None and config.batch_size % parallel.world_size:
         raise ValueError(f"batch_size {config.batch_size} does not split evenly over {parallel.world_size} "
                          "processes; choose a batch size divisible by the process count")
@@ -283,8 +284,9 @@ def _train(image_set: ImageSet | str | os.PathLike, out_dir: str | os.PathLike, 
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: exists and is not a folder")
     refuse_links_below(out)  # an unfinished model folder is resumed: no write may follow a link out of it
+    # The model must fit the device (weights and one image's activations, as for sampling) before it is built.
+    check_model_size(estimate_size(config, len(image_set.classes)), 1, out, device)
     data = load_training_data(image_set, config)
-    device = resolve_device(config.device)
     cuda_devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda_devices), fast_matmul(device):
         torch.manual_seed(config.seed)  # weight initialisation (and dropout, in the GPU presets)

@@ -19,6 +19,7 @@ from imgsynth.compute import resolve_device
 from imgsynth.pipelines.base import read_info_file
 from imgsynth.provenance import sha256_file
 from imgsynth.safe_loading import UnsafeFileError, pickle_files, refusing_pickles
+from imgsynth.structured_files import read_json
 
 
 DENOISERS = ("unet", "transformer")
@@ -82,6 +83,10 @@ def load_text2image_pipeline(model: str | os.PathLike, *, device: str | None = N
             raise ValueError(f"{path}: not a diffusers pipeline folder (no model_index.json); "
                              "give a folder written by pipeline.save_pretrained() or a Hub id")
         source = str(path)
+        # diffusers and transformers parse these with json.loads and no limits: read each through the one
+        # reader first, so a deeply nested or oversized config is one error naming it, not a RecursionError.
+        for config in sorted([*path.glob("*.json"), *path.glob("*/*.json")]):
+            read_json(config)
     elif _looks_like_path(name):
         raise FileNotFoundError(f"model {name!r}: no such folder")
     else:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from imgsynth.limits import MAX_BATCH_SIZE, MAX_LORA_RANK, MAX_PIPELINE_SIDE, MAX_STEPS, check_count
 from imgsynth.pipelines.work import DEFAULT_SHARD_SIZE
 
 if TYPE_CHECKING:
@@ -50,4 +51,11 @@ class Text2ImageOptions:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a whole number ≥ 1, got {value!r}")
+        # Upper bounds (imgsynth.limits): past them a count allocates for minutes before failing.
+        for name, high in (("sample_batch_size", MAX_BATCH_SIZE), ("shard_size", MAX_BATCH_SIZE),
+                           ("lora_steps", MAX_STEPS), ("lora_rank", MAX_LORA_RANK)):
+            check_count(name, getattr(self, name), high)
+        for name in ("height", "width"):
+            if getattr(self, name) is not None:
+                check_count(name, getattr(self, name), MAX_PIPELINE_SIDE, low=8)
         return self

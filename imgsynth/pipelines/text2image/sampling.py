@@ -25,6 +25,7 @@ from imgsynth.pipelines.text2image.loading import PLAN_FILE, default_sampling
 from imgsynth.pipelines.text2image.renderer import SamplingOptions, Text2ImageRenderer
 from imgsynth.pipelines.work import WorkItem, balanced_work
 from imgsynth.provenance import model_license
+from imgsynth.structured_files import read_json_object
 
 
 def plan_text2image(bank: PromptBank, per_class: int, seed: int) -> list[WorkItem]:
@@ -52,7 +53,7 @@ def check_plan(writer: ImageSetWriter, fingerprint: str) -> None:
     """
     plan = writer.partial / "shards" / PLAN_FILE
     if plan.is_file():
-        previous = json.loads(plan.read_text(encoding="utf-8")).get("fingerprint")
+        previous = read_json_object(plan).get("fingerprint")
         if previous != fingerprint and writer.done_shards:
             raise ValueError(f"{writer.partial}: a half-written set from a generation with other settings "
                              "(model, seed, classes, prompts, sampling or shard size) is there; resume it "

@@ -67,25 +67,83 @@ class Ran:
 
 def run_limited(*args: str | Path, cwd: Path | None = None, timeout: float = 120.0,
                 memory: int = MEMORY_LIMIT, env: dict[str, str] | None = None) -> Ran:
-    """Run ``python -m imgsynth ARGS`` in a subprocess whose private memory is capped at ``memory`` bytes
+    """Run ``imgsynth ARGS`` as a process of its own whose private memory is capped at ``memory`` bytes
     (``RLIMIT_DATA``: heap and anonymous maps, so a runaway allocation fails instead of swapping) and whose
-    wall time is capped at ``timeout`` (a hang is a test failure, reported with the command)."""
-    import resource
-    import subprocess
-    import sys
+    wall time is capped at ``timeout`` (a hang is a test failure, reported with the command).
+
+    The process is forked from a server that imported torch and the CLI once (``multiprocessing``'s
+    forkserver with those modules preloaded; it never computes, so no OpenMP threads are forked): each case
+    costs its own work, not a fresh interpreter's imports. Its streams go to files read back here."""
+    import multiprocessing
+    import tempfile
     import time
 
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_DATA, (memory, memory))
+    context = _forkserver()
+    with tempfile.TemporaryDirectory(prefix="imgsynth-case-") as streams:
+        out_path, err_path = Path(streams) / "out", Path(streams) / "err"
+        environment = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+        process = context.Process(target=_run_case, args=([str(a) for a in args], str(cwd) if cwd else None,
+                                                          environment, memory, str(out_path), str(err_path)))
+        start = time.perf_counter()
+        process.start()
+        process.join(timeout)
+        if process.is_alive():
+            process.kill()
+            process.join()
+            raise AssertionError(f"imgsynth {' '.join(map(str, args))} ran past {timeout} s")
+        seconds = time.perf_counter() - start
+        code = process.exitcode if process.exitcode is not None else -1
+        return Ran(code if code >= 0 else 128 - code, out_path.read_text(errors="replace"),
+                   err_path.read_text(errors="replace"), seconds)
 
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}
-    start = time.perf_counter()
+
+_CONTEXT = None
+
+
+def _forkserver():  # noqa: ANN202 - multiprocessing's context type is private
+    """The forkserver context, its server preloading torch and the CLI (started on first use)."""
+    global _CONTEXT
+    if _CONTEXT is None:
+        import multiprocessing
+
+        _CONTEXT = multiprocessing.get_context("forkserver")
+        _CONTEXT.set_forkserver_preload(["torch", "imgsynth.cli.app", "cli_checks"])
+    return _CONTEXT
+
+
+def _run_case(args: list[str], cwd: str | None, environment: dict[str, str], memory: int, out: str,
+              err: str) -> None:
+    """The forked case: cap memory, point fds 1 and 2 at the files, run the CLI as ``imgsynth`` would."""
+    import resource
+    import sys
+
+    resource.setrlimit(resource.RLIMIT_DATA, (memory, memory))
+    os.environ.update(environment)
+    if cwd is not None:
+        os.chdir(cwd)
+    for fd, path in ((1, out), (2, err)):
+        target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(target, fd)
+        os.close(target)
+    sys.stdout = open(1, "w", encoding="utf-8", errors="replace", closefd=False)
+    sys.stderr = open(2, "w", encoding="utf-8", errors="replace", closefd=False)
+    sys.argv = ["imgsynth", *args]
+    from imgsynth.cli.app import main
+
+    code = 0
     try:
-        done = subprocess.run([sys.executable, "-m", "imgsynth", *map(str, args)], cwd=cwd, env=environment,
-                              capture_output=True, text=True, timeout=timeout, preexec_fn=limit)
-    except subprocess.TimeoutExpired as exc:
-        raise AssertionError(f"imgsynth {' '.join(map(str, args))} ran past {timeout} s") from exc
-    return Ran(done.returncode, done.stdout, done.stderr, time.perf_counter() - start)
+        main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:  # a bug: keep its traceback on stderr, as the interpreter would
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
 
 
 def assert_refused_within_limits(ran: Ran, *needles: str) -> str:

@@ -107,7 +107,11 @@ def _forkserver():  # noqa: ANN202 - multiprocessing's context type is private
         import multiprocessing
 
         _CONTEXT = multiprocessing.get_context("forkserver")
-        _CONTEXT.set_forkserver_preload(["torch", "imgsynth.cli.app", "cli_checks"])
+        # What most cases import anyway: torch, the CLI, the diffusion models' and pipelines' code.
+        _CONTEXT.set_forkserver_preload(["torch", "imgsynth.cli.app", "cli_checks", "diffusers",
+                                         "imgsynth.pipelines.conditional.sampling",
+                                         "imgsynth.pipelines.conditional.training", "imgsynth.pipelines.text2image",
+                                         "diffusers.pipelines.auto_pipeline"])
     return _CONTEXT
 
 

@@ -19,13 +19,12 @@ import fcntl
 import functools
 import inspect
 import os
-import stat
 import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
-from imgsynth.safe_paths import LinkedPathError
+from imgsynth.safe_paths import open_no_follow
 
 LOCK_SUFFIX = ".lock"
 
@@ -76,22 +75,6 @@ def _holder_pid(path: Path) -> str:
     return text if text.isdigit() else "unknown"
 
 
-def _open_lock_file(path: Path) -> int:
-    """Open (or create) the lock file itself: never through a symbolic link planted at its name, whose target
-    the pid written below would overwrite, and never a FIFO or device."""
-    try:
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise LinkedPathError(f"{path}: the lock file is a symbolic link (to {os.readlink(path)}); imgsynth "
-                                  "never writes through links — remove it") from None
-        raise
-    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-        os.close(descriptor)
-        raise LinkedPathError(f"{path}: the lock file is not a regular file; remove it")
-    return descriptor
-
-
 def _open_locked(target: Path, path: Path) -> int:
     """Open and ``flock`` the lock file, retrying if a releasing holder unlinked it under us.
 
@@ -100,7 +83,7 @@ def _open_locked(target: Path, path: Path) -> int:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        descriptor = _open_lock_file(path)
+        descriptor = open_no_follow(path, os.O_RDWR | os.O_CREAT, "its lock file")
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

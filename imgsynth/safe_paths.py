@@ -95,25 +95,34 @@ def refuse_links_below(root: str | os.PathLike[str]) -> None:
                 stack.append(Path(entry.path))
 
 
+def open_no_follow(path: str | os.PathLike[str], flags: int, what: str = "a file") -> int:
+    """``os.open`` of ``path`` with ``flags`` that never follows a symbolic link at ``path`` and accepts only a
+    regular file (a FIFO or device is refused at once, not waited on); returns the descriptor, in
+    non-blocking mode. ``what`` says what imgsynth writes there, in the refusal ("its lock file")."""
+    target = Path(path)
+    try:
+        # O_NONBLOCK: a FIFO planted there fails at once (no reader) instead of hanging the writer.
+        descriptor = os.open(target, flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise LinkedPathError(f"{target}: a symbolic link (to {os.readlink(target)}) where imgsynth writes "
+                                  f"{what}; imgsynth never writes through links — remove it") from None
+        if exc.errno in (errno.ENXIO, errno.EISDIR):
+            raise LinkedPathError(f"{target}: not a regular file where imgsynth writes {what}; remove it") from None
+        raise
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise LinkedPathError(f"{target}: not a regular file where imgsynth writes {what}; remove it")
+    return descriptor
+
+
 def write_file_inside(path: str | os.PathLike[str], data: bytes) -> Path:
     """Create or truncate ``path`` and write ``data``, refusing a symbolic link at ``path`` (``O_NOFOLLOW``).
 
     The folder ``path`` lies in must already have been made or checked (:func:`make_dirs_inside`).
     """
     target = Path(path)
-    try:
-        # O_NONBLOCK: a FIFO planted there fails at once (no reader) instead of hanging the writer.
-        descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise LinkedPathError(f"{target}: a symbolic link (to {os.readlink(target)}) where imgsynth writes a "
-                                  "file; imgsynth never writes through links — remove it") from None
-        if exc.errno in (errno.ENXIO, errno.EISDIR):
-            raise LinkedPathError(f"{target}: not a regular file where imgsynth writes one; remove it") from None
-        raise
-    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-        os.close(descriptor)
-        raise LinkedPathError(f"{target}: not a regular file where imgsynth writes one; remove it")
+    descriptor = open_no_follow(target, os.O_WRONLY | os.O_CREAT)
     os.set_blocking(descriptor, True)
     os.ftruncate(descriptor, 0)  # after the checks: truncating a device or FIFO is not ours to do
     with os.fdopen(descriptor, "wb") as handle:

@@ -16,6 +16,8 @@ import stat
 import sys
 from typing import Any
 
+from imgsynth.field_types import json_kind
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -126,14 +128,8 @@ def read_json_object(path: str | os.PathLike, max_bytes: int = MAX_FILE_BYTES) -
     """:func:`read_json` of a file that must hold a JSON object."""
     value = read_json(path, max_bytes)
     if not isinstance(value, dict):
-        raise StructuredFileError(f"{path}: should hold a JSON object, found {_kind(value)}")
+        raise StructuredFileError(f"{path}: should hold a JSON object, found {json_kind(value)}")
     return value
-
-
-def _kind(value: Any) -> str:
-    names = {list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number",
-             type(None): "null"}
-    return names.get(type(value), type(value).__name__)
 
 
 # --------------------------------------------------------------------------------------------- TOML

@@ -74,7 +74,6 @@ def run_limited(*args: str | Path, cwd: Path | None = None, timeout: float = 120
     The process is forked from a server that imported torch and the CLI once (``multiprocessing``'s
     forkserver with those modules preloaded; it never computes, so no OpenMP threads are forked): each case
     costs its own work, not a fresh interpreter's imports. Its streams go to files read back here."""
-    import multiprocessing
     import tempfile
     import time
 

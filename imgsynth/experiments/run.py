@@ -174,13 +174,9 @@ class RunFolder:
 def read_run_file(path: Path) -> dict[str, Any]:
     """A run folder's JSON file as an object; malformed, too deep or not an object is one ``ValueError``
     naming the file."""
-    from imgsynth.field_types import json_kind
-    from imgsynth.set_schema import parse_json
+    from imgsynth.structured_files import read_json_object
 
-    payload = parse_json(path.read_bytes(), str(path))
-    if not isinstance(payload, dict):
-        raise ValueError(f"{path}: should hold a JSON object, found {json_kind(payload)}")
-    return payload
+    return read_json_object(path)
 
 
 def read_metrics_file(path: Path) -> dict[str, Any]:

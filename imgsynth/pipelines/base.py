@@ -162,13 +162,9 @@ def read_info_file(path: Path) -> dict[str, Any]:
     """A model folder's JSON file (``imgsynth_model_info.json``, ``imgsynth_model.json``, ``imgsynth_lora.json``,
     a diffusers config): a JSON object, or one error line naming the file (not a regular file, too large, bad
     UTF-8, malformed or too deeply nested JSON, not an object). Every kind reads its files through this."""
-    from imgsynth.field_types import json_kind
-    from imgsynth.structured_files import read_json
+    from imgsynth.structured_files import read_json_object
 
-    info = read_json(path)
-    if not isinstance(info, dict):
-        raise ValueError(f"{path}: should hold a JSON object, found {json_kind(info)}")
-    return info
+    return read_json_object(path)
 
 
 def model_kind(model: str | Path) -> str:

@@ -69,7 +69,7 @@ def metrics_command(
     from imgsynth.outputs import FEATURE_CACHE, FILE, claim_output
 
     if output_format not in FORMATS:
-        raise typer.BadParameter(f"{output_format!r}: choose one of {', '.join(FORMATS)}", param_hint="--format")
+        raise ValueError(f"--format {output_format!r}: choose one of {', '.join(FORMATS)}")
     check_device(device)  # before the sets, features or models load
     inputs = [side for side in (reference, candidate) if not side.startswith("hf:")]
     file_format = "json" if output_format == "json" else "csv"

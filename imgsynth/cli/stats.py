@@ -36,7 +36,7 @@ def stats_command(
     from imgsynth.outputs import FEATURE_CACHE, FILE, claim_output
 
     if out.suffix.lower() != ".npz":
-        raise typer.BadParameter(f"{out}: a statistics file is named *.npz", param_hint="OUT")
+        raise ValueError(f"{out}: a statistics file is named *.npz (pytorch-fid and clean-fid read it by that suffix)")
     inputs = [] if source.startswith("hf:") else [source]
     claim_output(out, FILE, [*inputs, cache_dir])
     if cache_dir is not None:

@@ -35,8 +35,8 @@ def frame_text(frame: "pd.DataFrame", form: str) -> str:
 
 def metrics_command(
     reference: str = typer.Argument(..., help="Reference: an ImageSet, a folder of images (class sub-folders are "
-                                    "labels), hf:<dataset folder or parquet> or a .npz statistics file "
-                                    "(`imgsynth stats`, pytorch-fid, clean-fid)."),
+                                    "labels), hf:<dataset folder or parquet> or a statistics file "
+                                    "(npz: `imgsynth stats`, pytorch-fid, clean-fid)."),
     candidate: str = typer.Argument(..., help="What to evaluate (e.g. generated samples): any of the same."),
     features: str = typer.Option(..., "--features", help="Feature extractor: inception, clip:<model>:<weights>, "
                                  "clip:<folder>, dinov2:<folder or cached hub name>, domain:<classifier checkpoint>."),

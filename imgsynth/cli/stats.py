@@ -18,7 +18,7 @@ from imgsynth.compute import check_device
 
 def stats_command(
     source: str = typer.Argument(..., help="An ImageSet, a folder of images or hf:<dataset folder or parquet>."),
-    out: Path = typer.Argument(..., help="The .npz file to write."),
+    out: Path = typer.Argument(..., help="The statistics file to write (name ending in npz)."),
     features: str = typer.Option(..., "--features", help="Feature extractor name, as for `imgsynth metrics`."),
     with_features: bool = typer.Option(False, "--with-features", help="Also store the features (float32), so "
                                        "KID and precision/recall can be computed against the file."),

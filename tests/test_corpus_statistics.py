@@ -26,7 +26,7 @@ class _Planted:
     def __init__(self, marker: Path) -> None:
         self.marker = marker
 
-    def __reduce__(self):  # noqa: ANN204 - pickle's protocol
+    def __reduce__(self):  # pickle's protocol
         return (open, (str(self.marker), "w"))
 
 

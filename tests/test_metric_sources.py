@@ -107,7 +107,10 @@ def test_folders_sets_and_statistics_files_give_the_same_fid(sets, tmp_path, run
         assert (says is None) == (not any(says in n for n in notes if says)), notes
 
     # The reader pytorch-fid itself uses gets the same mu and sigma out of our file.
-    from pytorch_fid.fid_score import calculate_frechet_distance, compute_statistics_of_path
+    from pytorch_fid.fid_score import (
+        calculate_frechet_distance,
+        compute_statistics_of_path,
+    )
 
     mu, sigma = compute_statistics_of_path(str(ours), None, 50, 2048, "cpu")
     np.testing.assert_allclose(mu, features.mean(axis=0), rtol=1e-12, atol=1e-15)
@@ -152,8 +155,8 @@ def test_a_folder_without_class_sub_folders_gives_overall_metrics_and_says_why_n
     assert set(frame.class_name) == {"all"}
     np.testing.assert_allclose(frame.value, base.value, rtol=1e-12)
     assert [n for n in notes if "per-class" in n] == [
-        f"per-class metrics skipped: {flat.root} has no class sub-folders (images lie directly in it), so its "
-        "images carry no labels; overall metrics only"]
+        (f"per-class metrics skipped: {flat.root} has no class sub-folders (images lie directly in it), so its "
+         "images carry no labels; overall metrics only")]
 
 
 def test_a_folders_features_are_cached_by_content(sets, tmp_path):

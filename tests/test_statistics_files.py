@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -15,9 +14,16 @@ from cli_checks import nothing_written, refused
 from PIL import Image
 
 from imgsynth.imageset import ImageSet, ImageSetWriter, Sample
-from imgsynth.metrics.statistics_files import (FORMAT, StatisticsFileError, check_extractor, read_statistics,
-                                               resize_convention, statistics_header, weights_sha256,
-                                               write_statistics)
+from imgsynth.metrics.statistics_files import (
+    FORMAT,
+    StatisticsFileError,
+    check_extractor,
+    read_statistics,
+    resize_convention,
+    statistics_header,
+    weights_sha256,
+    write_statistics,
+)
 
 
 @pytest.fixture(scope="module")

@@ -27,8 +27,9 @@ def frame_text(frame: "pd.DataFrame", form: str) -> str:
     if form == "csv":
         return frame.to_csv(index=False, float_format="%.10g")
     import json
+    import math
 
-    records = [{k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
+    records = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
                for row in frame.astype(object).to_dict(orient="records")]
     return JSON_FIRST_LINE + "\n" + f' "rows": {json.dumps(records, ensure_ascii=False)}}}\n'
 

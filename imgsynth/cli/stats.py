@@ -9,7 +9,6 @@ read their own files; ``imgsynth metrics`` reads it on either side.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -22,9 +21,9 @@ def stats_command(
     features: str = typer.Option(..., "--features", help="Feature extractor name, as for `imgsynth metrics`."),
     with_features: bool = typer.Option(False, "--with-features", help="Also store the features (float32), so "
                                        "KID and precision/recall can be computed against the file."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Feature cache folder (default "
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Feature cache folder (default "
                                              "$IMGSYNTH_CACHE/features or ~/.cache/imgsynth/features)."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda … (default: cuda if available)."),
+    device: str | None = typer.Option(None, "--device", help="cpu, cuda … (default: cuda if available)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per feature-extraction batch."),
 ) -> None:
     """Write the feature statistics (mu, sigma) of SOURCE to OUT.npz, with a header naming the extractor."""
@@ -32,7 +31,11 @@ def stats_command(
     from imgsynth.metrics.distances import feature_statistics
     from imgsynth.metrics.features import cached_features, create_extractor
     from imgsynth.metrics.metric_sources import open_metric_source, source_name
-    from imgsynth.metrics.statistics_files import FeatureStatistics, statistics_header, write_statistics
+    from imgsynth.metrics.statistics_files import (
+        FeatureStatistics,
+        statistics_header,
+        write_statistics,
+    )
     from imgsynth.outputs import FEATURE_CACHE, FILE, claim_output
 
     if out.suffix.lower() != ".npz":

@@ -26,12 +26,17 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 from PIL import Image
 
 from imgsynth.errors import ImageSetError
-from imgsynth.image_files import (MAX_PIXELS, ImageFileError, check_sha256, decode_image, read_regular_file)
+from imgsynth.image_files import (
+    MAX_PIXELS,
+    ImageFileError,
+    check_sha256,
+    decode_image,
+    read_regular_file,
+)
 from imgsynth.imageset import ImageSet, check_labels
 from imgsynth.metrics.statistics_files import FeatureStatistics, read_statistics
 
@@ -95,7 +100,7 @@ class ImageFolder:
                     width, height = probe.size
                     sizes.add((height, width))
                     modes.add(probe.mode)
-            except Exception as exc:  # PIL raises a zoo of types for broken headers
+            except Exception as exc:  # noqa: BLE001 - PIL raises a zoo of types for broken headers
                 raise ImageFileError(f"{self.root / file_name}: not a readable image ({type(exc).__name__}: "
                                      f"{exc})") from None
             if width * height > MAX_PIXELS:
@@ -201,8 +206,8 @@ def _pixel_bytes(image: Image.Image) -> bytes:
     return f"{image.mode}:{image.width}x{image.height}:".encode() + image.tobytes()
 
 
-Images = Union[ImageSet, ImageFolder, HFImages]
-MetricSource = Union[ImageSet, ImageFolder, HFImages, FeatureStatistics]
+Images = ImageSet | ImageFolder | HFImages
+MetricSource = ImageSet | ImageFolder | HFImages | FeatureStatistics
 
 
 def source_name(source: MetricSource) -> str:

@@ -27,9 +27,10 @@ import json
 import os
 import stat
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Mapping
+from typing import IO, Any
 
 import numpy as np
 
@@ -174,7 +175,7 @@ def _array_header(handle: IO[bytes], path: Path, name: str) -> tuple[tuple[int, 
             return np.lib.format.read_array_header_1_0(handle)
         if version in ((2, 0), (3, 0)):
             return np.lib.format.read_array_header_2_0(handle)
-    except Exception as exc:  # numpy raises ValueError or others for a mangled header
+    except Exception as exc:  # noqa: BLE001 - numpy raises ValueError or others for a mangled header
         raise _refuse(path, f"member {name!r} is not a readable .npy array ({type(exc).__name__}: {exc})") from None
     raise _refuse(path, f"member {name!r}: unsupported .npy version {version}")
 
@@ -204,7 +205,7 @@ def _check_declared(path: Path, name: str, shape: tuple[int, ...], dtype: np.dty
 def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, name: str) -> np.ndarray:
     """One member's array: header checked, size checked against the shape, then read without pickle."""
     with archive.open(info) as handle:
-        shape, fortran, dtype = _array_header(handle, path, name)
+        shape, _fortran, dtype = _array_header(handle, path, name)
         _check_declared(path, name, shape, dtype)
         needed = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         offset = handle.tell()
@@ -214,7 +215,7 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, na
     try:
         with archive.open(info) as handle:
             array = np.lib.format.read_array(handle, allow_pickle=False)
-    except Exception as exc:  # truncated deflate stream, bad CRC, short read
+    except Exception as exc:  # noqa: BLE001 - truncated deflate stream, bad CRC, short read
         raise _refuse(path, f"member {name!r} cannot be read ({type(exc).__name__}: {exc})") from None
     if array.shape != tuple(shape) or array.dtype != dtype:
         raise _refuse(path, f"member {name!r} read as {array.dtype} {list(array.shape)}, not as declared")

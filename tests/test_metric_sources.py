@@ -159,11 +159,16 @@ def test_a_folder_without_class_sub_folders_gives_overall_metrics_and_says_why_n
          "images carry no labels; overall metrics only")]
 
 
-def test_a_folders_features_are_cached_by_content(sets, tmp_path):
+def test_a_folders_features_are_cached_by_content(sets, tmp_path, run_cli):
     _, candidate = sets
     first = ImageFolder(_as_folder(candidate, tmp_path / "one"))
     moved = ImageFolder(shutil.copytree(first.root, tmp_path / "two"))
     assert moved.id == first.id
+    code, printed, err = run_cli("features", first.root, "--features", "pixels", "--device", "cpu", "--cache-dir",
+                                 tmp_path / "cache")
+    assert code == 0, err
+    (entry,) = (tmp_path / "cache").iterdir()
+    assert str(entry) in printed
     _run(first, first, tmp_path, metrics=["fid"])
     _run(moved, moved, tmp_path, metrics=["fid"])
     assert len(list((tmp_path / "cache").iterdir())) == 1

@@ -6,6 +6,7 @@ is allocated, and nothing is written."""
 from __future__ import annotations
 
 import io
+import os
 import zipfile
 from pathlib import Path
 
@@ -77,6 +78,7 @@ def _cases(tmp: Path, marker: Path) -> dict[str, tuple[Path, str]]:
         "truncated": ((tmp / "truncated.npz"), "not a readable .npz"),
         "no-sigma": (_zip(tmp / "no-sigma.npz", {"mu": _npy(np.zeros(D))}), "no 'sigma'"),
         "not-a-zip": ((tmp / "text.npz"), "not a readable .npz"),
+        "fifo": ((tmp / "fifo.npz"), "not a regular file"),
     }, good
 
 
@@ -90,7 +92,7 @@ def tiny(tmp_path_factory) -> Path:
 
 
 NAMES = ["pickled-object-array", "pickled-header", "wrong-shapes", "nan", "billion-dimensions", "size-lies",
-         "truncated", "no-sigma", "not-a-zip"]
+         "truncated", "no-sigma", "not-a-zip", "fifo"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -100,6 +102,8 @@ def test_a_hostile_statistics_file_is_one_error_line_and_runs_no_code(name, tiny
     path, says = cases[name]
     if name == "truncated":
         path.write_bytes(good[: len(good) // 2])
+    elif name == "fifo":
+        os.mkfifo(path)  # opened without blocking: refused at once, never waited on
     elif name == "not-a-zip":
         path.write_text("mu,sigma\n1,2\n", encoding="utf-8")
     out = tmp_path / "m.csv"

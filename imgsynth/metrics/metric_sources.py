@@ -116,11 +116,9 @@ class ImageFolder:
     def _scan(self) -> list[str]:
         """Relative paths of the image files below the root, sorted; links and special files refused."""
         try:
-            info = os.stat(self.root, follow_symlinks=False)
+            info = os.stat(self.root)  # the folder given may be a link; nothing below it may
         except FileNotFoundError:
             raise ImageSetError(f"{self.root}: no such folder") from None
-        if stat.S_ISLNK(info.st_mode):
-            raise ImageFileError(f"{self.root}: a symbolic link; give the folder itself (links are not followed)")
         if not stat.S_ISDIR(info.st_mode):
             raise ImageSetError(f"{self.root}: not a folder of images, an ImageSet, hf:<dataset> or a .npz "
                                 "statistics file")
@@ -227,7 +225,7 @@ def open_metric_source(spec: str | os.PathLike) -> MetricSource:
     path = Path(text).expanduser()
     if path.suffix.lower() == ".npz" or path.is_file():
         return read_statistics(path)
-    kind = folder_kind(path) if path.is_dir() and not path.is_symlink() else None
+    kind = folder_kind(path) if path.is_dir() else None
     if kind == IMAGESET or ((path / "metadata.jsonl").is_file() and (path / "images").is_dir()):
         return ImageSet.open(path)  # a set being written is refused there, as "not a finished ImageSet"
     if kind == IMPORTED:

@@ -23,11 +23,12 @@ non-symmetric covariance, a header that contradicts the arrays: each is one ``St
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -222,21 +223,26 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, na
     return array
 
 
-def _open_archive(path: Path) -> zipfile.ZipFile:
+@contextlib.contextmanager
+def _open_archive(path: Path) -> Iterator[zipfile.ZipFile]:
+    """The zip archive of a regular file (opened without blocking: a FIFO is refused, never waited on)."""
     try:
-        info = os.stat(path, follow_symlinks=False)
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise _refuse(path, "no such file") from None
-    if stat.S_ISLNK(info.st_mode):
-        raise _refuse(path, "a symbolic link; give the statistics file itself")
-    if not stat.S_ISREG(info.st_mode):
-        raise _refuse(path, "not a regular file (a folder, FIFO, socket or device)")
-    try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise _refuse(path, f"not a readable .npz file ({type(exc).__name__}: {exc}); a statistics file is "
-                      "written by `imgsynth stats`, pytorch-fid or clean-fid") from None
-    return archive
+    except IsADirectoryError:
+        raise _refuse(path, "a folder, not a statistics file") from None
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise _refuse(path, "not a regular file (a FIFO, socket or device)")
+    with os.fdopen(descriptor, "rb") as handle:
+        try:
+            archive = zipfile.ZipFile(handle)
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+            raise _refuse(path, f"not a readable .npz file ({type(exc).__name__}: {exc}); a statistics file is "
+                          "written by `imgsynth stats`, pytorch-fid or clean-fid") from None
+        with archive:
+            yield archive
 
 
 def _parse_header(raw: np.ndarray, path: Path) -> dict[str, Any]:

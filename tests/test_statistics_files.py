@@ -88,6 +88,10 @@ def test_a_file_of_another_extractor_is_refused_naming_both_and_a_foreign_one_is
     assert code == 0, err
     assert f"note: {foreign}: a statistics file without imgsynth's header" in err and "on your word" in err
     assert "fid" in printed
+    wider = tmp_path / "wider.npz"
+    np.savez(wider, mu=np.zeros(2048), sigma=np.eye(2048))
+    refused(run_cli("metrics", wider, tiny_set.root, "--features", "pixels", "--device", "cpu", "--cache-dir",
+                    tmp_path / "cache"), f"{wider}: 2048-dimensional statistics", "64-dimensional 'pixels'")
 
 
 def test_a_file_of_another_resize_convention_is_refused_naming_both(tmp_path):

@@ -367,6 +367,23 @@ def _prepare(side: ImageSet | MetricSource, extractor: FeatureExtractor, cache_d
     return _Side(str(side.root), features, labels, list(side.classes), None, why)
 
 
+def _width(side: _Side) -> int:
+    if side.features is not None:
+        return int(side.features.shape[1])
+    assert side.statistics is not None
+    return int(side.statistics.mu.shape[0])
+
+
+def _check_widths(candidate: _Side, reference: _Side, extractor_name: str) -> None:
+    """Refuse, naming the file, statistics of another width than the other side's features (a foreign file
+    made by another extractor)."""
+    if _width(candidate) == _width(reference):
+        return
+    stats, other = (candidate, reference) if candidate.statistics is not None else (reference, candidate)
+    raise ValueError(f"{stats.name}: {_width(stats)}-dimensional statistics, but {other.name} has "
+                     f"{_width(other)}-dimensional {extractor_name!r} features; were they made by another extractor?")
+
+
 def _statistics_of(side: _Side) -> tuple[Any, Any]:
     if side.features is not None:
         return feature_statistics(side.features, side.name)
@@ -414,6 +431,7 @@ def evaluate_sources(candidate: ImageSet | MetricSource, reference: ImageSet | M
     candidate_extractor = extractor if conversion is None else _ConvertingExtractor(extractor, *conversion)
     cand = _prepare(candidate, candidate_extractor, cache_dir, batch_size)
     ref = _prepare(reference, extractor, cache_dir, batch_size)
+    _check_widths(cand, ref, extractor.name)
     text = None
     if TEXT_ENCODER in extractor.supplies and not isinstance(candidate, FeatureStatistics):
         captions = _caption_texts(candidate)  # type: ignore[arg-type]

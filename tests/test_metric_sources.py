@@ -53,11 +53,11 @@ def _as_folder(image_set: ImageSet, out: Path, classes: bool = True) -> Path:
     return out
 
 
-def _run(candidate, reference, tmp_path, **kwargs) -> tuple[pd.DataFrame, list[str]]:
+def _run(candidate, reference, tmp_path, extractor="pixels", **kwargs) -> tuple[pd.DataFrame, list[str]]:
     kwargs.setdefault("per_class", False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", EvaluationNote)
-        rows = evaluate_sources(candidate, reference, "pixels", cache_dir=str(tmp_path / "cache"), device="cpu",
+        rows = evaluate_sources(candidate, reference, extractor, cache_dir=str(tmp_path / "cache"), device="cpu",
                                 **kwargs)
     frame = pd.DataFrame([r.__dict__ for r in rows])
     return frame, [str(w.message) for w in caught if issubclass(w.category, EvaluationNote)]
@@ -265,3 +265,36 @@ def test_folders_that_are_not_images_are_refused_saying_what_they_are(sets, tmp_
     empty = tmp_path / "empty"
     empty.mkdir()
     refused(run_cli("metrics", reference.root, empty, "--features", "pixels"), str(empty), "no image files")
+
+
+def test_captions_come_from_class_folders_and_a_flat_folder_notes_their_absence(sets, tmp_path):
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    from imgsynth.metrics.alignment import clip_score
+    from imgsynth.metrics.features import cached_features, create_extractor
+
+    tiny = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16,
+                                            "head_width": 16},
+            "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    clip_dir = tmp_path / "tiny-clip"
+    clip_dir.mkdir()
+    torch.manual_seed(0)
+    (clip_dir / "open_clip_config.json").write_text(json.dumps({"model_cfg": tiny, "preprocess_cfg": {}}))
+    save_file({k: v.contiguous() for k, v in open_clip.CLIP(**tiny).state_dict().items()},
+              str(clip_dir / "open_clip_model.safetensors"))
+    extractor = create_extractor(f"clip:{clip_dir}", device="cpu")
+    reference, candidate = sets
+    labelled = ImageFolder(_as_folder(candidate, tmp_path / "labelled"))
+    flat = ImageFolder(_as_folder(candidate, tmp_path / "flat", classes=False))
+    metrics = ["fid", "clip_score", "cmmd"]
+    frame, _ = _run(labelled, reference, tmp_path, metrics=metrics, extractor=extractor)
+    # Each image's caption is its class folder's name (what a set uses when its caption is empty).
+    expected = clip_score(cached_features(labelled, extractor, tmp_path / "cache"),
+                          extractor.encode_text([r.label for r in labelled.records]))
+    assert _value(frame, "clip_score") == pytest.approx(expected, rel=1e-9)
+    frame, notes = _run(flat, reference, tmp_path, metrics=metrics, extractor=extractor)
+    assert frame.metric.tolist() == ["fid", "cmmd"]
+    assert [n for n in notes if n.startswith("clip_score")] == [
+        f"clip_score skipped: {flat.root} has no captions (nor class labels to stand in for them)"]

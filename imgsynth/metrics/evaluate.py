@@ -438,14 +438,16 @@ def evaluate_sources(candidate: ImageSet | MetricSource, reference: ImageSet | M
         text = extractor.encode_text(captions) if all(captions) else None
 
     # Which of the requested (or applicable) metrics each side's contents can serve.
-    families, select_notes = _select(metrics, extractor.supplies, {CAPTIONS} if text is not None else set(),
-                                     extractor.name)
+    # Captions are asked of the candidate below, metric by metric, so that a missing one is a note, not an error.
+    families, select_notes = _select(metrics, extractor.supplies, {CAPTIONS}, extractor.name)
     notes += select_notes
     servable: list[str] = []
     from_statistics: list[str] = []
     for chosen in families:
         for name in chosen.wanted:
-            if chosen.family.two_sample and (cand.features is None or ref.features is None):
+            if CAPTIONS in chosen.family.needs and text is None and cand.features is not None:
+                notes.append(f"{name} skipped: {cand.name} has no captions (nor class labels to stand in for them)")
+            elif chosen.family.two_sample and (cand.features is None or ref.features is None):
                 if name in FROM_STATISTICS:
                     from_statistics.append(name)
                     continue

@@ -207,10 +207,13 @@ def test_cli_prints_without_out_and_writes_csv_or_json(sets, tmp_path, run_cli):
     printed = json.loads(out)
     assert [r["metric"] for r in printed["rows"]] == ["fid", "kid"]
     assert json.loads((tmp_path / "m.json").read_text(encoding="utf-8")) == printed
+    code, _, err = run_cli("metrics", reference.root, folder, *common, "--format", "json", "--out",
+                           tmp_path / "m.json")  # a rerun replaces what this command wrote
+    assert code == 0, err
     code, out, err = run_cli("metrics", reference.root, folder, *common, "--format", "csv", "--out", tmp_path / "m.csv")
     assert code == 0, err
     assert pd.read_csv(tmp_path / "m.csv").equals(pd.read_csv(pd.io.common.StringIO(out)))
-    # A rerun replaces what this command wrote; a JSON request cannot overwrite an unrelated file.
+    # A JSON request cannot overwrite an unrelated file.
     (tmp_path / "notes.json").write_text("{}", encoding="utf-8")
     refused(run_cli("metrics", reference.root, folder, *common, "--format", "json", "--out", tmp_path / "notes.json"),
             "notes.json", "already exists")

@@ -1,5 +1,9 @@
 """One call from two ImageSets to tidy metric rows: overall and per class, with bootstrap intervals.
 
+``evaluate_sources`` takes anything ``metrics/metric_sources.py`` opens on either side (an ImageSet, a plain
+image folder, an ``hf:`` dataset, a statistics file) and lets what each side holds decide what is computed
+(FID from a mean and covariance alone; two ImageSets go to ``evaluate`` unchanged).
+
 ``evaluate(candidate, reference, extractor)`` extracts (cached) features, then ``evaluate_features``
 computes every metric declared in ``imgsynth.metrics.registry`` (``METRICS``) that applies to what the
 extractor supplies (``FeatureExtractor.supplies``) and the data at hand. The built-in ones:

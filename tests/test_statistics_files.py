@@ -122,3 +122,19 @@ def test_stats_refuses_a_statistics_file_as_source_and_another_suffix(tiny_set, 
     out = tmp_path / "t.npz"
     refused(run_cli("stats", source, out, "--features", "pixels"), str(source), "already a statistics file")
     assert nothing_written(out)
+
+
+def test_compressed_and_float32_files_are_read_and_other_members_are_never_loaded(tmp_path):
+    marker = tmp_path / "code-ran"
+
+    class Planted:
+        def __reduce__(self):  # pickle's protocol: unpickling would create the marker
+            return (open, (str(marker), "w"))
+
+    sigma = np.asfortranarray(np.array([[2.0, 0.5], [0.5, 1.0]], dtype=np.float32))
+    np.savez_compressed(tmp_path / "c.npz", mu=np.array([1.0, 2.0], np.float32), sigma=sigma,
+                        other=np.array([Planted()], dtype=object))
+    read = read_statistics(tmp_path / "c.npz")
+    assert read.mu.dtype == np.float64 and read.header is None and read.features is None
+    np.testing.assert_array_equal(read.sigma, sigma.astype(np.float64))
+    assert not marker.exists()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import zipfile
 from pathlib import Path
 
@@ -51,6 +52,17 @@ def _zip(path: Path, members: dict[str, bytes]) -> Path:
     return path
 
 
+def _directory_lies(path: Path) -> Path:
+    """A zip whose central directory claims 'sigma' is 100 times the bytes stored."""
+    _zip(path, {"mu": _npy(np.zeros(D)), "sigma": _npy(np.eye(D))})
+    raw = bytearray(path.read_bytes())
+    entry = raw.rfind(b"PK\x01\x02")  # the last central-directory entry: sigma.npy
+    size = struct.unpack("<I", raw[entry + 24:entry + 28])[0]
+    raw[entry + 24:entry + 28] = struct.pack("<I", size * 100)
+    path.write_bytes(bytes(raw))
+    return path
+
+
 def _good(path: Path) -> Path:
     header = statistics_header(type("E", (), {"name": "pixels", "id": "pixels:v1", "preprocessing": "x"})(),
                                n=20, dims=D, source="s", image_size=(4, 4), image_mode="L")
@@ -79,6 +91,7 @@ def _cases(tmp: Path, marker: Path) -> dict[str, tuple[Path, str]]:
         "no-sigma": (_zip(tmp / "no-sigma.npz", {"mu": _npy(np.zeros(D))}), "no 'sigma'"),
         "not-a-zip": ((tmp / "text.npz"), "not a readable .npz"),
         "fifo": ((tmp / "fifo.npz"), "not a regular file"),
+        "zip-directory-lies": (_directory_lies(tmp / "directory.npz"), "claims"),
     }, good
 
 
@@ -92,7 +105,7 @@ def tiny(tmp_path_factory) -> Path:
 
 
 NAMES = ["pickled-object-array", "pickled-header", "wrong-shapes", "nan", "billion-dimensions", "size-lies",
-         "truncated", "no-sigma", "not-a-zip", "fifo"]
+         "truncated", "no-sigma", "not-a-zip", "fifo", "zip-directory-lies"]
 
 
 @pytest.mark.parametrize("name", NAMES)

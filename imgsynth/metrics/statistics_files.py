@@ -49,6 +49,7 @@ MAX_DIMS = 16384
 MAX_FEATURE_BYTES = 8 << 30
 MAX_HEADER_BYTES = 1 << 20
 MAX_MEMBERS = 64
+MAX_DEFLATE_RATIO = 1032  # the most deflate can expand its input
 FLOAT_KINDS = "f"
 MEMBERS = ("mu", "sigma", "features", "header")
 HEADER_FIELDS = {"format": str, "version": int, "extractor": str, "extractor_id": str,
@@ -204,7 +205,18 @@ def _check_declared(path: Path, name: str, shape: tuple[int, ...], dtype: np.dty
 
 
 def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, name: str) -> np.ndarray:
-    """One member's array: header checked, size checked against the shape, then read without pickle."""
+    """One member's array: header checked, size checked against the shape, then read without pickle.
+
+    The uncompressed size the zip directory claims is itself checked against the bytes stored (numpy writes
+    members stored or deflated; deflate expands at most 1032-fold), so a directory entry that lies cannot
+    make the reader allocate more than the file can fill."""
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise _refuse(path, f"member {name!r} uses zip compression method {info.compress_type}; numpy writes "
+                      "stored or deflated members only")
+    stored = info.compress_type == zipfile.ZIP_STORED
+    if (stored and info.file_size != info.compress_size) or info.file_size > MAX_DEFLATE_RATIO * info.compress_size + 1024:
+        raise _refuse(path, f"member {name!r} claims {info.file_size} bytes from {info.compress_size} stored "
+                      "(truncated or altered)")
     with archive.open(info) as handle:
         shape, _fortran, dtype = _array_header(handle, path, name)
         _check_declared(path, name, shape, dtype)

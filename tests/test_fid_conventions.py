@@ -170,3 +170,81 @@ def test_the_conventions_differ_and_are_recorded(weights, ours):
     assert [e.resize_mode for e in built.values()] == list(RESIZE_MODES)
     assert len({e.preprocessing for e in built.values()}) == 3 and len({e.id for e in built.values()}) == 3
     assert built["clean"].id == f"inception-v3-fid:{built['clean'].weights_sha256[:16]}"  # as before
+
+
+# --------------------------------------------------------------------------------------------- CLI, recipes
+
+def _write_set(root: Path, images: list[Image.Image]) -> Path:
+    writer = ImageSetWriter(root, ["x"])
+    writer.write_all(Sample(image, "x") for image in images)
+    return writer.finalize().root
+
+
+def test_metrics_cli_takes_the_resize_mode(weights, folders, ours, tmp_path, run_cli):
+    """One end-to-end run: the flag reaches the extractor (its FID is the pytorch-fid convention's)."""
+    images = _read(folders[0])
+    half = PER_FOLDER // 2
+    reference, candidate = (_write_set(tmp_path / name, part)
+                            for name, part in (("ref", images[:half]), ("cand", images[half:])))
+    out = tmp_path / "fid.csv"
+    code, _, err = run_cli("metrics", reference, candidate, "--features", f"inception:{weights}", "--metrics", "fid",
+                           "--device", "cpu", "--cache-dir", tmp_path / "cache", "--out", out,
+                           "--resize-mode", "pytorch-fid")
+    assert code == 0, err
+    import pandas as pd
+
+    value = pd.read_csv(out).query("`class` == 'all'")["value"].item()
+    features = ours["pytorch-fid"][0]
+    assert value == pytest.approx(frechet_distance(features[half:], features[:half]), rel=RTOL)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--features", "inception", "--resize-mode", "bicubic"), "error: --resize-mode 'bicubic' is not a resize mode; choose one of clean"),
+    (("--features", "pixels", "--resize-mode", "clean"), "'pixels' cannot resize by 'clean'"),
+])
+def test_metrics_and_features_refuse_a_resize_mode_in_one_line(args, message, tmp_path, run_cli):
+    image_set = _write_set(tmp_path / "set", _images(3, (8, 8), smooth=True)[:2])
+    for command in (("metrics", image_set, image_set, "--out", tmp_path / "m.csv"), ("features", image_set)):
+        code, _, err = run_cli(*command, *args, "--cache-dir", tmp_path / "cache")
+        assert code == 2 and message in err and "Traceback" not in err, err
+        assert not (tmp_path / "m.csv").exists()
+
+
+@pytest.mark.parametrize("table, message", [
+    ({"inception": "pytorch-fid", "clip": "clean"}, "'clip' is not among [metrics] extractors"),
+    ({"inception": "tf"}, "inception = 'tf': choose one of clean, pytorch-fid, torch-fidelity"),
+    ({"domain": "clean"}, "domain = 'clean': the domain extractor has a preprocessing of its own"),
+])
+def test_a_recipe_names_a_resize_mode_per_extractor_checked_before_the_run(table, message):
+    from imgsynth.experiments.config import RecipeError, recipe_from_dict
+
+    metrics = {"extractors": ["domain", "inception"]}
+    assert recipe_from_dict({"metrics": {**metrics, "resize_mode": {"inception": "torch-fidelity"}}}).metrics \
+        .resize_mode == {"inception": "torch-fidelity"}
+    with pytest.raises(RecipeError) as caught:
+        recipe_from_dict({"metrics": {**metrics, "resize_mode": table}})
+    assert str(caught.value).startswith("recipe: [metrics.resize_mode] ") and message in str(caught.value)
+
+
+def test_the_loop_evaluates_with_the_recipes_resize_mode(monkeypatch):
+    """``Experiment._evaluate`` hands evaluate an extractor built with the recipe's mode (others by name)."""
+    from types import SimpleNamespace
+
+    import importlib
+
+    from imgsynth.experiments.config import recipe_from_dict
+    from imgsynth.experiments.loop import Experiment, GenerationKey
+
+    recipe = recipe_from_dict({"metrics": {"extractors": ["pixels", "inception"],
+                                           "resize_mode": {"inception": "pytorch-fid"}},
+                               "classifier": {"enabled": False}})
+    evaluate_module = importlib.import_module("imgsynth.metrics.evaluate")
+    features_module = importlib.import_module("imgsynth.metrics.features")
+    built, asked = [], []
+    monkeypatch.setattr(features_module, "create_extractor",
+                        lambda name, device=None, *, resize_mode=None: built.append((name, resize_mode)) or name)
+    monkeypatch.setattr(evaluate_module, "evaluate", lambda samples, real, extractor, **_: asked.append(extractor) or [])
+    loop = SimpleNamespace(recipe=recipe)
+    loop._extractor_names = lambda ckpt: Experiment._extractor_names(loop, ckpt)
+    Experiment._evaluate(loop, None, None, None, None, GenerationKey(0, "replace", 1))
+    assert built == [("inception", "pytorch-fid")] and asked == ["pixels", "inception"]

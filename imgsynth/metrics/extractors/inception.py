@@ -1,6 +1,6 @@
 """``inception`` or ``inception:<weights.pth>``: the FID Inception-v3 (torch-fidelity's
-``FeatureExtractorInceptionV3``, the TensorFlow FID weights that torchmetrics also uses; pytorch-fid's and
-clean-fid's ports hold the same weights under the same names), 2048-d pool features. Without a path the
+``FeatureExtractorInceptionV3``, the TensorFlow FID weights that torchmetrics also uses; pytorch-fid's port
+holds the same weights under the same names), 2048-d pool features. Without a path the
 weights are looked for where torch-fidelity/torchmetrics cache them.
 
 Nothing is downloaded, and nothing is unpickled with code-running pickle: the weights are read by
@@ -10,8 +10,10 @@ hub-style file name claims.
 Resize convention (``resize_mode``, ``registry.RESIZE_MODES``): the image goes to 299 × 299 as the tool
 whose numbers are to be reproduced does it, then is normalised as that tool does: ``clean`` (the default)
 is clean-fid's float PIL bicubic, then (x − 128) / 128; ``pytorch-fid`` its bilinear tensor resize of
-x / 255, then 2x − 1; ``torch-fidelity`` its TensorFlow-1 bilinear resize, then (x − 128) / 128. The
-network after that is the same in all three tools (checked in ``tests/test_fid_conventions.py``).
+x / 255, then 2x − 1; ``torch-fidelity`` its TensorFlow-1 bilinear resize, then (x − 128) / 128. From
+there pytorch-fid's network computes what torch-fidelity's does (``tests/test_fid_conventions.py`` checks
+both tools' FID; clean-fid's network is a TorchScript file it downloads, so for clean-fid the check is its
+resizer's output, the network input).
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ POOL_LAYERS = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_1", "
 
 def pool_features(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """(N, 2048) pool features of normalised 299 × 299 inputs: torch-fidelity's ``forward`` after its resize
-    and normalisation (pytorch-fid's and clean-fid's networks compute the same from there)."""
+    and normalisation (pytorch-fid's network computes the same from there)."""
     for name in POOL_LAYERS:
         x = getattr(model, name)(x)
     return torch.flatten(x, 1)

@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 from imgsynth.atomic_files import atomic_path
+from imgsynth.cli.flags import resize_mode_option
 from imgsynth.compute import check_device
 
 # torch and the metrics engine are imported inside the command so `imgsynth --help` stays quick.
@@ -33,10 +34,12 @@ def metrics_command(
     resize: bool = typer.Option(False, "--resize", help="When the sets' image size or mode differ, convert "
                                 "each candidate image to the reference's mode and size (PIL convert, then PIL "
                                 "bicubic resize) instead of refusing."),
+    resize_mode: Optional[str] = resize_mode_option(),
 ) -> None:
     """Compare CANDIDATE with REFERENCE in a feature space: FID/KID/PRDC/diversity/Vendi (+ CLIP score, CMMD)."""
     from imgsynth.imageset import ImageSet
     from imgsynth.metrics.evaluate import FRAME_COLUMNS, EvaluationNote, evaluate, rows_to_frame
+    from imgsynth.metrics.features import create_extractor
     from imgsynth.outputs import FEATURE_CACHE, FILE, claim_output
 
     check_device(device)  # before the sets, features or models load
@@ -44,10 +47,11 @@ def metrics_command(
     if cache_dir is not None:
         claim_output(cache_dir, FEATURE_CACHE, [reference, candidate])
     reference_set, candidate_set = ImageSet.open(reference), ImageSet.open(candidate)
+    extractor = create_extractor(features, device, resize_mode=resize_mode) if resize_mode else features
     chosen = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", EvaluationNote)
-        rows = evaluate(candidate_set, reference_set, features, per_class=per_class, bootstrap=bootstrap, seed=seed,
+        rows = evaluate(candidate_set, reference_set, extractor, per_class=per_class, bootstrap=bootstrap, seed=seed,
                         metrics=chosen, cache_dir=str(cache_dir) if cache_dir else None, batch_size=batch_size,
                         device=device, resize=resize)
     frame = rows_to_frame(rows)

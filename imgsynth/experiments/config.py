@@ -21,6 +21,7 @@ import tomli_w
 # The loop modes a recipe may name live in their registry (a mode added there is valid here at once).
 from imgsynth.experiments.modes import CURATED_SUFFIX, LOOP_MODES, base_mode
 from imgsynth.metrics.extractors.registry import EXTRACTORS as EXTRACTOR_PREFIXES  # the names only: no torch
+from imgsynth.metrics.extractors.registry import RESIZE_MODES, offered_resize_modes
 from imgsynth.field_types import type_problem
 from imgsynth.compute import DEVICE_PATTERN
 from imgsynth.limits import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_LORA_RANK, MAX_PER_CLASS, MAX_STEPS
@@ -171,6 +172,9 @@ class MetricsConfig:
     bootstrap: int = 0
     clip: str = ""
     max_per_class: int | None = None
+    # Per extractor, as named in ``extractors``: its resize convention (RESIZE_MODES), e.g.
+    # [metrics.resize_mode] inception = "pytorch-fid". Absent: each extractor's default.
+    resize_mode: dict[str, str] | None = None
 
 
 @dataclass
@@ -471,6 +475,22 @@ def _check_metrics(metrics: MetricsConfig, fail: Fail) -> None:
         if name.split(":", 1)[0] not in EXTRACTOR_PREFIXES:
             fail(f"[metrics] extractors: unknown extractor {name!r}; known prefixes: {list(EXTRACTOR_PREFIXES)}")
     _check_strings("[metrics] extractors", metrics.extractors, fail)
+    _check_resize_modes(metrics, fail)
+
+
+def _check_resize_modes(metrics: MetricsConfig, fail: Fail) -> None:
+    """``[metrics.resize_mode]``: keys among ``extractors``, values among RESIZE_MODES, each extractor able to
+    resize that way (which imports the extractor's module, and so torch: only when the table is given)."""
+    for name, mode in (metrics.resize_mode or {}).items():
+        if name not in metrics.extractors:
+            fail(f"[metrics.resize_mode] {name!r} is not among [metrics] extractors {metrics.extractors}")
+        if not isinstance(mode, str) or mode not in RESIZE_MODES:
+            fail(f"[metrics.resize_mode] {name} = {mode!r}: choose one of {', '.join(RESIZE_MODES)}")
+        offered = offered_resize_modes(name.split(":", 1)[0])
+        if mode not in offered:
+            fail(f"[metrics.resize_mode] {name} = {mode!r}: the {name.split(':', 1)[0]} extractor "
+                 + (f"offers {', '.join(offered)}" if offered else
+                    "has a preprocessing of its own (resize modes are for inception)"))
 
 
 def _check_classifier(settings: ClassifierSettings, fail: Fail) -> None:

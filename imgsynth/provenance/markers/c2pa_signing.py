@@ -121,7 +121,8 @@ def sign_png(png: bytes, credentials: C2paCredentials, fields: Mapping[str, Any]
     definition = manifest_definition(fields, title=title, parents=parents, watermark=watermark,
                                      version=str(software_versions().get("imgsynth", "")))
     context = c2pa.Context.from_dict(OFFLINE_SETTINGS)
-    signer = c2pa.Signer.from_info(c2pa.C2paSignerInfo(c2pa.C2paSigningAlg.ES256, chain, key, credentials.tsa_url))
+    signer = c2pa.Signer.from_info(c2pa.C2paSignerInfo(c2pa.C2paSigningAlg.ES256, chain.encode(), key.encode(),
+                                                        credentials.tsa_url))
     with c2pa.Builder(definition, context=context) as builder:
         out = io.BytesIO()
         builder.sign(signer, "image/png", io.BytesIO(png), out)

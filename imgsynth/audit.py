@@ -170,7 +170,7 @@ class AuditReport:
                           "looked for):"]
             lines += [f"  {r.file_name}: {r.problem}" for r in troubled]
         unmatched = np.asarray([r.similarity for r in self.rows if r.match == NONE], dtype=float)
-        if len(unmatched):
+        if len(unmatched) and self.known_images:
             q = np.quantile(unmatched, [0.5, 0.99, 1.0])
             lines += ["", f"unmatched images' nearest similarity: median {q[0]:.4f}, 99th percentile "
                           f"{q[1]:.4f}, max {q[2]:.4f} (threshold {self.threshold:g})"]

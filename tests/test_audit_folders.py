@@ -49,3 +49,15 @@ def test_strict_passes_a_clean_folder(tmp_path, run_cli):
     code, out, err = run_cli("audit", root, "--strict")
     assert code == 0, err
     assert "synthetic share: 0.0%" in out
+
+
+def test_importing_a_folder_counts_its_marked_images(tmp_path, run_cli):
+    root = _folder(tmp_path / "source", {"a": 3, "b": 0}, per_class=6)
+    code, _, err = run_cli("data", "import", f"folder:{root}", tmp_path / "imported", "--size", "8")
+    assert code == 0, err
+    assert "3 of 12 images carry synthetic-content markers" in err and "imported as real data" in err
+    from imgsynth.imageset import ImageSet
+
+    for part in ("train", "test"):
+        manifest = ImageSet.open(tmp_path / "imported" / part).manifest
+        assert manifest["source_markers"] == {"images": 12, "marked": 3, "c2pa": 0, "iptc": 3, "watermark": 0}

@@ -66,3 +66,19 @@ def test_half_a_credential_is_refused(small_digits, tmp_path, run_cli):
     code, _, err = run_cli("generate", model, tmp_path / "out", "--per-class", "1", "--c2pa-cert", tmp_path / "x.pem")
     assert code == 2 and err.count("error:") == 1 and "--c2pa-key" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_recipe_provenance_section_is_checked_and_marks_the_loops_sets(tmp_path):
+    from imgsynth.experiments.config import RecipeError, load_recipe
+
+    chain, key = make_chain(tmp_path / "credentials")
+    recipe_file = tmp_path / "r.toml"
+    recipe_file.write_text(f'[provenance]\nwatermark = true\nc2pa_cert = "{chain}"\n', encoding="utf-8")
+    with pytest.raises(RecipeError, match=r"\[provenance\] c2pa_cert and c2pa_key go together"):
+        load_recipe(recipe_file)
+    recipe_file.write_text(f'[provenance]\nc2pa_cert = "{chain}"\nc2pa_key = "{key}"\n', encoding="utf-8")
+    marking = load_recipe(recipe_file).provenance.marking()
+    assert marking.c2pa is not None and marking.c2pa.key == str(key) and not marking.watermark
+    from imgsynth.experiments.config import Recipe
+
+    assert "provenance" not in Recipe().to_dict()  # a recipe that never asks stays as it was

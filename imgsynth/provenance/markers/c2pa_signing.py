@@ -3,9 +3,10 @@
 :func:`sign_png` embeds a C2PA manifest, signed with the user's certificate chain and private key, in a PNG
 (a ``caBX`` chunk, written by c2pa-python, the Content Authenticity Initiative's own library): a
 ``c2pa.created`` action with the IPTC digital source type "trained algorithmic media" and imgsynth as the
-software agent, a ``c2pa.watermarked`` action when an invisible watermark was embedded (its method and
-message), and an ``org.imgsynth.image`` assertion with the image's generator fields and the ids of the
-set's parents (the training set; for curated and mixed sets, the sets their images came from). Signing is
+software agent, and an ``org.imgsynth.image`` assertion with the image's generator fields, the ids of the
+set's parents (the training set) and, when one was embedded, the invisible watermark's method and message
+(C2PA's own ``c2pa.watermarked`` action would need a registered soft-binding algorithm, which
+invisible-watermark's DWT-DCT is not). Signing is
 offline: no timestamp authority is contacted unless one is named (``tsa_url``), and no thumbnail is
 embedded. ECDSA signatures and C2PA instance ids are random, so signed images differ from run to run
 (their pixels do not).
@@ -98,11 +99,8 @@ def manifest_definition(fields: Mapping[str, Any], *, title: str, parents: Seque
                         watermark: Mapping[str, Any] | None = None, version: str = "") -> dict[str, Any]:
     """The C2PA manifest definition of one generated image (what c2pa-python's Builder takes)."""
     agent = {"name": "imgsynth", **({"version": version} if version else {})}
-    actions: list[dict[str, Any]] = [{"action": "c2pa.created", "digitalSourceType": TRAINED_ALGORITHMIC_MEDIA,
+    actions = [{"action": "c2pa.created", "digitalSourceType": TRAINED_ALGORITHMIC_MEDIA,
                                       "softwareAgent": agent}]
-    if watermark:
-        actions.append({"action": "c2pa.watermarked", "softwareAgent": agent,
-                        "parameters": {"description": f"invisible watermark {dict(watermark)}"}})
     image = {k: v for k, v in fields.items() if v is not None}
     return {"claim_generator_info": [agent], "title": title, "format": "image/png",
             "assertions": [{"label": "c2pa.actions", "data": {"actions": actions}},

@@ -8,7 +8,8 @@ so it is opt-in (``--watermark``).
 
 Recognising is a decode of 48 bits compared with each known message; a message counts as present when at
 most :data:`MAX_BIT_ERRORS` bits differ (a random image matches a given 48-bit message that closely with
-probability about 5e-8). It survives light JPEG compression; resizing and cropping often remove it.
+probability about 5e-8). It is fragile: on the textures of benchmarks/bench_audit_markers.py a JPEG at
+quality 90 already removes it (16 of 48 bits wrong, typically), and resizing or cropping do too.
 """
 
 from __future__ import annotations

@@ -127,7 +127,7 @@ def generate_command(
                                    "(invisible-watermark, as SDXL pipelines do) in RGB images of at least 256 px; "
                                    "changes pixel values slightly."),
     c2pa_cert: Optional[Path] = typer.Option(None, "--c2pa-cert", help="Sign a C2PA manifest into every image with "
-                                             "this PEM certificate chain (ES256; needs imgsynth[c2pa])."),
+                                             "this PEM certificate chain (ES256; needs imgsynth\\[c2pa])."),
     c2pa_key: Optional[Path] = typer.Option(None, "--c2pa-key", help="The PEM private key of --c2pa-cert."),
     c2pa_tsa: Optional[str] = typer.Option(None, "--c2pa-tsa", help="A timestamp authority URL for C2PA "
                                            "signatures (default: none, signing is offline)."),

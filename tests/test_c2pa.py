@@ -68,7 +68,7 @@ def test_half_a_credential_is_refused(small_digits, tmp_path, run_cli):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_recipe_provenance_section_is_checked_and_marks_the_loops_sets(tmp_path):
+def test_a_recipe_provenance_section_is_checked(tmp_path):
     from imgsynth.experiments.config import RecipeError, load_recipe
 
     chain, key = make_chain(tmp_path / "credentials")
@@ -82,3 +82,22 @@ def test_a_recipe_provenance_section_is_checked_and_marks_the_loops_sets(tmp_pat
     from imgsynth.experiments.config import Recipe
 
     assert "provenance" not in Recipe().to_dict()  # a recipe that never asks stays as it was
+
+
+def test_a_loop_with_a_provenance_section_signs_every_generations_images(tmp_path):
+    from imgsynth.experiments.config import load_recipe
+    from imgsynth.experiments.loop import Experiment
+    from imgsynth.experiments.recipes import shipped_recipes
+    from imgsynth.provenance.markers.c2pa_signing import read_c2pa
+
+    chain, key = make_chain(tmp_path / "credentials")
+    recipe = load_recipe(shipped_recipes()["gaussian-theory"],
+                         ["loop.seeds=1", "loop.generations=2", "loop.modes=['replace']", "generator.per_class=3",
+                          f'provenance.c2pa_cert="{chain}"', f'provenance.c2pa_key="{key}"'])
+    Experiment(recipe, tmp_path / "run", progress=False).run()
+    samples = sorted((tmp_path / "run").rglob("samples/imageset.json"))
+    assert samples
+    for manifest in samples:
+        image_set = ImageSet.open(manifest.parent)
+        assert image_set.manifest["markers"]["c2pa"] is not None
+        assert all(read_c2pa(image_set.read_bytes(i)).state == "valid" for i in range(len(image_set)))

@@ -95,3 +95,28 @@ def test_hostile_metadata_is_one_line_of_the_audit(name, tmp_path, started):
         assert row["problem"] and EXPECTED[name] in row["problem"], row
         assert f"{name}.png: " in ran.out  # the table's line for it
     assert rows["fine.png"]["problem"] == ""
+
+
+@pytest.mark.parametrize("case", ["not-pem", "wrong-key"])
+def test_bad_signing_credentials_are_refused_before_any_work(case, tmp_path, started):
+    from c2pa_test_chain import make_chain
+    from cli_checks import assert_refused_within_limits, leftovers
+
+    from imgsynth.pipelines.base import build_kind
+    from imgsynth.sources import import_source
+
+    train, _ = import_source("gaussian:per_class=10", tmp_path / "real", size=4, mode="L")
+    model = build_kind("gaussian").fit(train, tmp_path / "model", seed=0, progress=False)
+    chain, key = make_chain(tmp_path / "credentials")
+    if case == "not-pem":
+        chain.write_text("not a certificate\n", encoding="utf-8")
+        needle = "not a PEM certificate chain"
+    else:
+        _, key = make_chain(tmp_path / "other")  # a key that did not sign this chain's certificate
+        needle = "c2pa cannot sign with this certificate chain and key"
+    before = tree_digest(tmp_path / "model")
+    ran = run_limited("generate", model, tmp_path / "out", "--per-class", "2", "--c2pa-cert", chain,
+                      "--c2pa-key", key)
+    assert_refused_within_limits(ran, needle, str(chain))
+    assert tree_digest(tmp_path / "model") == before and not leftovers(tmp_path)
+    assert not (tmp_path / "out").exists()

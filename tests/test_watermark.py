@@ -26,6 +26,7 @@ def test_watermarked_sets_carry_imgsynths_message_and_say_so(tmp_path):
     writer.write_all([Sample(_textured(i), "a", seed=i, image_id=f"i{i}") for i in range(2)])
     image_set = writer.finalize()
     assert image_set.manifest["markers"]["watermark"]["message"] == f"{IMGSYNTH_MESSAGE:012x}"
+    assert image_set.manifest["markers"]["watermark"]["images"] == 2
     for index in range(2):
         image = image_set.load_image(index)
         bgr = np.ascontiguousarray(np.asarray(image)[:, :, ::-1])
@@ -53,3 +54,4 @@ def test_small_images_get_one_note_and_no_watermark(tmp_path):
     assert len([n for n in notes if "watermark" in str(n.message)]) == 1
     image_set = writer.finalize()
     assert [r.extra["watermarked"] for r in image_set.records] == [False] * 3
+    assert image_set.manifest["markers"]["watermark"]["images"] == 0

@@ -208,7 +208,7 @@ class ImageSetWriter:
             warnings.warn(f"{self.root}: no invisible watermark embedded: {self._skipped_watermark} (the XMP "
                           "marker and any C2PA manifest are written as asked)", Note, stacklevel=3)
 
-    def markers_record(self) -> dict[str, Any] | None:
+    def markers_record(self, records: Sequence[ImageRecord] = ()) -> dict[str, Any] | None:
         """What the manifest records about the markers inside this set's generated images (None for sets of
         other kinds, whose images imgsynth does not mark, and for copies of generated images)."""
         if self.kind != "generated" or not self._records_markers:
@@ -218,7 +218,8 @@ class ImageSetWriter:
 
         return {"xmp": {"digital_source_type": TRAINED_ALGORITHMIC_MEDIA,
                         "fields": ["generatorKind", "pipeline", "weightsSha256", "seed", "generation", "label"]},
-                "watermark": watermark_record() if self.marking.watermark else None,
+                "watermark": {**watermark_record(), "images": sum(bool(r.extra.get("watermarked")) for r in records)}
+                if self.marking.watermark else None,
                 "c2pa": None if self.marking.c2pa is None else self.marking.c2pa.identity()}
 
     def write_all(self, samples: Iterable[Sample], shard_size: int = 1024) -> None:
@@ -339,7 +340,7 @@ class ImageSetWriter:
             "config": self.config,
             "software": software_versions(),
             "license": self.license,
-            **({"markers": markers} if (markers := self.markers_record()) is not None else {}),
+            **({"markers": markers} if (markers := self.markers_record(records)) is not None else {}),
             **self.annotations,
         }
 

@@ -204,6 +204,30 @@ class CurateConfig:
 
 
 @dataclass
+class ProvenanceConfig:
+    """Opt-in marks inside every generated image, beyond the XMP marker each always carries
+    (:mod:`imgsynth.provenance.markers`): an invisible watermark (changes pixels, so metrics may move), and
+    C2PA manifests signed with ``c2pa_cert`` (a PEM chain) and ``c2pa_key`` (its PEM key), with a timestamp
+    authority only when ``tsa_url`` names one."""
+
+    watermark: bool = False
+    c2pa_cert: str | None = None
+    c2pa_key: str | None = None
+    tsa_url: str | None = None
+
+    def marking(self) -> Any:
+        """The :class:`~imgsynth.provenance.markers.Marking` these settings ask for (a ``RecipeError`` when
+        only one of the certificate and the key is given)."""
+        from imgsynth.provenance.markers import Marking
+
+        try:
+            return Marking.of(watermark=self.watermark, c2pa_cert=self.c2pa_cert, c2pa_key=self.c2pa_key,
+                              tsa_url=self.tsa_url)
+        except ValueError as exc:
+            raise RecipeError(f"[provenance]: {exc}") from None
+
+
+@dataclass
 class Recipe:
     """A whole experiment."""
 
@@ -215,9 +239,13 @@ class Recipe:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     classifier: ClassifierSettings = field(default_factory=ClassifierSettings)
     curate: CurateConfig = field(default_factory=CurateConfig)
+    provenance: ProvenanceConfig = field(default_factory=ProvenanceConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return _drop_none(dataclasses.asdict(self))
+        values = _drop_none(dataclasses.asdict(self))
+        if self.provenance == ProvenanceConfig():  # recipes and run folders that never asked stay as they were
+            values.pop("provenance")
+        return values
 
 
 def _drop_none(value: Any) -> Any:
@@ -261,6 +289,7 @@ def _checked(spec: dataclasses.Field, value: Any, where: str) -> Any:
 _SECTIONS: dict[str, type] = {
     "data": DataConfig, "generator": GeneratorConfig, "loop": LoopConfig,
     "metrics": MetricsConfig, "classifier": ClassifierSettings, "curate": CurateConfig,
+    "provenance": ProvenanceConfig,
 }
 
 
@@ -339,7 +368,21 @@ def validate(recipe: Recipe, where: str = "recipe") -> Recipe:
     _check_metrics(recipe.metrics, fail)
     _check_classifier(recipe.classifier, fail)
     _check_curate(recipe, fail)
+    _check_provenance(recipe.provenance, fail)
     return recipe
+
+
+def _check_provenance(provenance: ProvenanceConfig, fail: Fail) -> None:
+    """Both or neither of the C2PA certificate and key, and both files there (signing itself is checked when
+    the first set is signed)."""
+    if (provenance.c2pa_cert is None) != (provenance.c2pa_key is None):
+        fail("[provenance] c2pa_cert and c2pa_key go together: give both (a PEM chain and its key) or neither")
+    if provenance.tsa_url is not None and provenance.c2pa_cert is None:
+        fail("[provenance] tsa_url applies only to C2PA signing; give c2pa_cert and c2pa_key too")
+    for name in ("c2pa_cert", "c2pa_key"):
+        value = getattr(provenance, name)
+        if value is not None and not Path(value).expanduser().is_file():
+            fail(f"[provenance] {name} = {value!r}: no such file")
 
 
 def _check_numbers(recipe: Recipe, fail: Fail) -> None:

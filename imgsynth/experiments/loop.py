@@ -358,6 +358,12 @@ class Experiment:
         # generations (the exact-theory check showed it biases the variance collapse upwards, 0.98 instead of
         # 0.81 of the start after four MLE refits); every theory of recursive training assumes fresh draws.
         seed = loop_seed(key.seed, "sample", key.generation)
+        marking = self.recipe.provenance.marking()
+        if marking.any:  # [provenance]: watermark and/or C2PA signing on top of the XMP marker
+            from imgsynth.pipelines.sharding import with_marking, write_set
+
+            job = self._kind().job(model_dir, g.per_class, seed, generation=key.generation)
+            return write_set(with_marking(job, marking), out, progress=self.progress)
         return self._kind().sample(model_dir, out, g.per_class, seed, generation=key.generation,
                                    progress=self.progress)
 

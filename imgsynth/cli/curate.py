@@ -49,27 +49,35 @@ def curate_command(
 
 
 def audit_command(
-    image_set: Path = typer.Argument(..., help="The ImageSet to audit."),
-    against: List[Path] = typer.Option(..., "--against", help="Run folder or ImageSet whose generated images "
-                                                              "(and lineage) are known; repeatable."),
+    image_set: Path = typer.Argument(..., metavar="PATH", help="What to audit: an ImageSet, or any folder of image "
+                                     "files (classes are its first-level sub-folders)."),
+    against: List[Path] = typer.Option([], "--against", help="Run folder or ImageSet whose generated images "
+                                                             "(and lineage) are known; repeatable; optional (markers "
+                                                             "need no reference)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write one CSV row per image here."),
     threshold: float = typer.Option(0.995, help="Cosine similarity from which a near-duplicate counts as a copy."),
     embedding: str = typer.Option("pixels:8", help="Space for approximate matching: pixels:<size> (perceptual "
                                                    "thumbnail), or an extractor name such as domain:<ckpt>."),
     batch_size: int = typer.Option(256, help="Images per batch when embedding."),
+    strict: bool = typer.Option(False, "--strict", help="Exit with status 1 when any image is synthetic (a marker "
+                                                        "or a match)."),
 ) -> None:
-    """Report which images descend from a known generator, exactly or approximately, per class."""
-    from dataclasses import fields
-
-    from imgsynth.audit import AuditRow, audit
+    """Report which images are synthetic, per class: by the markers they carry (C2PA, IPTC/XMP digital source
+    type, invisible watermark) and, with --against, by descent from a known generator, exactly or approximately."""
+    from imgsynth.audit import CSV_COLUMNS, audit
+    from imgsynth.limits import check_count
     from imgsynth.outputs import FILE, claim_output
 
+    check_count("--batch-size", batch_size, 1 << 16)
     if out is not None:
-        claim_output(out, FILE, [image_set, *against], header=",".join(f.name for f in fields(AuditRow)))
+        claim_output(out, FILE, [image_set, *against], header=",".join(CSV_COLUMNS))
     report = audit(image_set, against, threshold=threshold, embedding=embedding, batch_size=batch_size)
     typer.echo(report.summary())
     if out is not None:
         typer.echo(f"\nper-image CSV: {report.write_csv(out)}")
+    if strict and any(row.synthetic for row in report.rows):
+        typer.echo(f"error: {sum(r.synthetic for r in report.rows)} synthetic image(s) found (--strict)", err=True)
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

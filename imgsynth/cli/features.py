@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
+from imgsynth.cli.flags import resize_mode_option
 from imgsynth.compute import check_device
 
 
@@ -23,6 +24,7 @@ def features_command(
                                              "$IMGSYNTH_CACHE/features or ~/.cache/imgsynth/features)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda … (default: cuda if available)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per batch."),
+    resize_mode: Optional[str] = resize_mode_option(),
 ) -> None:
     """Compute a set's features into the cache that `imgsynth metrics` reads, so it need not extract them."""
     check_device(device)  # before the set or the extractor loads
@@ -32,16 +34,21 @@ def features_command(
     inputs = [] if image_set.startswith("hf:") else [image_set]
     if cache_dir is not None:
         claim_output(cache_dir, FEATURE_CACHE, inputs)
+    extractor: object = features
+    if resize_mode is not None:  # built here (a Ray backend ships the instance); a name is built by each worker
+        from imgsynth.metrics.features import create_extractor
+
+        extractor = create_extractor(features, device, resize_mode=resize_mode)
     if image_set.startswith("hf:") or folder_kind(image_set) != IMAGESET:
-        path = _cache_other_source(image_set, features, backend, cache_dir, batch_size, device)
+        path = _cache_other_source(image_set, extractor, backend, cache_dir, batch_size, device)
         typer.echo(f"features of {image_set} [{features}] cached in {path}")
         return
-    path = warm_feature_cache(image_set, features, backend=backend, cache_dir=cache_dir, workers=workers,
+    path = warm_feature_cache(image_set, extractor, backend=backend, cache_dir=cache_dir, workers=workers,
                               address=address, batch_size=batch_size, device=device, progress=True)
     typer.echo(f"features of {image_set} [{features}] cached in {path}")
 
 
-def _cache_other_source(source: str, features: str, backend: str, cache_dir: Path | None, batch_size: int,
+def _cache_other_source(source: str, features: Any, backend: str, cache_dir: Path | None, batch_size: int,
                         device: str | None) -> Path:
     """A plain image folder or an hf: dataset, cached by content in this process (what `imgsynth metrics` reads)."""
     from imgsynth.metrics.features import cached_features, create_extractor, feature_cache_dir, feature_cache_key

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 from imgsynth.atomic_files import atomic_path
+from imgsynth.cli.flags import resize_mode_option
 from imgsynth.compute import check_device
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ def metrics_command(
     resize: bool = typer.Option(False, "--resize", help="When the sets' image size or mode differ, convert "
                                 "each candidate image to the reference's mode and size (PIL convert, then PIL "
                                 "bicubic resize) instead of refusing."),
+    resize_mode: Optional[str] = resize_mode_option(),
 ) -> None:
     """Compare CANDIDATE with REFERENCE in a feature space: FID/KID/PRDC/diversity/Vendi (+ CLIP score, CMMD).
 
@@ -66,6 +68,7 @@ def metrics_command(
     that what was given cannot serve is skipped with a note saying what is missing.
     """
     from imgsynth.metrics.evaluate import FRAME_COLUMNS, EvaluationNote, evaluate_sources, rows_to_frame
+    from imgsynth.metrics.features import create_extractor
     from imgsynth.metrics.metric_sources import open_metric_source, source_name
     from imgsynth.outputs import FEATURE_CACHE, FILE, claim_output
 
@@ -80,10 +83,11 @@ def metrics_command(
     if cache_dir is not None:
         claim_output(cache_dir, FEATURE_CACHE, inputs)
     reference_side, candidate_side = open_metric_source(reference), open_metric_source(candidate)
+    extractor = create_extractor(features, device, resize_mode=resize_mode) if resize_mode else features
     chosen = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", EvaluationNote)
-        rows = evaluate_sources(candidate_side, reference_side, features, per_class=per_class, bootstrap=bootstrap,
+        rows = evaluate_sources(candidate_side, reference_side, extractor, per_class=per_class, bootstrap=bootstrap,
                                 seed=seed, metrics=chosen, cache_dir=str(cache_dir) if cache_dir else None,
                                 batch_size=batch_size, device=device, resize=resize)
     frame = rows_to_frame(rows)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import typer
 
+from imgsynth.cli.flags import resize_mode_option
 from imgsynth.compute import check_device
 
 
@@ -25,6 +26,7 @@ def stats_command(
                                              "$IMGSYNTH_CACHE/features or ~/.cache/imgsynth/features)."),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda … (default: cuda if available)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per feature-extraction batch."),
+    resize_mode: Optional[str] = resize_mode_option(),
 ) -> None:
     """Write the feature statistics (mu, sigma) of SOURCE to OUT.npz, with a header naming the extractor."""
     check_device(device)  # before the source or the extractor loads
@@ -47,7 +49,7 @@ def stats_command(
     side = open_metric_source(source)
     if isinstance(side, FeatureStatistics):
         raise ValueError(f"{source}: already a statistics file; give the images it should describe")
-    extractor = create_extractor(features, device)
+    extractor = create_extractor(features, device, resize_mode=resize_mode)
     matrix = cached_features(side, extractor, str(cache_dir) if cache_dir else None, batch_size)
     mu, sigma = feature_statistics(matrix, source_name(side))
     size = side.image_size

@@ -21,6 +21,7 @@ import tomli_w
 # The loop modes a recipe may name live in their registry (a mode added there is valid here at once).
 from imgsynth.experiments.modes import CURATED_SUFFIX, LOOP_MODES, base_mode
 from imgsynth.metrics.extractors.registry import EXTRACTORS as EXTRACTOR_PREFIXES  # the names only: no torch
+from imgsynth.metrics.extractors.registry import RESIZE_MODES, offered_resize_modes
 from imgsynth.field_types import type_problem
 from imgsynth.compute import DEVICE_PATTERN
 from imgsynth.limits import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_LORA_RANK, MAX_PER_CLASS, MAX_STEPS
@@ -171,6 +172,9 @@ class MetricsConfig:
     bootstrap: int = 0
     clip: str = ""
     max_per_class: int | None = None
+    # Per extractor, as named in ``extractors``: its resize convention (RESIZE_MODES), e.g.
+    # [metrics.resize_mode] inception = "pytorch-fid". Absent: each extractor's default.
+    resize_mode: dict[str, str] | None = None
 
 
 @dataclass
@@ -200,6 +204,30 @@ class CurateConfig:
 
 
 @dataclass
+class ProvenanceConfig:
+    """Opt-in marks inside every generated image, beyond the XMP marker each always carries
+    (:mod:`imgsynth.provenance.markers`): an invisible watermark (changes pixels, so metrics may move), and
+    C2PA manifests signed with ``c2pa_cert`` (a PEM chain) and ``c2pa_key`` (its PEM key), with a timestamp
+    authority only when ``tsa_url`` names one."""
+
+    watermark: bool = False
+    c2pa_cert: str | None = None
+    c2pa_key: str | None = None
+    tsa_url: str | None = None
+
+    def marking(self) -> Any:
+        """The :class:`~imgsynth.provenance.markers.Marking` these settings ask for (a ``RecipeError`` when
+        only one of the certificate and the key is given)."""
+        from imgsynth.provenance.markers import Marking
+
+        try:
+            return Marking.of(watermark=self.watermark, c2pa_cert=self.c2pa_cert, c2pa_key=self.c2pa_key,
+                              tsa_url=self.tsa_url)
+        except ValueError as exc:
+            raise RecipeError(f"[provenance]: {exc}") from None
+
+
+@dataclass
 class Recipe:
     """A whole experiment."""
 
@@ -211,9 +239,13 @@ class Recipe:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     classifier: ClassifierSettings = field(default_factory=ClassifierSettings)
     curate: CurateConfig = field(default_factory=CurateConfig)
+    provenance: ProvenanceConfig = field(default_factory=ProvenanceConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return _drop_none(dataclasses.asdict(self))
+        values = _drop_none(dataclasses.asdict(self))
+        if self.provenance == ProvenanceConfig():  # recipes and run folders that never asked stay as they were
+            values.pop("provenance")
+        return values
 
 
 def _drop_none(value: Any) -> Any:
@@ -257,6 +289,7 @@ def _checked(spec: dataclasses.Field, value: Any, where: str) -> Any:
 _SECTIONS: dict[str, type] = {
     "data": DataConfig, "generator": GeneratorConfig, "loop": LoopConfig,
     "metrics": MetricsConfig, "classifier": ClassifierSettings, "curate": CurateConfig,
+    "provenance": ProvenanceConfig,
 }
 
 
@@ -335,7 +368,21 @@ def validate(recipe: Recipe, where: str = "recipe") -> Recipe:
     _check_metrics(recipe.metrics, fail)
     _check_classifier(recipe.classifier, fail)
     _check_curate(recipe, fail)
+    _check_provenance(recipe.provenance, fail)
     return recipe
+
+
+def _check_provenance(provenance: ProvenanceConfig, fail: Fail) -> None:
+    """Both or neither of the C2PA certificate and key, and both files there (signing itself is checked when
+    the first set is signed)."""
+    if (provenance.c2pa_cert is None) != (provenance.c2pa_key is None):
+        fail("[provenance] c2pa_cert and c2pa_key go together: give both (a PEM chain and its key) or neither")
+    if provenance.tsa_url is not None and provenance.c2pa_cert is None:
+        fail("[provenance] tsa_url applies only to C2PA signing; give c2pa_cert and c2pa_key too")
+    for name in ("c2pa_cert", "c2pa_key"):
+        value = getattr(provenance, name)
+        if value is not None and not Path(value).expanduser().is_file():
+            fail(f"[provenance] {name} = {value!r}: no such file")
 
 
 def _check_numbers(recipe: Recipe, fail: Fail) -> None:
@@ -471,6 +518,22 @@ def _check_metrics(metrics: MetricsConfig, fail: Fail) -> None:
         if name.split(":", 1)[0] not in EXTRACTOR_PREFIXES:
             fail(f"[metrics] extractors: unknown extractor {name!r}; known prefixes: {list(EXTRACTOR_PREFIXES)}")
     _check_strings("[metrics] extractors", metrics.extractors, fail)
+    _check_resize_modes(metrics, fail)
+
+
+def _check_resize_modes(metrics: MetricsConfig, fail: Fail) -> None:
+    """``[metrics.resize_mode]``: keys among ``extractors``, values among RESIZE_MODES, each extractor able to
+    resize that way (which imports the extractor's module, and so torch: only when the table is given)."""
+    for name, mode in (metrics.resize_mode or {}).items():
+        if name not in metrics.extractors:
+            fail(f"[metrics.resize_mode] {name!r} is not among [metrics] extractors {metrics.extractors}")
+        if not isinstance(mode, str) or mode not in RESIZE_MODES:
+            fail(f"[metrics.resize_mode] {name} = {mode!r}: choose one of {', '.join(RESIZE_MODES)}")
+        offered = offered_resize_modes(name.split(":", 1)[0])
+        if mode not in offered:
+            fail(f"[metrics.resize_mode] {name} = {mode!r}: the {name.split(':', 1)[0]} extractor "
+                 + (f"offers {', '.join(offered)}" if offered else
+                    "has a preprocessing of its own (resize modes are for inception)"))
 
 
 def _check_classifier(settings: ClassifierSettings, fail: Fail) -> None:

@@ -358,6 +358,12 @@ class Experiment:
         # generations (the exact-theory check showed it biases the variance collapse upwards, 0.98 instead of
         # 0.81 of the start after four MLE refits); every theory of recursive training assumes fresh draws.
         seed = loop_seed(key.seed, "sample", key.generation)
+        marking = self.recipe.provenance.marking()
+        if marking.any:  # [provenance]: watermark and/or C2PA signing on top of the XMP marker
+            from imgsynth.pipelines.sharding import with_marking, write_set
+
+            job = self._kind().job(model_dir, g.per_class, seed, generation=key.generation)
+            return write_set(with_marking(job, marking), out, progress=self.progress)
         return self._kind().sample(model_dir, out, g.per_class, seed, generation=key.generation,
                                    progress=self.progress)
 
@@ -447,14 +453,17 @@ class Experiment:
     def _evaluate(self, samples: ImageSet, real_test: ImageSet, reference_ckpt: Path | None,
                   folder: Path | None, key: GenerationKey) -> list[dict[str, Any]]:
         from imgsynth.metrics.evaluate import evaluate
+        from imgsynth.metrics.features import create_extractor
 
         m = self.recipe.metrics
         rows: list[dict[str, Any]] = []
         for name in self._extractor_names(reference_ckpt):
             short = name.split(":", 1)[0] if name.startswith("domain:") else name
+            mode = (m.resize_mode or {}).get(name)  # [metrics.resize_mode], keyed as [metrics] extractors
+            extractor = create_extractor(name, resize_mode=mode) if mode else name
             # resize: a text-to-image pipeline samples at its own resolution, and its samples are compared
             # with the real data at the real data's size; for samples of that size already it does nothing.
-            for row in evaluate(samples, real_test, name, per_class=m.per_class, bootstrap=m.bootstrap,
+            for row in evaluate(samples, real_test, extractor, per_class=m.per_class, bootstrap=m.bootstrap,
                                 seed=key.seed, resize=True):
                 record = asdict(row)
                 record["extractor"] = short

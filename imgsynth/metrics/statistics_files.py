@@ -36,12 +36,11 @@ from typing import IO, Any
 import numpy as np
 
 from imgsynth.atomic_files import atomic_path
+from imgsynth.metrics.extractors.registry import DEFAULT_RESIZE_MODE
 from imgsynth.structured_files import parse_json
 
 FORMAT = "imgsynth-feature-statistics"
 VERSION = 1
-# The resize convention of today's extractors (clean-fid's PIL bicubic on the uint8 image).
-DEFAULT_RESIZE_CONVENTION = "clean"
 # Widest feature space a file may hold: sigma is d² float64 (16384² is 2 GiB). Every extractor here is far
 # below it (Inception 2048, CLIP ≤ 1024, DINOv2 ≤ 1536), and so are pixel features of 64 × 64 RGB images.
 MAX_DIMS = 16384
@@ -94,10 +93,11 @@ class FeatureStatistics:
 # ------------------------------------------------------------------------------------------- extractors
 
 def resize_convention(extractor: Any) -> str:
-    """The resize convention an extractor applies (``clean``, ``pytorch-fid``, ``torch-fidelity``): what it
-    reports as ``resize_mode``, else today's only one, ``clean``. Every header and check asks here."""
+    """The resize convention an extractor applies (``clean``, ``pytorch-fid``, ``torch-fidelity``): its
+    ``resize_mode``; an extractor without modes (its preprocessing is its own) counts as the default,
+    ``clean``. Every header and check asks here."""
     mode = getattr(extractor, "resize_mode", None)
-    return str(mode) if mode else DEFAULT_RESIZE_CONVENTION
+    return str(mode) if mode else DEFAULT_RESIZE_MODE
 
 
 def weights_sha256(extractor: Any) -> str | None:

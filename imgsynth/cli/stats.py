@@ -26,7 +26,7 @@ def stats_command(
                                              "$IMGSYNTH_CACHE/features or ~/.cache/imgsynth/features)."),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda … (default: cuda if available)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per feature-extraction batch."),
-    resize_mode: Optional[str] = resize_mode_option(),
+    resize_mode: str | None = resize_mode_option(),
 ) -> None:
     """Write the feature statistics (mu, sigma) of SOURCE to OUT.npz, with a header naming the extractor."""
     check_device(device)  # before the source or the extractor loads

@@ -526,6 +526,26 @@ def check_recipe_devices(recipe: Recipe) -> None:
     check_device(device if isinstance(device, str) else None, "[generator.options] device")
 
 
+def pin_auto_preset(recipe: Recipe, started: Recipe) -> Recipe:
+    """``recipe`` with ``[generator.options] preset = "auto"`` replaced by ``started``'s preset when ``auto``
+    resolves to it for ``recipe``'s data (a run folder begun before the default recipe said ``auto``
+    continues as it began); ``recipe`` itself otherwise."""
+    from imgsynth.pipelines.base import build_kind
+
+    g, before = recipe.generator, started.generator
+    chosen = before.options.get("preset")
+    if g.options.get("preset") != "auto" or g.kind != before.kind or chosen in (None, "auto"):
+        return recipe
+    try:
+        config = build_kind(g.kind, g.options).check_data(image_size=recipe.data.size,
+                                                            channels=IMAGE_MODES.get(recipe.data.mode, 1))
+    except ValueError:
+        return recipe
+    if getattr(config, "preset", None) != chosen:
+        return recipe
+    return dataclasses.replace(recipe, generator=dataclasses.replace(g, options={**g.options, "preset": chosen}))
+
+
 def replicate_seeds(recipe: Recipe) -> list[int]:
     """The seeds of a recipe's replicates, in order: ``[loop] seeds`` as a list, or a count from ``seed``."""
     seeds = recipe.loop.seeds

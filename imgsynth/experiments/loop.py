@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from imgsynth.atomic_files import write_json_atomic, write_text_atomic
-from imgsynth.experiments.config import (Recipe, RecipeError, dump_recipe, load_recipe, recipe_from_dict,
-                                         replicate_seeds)
+from imgsynth.experiments.config import (Recipe, RecipeError, dump_recipe, load_recipe, pin_auto_preset,
+                                         recipe_from_dict, replicate_seeds)
 from imgsynth.experiments.modes import (CURATED_SUFFIX, LOOP_MODES, LoopData, LoopMode, ModeInputs, base_mode,
                                         loop_seed)
 from imgsynth.experiments.run import CONFIG_FILE, METRICS_FILE, GenerationKey, RunFolder
@@ -208,6 +208,10 @@ class Experiment:
                 # A config.toml in older spellings is rewritten below in today's; its note helps nobody.
                 warnings.simplefilter("ignore", Note)
                 started = load_recipe(path)
+            # A run begun before the default recipe said preset "auto" goes on with the preset it chose.
+            self.recipe = pin_auto_preset(self.recipe, started)
+            self.folder = RunFolder(self.run_dir, self.recipe)
+            text = dump_recipe(self.recipe)
             same_but_seeds = dataclasses.replace(self.recipe, loop=dataclasses.replace(
                 self.recipe.loop, seeds=started.loop.seeds))
             if dump_recipe(same_but_seeds) != dump_recipe(started):  # as read now (older spellings translated)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 
@@ -23,6 +23,9 @@ def run_command(
     address: Optional[str] = typer.Option(None, "--address", help="Ray: cluster address, auto or ray://host:port "
                                           "(default: a local cluster)."),
     list_recipes: bool = typer.Option(False, "--list", help="List the shipped recipes and exit."),
+    track: List[str] = typer.Option([], "--track", help="Log the run to an experiment tracker, offline into the "
+                                    "run folder: wandb, mlflow or tensorboard (repeat for several; adds to the "
+                                    "recipe's [tracking] trackers)."),
 ) -> None:
     """Run a recursive-generation experiment (or continue or extend a stopped one) and write its reports."""
     from imgsynth.distributed.tasks import BACKENDS, default_workers
@@ -30,7 +33,6 @@ def run_command(
     from imgsynth.experiments.loop import Experiment
     from imgsynth.experiments.recipes import resolve_target, shipped_recipes
     from imgsynth.outputs import RUN, claim_output
-    from imgsynth.reports.build import run_and_report
 
     if list_recipes:
         for name, path in shipped_recipes().items():
@@ -49,9 +51,30 @@ def run_command(
         claim_output(out or Path("runs") / recipe.name, RUN)
         experiment = Experiment(recipe, out or Path("runs") / recipe.name, **options)
     check_recipe_devices(experiment.recipe)  # before any data or model loads
-    folder = run_and_report(experiment)
+    folder = _run_tracked(experiment, track)
     typer.echo(f"dashboard: {folder / 'dashboard.png'}\nreport:    {folder / 'report.html'}\n"
                f"metrics:   {folder / 'metrics.csv'}\nfindings:  {folder / 'findings.csv'}")
+
+
+def _run_tracked(experiment: Any, track: List[str]) -> Path:
+    """``run_and_report`` with the recipe's and ``--track``'s trackers logging each finished task, then the
+    reports; a tracker's failure is a note, never the run's."""
+    from imgsynth.locking import folder_lock
+    from imgsynth.reports.build import run_and_report
+    from imgsynth.tracking.session import TrackingSession, mlflow_uri
+
+    names = [*experiment.recipe.tracking.trackers, *track]
+    if not names:
+        return run_and_report(experiment)
+    try:
+        session = TrackingSession(experiment.run_dir, names, mlflow_uri=mlflow_uri(experiment.recipe.tracking.mlflow_uri))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc).removeprefix("--track: "), param_hint="--track") from None
+    experiment.after_task = session.sync
+    with folder_lock(experiment.run_dir):
+        folder = run_and_report(experiment)
+        session.finish()
+    return folder
 
 
 def dashboard_command(

@@ -42,17 +42,19 @@ def require_ray() -> Any:
 
 @contextlib.contextmanager
 def ray_session(address: str | None = None, *, num_cpus: int | None = None,
-                num_gpus: int | None = None) -> Iterator[Any]:
+                num_gpus: int | None = None, log_to_driver: bool = True) -> Iterator[Any]:
     """Use the running Ray session, or connect to ``address`` (``auto`` / ``ray://…``), or start a local one.
 
     A session this function started is shut down on exit; one that was already running (a notebook,
-    a test fixture, a job submitted to a cluster) is left alone.
+    a test fixture, a job submitted to a cluster) is left alone. ``log_to_driver``: whether the workers' output
+    (Ray's state dumps and worker-pool lines among it) is copied to this terminal.
     """
     ray = require_ray()
     if ray.is_initialized():
         yield ray
         return
-    options: dict[str, Any] = {"include_dashboard": False, "configure_logging": False}
+    options: dict[str, Any] = {"include_dashboard": False, "configure_logging": False,
+                               "log_to_driver": log_to_driver}
     if address:
         try:
             ray.init(address=address, **options)

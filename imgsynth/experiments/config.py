@@ -200,6 +200,17 @@ class CurateConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Experiment trackers the run's numbers, grids and reports are logged to (``imgsynth.tracking``):
+    names registered in ``TRACKERS`` (``wandb``, ``mlflow``, ``tensorboard``), offline into the run folder.
+    ``mlflow_uri``: an MLflow tracking URI instead of the run folder's SQLite store (``MLFLOW_TRACKING_URI``,
+    MLflow's own convention, wins over both). Trackers never change a run's results."""
+
+    trackers: list[str] = field(default_factory=list)
+    mlflow_uri: str = ""
+
+
+@dataclass
 class Recipe:
     """A whole experiment."""
 
@@ -211,9 +222,13 @@ class Recipe:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     classifier: ClassifierSettings = field(default_factory=ClassifierSettings)
     curate: CurateConfig = field(default_factory=CurateConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return _drop_none(dataclasses.asdict(self))
+        values = _drop_none(dataclasses.asdict(self))
+        if self.tracking == TrackingConfig():
+            del values["tracking"]  # recipes and run folders written without trackers keep their text
+        return values
 
 
 def _drop_none(value: Any) -> Any:
@@ -257,6 +272,7 @@ def _checked(spec: dataclasses.Field, value: Any, where: str) -> Any:
 _SECTIONS: dict[str, type] = {
     "data": DataConfig, "generator": GeneratorConfig, "loop": LoopConfig,
     "metrics": MetricsConfig, "classifier": ClassifierSettings, "curate": CurateConfig,
+    "tracking": TrackingConfig,
 }
 
 
@@ -335,6 +351,7 @@ def validate(recipe: Recipe, where: str = "recipe") -> Recipe:
     _check_metrics(recipe.metrics, fail)
     _check_classifier(recipe.classifier, fail)
     _check_curate(recipe, fail)
+    _check_tracking(recipe.tracking, fail)
     return recipe
 
 
@@ -499,6 +516,15 @@ def _check_curate(recipe: Recipe, fail: Fail) -> None:
     clip_filter = [n for n in ("min_clip_score", "clip_top_fraction") if getattr(c, n) is not None]
     if curating and clip_filter and not recipe.metrics.clip:
         fail(f"[curate] {clip_filter[0]} needs a CLIP model: set [metrics] clip (open_clip weights on disk)")
+
+
+def _check_tracking(tracking: TrackingConfig, fail: Fail) -> None:
+    from imgsynth.tracking.registry import TRACKERS  # the names only: no tracker package is imported
+
+    unknown = [name for name in tracking.trackers if name not in TRACKERS]
+    if unknown:
+        fail(f"[tracking] trackers: unknown tracker(s) {unknown}; known: {TRACKERS.names()}")
+    _check_strings("[tracking] trackers", tracking.trackers, fail)
 
 
 def _check_embedding(embedding: str, fail: Fail) -> None:

@@ -15,9 +15,9 @@ import logging
 import re
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from imgsynth.tracking.registry import Tracker
+from imgsynth.tracking.registry import Tracker, quiet_loggers
 
 if TYPE_CHECKING:
     import numpy as np
@@ -33,17 +33,8 @@ def safe_key(key: str) -> str:
     return re.sub(r"[^\w\-. /]", "_", key, flags=re.ASCII)
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    loggers = [logging.getLogger(name) for name in _CHATTY]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
+def _quiet() -> contextlib.AbstractContextManager[None]:
+    return quiet_loggers(*_CHATTY, level=logging.WARNING)
 
 
 class MlflowTracker(Tracker):

@@ -10,9 +10,11 @@ package. Add one: a module with a ``Tracker`` subclass and ``TRACKERS.register(n
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, ClassVar, Iterator, Mapping, Sequence
 
 from imgsynth.registry import Registry
 
@@ -65,6 +67,26 @@ class Tracker:
 
     def close(self) -> None:
         """End of the session (default: nothing to do)."""
+
+    @classmethod
+    def tidy(cls, run_dir: Path) -> None:
+        """Before a run (re)starts: remove what the tool left in ``run_dir`` that a run folder may not hold (a
+        symbolic link from a killed session). Default: nothing; must not import the tool's package."""
+
+
+@contextlib.contextmanager
+def quiet_loggers(*names: str, level: int = logging.CRITICAL) -> Iterator[None]:
+    """Loggers ``names`` silenced below ``level`` for a block: a tool's own INFO lines and logged tracebacks
+    are not the user's business (its failure reaches them once, as the session's note)."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(level)
+    try:
+        yield
+    finally:
+        for logger, before in zip(loggers, levels):
+            logger.setLevel(before)
 
 
 TRACKERS: Registry[type[Tracker]] = Registry("tracker")

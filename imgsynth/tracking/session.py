@@ -126,6 +126,8 @@ class TrackingSession:
         if unknown:
             raise ValueError(f"--track: unknown tracker(s) {unknown}; known: {', '.join(TRACKERS.names())}")
         self.settings = TrackerSettings(self.run_dir, mlflow_uri or None)
+        for name in self.names:
+            TRACKERS[name].tidy(self.run_dir)
         self._trackers: dict[str, Tracker] = {}
         self._dropped: set[str] = set()
 

@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from imgsynth.tracking.registry import Tracker
+from imgsynth.tracking.registry import Tracker, quiet_loggers
 
 if TYPE_CHECKING:
     import numpy as np
@@ -36,8 +36,10 @@ class WandbTracker(Tracker):
 
     def _settings(self) -> Any:
         # Offline and quiet: no network, no login, nothing captured from or printed to the terminal, no
-        # system sampling or git/code snapshots (a run folder is not a repository).
+        # system sampling or git/code snapshots (a run folder is not a repository), and no symbolic links
+        # (latest-run, debug.log): a run folder holds none, and one would stop its resumption.
         return self._wandb.Settings(mode="offline", console="off", silent=True, quiet=True, x_disable_stats=True,
+                                    symlink=False,
                                     disable_git=True, save_code=False, disable_code=True, x_disable_meta=True,
                                     x_disable_machine_info=True, x_save_requirements=False)
 
@@ -46,11 +48,12 @@ class WandbTracker(Tracker):
         wandb = self._wandb
         new = run_id is None
         self._group = group
-        self._run = wandb.init(
-            project=PROJECT, dir=str(self.settings.run_dir), mode="offline", id=run_id or uuid.uuid4().hex[:12],
-            resume="allow", name=name, group=group, job_type=tags.get("mode", "run"),
-            tags=[f"{key}={value}" for key, value in tags.items()], config={**tags, **params} if new else None,
-            settings=self._settings(), reinit="finish_previous")
+        with quiet_loggers("wandb"):
+            self._run = wandb.init(
+                project=PROJECT, dir=str(self.settings.run_dir), mode="offline",
+                id=run_id or uuid.uuid4().hex[:12], resume="allow", name=name, group=group,
+                job_type=tags.get("mode", "run"), tags=[f"{key}={value}" for key, value in tags.items()],
+                config={**tags, **params} if new else None, settings=self._settings(), reinit="finish_previous")
         return str(self._run.id)
 
     def log_metrics(self, step: int, values: Mapping[str, float]) -> None:
@@ -67,5 +70,17 @@ class WandbTracker(Tracker):
 
     def finish(self) -> None:
         if self._run is not None:
-            self._run.finish()
+            with quiet_loggers("wandb"):
+                self._run.finish()
             self._run = None
+        self.tidy(self.settings.run_dir)
+
+    @classmethod
+    def tidy(cls, run_dir: Path) -> None:
+        """Remove the symbolic links W&B's service leaves in its offline folders (``logs/debug-core.log``, to its
+        own log in the user's cache): a run folder holds no links, and a resumed run refuses one."""
+        root = Path(run_dir) / "wandb"
+        if root.is_dir() and not root.is_symlink():
+            for path in root.glob("offline-run-*/logs/*"):
+                if path.is_symlink():
+                    path.unlink()

@@ -55,6 +55,36 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
         return
     options: dict[str, Any] = {"include_dashboard": False, "configure_logging": False,
                                "log_to_driver": log_to_driver}
+    with contextlib.ExitStack() as stack:
+        if not log_to_driver:
+            stack.enter_context(_no_cluster_messages(ray))
+        yield from _session(ray, address, num_cpus, num_gpus, options)
+
+
+@contextlib.contextmanager
+def _no_cluster_messages(ray: Any) -> Iterator[None]:
+    """Keep the cluster's own messages (a raylet's death notice with its last log lines, autoscaler events) out
+    of this terminal for the session. Ray prints them from a driver thread whatever ``log_to_driver`` says,
+    through ``ray._private.worker.print_to_stdstream``; that private name is replaced for the session where
+    this Ray release has it (they stay in the cluster's session logs)."""
+    worker = getattr(getattr(ray, "_private", None), "worker", None)
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None:
+        yield
+        return
+
+    def drop(data: Any, ignore_prefix: bool) -> None:
+        """Ray's message, not shown."""
+
+    worker.print_to_stdstream = drop
+    try:
+        yield
+    finally:
+        worker.print_to_stdstream = original
+
+
+def _session(ray: Any, address: str | None, num_cpus: int | None, num_gpus: int | None,
+             options: dict[str, Any]) -> Iterator[Any]:
     if address:
         try:
             ray.init(address=address, **options)

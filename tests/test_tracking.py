@@ -184,21 +184,25 @@ def test_each_tracker_logs_every_metrics_row_once_across_a_kill_and_a_resume(nam
 
 
 def test_a_missing_or_failing_tracker_is_one_note_and_changes_nothing(tmp_path, monkeypatch):
-    plain = run_and_report(Experiment(recipe_from_dict(TINY), tmp_path / "plain" / "run", progress=False))
-    # The tensorboard package missing; W&B's store unwritable (a file where its folder goes).
-    monkeypatch.setitem(sys.modules, "tensorboard", None)
-    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    from imgsynth.reports.tables import collect_metrics
+
+    plain = Experiment(recipe_from_dict(TINY), tmp_path / "plain" / "run", progress=False).run()
+    # The wandb package missing; TensorBoard's store unwritable (a file where its folder goes).
+    monkeypatch.setitem(sys.modules, "wandb", None)
     tracked = tmp_path / "tracked" / "run"
     tracked.mkdir(parents=True)
-    (tracked / "wandb").write_text("not a folder")
+    (tracked / "tensorboard").write_text("not a folder")
+    session = TrackingSession(tracked, ["wandb", "tensorboard"])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        _run(tracked, ["tensorboard", "wandb"])
+        Experiment(recipe_from_dict(TINY), tracked, progress=False, after_task=session.sync).run()
+        session.finish()
     notes = [str(w.message) for w in caught if issubclass(w.category, Note) and "tracking" in str(w.message)]
     assert len(notes) == 2, notes
-    assert "tensorboard is not installed" in notes[0] and "imgsynth[tensorboard]" in notes[0]
-    assert notes[1].startswith("tracking: wandb failed")
-    assert (tracked / "metrics.csv").read_bytes() == (plain / "metrics.csv").read_bytes()
+    assert "wandb is not installed" in notes[0] and "imgsynth[wandb]" in notes[0]
+    assert notes[1].startswith("tracking: tensorboard failed") and "tensorboard" in notes[1]
+    pd.testing.assert_frame_equal(collect_metrics(tracked), collect_metrics(plain))
+    assert sorted(p.name for p in tracked.iterdir()) == sorted([*(p.name for p in plain.iterdir()), "tensorboard"])
 
 
 class Recording(Tracker):

@@ -25,7 +25,7 @@ def run_command(
     list_recipes: bool = typer.Option(False, "--list", help="List the shipped recipes and exit."),
     track: List[str] = typer.Option([], "--track", help="Log the run to an experiment tracker, offline into the "
                                     "run folder: wandb, mlflow or tensorboard (repeat for several; adds to the "
-                                    "recipe's [tracking] trackers)."),
+                                    "recipe's \\[tracking] trackers)."),
 ) -> None:
     """Run a recursive-generation experiment (or continue or extend a stopped one) and write its reports."""
     from imgsynth.distributed.tasks import BACKENDS, default_workers

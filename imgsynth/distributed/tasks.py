@@ -8,7 +8,10 @@ depend on the thread count: the serial, the local-parallel and the Ray runs give
 
 Local workers are *spawned* (not forked): a forked child of a process that already ran OpenMP
 threads can deadlock. A worker that dies takes the pool with it; that is reported with the task's
-name, and what the finished tasks wrote stays on disk for the rerun.
+name, and what the finished tasks wrote stays on disk for the rerun. On Ray, a task lost with its node or
+worker is started again on the nodes left (``NODE_LOSS_RETRIES`` times at most; it resumes from what it
+finished), and the notes a task raised there are raised again in this process, so they print as local
+ones do.
 """
 
 from __future__ import annotations

@@ -63,15 +63,19 @@ def _run_tracked(experiment: Any, track: List[str]) -> Path:
     from imgsynth.reports.build import run_and_report
     from imgsynth.tracking.session import TrackingSession, mlflow_uri
 
+    from imgsynth.tracking.registry import TRACKERS
+
     names = [*experiment.recipe.tracking.trackers, *track]
     if not names:
         return run_and_report(experiment)
-    try:
-        session = TrackingSession(experiment.run_dir, names, mlflow_uri=mlflow_uri(experiment.recipe.tracking.mlflow_uri))
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc).removeprefix("--track: "), param_hint="--track") from None
-    experiment.after_task = session.sync
-    with folder_lock(experiment.run_dir):
+    unknown = [name for name in track if name not in TRACKERS]
+    if unknown:  # before anything is written
+        raise typer.BadParameter(f"unknown tracker(s) {unknown}; known: {', '.join(TRACKERS.names())}",
+                                 param_hint="--track")
+    with folder_lock(experiment.run_dir):  # a session tidies the run folder: only its writer may
+        session = TrackingSession(experiment.run_dir, names,
+                                  mlflow_uri=mlflow_uri(experiment.recipe.tracking.mlflow_uri))
+        experiment.after_task = session.sync
         folder = run_and_report(experiment)
         session.finish()
     return folder

@@ -261,3 +261,12 @@ def test_unknown_trackers_are_refused_before_the_run(run_cli, tmp_path):
     code, _, err = run_cli("run", "smoke", "--out", tmp_path / "run", "--track", "tensorbord")
     assert code != 0 and "tensorbord" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_mlflow_store_is_the_run_folders_unless_the_user_names_one(monkeypatch, tmp_path):
+    from imgsynth.tracking.session import mlflow_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert mlflow_uri("") is None and mlflow_uri("http://tracking:5000") == "http://tracking:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")  # MLflow's own convention wins
+    assert mlflow_uri("http://tracking:5000") == "sqlite:///elsewhere.db"

@@ -33,6 +33,7 @@ def run_command(
     from imgsynth.experiments.loop import Experiment
     from imgsynth.experiments.recipes import resolve_target, shipped_recipes
     from imgsynth.outputs import RUN, claim_output
+    from imgsynth.tracking.registry import TRACKERS
 
     if list_recipes:
         for name, path in shipped_recipes().items():
@@ -42,6 +43,9 @@ def run_command(
         raise typer.BadParameter(f"choose one of {', '.join(BACKENDS)}", param_hint="--backend")
     if address is not None and backend != "ray":
         raise typer.BadParameter("--address is for --backend ray", param_hint="--address")
+    unknown = [name for name in track if name not in TRACKERS]
+    if unknown:  # before anything is read or written
+        raise ValueError(f"--track: unknown tracker(s) {unknown}; known: {', '.join(TRACKERS.names())}")
     options = {"workers": workers or default_workers(), "backend": backend, "address": address}
     recipe_path, run_dir = resolve_target(target)
     if run_dir is not None:
@@ -63,15 +67,9 @@ def _run_tracked(experiment: Any, track: List[str]) -> Path:
     from imgsynth.reports.build import run_and_report
     from imgsynth.tracking.session import TrackingSession, mlflow_uri
 
-    from imgsynth.tracking.registry import TRACKERS
-
     names = [*experiment.recipe.tracking.trackers, *track]
     if not names:
         return run_and_report(experiment)
-    unknown = [name for name in track if name not in TRACKERS]
-    if unknown:  # before anything is written
-        raise typer.BadParameter(f"unknown tracker(s) {unknown}; known: {', '.join(TRACKERS.names())}",
-                                 param_hint="--track")
     with folder_lock(experiment.run_dir):  # a session tidies the run folder: only its writer may
         session = TrackingSession(experiment.run_dir, names,
                                   mlflow_uri=mlflow_uri(experiment.recipe.tracking.mlflow_uri))

@@ -42,12 +42,12 @@ def _kill(stage: str, key: GenerationKey) -> None:
         raise Killed
 
 
-def _run(run_dir: Path, trackers: list[str], *, kill: bool = False) -> Path:
+def _run(run_dir: Path, trackers: list[str], *, kill: bool = False, seeds: int = 1) -> Path:
     """The tiny run with ``trackers`` logging after each task, killed at KILL_AT when ``kill``; as `imgsynth run`
     does it (the CLI's own path is the throwaway-tracker test's)."""
     session = TrackingSession(run_dir, trackers)
-    experiment = Experiment(recipe_from_dict(TINY), run_dir, _kill if kill else None, progress=False,
-                            after_task=session.sync)
+    recipe = recipe_from_dict({**TINY, "loop": {**TINY["loop"], "seeds": seeds}})
+    experiment = Experiment(recipe, run_dir, _kill if kill else None, progress=False, after_task=session.sync)
     if kill:
         with pytest.raises(Killed):
             experiment.run()
@@ -180,7 +180,16 @@ def test_each_tracker_logs_every_metrics_row_once_across_a_kill_and_a_resume(nam
     assert ledger["steps"] == {"seed_0/replace": [0, 1, 2], "seed_0/accumulate": [0]}
     _run(run_dir, [name])
     _check(_expected(run_dir), READERS[name](run_dir))
-    assert json.loads((run_dir / "tracking" / "lineage.json").read_text())["real"]["train"]["id"]
+    lineage = json.loads((run_dir / "tracking" / "lineage.json").read_text())
+    assert sorted(lineage["chains"]) == ["seed_0/accumulate", "seed_0/replace"]
+    chain = lineage["chains"]["seed_0/replace"]
+    kinds = {node["kind"] for node in chain["nodes"]}
+    assert chain["generation"] == 2 and "source" in kinds and len(chain["nodes"]) >= 4  # gen 2 … gen 0 … real
+    if name == "tensorboard":  # an extended run adds the new seed's chains, and nothing twice
+        _run(run_dir, [name], seeds=2)
+        expected = _expected(run_dir)
+        assert {key[0] for key in expected} == {0, 1}
+        _check(expected, READERS[name](run_dir))
 
 
 def test_a_missing_or_failing_tracker_is_one_note_and_changes_nothing(tmp_path, monkeypatch):

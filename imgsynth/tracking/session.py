@@ -65,22 +65,20 @@ def recipe_params(folder: RunFolder) -> dict[str, str]:
     return params
 
 
-def lineage(folder: RunFolder) -> dict[str, Any]:
-    """The run's sets, real → generation 0 → each chain: ids, paths, licenses and what each was trained on."""
-    from imgsynth.imageset import ImageSet, ImageSetError
+def run_lineage(folder: RunFolder) -> dict[str, Any]:
+    """The lineage of the run's sets, per (seed, mode) chain: the graph of :func:`imgsynth.provenance.lineage`
+    (ids, generators, licenses and their warnings) from the chain's last finished output back to the real data."""
+    from imgsynth.provenance.lineage import lineage
 
-    real: dict[str, Any] = {}
-    for split in ("train", "test"):
-        try:
-            found = ImageSet.open(folder.real_dir / split)
-        except ImageSetError:
-            continue
-        real[split] = {"id": found.id, "path": f"real/{split}", "license": found.manifest.get("license")}
-    generations = []
-    for key, payload in folder.finished():
-        generations.append({"seed": key.seed, "mode": key.mode, "generation": key.generation,
-                            "trained_on": payload.get("train_set"), "samples": payload.get("samples")})
-    return {"run": folder.name, "real": real, "generations": generations}
+    chains: dict[str, Any] = {}
+    for seed in folder.seeds:
+        for mode in folder.modes:
+            for generation in range(folder.generations - 1, -1, -1):
+                output = folder.output(GenerationKey(seed, mode if generation else "base", generation))
+                if output is not None:
+                    chains[chain_name(seed, mode)] = {"generation": generation, **lineage(output.root).to_dict()}
+                    break
+    return {"run": folder.name, "chains": chains}
 
 
 def generation_grid(folder: RunFolder, key: GenerationKey, per_class: int = 2) -> np.ndarray | None:
@@ -216,7 +214,7 @@ class TrackingSession:
     def _log_files(self, tracker: Tracker, folder: RunFolder, ledger: Ledger, params: dict[str, str]) -> None:
         make_dirs_inside(self.run_dir, Path(TRACKING_DIR))
         lineage_path = self.run_dir / TRACKING_DIR / LINEAGE_FILE
-        write_json_atomic(lineage_path, lineage(folder), indent=2)
+        write_json_atomic(lineage_path, run_lineage(folder), indent=2, default=str)
         files = [self.run_dir / f for f in REPORT_FILES if (self.run_dir / f).is_file()] + [lineage_path]
         changed = [p for p in files if ledger.files.get(p.name) != _sha256(p)]
         if not changed:

@@ -16,15 +16,15 @@ import pandas as pd
 import pytest
 
 ray = pytest.importorskip("ray")
-from ray.cluster_utils import Cluster  # noqa: E402
+from ray.cluster_utils import Cluster
 
-from imgsynth.distributed.tasks import Task, run_tasks  # noqa: E402
-from imgsynth.errors import TaskFailedError  # noqa: E402
-from imgsynth.experiments.config import recipe_from_dict  # noqa: E402
-from imgsynth.experiments.loop import Experiment  # noqa: E402
-from imgsynth.experiments.modes import LOOP_MODES, LoopMode, ModeInputs  # noqa: E402
-from imgsynth.notes import Note  # noqa: E402
-from imgsynth.reports.tables import collect_metrics  # noqa: E402
+from imgsynth.distributed.tasks import Task, run_tasks
+from imgsynth.errors import TaskFailedError
+from imgsynth.experiments.config import recipe_from_dict
+from imgsynth.experiments.loop import Experiment
+from imgsynth.experiments.modes import LOOP_MODES, LoopMode, ModeInputs
+from imgsynth.notes import Note
+from imgsynth.reports.tables import collect_metrics
 
 # Ray workers cannot import this file by name: its functions travel by value.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])

@@ -9,6 +9,7 @@ import sys
 import warnings
 from collections import Counter
 from pathlib import Path
+from typing import ClassVar
 
 import pandas as pd
 import pytest
@@ -61,9 +62,11 @@ def _expected(run_dir: Path) -> dict[tuple[int, str, str, int], float]:
     """(seed, mode, key, generation) → value of every metrics.csv row (key: metric[/extractor]/class)."""
     frame = pd.read_csv(run_dir / "metrics.csv", keep_default_na=False, dtype={"class": str, "extractor": str})
     out = {}
-    for row in frame.itertuples(index=False):
-        key = "/".join(p for p in (row.metric, row.extractor, getattr(row, "_4")) if p)
-        out[(int(row.seed), row.mode, key, int(row.generation))] = float(row.value)
+    for seed, mode, generation, metric, extractor, class_name, value in zip(
+            frame["seed"], frame["mode"], frame["generation"], frame["metric"], frame["extractor"], frame["class"],
+            frame["value"]):
+        key = "/".join(p for p in (metric, extractor, class_name) if p)
+        out[(int(seed), mode, key, int(generation))] = float(value)
     return out
 
 
@@ -217,7 +220,7 @@ def test_a_missing_or_failing_tracker_is_one_note_and_changes_nothing(tmp_path, 
 class Recording(Tracker):
     """A throwaway tracker: what it was asked to log, in a list (the test's)."""
 
-    calls: list = []
+    calls: ClassVar[list] = []
 
     def start(self, name, run_id, *, group, tags, params):
         self.calls.append(("start", dict(tags), run_id))
@@ -243,13 +246,12 @@ def test_a_registered_tracker_runs_end_to_end_through_the_cli(run_cli, tmp_path)
     recipe.write_text(tomli_w.dumps({**TINY, "tracking": {"trackers": ["throwaway"]}}), encoding="utf-8")
     Recording.calls = []
     with TRACKERS.registered("throwaway", Recording):
-        code, out, err = run_cli("run", recipe, "--out", tmp_path / "run", "--workers", "1")
+        code, _, err = run_cli("run", recipe, "--out", tmp_path / "run", "--workers", "1")
     assert code == 0, err
     logged = [c for c in Recording.calls if c[0] == "metrics"]
     tags = [c[1] for c in Recording.calls if c[0] == "start"]
     # generation 0 (base task) in both chains, then each chain's generations: one start each, then the run's
-    assert [(t.get("mode"), len(Recording.calls)) and t.get("mode") for t in tags] == \
-        ["replace", "accumulate", "replace", "accumulate", None]
+    assert [t.get("mode") for t in tags] == ["replace", "accumulate", "replace", "accumulate", None]
     points = []
     chain = None
     for call in Recording.calls:
@@ -258,7 +260,7 @@ def test_a_registered_tracker_runs_end_to_end_through_the_cli(run_cli, tmp_path)
         elif call[0] == "metrics":
             points.extend((int(chain["seed"]), chain["mode"], k, call[1], v) for k, v in call[2].items())
     _check(_expected(tmp_path / "run"), points)
-    assert len(logged) == 6 and [c for c in Recording.calls if c[0] == "files"][0][1] == sorted(
+    assert len(logged) == 6 and next(c for c in Recording.calls if c[0] == "files")[1] == sorted(
         ["class_heatmap.png", "dashboard.png", "findings.csv", "grids.png", "lineage.json", "metrics.csv",
          "report.html"])
     assert "tracking" in (tmp_path / "run" / "config.toml").read_text()

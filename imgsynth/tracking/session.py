@@ -18,6 +18,7 @@ is one note, and the session goes on without it: trackers never stop a run or ch
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import warnings
@@ -150,12 +151,12 @@ class TrackingSession:
 
             folder = RunFolder(self.run_dir)
             frame = collect_metrics(folder)  # the rows metrics.csv holds, read the way it is written
-        except Exception as exc:  # an unreadable run file: the run reports it; tracking just waits
+        except Exception as exc:  # noqa: BLE001 - an unreadable run file: the run reports it; tracking waits
             warnings.warn(f"tracking: could not read {self.run_dir} ({exc}); nothing logged this time", Note,
                           stacklevel=2)
             return
         for name in active:
-            self._guard(name, lambda: self._log(name, folder, frame, final))
+            self._guard(name, functools.partial(self._log, name, folder, frame, final))
 
     def _guard(self, name: str, work: Any) -> None:
         if name in self._dropped:
@@ -167,7 +168,7 @@ class TrackingSession:
             self._trackers.pop(name, None)
             if isinstance(exc, ImportError):
                 install = TRACKERS[name].install if name in TRACKERS else name
-                reason = f"is not installed ({exc}; pip install {install!r})"
+                reason = f"is not installed or does not import ({exc}; pip install {install!r})"
             else:
                 reason = f"failed ({type(exc).__name__}: {exc})"
             warnings.warn(f"tracking: {name} {reason}; the run goes on without it and its results are the same",
@@ -179,11 +180,13 @@ class TrackingSession:
         return self._trackers[name]
 
     def _log(self, name: str, folder: RunFolder, frame: pd.DataFrame, final: bool) -> None:
+        import pandas as pd
+
         ledger = Ledger(self.run_dir, name)
         pending = []
         for (seed, mode), rows in frame.groupby(["seed", "mode"], sort=False):
             chain = chain_name(int(seed), str(mode))
-            new = sorted(set(int(g) for g in rows["generation"]) - set(ledger.steps.get(chain, [])))
+            new = sorted({int(g) for g in rows["generation"]} - set(ledger.steps.get(chain, [])))
             if new:
                 pending.append((int(seed), str(mode), chain, rows, new))
         if not pending and not final:
@@ -200,7 +203,7 @@ class TrackingSession:
                 values = {metric_key(metric, extractor, str(class_name)): float(value)
                           for metric, extractor, class_name, value in
                           zip(part["metric"], part["extractor"], part["class"], part["value"])
-                          if value is not None and value == value}  # a row without a value (NaN) is left out
+                          if pd.notna(value)}  # a row without a value (empty in metrics.csv) is left out
                 tracker.log_metrics(generation, values)
                 grid = generation_grid(folder, GenerationKey(seed, mode if generation else "base", generation))
                 if grid is not None:

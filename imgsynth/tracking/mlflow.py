@@ -44,10 +44,7 @@ class MlflowTracker(Tracker):
     def __init__(self, settings: Any) -> None:
         super().__init__(settings)
         with _quiet():
-            from mlflow.entities import (  # ImportError without the package (or a broken one)
-                Metric,
-                Param,
-            )
+            from mlflow.entities import Metric, Param  # ImportError without the package (or a broken one)
             from mlflow.tracking import MlflowClient
 
         self._metric, self._param = Metric, Param

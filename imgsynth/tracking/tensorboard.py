@@ -27,9 +27,7 @@ class TensorboardTracker(Tracker):
 
     def __init__(self, settings: Any) -> None:
         super().__init__(settings)
-        from torch.utils.tensorboard import (
-            SummaryWriter,  # ImportError without the tensorboard package
-        )
+        from torch.utils.tensorboard import SummaryWriter  # ImportError without the tensorboard package
 
         self._writer_class = SummaryWriter
         self._writer: Any = None

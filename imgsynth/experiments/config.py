@@ -228,6 +228,17 @@ class ProvenanceConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Experiment trackers the run's numbers, grids and reports are logged to (``imgsynth.tracking``):
+    names registered in ``TRACKERS`` (``wandb``, ``mlflow``, ``tensorboard``), offline into the run folder.
+    ``mlflow_uri``: an MLflow tracking URI instead of the run folder's SQLite store (``MLFLOW_TRACKING_URI``,
+    MLflow's own convention, wins over both). Trackers never change a run's results."""
+
+    trackers: list[str] = field(default_factory=list)
+    mlflow_uri: str = ""
+
+
+@dataclass
 class Recipe:
     """A whole experiment."""
 
@@ -240,11 +251,15 @@ class Recipe:
     classifier: ClassifierSettings = field(default_factory=ClassifierSettings)
     curate: CurateConfig = field(default_factory=CurateConfig)
     provenance: ProvenanceConfig = field(default_factory=ProvenanceConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict[str, Any]:
         values = _drop_none(dataclasses.asdict(self))
-        if self.provenance == ProvenanceConfig():  # recipes and run folders that never asked stay as they were
+        # recipes and run folders that never asked for these sections keep their text
+        if self.provenance == ProvenanceConfig():
             values.pop("provenance")
+        if self.tracking == TrackingConfig():
+            values.pop("tracking")
         return values
 
 
@@ -290,6 +305,7 @@ _SECTIONS: dict[str, type] = {
     "data": DataConfig, "generator": GeneratorConfig, "loop": LoopConfig,
     "metrics": MetricsConfig, "classifier": ClassifierSettings, "curate": CurateConfig,
     "provenance": ProvenanceConfig,
+    "tracking": TrackingConfig,
 }
 
 
@@ -369,6 +385,7 @@ def validate(recipe: Recipe, where: str = "recipe") -> Recipe:
     _check_classifier(recipe.classifier, fail)
     _check_curate(recipe, fail)
     _check_provenance(recipe.provenance, fail)
+    _check_tracking(recipe.tracking, fail)
     return recipe
 
 
@@ -564,6 +581,15 @@ def _check_curate(recipe: Recipe, fail: Fail) -> None:
         fail(f"[curate] {clip_filter[0]} needs a CLIP model: set [metrics] clip (open_clip weights on disk)")
 
 
+def _check_tracking(tracking: TrackingConfig, fail: Fail) -> None:
+    from imgsynth.tracking.registry import TRACKERS  # the names only: no tracker package is imported
+
+    unknown = [name for name in tracking.trackers if name not in TRACKERS]
+    if unknown:
+        fail(f"[tracking] trackers: unknown tracker(s) {unknown}; known: {TRACKERS.names()}")
+    _check_strings("[tracking] trackers", tracking.trackers, fail)
+
+
 def _check_embedding(embedding: str, fail: Fail) -> None:
     from imgsynth.curation.similarity import PIXELS, parse_pixel_spec
 
@@ -587,6 +613,26 @@ def check_recipe_devices(recipe: Recipe) -> None:
     check_device(recipe.generator.device, "[generator] device")
     device = recipe.generator.options.get("device")
     check_device(device if isinstance(device, str) else None, "[generator.options] device")
+
+
+def pin_auto_preset(recipe: Recipe, started: Recipe) -> Recipe:
+    """``recipe`` with ``[generator.options] preset = "auto"`` replaced by ``started``'s preset when ``auto``
+    resolves to it for ``recipe``'s data (a run folder begun before the default recipe said ``auto``
+    continues as it began); ``recipe`` itself otherwise."""
+    from imgsynth.pipelines.base import build_kind
+
+    g, before = recipe.generator, started.generator
+    chosen = before.options.get("preset")
+    if g.options.get("preset") != "auto" or g.kind != before.kind or chosen in (None, "auto"):
+        return recipe
+    try:
+        config = build_kind(g.kind, g.options).check_data(image_size=recipe.data.size,
+                                                            channels=IMAGE_MODES.get(recipe.data.mode, 1))
+    except ValueError:
+        return recipe
+    if getattr(config, "preset", None) != chosen:
+        return recipe
+    return dataclasses.replace(recipe, generator=dataclasses.replace(g, options={**g.options, "preset": chosen}))
 
 
 def replicate_seeds(recipe: Recipe) -> list[int]:

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from imgsynth.atomic_files import write_json_atomic, write_text_atomic
-from imgsynth.experiments.config import (Recipe, RecipeError, dump_recipe, load_recipe, recipe_from_dict,
-                                         replicate_seeds)
+from imgsynth.experiments.config import (Recipe, RecipeError, dump_recipe, load_recipe, pin_auto_preset,
+                                         recipe_from_dict, replicate_seeds)
 from imgsynth.experiments.modes import (CURATED_SUFFIX, LOOP_MODES, LoopData, LoopMode, ModeInputs, base_mode,
                                         loop_seed)
 from imgsynth.experiments.run import CONFIG_FILE, METRICS_FILE, GenerationKey, RunFolder
@@ -66,7 +66,8 @@ class Experiment:
 
     def __init__(self, recipe: Recipe, run_dir: str | Path,
                  stage_hook: Callable[[str, GenerationKey], None] | None = None, *, workers: int = 1,
-                 backend: str = "local", address: str | None = None, progress: bool = True) -> None:
+                 backend: str = "local", address: str | None = None, progress: bool = True,
+                 after_task: Callable[[], None] | None = None, verbose: bool = False) -> None:
         self.recipe = recipe
         self.run_dir = Path(run_dir)
         self.folder = RunFolder(self.run_dir, recipe)
@@ -74,6 +75,9 @@ class Experiment:
         self.stage_hook = stage_hook or _no_hook
         self.workers, self.backend, self.address = workers, backend, address
         self.progress = progress and workers == 1 and backend == "local"  # bars of parallel tasks would mix
+        # Called in this process after each finished task (trackers log what is new: imgsynth.tracking).
+        self.after_task = after_task
+        self.verbose = verbose  # Ray's own log lines in the terminal
 
     # ------------------------------------------------------------------ entry points
     @classmethod
@@ -123,10 +127,15 @@ class Experiment:
             where = f"{self.workers} local worker(s)" if self.backend == "local" else "Ray"
             _log(f"{len(tasks)} task(s) to run on {where}, {TASK_THREADS} torch thread(s) each")
         t0 = time.perf_counter()
-        run_tasks(tasks, workers=self.workers, backend=self.backend, address=self.address, threads=TASK_THREADS)
+        run_tasks(tasks, workers=self.workers, backend=self.backend, address=self.address, threads=TASK_THREADS,
+                  on_done=self._task_done, verbose=self.verbose)
         stages["generations (wall)"] = time.perf_counter() - t0
         self._write_info(stages, time.perf_counter() - started)
         return self.run_dir
+
+    def _task_done(self, task: Any) -> None:
+        if self.after_task is not None:
+            self.after_task()
 
     def _pending_tasks(self) -> list[Any]:
         """One task per seed's generation 0 and per (seed, mode) chain, leaving out the finished ones."""
@@ -208,6 +217,10 @@ class Experiment:
                 # A config.toml in older spellings is rewritten below in today's; its note helps nobody.
                 warnings.simplefilter("ignore", Note)
                 started = load_recipe(path)
+            # A run begun before the default recipe said preset "auto" goes on with the preset it chose.
+            self.recipe = pin_auto_preset(self.recipe, started)
+            self.folder = RunFolder(self.run_dir, self.recipe)
+            text = dump_recipe(self.recipe)
             same_but_seeds = dataclasses.replace(self.recipe, loop=dataclasses.replace(
                 self.recipe.loop, seeds=started.loop.seeds))
             if dump_recipe(same_but_seeds) != dump_recipe(started):  # as read now (older spellings translated)

@@ -171,6 +171,9 @@ class MetricsConfig:
     bootstrap: int = 0
     clip: str = ""
     max_per_class: int | None = None
+    # Opt-in: also measure every generation against its own training set (memorisation rate, authenticity,
+    # k-NN entropy of the samples and of the training set; imgsynth.metrics.memorisation and .entropy).
+    train_set_metrics: bool = False
 
 
 @dataclass

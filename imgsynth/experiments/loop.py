@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 # the thread count, so a fixed count keeps serial, parallel and Ray runs identical. One thread per
 # process is also what small models use best: two one-thread chains beat one two-thread chain.
 TASK_THREADS = 1
+# What [metrics] train_set_metrics adds (the metrics declared with the TRAIN_FEATURES need); for them, the
+# real-data reference is the real test set against the real training set.
+TRAIN_SET_METRICS = ("memorisation_rate", "authenticity", "knn_entropy", "train_knn_entropy")
 # Recipe fields a started run may change: more (or other) replicates only add seed folders.
 EXTENSIBLE_FIELDS = ("loop.seeds",)
 
@@ -322,7 +325,7 @@ class Experiment:
         model_dir = timed("train", lambda: self._train_generator(train_set, folder / "model", key))
         samples = timed("sample", lambda: _open_if_complete(samples_dir) or self._sample(model_dir, samples_dir, key))
         output = timed("curate", lambda: self._curate(samples, folder, key, reference_ckpt))
-        rows = timed("evaluate", lambda: self._evaluate(output, real_test, reference_ckpt, folder, key))
+        rows = timed("evaluate", lambda: self._evaluate(output, real_test, reference_ckpt, folder, key, train_set))
         rows.append(_row("train_size", "all", len(train_set), len(train_set)))
         rows.append(_row("sample_count", "all", len(output), len(output)))
         payload = {"seed": key.seed, "mode": key.mode, "generation": key.generation, "train_set": {
@@ -423,10 +426,18 @@ class Experiment:
         if self.folder.reference_path.is_file():
             return
         _log("real-data reference values (real train vs real test)")
-        rows = self._evaluate(real_train, real_test, reference_ckpt, None, GenerationKey(self.recipe.seed, "real", 0))
+        key = GenerationKey(self.recipe.seed, "real", 0)
+        rows = self._evaluate(real_train, real_test, reference_ckpt, None, key)
         rows.append(_row("cas_accuracy_chance", "all", 1.0 / len(real_test.classes), len(real_test)))
+        if self.recipe.metrics.train_set_metrics:
+            # Against the training set, the reference is the held-out real test set measured against the real
+            # training set: the memorisation rate and authenticity of data that copies nothing.
+            rows.extend(self._evaluate(real_test, real_test, reference_ckpt, None, key, real_train,
+                                       metrics=list(TRAIN_SET_METRICS)))
+        extra = {"train_set_metrics": {"candidate": "real/test", "train_set": "real/train",
+                                       "metrics": list(TRAIN_SET_METRICS)}} if self.recipe.metrics.train_set_metrics else {}
         write_json_atomic(self.folder.reference_path, {"candidate": "real/train", "reference": "real/test",
-                                                         "rows": rows}, indent=2)
+                                                         **extra, "rows": rows}, indent=2)
 
     def _train_classifier(self, train_set: ImageSet, out: Path, seed: int) -> Path:
         from imgsynth.classifier import ClassifierConfig, train_classifier
@@ -445,20 +456,26 @@ class Experiment:
         return names
 
     def _evaluate(self, samples: ImageSet, real_test: ImageSet, reference_ckpt: Path | None,
-                  folder: Path | None, key: GenerationKey) -> list[dict[str, Any]]:
+                  folder: Path | None, key: GenerationKey, train_set: ImageSet | None = None,
+                  metrics: list[str] | None = None) -> list[dict[str, Any]]:
         from imgsynth.metrics.evaluate import evaluate
 
         m = self.recipe.metrics
         rows: list[dict[str, Any]] = []
+        # [metrics] train_set_metrics (opt-in) hands evaluate the generation's training set, which adds the
+        # metrics that need one (memorisation rate, authenticity, k-NN entropies); otherwise nothing changes.
+        train_set = train_set if m.train_set_metrics else None
         for name in self._extractor_names(reference_ckpt):
             short = name.split(":", 1)[0] if name.startswith("domain:") else name
             # resize: a text-to-image pipeline samples at its own resolution, and its samples are compared
             # with the real data at the real data's size; for samples of that size already it does nothing.
             for row in evaluate(samples, real_test, name, per_class=m.per_class, bootstrap=m.bootstrap,
-                                seed=key.seed, resize=True):
+                                seed=key.seed, resize=True, train_set=train_set, metrics=metrics):
                 record = asdict(row)
                 record["extractor"] = short
                 rows.append(record)
+        if metrics is not None:
+            return rows
         if self.recipe.classifier.enabled and folder is None and reference_ckpt is not None:
             rows.extend(self._scored(reference_ckpt, real_test, None))  # the classifier trained on real data
         elif self.recipe.classifier.enabled and folder is not None:

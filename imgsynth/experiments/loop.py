@@ -178,7 +178,7 @@ class Experiment:
         data = self._loop_data(real_train, full_train)
         reference_ckpt = self._reference_checkpoint()
         base = self._generation(GenerationKey(seed, "base", 0), real_train, real_test, reference_ckpt)
-        history = [self._curated_start(base, seed, mode, reference_ckpt)]
+        history = [self._curated_start(base, seed, mode, reference_ckpt, real_train)]
         for k in range(1, self.recipe.loop.generations):
             key = GenerationKey(seed, mode, k)
             if self._finished(key):  # its output is all the chain needs of a finished generation
@@ -354,19 +354,34 @@ class Experiment:
 
         return build_kind(self.recipe.generator.kind, self.recipe.generator.options)
 
-    def _sample(self, model_dir: Path, out: Path, key: GenerationKey) -> ImageSet:
+    def _sample(self, model_dir: Path, out: Path, key: GenerationKey, best_of: int | None = None) -> ImageSet:
         g = self.recipe.generator
-        _log(f"{key.label()}: sampling {g.per_class} per class")
+        # Best-of-K curation picks among K candidates per kept image: a curating generation samples K × per_class
+        # (image indices ≥ per_class are the extra candidates; the first per_class are the uncurated sample's).
+        per_class = g.per_class * (self._best_of(key) if best_of is None else best_of)
+        _log(f"{key.label()}: sampling {per_class} per class")
         # Fresh noise every generation: reusing the same image seeds in every generation couples the
         # generations (the exact-theory check showed it biases the variance collapse upwards, 0.98 instead of
         # 0.81 of the start after four MLE refits); every theory of recursive training assumes fresh draws.
         seed = loop_seed(key.seed, "sample", key.generation)
-        return self._kind().sample(model_dir, out, g.per_class, seed, generation=key.generation,
+        return self._kind().sample(model_dir, out, per_class, seed, generation=key.generation,
                                    progress=self.progress)
+
+    def _best_of(self, key: GenerationKey) -> int:
+        """K of best-of-K curation for this generation's samples (1: no selection among candidates)."""
+        k = self.recipe.curate.best_of or 1
+        if k == 1 or key.mode == "real":
+            return 1
+        if key.generation == 0:
+            return k if all(map(self._curates, self.recipe.loop.modes)) else 1
+        return k if self._curates(key.mode) else 1
 
     def _curates(self, mode: str) -> bool:
         """Whether a loop mode curates its samples: a ``<mode>+curate`` mode, or [curate] enabled for it."""
         c = self.recipe.curate
+        if (c.best_of or 1) == 1 and not c.rebalance and \
+                all(v is None for v in (c.dedup, c.min_confidence, c.min_clip_score, c.clip_top_fraction)):
+            return False  # best of 1 and nothing else changes nothing: the chain passes its samples on as they are
         return mode.endswith(CURATED_SUFFIX) or (c.enabled and (not c.modes or mode in c.modes))
 
     def _curate(self, samples: ImageSet, folder: Path, key: GenerationKey, reference_ckpt: Path | None) -> ImageSet:
@@ -380,13 +395,25 @@ class Experiment:
     def _curated_start_needed(self, mode: str) -> bool:
         return self._curates(mode) and not all(map(self._curates, self.recipe.loop.modes))
 
-    def _curated_start(self, base: ImageSet, seed: int, mode: str, reference_ckpt: Path | None) -> ImageSet:
+    def _curated_start(self, base: ImageSet, seed: int, mode: str, reference_ckpt: Path | None,
+                       real_train: ImageSet | None = None) -> ImageSet:
         """Generation 0's output as ``mode`` feeds it on: curated into ``<mode>/gen_0/curated`` when the
-        shared generation 0 was left uncurated (its metrics stay those of the shared, uncurated samples)."""
+        shared generation 0 was left uncurated (its metrics stay those of the shared, uncurated samples).
+        With best-of-K the shared samples are too few to choose from: generation 0's model samples the
+        K × per_class candidates into ``<mode>/gen_0/candidates`` (same sample seed, so its first per_class
+        images per class are the shared ones)."""
         if not self._curated_start_needed(mode):
             return base
-        return self._apply_curation(base, self.folder.curated_start_dir(seed, mode), GenerationKey(seed, mode, 0),
-                                    reference_ckpt)
+        out = self.folder.curated_start_dir(seed, mode)
+        k = self.recipe.curate.best_of or 1
+        if k > 1 and _open_if_complete(out) is None:
+            base_key = GenerationKey(seed, "base", 0)
+            candidates_dir = out.parent / "candidates"
+            self._make_folder(out.parent)
+            model_dir = self._train_generator(real_train or self._real_data()[0],
+                                              self.generation_dir(base_key) / "model", base_key)
+            base = _open_if_complete(candidates_dir) or self._sample(model_dir, candidates_dir, base_key, best_of=k)
+        return self._apply_curation(base, out, GenerationKey(seed, mode, 0), reference_ckpt)
 
     def _apply_curation(self, samples: ImageSet, out: Path, key: GenerationKey,
                         reference_ckpt: Path | None) -> ImageSet:
@@ -401,13 +428,16 @@ class Experiment:
         return curation.curate(samples, out, dedup=c.dedup, min_confidence=c.min_confidence,
                                min_clip_score=c.min_clip_score, clip_top_fraction=c.clip_top_fraction,
                                classifier=reference_ckpt, clip=self.recipe.metrics.clip or None,
-                               rebalance=c.rebalance, seed=key.seed, embedding=embedding)
+                               rebalance=c.rebalance, seed=key.seed, embedding=embedding,
+                               best_of=c.best_of or 1, reward=c.reward)
 
     # ------------------------------------------------------------------ evaluation
     def _reference_classifier(self, full_train: ImageSet) -> Path | None:
         needs_domain = any(e.split(":", 1)[0] == "domain" for e in self.recipe.metrics.extractors)
         curate = self.recipe.curate
-        if not (needs_domain or self.recipe.classifier.enabled or curate.min_confidence or curate.embedding == "domain"):
+        chooses_by_confidence = (curate.best_of or 1) > 1 and curate.reward == "confidence"
+        if not (needs_domain or self.recipe.classifier.enabled or curate.min_confidence or curate.embedding == "domain"
+                or chooses_by_confidence):
             return None
         out = self.run_dir / "real" / "classifier"
         if (out / "classifier.json").is_file():

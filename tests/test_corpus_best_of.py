@@ -1,0 +1,64 @@
+"""Bad input to best-of-K curation (`imgsynth curate --best-of/--reward`, a recipe's [curate] best_of/reward): one
+`error:` line naming the flag or field, non-zero exit, input unchanged, nothing written."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from cli_checks import assert_refused_within_limits, leftovers, run_limited, tree_digest
+
+CURATE_CASES = {
+    "best-of zero": (["--best-of", "0"], ["best_of", "got 0"]),
+    "best-of huge": (["--best-of", "100000"], ["best_of", "100000"]),
+    "unknown reward": (["--best-of", "2", "--reward", "nope"], ["unknown reward 'nope'", "confidence"]),
+    "confidence without a classifier": (["--best-of", "2"], ["reward 'confidence'", "--classifier"]),
+    "clip without a model": (["--best-of", "2", "--reward", "clip"], ["reward 'clip'", "--clip"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CURATE_CASES))
+def test_bad_best_of_settings_of_imgsynth_curate_are_refused(name, small_digits, tmp_path):
+    args, needles = CURATE_CASES[name]
+    source = tmp_path / "set"
+    shutil.copytree(small_digits.root, source)
+    before = tree_digest(source)
+    ran = run_limited("curate", source, tmp_path / "out", *args)
+    assert_refused_within_limits(ran, *needles)
+    assert tree_digest(source) == before and not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+RECIPE = '''name = "bad"
+[data]
+source = "gaussian:classes=2,per_class=50,mean=128,sigma=20,spacing=40,seed=0"
+size = 4
+[generator]
+kind = "gaussian"
+per_class = {per_class}
+[loop]
+generations = 2
+modes = ["replace+curate"]
+[metrics]
+extractors = ["pixels"]
+[classifier]
+enabled = false
+[curate]
+'''
+RECIPE_CASES = {
+    "best_of zero": ("best_of = 0", ["[curate]", "best_of"]),
+    "best_of a string": ('best_of = "many"', ["best_of"]),
+    "unknown reward": ('best_of = 2\nreward = "nope"', ["[curate] reward 'nope'", "brightness"]),
+    "too many candidates": ("best_of = 900", ["[curate] best_of = 900", "per_class × best_of"], 5000),
+    "clip reward without a clip model": ('best_of = 2\nreward = "clip"', ["[curate] reward 'clip'", "[metrics] clip"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RECIPE_CASES))
+def test_bad_best_of_fields_of_a_recipe_are_refused_before_anything_is_written(name, tmp_path):
+    line, needles, *per_class = RECIPE_CASES[name]
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(RECIPE.format(per_class=per_class[0] if per_class else 10) + line + "\n", encoding="utf-8")
+    ran = run_limited("run", recipe, "--out", tmp_path / "run")
+    assert_refused_within_limits(ran, *needles)
+    assert not (tmp_path / "run").exists() and leftovers(tmp_path) == []

@@ -33,6 +33,9 @@ def metrics_command(
     resize: bool = typer.Option(False, "--resize", help="When the sets' image size or mode differ, convert "
                                 "each candidate image to the reference's mode and size (PIL convert, then PIL "
                                 "bicubic resize) instead of refusing."),
+    train: Optional[Path] = typer.Option(None, "--train", help="The ImageSet CANDIDATE's generator was trained "
+                                         "on: adds memorisation_rate, authenticity, knn_entropy and "
+                                         "train_knn_entropy."),
 ) -> None:
     """Compare CANDIDATE with REFERENCE in a feature space: FID/KID/PRDC/diversity/Vendi (+ CLIP score, CMMD)."""
     from imgsynth.imageset import ImageSet
@@ -40,16 +43,17 @@ def metrics_command(
     from imgsynth.outputs import FEATURE_CACHE, FILE, claim_output
 
     check_device(device)  # before the sets, features or models load
-    claim_output(out, FILE, [reference, candidate, cache_dir], header=",".join(FRAME_COLUMNS))
+    claim_output(out, FILE, [reference, candidate, cache_dir, train], header=",".join(FRAME_COLUMNS))
     if cache_dir is not None:
-        claim_output(cache_dir, FEATURE_CACHE, [reference, candidate])
+        claim_output(cache_dir, FEATURE_CACHE, [reference, candidate, train])
     reference_set, candidate_set = ImageSet.open(reference), ImageSet.open(candidate)
+    train_set = ImageSet.open(train) if train is not None else None
     chosen = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", EvaluationNote)
         rows = evaluate(candidate_set, reference_set, features, per_class=per_class, bootstrap=bootstrap, seed=seed,
                         metrics=chosen, cache_dir=str(cache_dir) if cache_dir else None, batch_size=batch_size,
-                        device=device, resize=resize)
+                        device=device, resize=resize, train_set=train_set)
     frame = rows_to_frame(rows)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:

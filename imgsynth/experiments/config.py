@@ -504,7 +504,7 @@ def _check_curate(recipe: Recipe, fail: Fail) -> None:
     no_filter = all(v is None for v in (c.dedup, c.min_confidence, c.min_clip_score, c.clip_top_fraction,
                                         c.best_of))
     if curating and no_filter and not c.rebalance:
-        fail("[curate] nothing to do: set dedup, min_confidence, min_clip_score, clip_top_fraction or "
+        fail("[curate] nothing to do: set best_of, dedup, min_confidence, min_clip_score, clip_top_fraction or "
              f"rebalance (needed by enabled = true and by {CURATED_SUFFIX!r} modes)")
     clip_filter = [n for n in ("min_clip_score", "clip_top_fraction") if getattr(c, n) is not None]
     if curating and clip_filter and not recipe.metrics.clip:

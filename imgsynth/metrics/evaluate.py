@@ -9,7 +9,10 @@ extractor supplies (``FeatureExtractor.supplies``) and the data at hand. The bui
   ``clip:`` extractors, ``cmmd``;
 * one-sample, candidate only: ``diversity`` (``clip_diversity`` for ``clip:`` extractors), ``vendi`` and,
   for ``clip:`` extractors, ``clip_score`` of each image against its caption (its class name when the
-  caption is empty).
+  caption is empty);
+* against the generator's training set, only when one is given (``train_set``): ``memorisation_rate``,
+  ``authenticity``, ``knn_entropy`` (the samples') and ``train_knn_entropy`` (the training set's; its row's
+  ``n`` is still the candidate count).
 
 Rows come two-sample metrics first, then one-sample ones, each in registration order. Per class, each
 metric runs on that class's images in both sets. A metric that cannot run for a class

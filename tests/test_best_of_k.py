@@ -151,3 +151,17 @@ rebalance = false
     ids = [json.loads((out / "seed_0" / m / "gen_1" / "metrics.json").read_text())["samples"]["id"]
            for m in ("replace", "replace+curate")]
     assert ids[0] == ids[1]
+
+
+def test_recipes_check_best_of_and_its_reward():
+    from imgsynth.experiments.config import RecipeError, recipe_from_dict
+
+    modes = {"modes": ["replace+curate"]}
+    recipe = recipe_from_dict({"loop": modes, "curate": {"best_of": 1, "rebalance": False}})
+    assert recipe.curate.best_of == 1  # best of 1 alone is a valid (do-nothing) curate stage
+    with pytest.raises(RecipeError, match=r"\[curate\] reward 'clip' needs a CLIP model"):
+        recipe_from_dict({"loop": modes, "curate": {"best_of": 2, "reward": "clip"}})
+    with pytest.raises(RecipeError, match=r"\[curate\] reward 'nope' is not a registered reward"):
+        recipe_from_dict({"loop": modes, "curate": {"best_of": 2, "reward": "nope"}})
+    with REWARDS.registered("test_dimmest", Reward(dimmest)):
+        assert recipe_from_dict({"loop": modes, "curate": {"best_of": 2, "reward": "test_dimmest"}})

@@ -47,10 +47,8 @@ enabled = false
 '''
 RECIPE_CASES = {
     "best_of zero": ("best_of = 0", ["[curate]", "best_of"]),
-    "best_of a string": ('best_of = "many"', ["best_of"]),
     "unknown reward": ('best_of = 2\nreward = "nope"', ["[curate] reward 'nope'", "brightness"]),
     "too many candidates": ("best_of = 900", ["[curate] best_of = 900", "per_class × best_of"], 5000),
-    "clip reward without a clip model": ('best_of = 2\nreward = "clip"', ["[curate] reward 'clip'", "[metrics] clip"]),
 }
 
 
@@ -62,3 +60,13 @@ def test_bad_best_of_fields_of_a_recipe_are_refused_before_anything_is_written(n
     ran = run_limited("run", recipe, "--out", tmp_path / "run")
     assert_refused_within_limits(ran, *needles)
     assert not (tmp_path / "run").exists() and leftovers(tmp_path) == []
+
+
+def test_a_metrics_train_set_that_is_not_a_set_is_refused(small_digits, tmp_path):
+    """`imgsynth metrics --train` is a new input: a folder that is no ImageSet is one error naming it."""
+    (tmp_path / "nothing").mkdir()
+    ran = run_limited("metrics", small_digits.root, small_digits.root, "--features", "pixels", "--out",
+                      tmp_path / "m.csv", "--train", tmp_path / "nothing", "--cache-dir", tmp_path / "cache",
+                      "--device", "cpu")
+    assert_refused_within_limits(ran, "nothing")
+    assert not (tmp_path / "m.csv").exists() and leftovers(tmp_path) == []

@@ -132,6 +132,7 @@ enabled = false
     reference = pd.read_json(out / "real" / "reference.json", typ="series")
     reference_metrics = {row["metric"] for row in reference["rows"]}
     assert added <= reference_metrics and reference["train_set_metrics"]["candidate"] == "real/test"
+    assert reference["train_set_metrics"]["memorisation_rate"]["threshold"] == pytest.approx(1 / 3)
     findings = pd.read_csv(out / "findings.csv")
     assert added <= set(findings["metric"])
     from imgsynth.reports.figures import panel_order, panel_title
@@ -142,8 +143,9 @@ enabled = false
 
 def test_imgsynth_metrics_takes_the_training_set_with_train(small_digits, run_cli, tmp_path):
     out = tmp_path / "m.csv"
-    code, _, err = run_cli("metrics", small_digits.root, small_digits.root, "--features", "pixels", "--out", out,
+    code, printed, err = run_cli("metrics", small_digits.root, small_digits.root, "--features", "pixels", "--out", out,
                            "--train", small_digits.root, "--metrics", "memorisation_rate,authenticity", "--cache-dir", tmp_path / "c")
     assert code == 0, err
     values = pd.read_csv(out).set_index("metric")["value"]
     assert values["memorisation_rate"] == 1.0 and values["authenticity"] == 0.0  # the training set against itself
+    assert "τ = 1/3" in printed  # the threshold is part of the output

@@ -40,6 +40,7 @@ def metrics_command(
     """Compare CANDIDATE with REFERENCE in a feature space: FID/KID/PRDC/diversity/Vendi (+ CLIP score, CMMD)."""
     from imgsynth.imageset import ImageSet
     from imgsynth.metrics.evaluate import FRAME_COLUMNS, EvaluationNote, evaluate, rows_to_frame
+    from imgsynth.metrics.registry import TRAIN_FEATURES
     from imgsynth.outputs import FEATURE_CACHE, FILE, claim_output
 
     check_device(device)  # before the sets, features or models load
@@ -61,6 +62,12 @@ def metrics_command(
     shown = frame.drop(columns=["extractor"] + ([] if bootstrap else ["ci_low", "ci_high"]))
     typer.echo(f"{candidate_set.root} vs {reference_set.root}  [{features}]")
     typer.echo(shown.to_string(index=False, float_format=lambda v: f"{v:.6g}"))
+    if train_set is not None:  # what the training-set metrics mean, with the memorisation test's threshold
+        from imgsynth.metrics.registry import METRICS
+
+        for name in dict.fromkeys(frame["metric"]):
+            if name in METRICS and TRAIN_FEATURES in METRICS[name].requires:
+                typer.echo(f"  {name}: {METRICS[name].description}")
     for warning in caught:
         typer.echo(f"note: {warning.message}", err=True)
     typer.echo(f"wrote {out}")

@@ -464,8 +464,15 @@ class Experiment:
             # training set: the memorisation rate and authenticity of data that copies nothing.
             rows.extend(self._evaluate(real_test, real_test, reference_ckpt, None, key, real_train,
                                        metrics=list(TRAIN_SET_METRICS)))
-        extra = {"train_set_metrics": {"candidate": "real/test", "train_set": "real/train",
-                                       "metrics": list(TRAIN_SET_METRICS)}} if self.recipe.metrics.train_set_metrics else {}
+        extra = {}
+        if self.recipe.metrics.train_set_metrics:
+            from imgsynth.metrics.memorisation import RATIO_THRESHOLD
+
+            extra = {"train_set_metrics": {
+                "candidate": "real/test", "train_set": "real/train", "metrics": list(TRAIN_SET_METRICS),
+                "memorisation_rate": {"test": "d(x, NN1(train)) < τ · d(x, NN2(train)), or d(x, NN1) = 0",
+                                      "threshold": RATIO_THRESHOLD, "source": "Yoon et al. 2023; Gu et al. 2023"},
+                "knn_entropy": {"estimator": "Kozachenko–Leonenko", "k": 5, "units": "nats"}}}
         write_json_atomic(self.folder.reference_path, {"candidate": "real/train", "reference": "real/test",
                                                          **extra, "rows": rows}, indent=2)
 

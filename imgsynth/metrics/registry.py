@@ -267,8 +267,9 @@ for _name, _metric in (
         ("clip_score", Metric(_CLIP_SCORE, HIGHER, (0.0, 100.0), description="CLIP score of images vs captions")),
         ("cmmd", Metric(_CMMD, LOWER, (0.0, INF), description="MMD of CLIP embeddings")),
         ("memorisation_rate", Metric(_MEMORISATION, LOWER, (0.0, 1.0),
-                                     description="samples whose nearest training row is nearer than 1/3 of their "
-                                                 "second nearest (Yoon et al. 2023; Gu et al. 2023)")),
+                                     description="share of samples whose nearest training row is nearer than "
+                                                 "τ = 1/3 of their second nearest (distance-ratio test, Yoon et "
+                                                 "al. 2023; Gu et al. 2023)")),
         ("authenticity", Metric(_MEMORISATION, HIGHER, (0.0, 1.0),
                                 description="samples farther from their nearest training row than its own nearest "
                                             "neighbour (Alaa et al. 2022)")),

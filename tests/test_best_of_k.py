@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -116,13 +117,8 @@ def test_a_reward_registered_here_runs_through_imgsynth_curate(gaussian_model, r
     assert code != 0 and "unknown reward 'nope'" in err and not (tmp_path / "again").exists()
 
 
-def test_a_loop_with_best_of_one_and_nothing_else_is_the_uncurated_loop(tmp_path):
-    from imgsynth.experiments.config import load_recipe
-    from imgsynth.experiments.loop import Experiment
-    from imgsynth.reports.tables import collect_metrics
-
-    recipe = tmp_path / "recipe.toml"
-    recipe.write_text(f'''name = "k1"
+def _loop_recipe(path: Path, best_of: int) -> Path:
+    path.write_text(f'''name = "k{best_of}"
 [data]
 source = "{GAUSSIAN.replace("classes=1", "classes=2")}"
 size = 4
@@ -138,12 +134,25 @@ per_class = false
 [classifier]
 enabled = false
 [curate]
-best_of = 1
+best_of = {best_of}
 reward = "brightness"
 rebalance = false
 ''', encoding="utf-8")
-    out = tmp_path / "run"
+    return path
+
+
+def _run_loop(recipe: Path, out: Path) -> None:
+    from imgsynth.experiments.config import load_recipe
+    from imgsynth.experiments.loop import Experiment
+
     Experiment(load_recipe(recipe), out, progress=False).run()  # the loop alone: no reports needed here
+
+
+def test_a_loop_with_best_of_one_and_nothing_else_is_the_uncurated_loop(tmp_path):
+    from imgsynth.reports.tables import collect_metrics
+
+    out = tmp_path / "run"
+    _run_loop(_loop_recipe(tmp_path / "recipe.toml", 1), out)
     frame = collect_metrics(out)
     plain = frame[frame["mode"] == "replace"].drop(columns="mode").reset_index(drop=True)
     curated = frame[frame["mode"] == "replace+curate"].drop(columns="mode").reset_index(drop=True)
@@ -165,3 +174,20 @@ def test_recipes_check_best_of_and_its_reward():
         recipe_from_dict({"loop": modes, "curate": {"best_of": 2, "reward": "nope"}})
     with REWARDS.registered("test_dimmest", Reward(dimmest)):
         assert recipe_from_dict({"loop": modes, "curate": {"best_of": 2, "reward": "test_dimmest"}})
+
+
+def test_a_curating_loop_samples_k_candidates_per_kept_image_with_the_uncurated_images_first(tmp_path):
+    out = tmp_path / "run"
+    _run_loop(_loop_recipe(tmp_path / "recipe.toml", 3), out)
+    seed = out / "seed_0"
+    shared = ImageSet.open(seed / "gen_0" / "samples")  # generation 0 is shared with `replace`: not curated
+    candidates = ImageSet.open(seed / "replace+curate" / "gen_0" / "candidates")
+    assert set(shared.counts.values()) == {10} and set(candidates.counts.values()) == {30}
+    by_name = {r.file_name: r.sha256 for r in candidates.records}
+    assert all(by_name[r.file_name] == r.sha256 for r in shared.records)  # same seeds: candidate 0 is the shared image
+    for generation in (0, 1):
+        curated = ImageSet.open(seed / "replace+curate" / f"gen_{generation}" / "curated")
+        record = curation_record(curated)
+        assert set(curated.counts.values()) == {10} and {c["k"] for c in record["best_of"]} == {3}
+    assert set(ImageSet.open(seed / "replace+curate" / "gen_1" / "samples").counts.values()) == {30}
+    assert set(ImageSet.open(seed / "replace" / "gen_1" / "samples").counts.values()) == {10}

@@ -27,6 +27,13 @@ def test_the_expected_maximum_of_k_normals_matches_its_closed_forms():
     assert expected_normal_maximum(2) == pytest.approx(1 / math.sqrt(math.pi), abs=1e-9)
     assert expected_normal_maximum(3) == pytest.approx(3 / (2 * math.sqrt(math.pi)), abs=1e-9)
     assert expected_normal_maximum(4) == pytest.approx(6 / math.pi ** 1.5 * math.atan(math.sqrt(2)), abs=1e-9)
+    from scipy import integrate
+    from scipy.special import ndtr
+
+    for k in (10, 50):  # E[X] = ∫₀^∞ P(X > x) dx − ∫_{−∞}^0 P(X < x) dx with P(max < x) = Φ(x)^K
+        upper = integrate.quad(lambda x: 1 - ndtr(x) ** k, 0, math.inf)[0]
+        lower = integrate.quad(lambda x: ndtr(x) ** k, -math.inf, 0)[0]
+        assert expected_normal_maximum(k) == pytest.approx(upper - lower, abs=1e-7)
 
 
 def test_candidates_of_a_kept_image_are_its_index_plus_multiples_of_m_and_ties_go_to_the_earlier():

@@ -370,7 +370,7 @@ class Experiment:
     def _best_of(self, key: GenerationKey) -> int:
         """K of best-of-K curation for this generation's samples (1: no selection among candidates)."""
         k = self.recipe.curate.best_of or 1
-        if k == 1 or key.mode == "real":
+        if k == 1:
             return 1
         if key.generation == 0:
             return k if all(map(self._curates, self.recipe.loop.modes)) else 1
@@ -459,15 +459,14 @@ class Experiment:
         key = GenerationKey(self.recipe.seed, "real", 0)
         rows = self._evaluate(real_train, real_test, reference_ckpt, None, key)
         rows.append(_row("cas_accuracy_chance", "all", 1.0 / len(real_test.classes), len(real_test)))
-        if self.recipe.metrics.train_set_metrics:
-            # Against the training set, the reference is the held-out real test set measured against the real
-            # training set: the memorisation rate and authenticity of data that copies nothing.
-            rows.extend(self._evaluate(real_test, real_test, reference_ckpt, None, key, real_train,
-                                       metrics=list(TRAIN_SET_METRICS)))
         extra = {}
         if self.recipe.metrics.train_set_metrics:
             from imgsynth.metrics.memorisation import RATIO_THRESHOLD
 
+            # Against the training set, the reference is the held-out real test set measured against the real
+            # training set: the memorisation rate and authenticity of data that copies nothing.
+            rows.extend(self._evaluate(real_test, real_test, reference_ckpt, None, key, real_train,
+                                       metrics=list(TRAIN_SET_METRICS)))
             extra = {"train_set_metrics": {
                 "candidate": "real/test", "train_set": "real/train", "metrics": list(TRAIN_SET_METRICS),
                 "memorisation_rate": {"test": "d(x, NN1(train)) < τ · d(x, NN2(train)), or d(x, NN1) = 0",

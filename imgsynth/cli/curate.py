@@ -30,6 +30,12 @@ def curate_command(
                                                                              "smallest kept class."),
     seed: int = typer.Option(0, help="Seed of the rebalancing draw."),
     batch_size: int = typer.Option(256, help="Images per batch for the classifier and extractors."),
+    best_of: int = typer.Option(1, "--best-of", help="Keep the best of every K candidates of a class under "
+                                                     "--reward (candidates of kept image i: class positions i, "
+                                                     "i + m, …, m = images per class / K); 1: no selection."),
+    reward: str = typer.Option("confidence", "--reward", help="Registered reward for --best-of: confidence "
+                                                              "(needs --classifier), clip (needs --clip), "
+                                                              "brightness, or a plugin's."),
 ) -> None:
     """Filter an ImageSet into a curated one; the manifest records every drop and its reason."""
     from imgsynth.curation import curate, curation_record
@@ -38,7 +44,7 @@ def curate_command(
     claim_output(out, IMAGESET, [image_set, classifier])
     curated = curate(image_set, out, dedup=dedup, min_confidence=min_confidence, min_clip_score=min_clip_score,
                      clip_top_fraction=clip_top_fraction, classifier=classifier, clip=clip, rebalance=rebalance,
-                     seed=seed, embedding=embedding, batch_size=batch_size)
+                     seed=seed, embedding=embedding, batch_size=batch_size, best_of=best_of, reward=reward)
     record = curation_record(curated)
     typer.echo(f"{curated.root}: kept {record['kept']['total']} of {record['input']['num_images']} images "
                f"(id {curated.id[:12]})")

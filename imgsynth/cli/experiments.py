@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 
@@ -23,6 +23,9 @@ def run_command(
     address: Optional[str] = typer.Option(None, "--address", help="Ray: cluster address, auto or ray://host:port "
                                           "(default: a local cluster)."),
     list_recipes: bool = typer.Option(False, "--list", help="List the shipped recipes and exit."),
+    track: List[str] = typer.Option([], "--track", help="Log the run to an experiment tracker, offline into the "
+                                    "run folder: wandb, mlflow or tensorboard (repeat for several; adds to the "
+                                    "recipe's \\[tracking] trackers)."),
 ) -> None:
     """Run a recursive-generation experiment (or continue or extend a stopped one) and write its reports."""
     from imgsynth.distributed.tasks import BACKENDS, default_workers
@@ -30,7 +33,7 @@ def run_command(
     from imgsynth.experiments.loop import Experiment
     from imgsynth.experiments.recipes import resolve_target, shipped_recipes
     from imgsynth.outputs import RUN, claim_output
-    from imgsynth.reports.build import run_and_report
+    from imgsynth.tracking.registry import TRACKERS
 
     if list_recipes:
         for name, path in shipped_recipes().items():
@@ -40,6 +43,9 @@ def run_command(
         raise typer.BadParameter(f"choose one of {', '.join(BACKENDS)}", param_hint="--backend")
     if address is not None and backend != "ray":
         raise typer.BadParameter("--address is for --backend ray", param_hint="--address")
+    unknown = [name for name in track if name not in TRACKERS]
+    if unknown:  # before anything is read or written
+        raise ValueError(f"--track: unknown tracker(s) {unknown}; known: {', '.join(TRACKERS.names())}")
     options = {"workers": workers or default_workers(), "backend": backend, "address": address}
     recipe_path, run_dir = resolve_target(target)
     if run_dir is not None:
@@ -49,9 +55,28 @@ def run_command(
         claim_output(out or Path("runs") / recipe.name, RUN)
         experiment = Experiment(recipe, out or Path("runs") / recipe.name, **options)
     check_recipe_devices(experiment.recipe)  # before any data or model loads
-    folder = run_and_report(experiment)
+    folder = _run_tracked(experiment, track)
     typer.echo(f"dashboard: {folder / 'dashboard.png'}\nreport:    {folder / 'report.html'}\n"
                f"metrics:   {folder / 'metrics.csv'}\nfindings:  {folder / 'findings.csv'}")
+
+
+def _run_tracked(experiment: Any, track: List[str]) -> Path:
+    """``run_and_report`` with the recipe's and ``--track``'s trackers logging each finished task, then the
+    reports; a tracker's failure is a note, never the run's."""
+    from imgsynth.locking import folder_lock
+    from imgsynth.reports.build import run_and_report
+    from imgsynth.tracking.session import TrackingSession, mlflow_uri
+
+    names = [*experiment.recipe.tracking.trackers, *track]
+    if not names:
+        return run_and_report(experiment)
+    with folder_lock(experiment.run_dir):  # a session tidies the run folder: only its writer may
+        session = TrackingSession(experiment.run_dir, names,
+                                  mlflow_uri=mlflow_uri(experiment.recipe.tracking.mlflow_uri))
+        experiment.after_task = session.sync
+        folder = run_and_report(experiment)
+        session.finish()
+    return folder
 
 
 def dashboard_command(

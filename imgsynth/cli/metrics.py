@@ -61,21 +61,26 @@ def metrics_command(
                                 "each candidate image to the reference's mode and size (PIL convert, then PIL "
                                 "bicubic resize) instead of refusing."),
     resize_mode: Optional[str] = resize_mode_option(),
+    train: Optional[Path] = typer.Option(None, "--train", help="The ImageSet CANDIDATE's generator was trained "
+                                         "on: adds memorisation_rate, authenticity, knn_entropy and "
+                                         "train_knn_entropy."),
 ) -> None:
     """Compare CANDIDATE with REFERENCE in a feature space: FID/KID/PRDC/diversity/Vendi (+ CLIP score, CMMD).
 
     Either side may be an ImageSet, a plain folder of images, an hf: dataset or a statistics file; a metric
     that what was given cannot serve is skipped with a note saying what is missing.
     """
+    from imgsynth.imageset import ImageSet
     from imgsynth.metrics.evaluate import FRAME_COLUMNS, EvaluationNote, evaluate_sources, rows_to_frame
     from imgsynth.metrics.features import create_extractor
     from imgsynth.metrics.metric_sources import open_metric_source, source_name
+    from imgsynth.metrics.registry import METRICS, TRAIN_FEATURES
     from imgsynth.outputs import FEATURE_CACHE, FILE, claim_output
 
     if output_format not in FORMATS:
         raise ValueError(f"--format {output_format!r}: choose one of {', '.join(FORMATS)}")
     check_device(device)  # before the sets, features or models load
-    inputs = [side for side in (reference, candidate) if not side.startswith("hf:")]
+    inputs = [side for side in (reference, candidate) if not side.startswith("hf:")] + [train]
     file_format = "json" if output_format == "json" else "csv"
     if out is not None:
         claim_output(out, FILE, [*inputs, cache_dir],
@@ -84,12 +89,13 @@ def metrics_command(
         claim_output(cache_dir, FEATURE_CACHE, inputs)
     reference_side, candidate_side = open_metric_source(reference), open_metric_source(candidate)
     extractor = create_extractor(features, device, resize_mode=resize_mode) if resize_mode else features
+    train_set = ImageSet.open(train) if train is not None else None
     chosen = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", EvaluationNote)
         rows = evaluate_sources(candidate_side, reference_side, extractor, per_class=per_class, bootstrap=bootstrap,
                                 seed=seed, metrics=chosen, cache_dir=str(cache_dir) if cache_dir else None,
-                                batch_size=batch_size, device=device, resize=resize)
+                                batch_size=batch_size, device=device, resize=resize, train_set=train_set)
     frame = rows_to_frame(rows)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -103,6 +109,10 @@ def metrics_command(
         shown = frame.drop(columns=["extractor"] + ([] if bootstrap else ["ci_low", "ci_high"]))
         typer.echo(title)
         typer.echo(shown.to_string(index=False, float_format=lambda v: f"{v:.6g}"))
+        if train_set is not None:  # what the training-set metrics mean, with the memorisation test's threshold
+            for name in dict.fromkeys(frame["metric"]):
+                if name in METRICS and TRAIN_FEATURES in METRICS[name].requires:
+                    typer.echo(f"  {name}: {METRICS[name].description}")
     else:
         typer.echo(title, err=True)
         typer.echo(frame_text(frame, output_format), nl=False)

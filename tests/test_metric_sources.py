@@ -301,3 +301,17 @@ def test_captions_come_from_class_folders_and_a_flat_folder_notes_their_absence(
     assert frame.metric.tolist() == ["fid", "cmmd"]
     assert [n for n in notes if n.startswith("clip_score")] == [
         f"clip_score skipped: {flat.root} has no captions (nor class labels to stand in for them)"]
+
+
+def test_a_training_set_adds_its_metrics_for_a_folder_candidate_as_for_a_set(sets, tmp_path):
+    reference, candidate = sets
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EvaluationNote)
+        base = pd.DataFrame([r.__dict__ for r in evaluate(candidate, reference, "pixels", per_class=False,
+                                                          cache_dir=str(tmp_path / "cache"), device="cpu",
+                                                          train_set=reference)])
+    assert {"memorisation_rate", "knn_entropy"} <= set(base.metric)
+    folder = ImageFolder(_as_folder(candidate, tmp_path / "samples"))
+    frame, _ = _run(folder, reference, tmp_path, train_set=reference)
+    assert frame.metric.tolist() == base.metric.tolist()
+    np.testing.assert_allclose(frame.value, base.value, rtol=1e-12)

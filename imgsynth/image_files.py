@@ -22,7 +22,7 @@ import os
 import posixpath
 import stat
 from pathlib import Path
-from typing import Sequence
+from typing import Collection, Sequence
 
 from PIL import Image, UnidentifiedImageError
 
@@ -87,8 +87,11 @@ def check_sha256(data: bytes, expected: str, root: Path, file_name: str) -> None
 
 def decode_image(data: bytes, path: Path | str, *, mode: str | None = None,
                  size_hw: Sequence[int] | None = None, max_pixels: int = MAX_PIXELS,
-                 check_crc: bool = False) -> Image.Image:
+                 check_crc: bool = False, formats: Collection[str] = ("PNG",)) -> Image.Image:
     """Decode PNG bytes to a loaded PIL image, checking pixel count, format, mode and (H, W) size first.
+
+    ``formats``: the PIL format names accepted (a set holds PNGs only; a plain folder of images handed to
+    ``imgsynth metrics`` may also hold JPEGs and the other formats image-metric tools read).
 
     ``check_crc`` also checks every chunk's checksum (PIL's ``verify``), for ``imgsynth data verify``;
     readers need not, since the sha256 of the whole file was checked before decoding.
@@ -104,8 +107,9 @@ def decode_image(data: bytes, path: Path | str, *, mode: str | None = None,
     width, height = image.size
     if width * height > max_pixels:
         raise ImageFileError(f"{path}: {width}x{height} pixels, over the limit of {max_pixels} pixels per image")
-    if image.format != "PNG":
-        raise ImageFileError(f"{path}: expected a PNG image, found {image.format}")
+    if image.format not in formats:
+        expected = "a PNG image" if tuple(formats) == ("PNG",) else f"an image in {', '.join(formats)}"
+        raise ImageFileError(f"{path}: expected {expected}, found {image.format}")
     if mode is not None and image.mode != mode:
         raise ImageFileError(f"{path}: image mode {image.mode}, but the set's manifest says {mode}")
     if size_hw and [height, width] != [int(s) for s in size_hw]:

@@ -19,6 +19,7 @@ from imgsynth.cli import features as features_cli
 from imgsynth.cli import generate as generate_cli
 from imgsynth.cli import finetune as finetune_cli
 from imgsynth.cli import metrics as metrics_cli
+from imgsynth.cli import stats as stats_cli
 from imgsynth.errors import TaskFailedError
 from imgsynth.locking import FolderBusyError
 from imgsynth.notes import note_lines
@@ -36,6 +37,7 @@ curate.register(app)
 finetune_cli.register(app)
 metrics_cli.register(app)
 features_cli.register(app)
+stats_cli.register(app)
 generate_cli.register(app)
 
 DEBUG_VARIABLE = "IMGSYNTH_DEBUG"

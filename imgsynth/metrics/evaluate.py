@@ -1,5 +1,9 @@
 """One call from two ImageSets to tidy metric rows: overall and per class, with bootstrap intervals.
 
+``evaluate_sources`` takes anything ``metrics/metric_sources.py`` opens on either side (an ImageSet, a plain
+image folder, an ``hf:`` dataset, a statistics file) and lets what each side holds decide what is computed
+(FID from a mean and covariance alone; two ImageSets go to ``evaluate`` unchanged).
+
 ``evaluate(candidate, reference, extractor)`` extracts (cached) features, then ``evaluate_features``
 computes every metric declared in ``imgsynth.metrics.registry`` (``METRICS``) that applies to what the
 extractor supplies (``FeatureExtractor.supplies``) and the data at hand. The built-in ones:
@@ -39,8 +43,10 @@ from PIL import Image
 from imgsynth.notes import Note
 from imgsynth.imageset import ImageSet
 from imgsynth.metrics.bootstrap import bootstrap_intervals
-from imgsynth.metrics.distances import BiasedEstimateWarning
+from imgsynth.metrics.distances import BiasedEstimateWarning, feature_statistics, frechet_distance_from_statistics
 from imgsynth.metrics.features import FeatureExtractor, cached_features, create_extractor
+from imgsynth.metrics.metric_sources import Images, MetricSource, source_name
+from imgsynth.metrics.statistics_files import FeatureStatistics, check_extractor
 from imgsynth.metrics.registry import (CAPTIONS, DATA_NEEDS, FEATURES, METRICS, NEED_WORDS, TEXT_ENCODER,
                                        TRAIN_FEATURES, MetricFamily, MetricSettings, applies, bounds, resolve)
 
@@ -245,21 +251,28 @@ def evaluate_features(candidate: torch.Tensor, reference: torch.Tensor, *, candi
 RESIZE_FILTER = Image.Resampling.BICUBIC
 
 
-def _geometry(image_set: ImageSet) -> tuple[tuple[int, ...] | None, str | None]:
+def _geometry(image_set: ImageSet | MetricSource) -> tuple[tuple[int, ...] | None, str | None]:
+    """(H, W) and mode of every image of a side (None where they differ): a set's manifest says, a folder's
+    or dataset's headers were read when it was opened, a statistics file's header records them."""
     size = image_set.image_size
-    return (tuple(size) if size else None), image_set.manifest.get("image_mode")
+    mode = image_set.manifest.get("image_mode") if isinstance(image_set, ImageSet) else image_set.image_mode
+    return (tuple(size) if size else None), mode
 
 
-def _describe(image_set: ImageSet) -> str:
+def _describe(image_set: ImageSet | MetricSource) -> str:
     size, mode = _geometry(image_set)
     shown_size = f"{size[0]}x{size[1]} (HxW)" if size else "mixed-size"
     return f"{shown_size} {mode or 'mixed-mode'} images"
 
 
+def _root(side: ImageSet | MetricSource) -> str:
+    return source_name(side)
+
+
 class _Converted(Sequence[Image.Image]):
     """The images of a set, each converted to ``mode`` and resized to ``size_wh`` as it is read."""
 
-    def __init__(self, images: ImageSet | Sequence[Image.Image], mode: str, size_wh: tuple[int, int]) -> None:
+    def __init__(self, images: ImageSet | Images | Sequence[Image.Image], mode: str, size_wh: tuple[int, int]) -> None:
         self.images, self.mode, self.size_wh = images, mode, size_wh
 
     def __len__(self) -> int:
@@ -286,7 +299,7 @@ class _ConvertingExtractor(FeatureExtractor):
                                  num_workers=num_workers)
 
 
-def conform_to(candidate_set: ImageSet, reference_set: ImageSet, resize: bool) -> tuple[str, tuple[int, int]] | None:
+def conform_to(candidate_set: ImageSet | MetricSource, reference_set: ImageSet | MetricSource, resize: bool) -> tuple[str, tuple[int, int]] | None:
     """How the candidate's images must be converted to be compared with the reference's: ``None`` when
     both sets hold images of one size and mode; with ``resize``, the reference's (mode, (width, height)),
     to which each candidate image is converted (PIL ``Image.convert``: L→RGB copies the grey level,
@@ -295,15 +308,21 @@ def conform_to(candidate_set: ImageSet, reference_set: ImageSet, resize: bool) -
     wanted = _geometry(reference_set)
     if _geometry(candidate_set) == wanted:
         return None
+    if any(isinstance(side, FeatureStatistics) and side.header is None for side in (candidate_set, reference_set)):
+        return None  # a foreign statistics file does not say what images it describes: the user vouches for it
     if not resize:
-        raise ValueError(f"{candidate_set.root} holds {_describe(candidate_set)} but the reference "
-                         f"{reference_set.root} holds {_describe(reference_set)}; metrics compare sets of one size "
+        raise ValueError(f"{_root(candidate_set)} holds {_describe(candidate_set)} but the reference "
+                         f"{_root(reference_set)} holds {_describe(reference_set)}; metrics compare sets of one size "
                          "and mode (otherwise they measure the resolution or colour difference): convert the "
                          "candidate to the reference's with --resize (resize=True)")
+    if isinstance(candidate_set, FeatureStatistics):
+        raise ValueError(f"cannot resize {_root(candidate_set)} to the reference {_root(reference_set)}: it is a "
+                         f"statistics file of {_describe(candidate_set)}, not images; compute it from images of "
+                         "the reference's size and mode")
     size, mode = wanted
     if size is None or mode is None:
-        raise ValueError(f"cannot resize {candidate_set.root} to the reference {reference_set.root}: the reference "
-                         f"holds {_describe(reference_set)}, so there is no one size and mode to convert to")
+        raise ValueError(f"cannot resize {_root(candidate_set)} to the reference {_root(reference_set)}: the "
+                         f"reference holds {_describe(reference_set)}, so there is no one size and mode to convert to")
     return mode, (size[1], size[0])
 
 
@@ -349,6 +368,167 @@ def evaluate(candidate_set: ImageSet, reference_set: ImageSet, extractor: str | 
         supplies=extractor.supplies, k=k, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
         confidence=confidence, interval=interval, device=device or extractor.device, train=train,
         train_labels=[r.label for r in train_set.records] if train_set is not None else None)
+
+
+# Metrics computed from each side's mean and covariance alone, so a statistics file without features serves them.
+FROM_STATISTICS = frozenset({"fid"})
+
+
+@dataclass
+class _Side:
+    """One side made ready: features (None for a statistics file without them), labels (None when the side
+    has none), the statistics it carries, and what a note says it lacks."""
+
+    name: str
+    features: torch.Tensor | None
+    labels: list[str] | None
+    classes: list[str]
+    statistics: FeatureStatistics | None
+    why_unlabeled: str | None
+
+
+def _prepare(side: ImageSet | MetricSource, extractor: FeatureExtractor, cache_dir: str | None,
+             batch_size: int) -> _Side:
+    if isinstance(side, FeatureStatistics):
+        features = None if side.features is None else torch.from_numpy(side.features)
+        return _Side(str(side.path), features, None, [], side,
+                     f"{side.path} is a statistics file (overall statistics, no labels)")
+    features = cached_features(side, extractor, cache_dir, batch_size)
+    why = getattr(side, "why_unlabeled", None)
+    labels = None if why else [r.label for r in side.records]
+    return _Side(str(side.root), features, labels, list(side.classes), None, why)
+
+
+def _width(side: _Side) -> int:
+    if side.features is not None:
+        return int(side.features.shape[1])
+    assert side.statistics is not None
+    return int(side.statistics.mu.shape[0])
+
+
+def _check_widths(candidate: _Side, reference: _Side, extractor_name: str) -> None:
+    """Refuse, naming the file, statistics of another width than the other side's features (a foreign file
+    made by another extractor)."""
+    if _width(candidate) == _width(reference):
+        return
+    stats, other = (candidate, reference) if candidate.statistics is not None else (reference, candidate)
+    raise ValueError(f"{stats.name}: {_width(stats)}-dimensional statistics, but {other.name} has "
+                     f"{_width(other)}-dimensional {extractor_name!r} features; were they made by another extractor?")
+
+
+def _statistics_of(side: _Side) -> tuple[Any, Any]:
+    if side.features is not None:
+        return feature_statistics(side.features, side.name)
+    assert side.statistics is not None
+    return side.statistics.mu, side.statistics.sigma
+
+
+def _candidate_n(side: _Side) -> int:
+    if side.features is not None:
+        return int(side.features.shape[0])
+    return int(side.statistics.n or 0) if side.statistics is not None else 0
+
+
+def evaluate_sources(candidate: ImageSet | MetricSource, reference: ImageSet | MetricSource,
+                     extractor: str | FeatureExtractor, per_class: bool = True, bootstrap: int = 0, seed: int = 0,
+                     metrics: Sequence[str] | None = None, cache_dir: str | None = None, *, k: int = 5,
+                     kid_subsets: int = 100, kid_subset_size: int = 1000, confidence: float = 0.95,
+                     interval: str = "recentred", batch_size: int = 64, device: str | torch.device | None = None,
+                     resize: bool = False, train_set: ImageSet | None = None) -> list[MetricRow]:
+    """``evaluate`` for anything ``imgsynth.metrics.metric_sources.open_metric_source`` opens on either side:
+    ImageSets, plain image folders, ``hf:`` datasets, statistics files.
+
+    Two ImageSets go to ``evaluate`` itself (the same numbers as ever). Otherwise what each side holds
+    decides what is computed, and every metric left out gets one ``EvaluationNote`` naming what is missing:
+    FID needs only each side's mean and covariance (a statistics file's, or the features'); KID, PRDC and
+    the other two-sample metrics need features on both sides (a statistics file written with
+    ``--with-features`` has them); one-sample metrics need the candidate's features; per-class rows need
+    labels on both sides (a folder's class sub-folders, a set's or a dataset's labels); CLIP score needs
+    the candidate's captions. A statistics file made by another extractor is refused, naming both; one
+    that does not say which extractor made it (pytorch-fid's, clean-fid's) is used with a note.
+    ``train_set`` (an ImageSet, as for ``evaluate``) adds the metrics against the generator's training set.
+    """
+    if isinstance(candidate, ImageSet) and isinstance(reference, ImageSet):
+        return evaluate(candidate, reference, extractor, per_class=per_class, bootstrap=bootstrap, seed=seed,
+                        metrics=metrics, cache_dir=cache_dir, k=k, kid_subsets=kid_subsets,
+                        kid_subset_size=kid_subset_size, confidence=confidence, interval=interval,
+                        batch_size=batch_size, device=device, resize=resize, train_set=train_set)
+    conversion = conform_to(candidate, reference, resize)  # before any weights are loaded
+    train_conversion = conform_to(train_set, reference, resize) if train_set is not None else None
+    extractor = create_extractor(extractor, device)
+    notes: list[str] = []
+    for side in (reference, candidate):
+        if isinstance(side, FeatureStatistics):
+            vouched = check_extractor(side, extractor)
+            if vouched:
+                notes.append(vouched)
+    candidate_extractor = extractor if conversion is None else _ConvertingExtractor(extractor, *conversion)
+    cand = _prepare(candidate, candidate_extractor, cache_dir, batch_size)
+    ref = _prepare(reference, extractor, cache_dir, batch_size)
+    _check_widths(cand, ref, extractor.name)
+    train = None
+    if train_set is not None:
+        train_extractor = extractor if train_conversion is None else _ConvertingExtractor(extractor, *train_conversion)
+        train = cached_features(train_set, train_extractor, cache_dir, batch_size)
+    text = None
+    if TEXT_ENCODER in extractor.supplies and not isinstance(candidate, FeatureStatistics):
+        captions = _caption_texts(candidate)  # type: ignore[arg-type]
+        text = extractor.encode_text(captions) if all(captions) else None
+
+    # Which of the requested (or applicable) metrics each side's contents can serve.
+    # Captions are asked of the candidate below, metric by metric, so that a missing one is a note, not an error.
+    families, select_notes = _select(metrics, extractor.supplies,
+                                     {CAPTIONS} | ({TRAIN_FEATURES} if train is not None else set()), extractor.name)
+    notes += select_notes
+    servable: list[str] = []
+    from_statistics: list[str] = []
+    for chosen in families:
+        for name in chosen.wanted:
+            if CAPTIONS in chosen.family.needs and text is None and cand.features is not None:
+                notes.append(f"{name} skipped: {cand.name} has no captions (nor class labels to stand in for them)")
+            elif chosen.family.two_sample and (cand.features is None or ref.features is None):
+                if name in FROM_STATISTICS:
+                    from_statistics.append(name)
+                    continue
+                lacking = ref if ref.features is None else cand
+                notes.append(f"{name} skipped: {lacking.name} holds statistics (mu, sigma) only, no features "
+                             "(write it with `imgsynth stats ... --with-features`)")
+            elif not chosen.family.two_sample and cand.features is None:
+                notes.append(f"{name} skipped: the candidate {cand.name} holds statistics only, no features")
+            else:
+                servable.append(name)
+    if per_class:
+        unlabeled = next((side for side in (cand, ref) if side.labels is None), None)
+        if unlabeled is not None:
+            notes.append(f"per-class metrics skipped: {unlabeled.why_unlabeled}; overall metrics only")
+            per_class = False
+    if not servable and not from_statistics:
+        raise ValueError(f"nothing to compute: {'; '.join(notes) or 'no metric applies'}")
+
+    rows: list[MetricRow] = []
+    for name in from_statistics:
+        if bootstrap:
+            notes.append(f"{name}: no bootstrap interval (computed from statistics, not from features)")
+        value = frechet_distance_from_statistics(*_statistics_of(cand), *_statistics_of(ref))
+        rows.append(MetricRow(name, ALL, value, None, None, _candidate_n(cand), extractor.name))
+    for note in notes:
+        warnings.warn(note, EvaluationNote, stacklevel=2)
+    if not servable:
+        return rows
+    assert cand.features is not None
+    # One-sample metrics alone need no reference rows: the candidate stands in (only its rows are read).
+    stand_in = ref.features is None
+    reference_features = cand.features if stand_in else ref.features
+    reference_labels = cand.labels if stand_in else ref.labels
+    classes = cand.classes if stand_in else ref.classes + [c for c in cand.classes if c not in ref.classes]
+    rows += evaluate_features(
+        cand.features, reference_features, candidate_labels=cand.labels or [ALL] * cand.features.shape[0],
+        reference_labels=reference_labels or [ALL] * reference_features.shape[0], extractor=extractor.name,
+        classes=classes, per_class=per_class, bootstrap=bootstrap, seed=seed, metrics=servable, candidate_text=text,
+        supplies=extractor.supplies, k=k, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
+        confidence=confidence, interval=interval, device=device or extractor.device, train=train,
+        train_labels=[r.label for r in train_set.records] if train_set is not None else None)
+    return rows
 
 
 def rows_to_frame(rows: Iterable[MetricRow]) -> pd.DataFrame:

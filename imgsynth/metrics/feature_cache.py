@@ -1,6 +1,10 @@
 """The on-disk feature cache: ``cached_features(image_set, extractor)`` stores features as safetensors files
 in ``$IMGSYNTH_CACHE/features`` (default ``~/.cache/imgsynth/features``), keyed by the set's id and row
 order, the extractor id (which includes a hash of the weights) and its preprocessing; writes are atomic.
+
+A plain image folder or a Hugging Face dataset (``imgsynth.metrics.metric_sources``) is cached the same way:
+its ``id`` is a hash of its images' content (every file's sha256 and label, in order), so renaming or
+moving the folder keeps its entry and changing one byte of one image makes a new one.
 """
 
 from __future__ import annotations
@@ -9,12 +13,16 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from imgsynth.imageset import ImageSet
 from imgsynth.metrics.extractors.base import FeatureExtractor, create_extractor
 from imgsynth.atomic_files import atomic_path
+
+if TYPE_CHECKING:
+    from imgsynth.metrics.metric_sources import Images
 
 CACHE_FORMAT = 1
 
@@ -27,7 +35,7 @@ def feature_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     return (Path(root).expanduser() if root else Path("~/.cache/imgsynth").expanduser()) / "features"
 
 
-def feature_cache_key(image_set: ImageSet, extractor: FeatureExtractor) -> str:
+def feature_cache_key(image_set: ImageSet | Images, extractor: FeatureExtractor) -> str:
     """Hash of (set id, row order, extractor id, preprocessing): equal keys mean equal feature matrices."""
     order = hashlib.sha256("".join(f"{r.sha256}\t{r.label}\n" for r in image_set.records).encode()).hexdigest()
     payload = json.dumps({"format": CACHE_FORMAT, "set": image_set.id, "order": order, "extractor": extractor.id,
@@ -35,7 +43,7 @@ def feature_cache_key(image_set: ImageSet, extractor: FeatureExtractor) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def cached_features(image_set: ImageSet, extractor: FeatureExtractor | str, cache_dir: str | os.PathLike | None = None,
+def cached_features(image_set: ImageSet | Images, extractor: FeatureExtractor | str, cache_dir: str | os.PathLike | None = None,
                     batch_size: int = 64, device: str | torch.device | None = None) -> torch.Tensor:
     """Features of ``image_set`` (float32 CPU, one row per image in set order), computed once and cached.
 
@@ -71,7 +79,7 @@ def cached_features(image_set: ImageSet, extractor: FeatureExtractor | str, cach
     return features
 
 
-def check_cached(path: Path, features: torch.Tensor, extractor: FeatureExtractor, image_set: ImageSet) -> None:
+def check_cached(path: Path, features: torch.Tensor, extractor: FeatureExtractor, image_set: ImageSet | Images) -> None:
     """Refuse, naming the cache file, an entry whose metadata matches but whose features cannot be the
     extractor's: not a float32 matrix, not finite, or of another width than the extractor gives (checked
     on the set's first image, so a tampered entry never reaches a metric as a number)."""

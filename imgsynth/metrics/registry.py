@@ -60,6 +60,7 @@ class MetricSettings:
     kid_subsets: int = 100
     kid_subset_size: int = 1000
     seed: int = 0
+    progress: bool = False  # progress bars over the blocks of the large-set metrics (FID, KID, PRDC, CMMD)
 
 
 Count = int | Callable[[MetricSettings], int]

@@ -30,7 +30,7 @@ def _mean(x: torch.Tensor, rows: int, bar: Any) -> torch.Tensor:
     """Column means in float64, summed block by block (one block: exactly ``x.to(float64).mean(dim=0)``)."""
     total = None
     for block in row_blocks(x.shape[0], rows):
-        part = x[block].to(F64).sum(dim=0)
+        part = x[block].sum(dim=0, dtype=F64)  # the same sums as on a float64 copy, without making one
         total = part if total is None else total.add_(part)
         bar.update(1)
     assert total is not None  # as_features guaranteed rows
@@ -38,10 +38,14 @@ def _mean(x: torch.Tensor, rows: int, bar: Any) -> torch.Tensor:
 
 
 def _scatter(x: torch.Tensor, mu: torch.Tensor, rows: int, bar: Any) -> torch.Tensor:
-    """Σ (xᵢ − μ)(xᵢ − μ)ᵀ in float64, one GEMM per block of centred rows accumulated into one d × d matrix."""
+    """Σ (xᵢ − μ)(xᵢ − μ)ᵀ in float64, one GEMM per block of centred rows accumulated into one d × d matrix.
+
+    Blocks are centred into one reused float64 buffer (fresh 64 MiB allocations would be page-faulted in
+    again every block)."""
+    buffer = torch.empty((min(rows, x.shape[0]), x.shape[1]), dtype=F64, device=x.device)
     total = None
     for block in row_blocks(x.shape[0], rows):
-        centred = x[block].to(F64) - mu
+        centred = torch.sub(x[block], mu, out=buffer[:block.stop - block.start])  # float64: x promoted exactly
         if total is None:
             total = centred.mT @ centred
         else:

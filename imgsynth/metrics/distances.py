@@ -26,11 +26,22 @@ class BiasedEstimateWarning(Note):
 
 # --------------------------------------------------------------------------------------------- Fréchet
 
+def _float64_buffer(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """One float64 block that every block of ``x`` is copied into in turn.
+
+    Copying into a reused buffer and then working in float64 is several times faster than torch's
+    mixed-dtype kernels (``sum(dtype=float64)``, float32 − float64), and a fresh 64 MiB allocation per block
+    would be page-faulted in again each time. The values are those of ``x.to(float64)``: the copy is exact.
+    """
+    return torch.empty((min(rows, x.shape[0]), x.shape[1]), dtype=F64, device=x.device)
+
+
 def _mean(x: torch.Tensor, rows: int, bar: Any) -> torch.Tensor:
     """Column means in float64, summed block by block (one block: exactly ``x.to(float64).mean(dim=0)``)."""
+    buffer = _float64_buffer(x, rows)
     total = None
     for block in row_blocks(x.shape[0], rows):
-        part = x[block].sum(dim=0, dtype=F64)  # the same sums as on a float64 copy, without making one
+        part = buffer[:block.stop - block.start].copy_(x[block]).sum(dim=0)
         total = part if total is None else total.add_(part)
         bar.update(1)
     assert total is not None  # as_features guaranteed rows
@@ -38,14 +49,11 @@ def _mean(x: torch.Tensor, rows: int, bar: Any) -> torch.Tensor:
 
 
 def _scatter(x: torch.Tensor, mu: torch.Tensor, rows: int, bar: Any) -> torch.Tensor:
-    """Σ (xᵢ − μ)(xᵢ − μ)ᵀ in float64, one GEMM per block of centred rows accumulated into one d × d matrix.
-
-    Blocks are centred into one reused float64 buffer (fresh 64 MiB allocations would be page-faulted in
-    again every block)."""
-    buffer = torch.empty((min(rows, x.shape[0]), x.shape[1]), dtype=F64, device=x.device)
+    """Σ (xᵢ − μ)(xᵢ − μ)ᵀ in float64, one GEMM per block of centred rows accumulated into one d × d matrix."""
+    buffer = _float64_buffer(x, rows)
     total = None
     for block in row_blocks(x.shape[0], rows):
-        centred = torch.sub(x[block], mu, out=buffer[:block.stop - block.start])  # float64: x promoted exactly
+        centred = buffer[:block.stop - block.start].copy_(x[block]).sub_(mu)
         if total is None:
             total = centred.mT @ centred
         else:

@@ -93,7 +93,10 @@ def _prepare(job: dict, real_np, fake_np, real, fake):
 
         return lambda: {"fid": frechet_distance(fake, real, block=n if one_block else None)}
     if metric == "fid" and impl == "torch-fidelity":
-        from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+        from torch_fidelity.metric_fid import (
+            fid_features_to_statistics,
+            fid_statistics_to_metric,
+        )
 
         return lambda: {"fid": fid_statistics_to_metric(fid_features_to_statistics(fake), fid_features_to_statistics(real),
                                                         verbose=False)["frechet_inception_distance"]}

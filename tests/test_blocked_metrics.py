@@ -18,7 +18,13 @@ from torch.overrides import TorchFunctionMode
 
 from imgsynth.metrics.blocks import block_rows, row_blocks
 from imgsynth.metrics.bootstrap import bootstrap_replicates
-from imgsynth.metrics.distances import BiasedEstimateWarning, cmmd, feature_statistics, frechet_distance, kid
+from imgsynth.metrics.distances import (
+    BiasedEstimateWarning,
+    cmmd,
+    feature_statistics,
+    frechet_distance,
+    kid,
+)
 from imgsynth.metrics.diversity import clip_diversity, vendi_score
 from imgsynth.metrics.fidelity import knn_radii, precision_recall_density_coverage
 
@@ -84,7 +90,10 @@ def test_frechet_in_tiny_blocks_equals_unblocked_and_scipy(n_a, n_b, d):
 
 
 def test_frechet_matches_torch_fidelity_on_its_statistics():
-    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+    from torch_fidelity.metric_fid import (
+        fid_features_to_statistics,
+        fid_statistics_to_metric,
+    )
 
     a, b = gaussian(80, 5, 3, dtype=np.float64), gaussian(60, 5, 4, shift=0.2, dtype=np.float64)
     reference = fid_statistics_to_metric(fid_features_to_statistics(torch.tensor(a)),
@@ -160,7 +169,7 @@ def test_knn_radii_in_blocks_equal_np_partition():
 
 
 def test_prdc_holds_no_whole_set_copy_and_no_n_by_n_block(monkeypatch):
-    import imgsynth.metrics.fidelity as fidelity
+    from imgsynth.metrics import fidelity
 
     monkeypatch.setattr(fidelity, "EXACT_BLOCK", 64)  # float64 gathers for near-ties: 4 MiB blocks, here 64 elements
     n, d, chunk, k = 300, 8, 32, 2

@@ -8,7 +8,8 @@ code with one block, which is how small sets (the experiment loop's) keep their 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -39,7 +40,7 @@ def block_count(n: int, rows: int) -> int:
     return -(-n // rows)
 
 
-def progress_bar(total: int, desc: str, enabled: bool, unit: str = "block") -> "tqdm":
+def progress_bar(total: int, desc: str, enabled: bool, unit: str = "block") -> tqdm:
     """The project's progress bar (tqdm on stderr), shown only when ``enabled`` and only while it runs
     (``leave=False``: a table of metrics is not followed by a trail of finished bars)."""
     from tqdm.auto import tqdm

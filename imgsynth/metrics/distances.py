@@ -2,6 +2,8 @@
 
 All arithmetic runs in float64 on the device the features are on (CPU or GPU); results are Python
 floats. Every function checks its inputs (see ``inputs.py``) and raises instead of returning NaN.
+Features are read in blocks of rows (``blocks.py``): only a block at a time is converted to float64, so
+50,000 × 2048 sets need no float64 copy; a set in one block gives the one-shot formulas bit for bit.
 """
 
 from __future__ import annotations

@@ -233,3 +233,15 @@ def test_progress_bars_show_and_change_nothing(capsys):
     assert all(name in shown for name in ("fid", "kid", "prdc"))
     assert values == (frechet_distance(real, fake, block=8), kid(real, fake, subsets=3, subset_size=10),
                       precision_recall_density_coverage(real, fake, k=2, chunk=8))
+
+
+def test_progress_by_default_only_on_a_terminal_after_a_delay(capsys, monkeypatch):
+    from imgsynth.metrics import blocks
+
+    real, fake = gaussian(30, 4, 24), gaussian(30, 4, 25)
+    precision_recall_density_coverage(real, fake, k=2, chunk=8)
+    assert "prdc" not in capsys.readouterr().err  # not a terminal: nothing
+    monkeypatch.setattr(blocks, "AUTO_DELAY", 0.0)
+    monkeypatch.setattr(blocks.sys.stderr, "isatty", lambda: True, raising=False)
+    precision_recall_density_coverage(real, fake, k=2, chunk=8)
+    assert "prdc" in capsys.readouterr().err

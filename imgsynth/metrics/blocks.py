@@ -8,6 +8,7 @@ code with one block, which is how small sets (the experiment loop's) keep their 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -40,9 +41,21 @@ def block_count(n: int, rows: int) -> int:
     return -(-n // rows)
 
 
-def progress_bar(total: int, desc: str, enabled: bool, unit: str = "block") -> tqdm:
-    """The project's progress bar (tqdm on stderr), shown only when ``enabled`` and only while it runs
-    (``leave=False``: a table of metrics is not followed by a trail of finished bars)."""
+AUTO_DELAY = 2.0  # seconds: a metric that finishes sooner never shows a bar unless asked to
+
+
+def progress_bar(total: int, desc: str, enabled: bool | None, unit: str = "block") -> tqdm:
+    """The project's progress bar (tqdm on stderr), shown only while it runs (``leave=False``: a table of
+    metrics is not followed by a trail of finished bars).
+
+    ``enabled``: True shows it, False never; None (the metrics' default) shows it when stderr is a terminal
+    and the work has taken longer than ``AUTO_DELAY``, so a 50,000-image evaluation shows where it is and
+    the many small ones of an experiment print nothing.
+    """
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, leave=False, dynamic_ncols=True)
+    delay = 0.0
+    if enabled is None:
+        enabled, delay = sys.stderr.isatty(), AUTO_DELAY
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, leave=False, delay=delay,
+                dynamic_ncols=True)

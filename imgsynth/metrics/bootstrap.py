@@ -38,7 +38,7 @@ METHODS = ("recentred", "percentile")
 
 def bootstrap_replicates(statistic: Statistic, candidate: torch.Tensor, reference: torch.Tensor | None = None, *,
                          replicates: int, seed: int = 0, extra: tuple[torch.Tensor, ...] = (),
-                         progress: bool = False) -> dict[str, np.ndarray]:
+                         progress: bool | None = None) -> dict[str, np.ndarray]:
     """``statistic`` on ``replicates`` resamples: ``{name: array of replicate values}``.
 
     ``statistic(candidate_rows, reference_rows, *extra_rows)`` — or ``statistic(candidate_rows,
@@ -71,7 +71,8 @@ def bootstrap_intervals(statistic: Statistic, candidate: torch.Tensor, reference
                         replicates: int, seed: int = 0, confidence: float = 0.95, method: str = "recentred",
                         estimate: Mapping[str, float] | None = None,
                         bounds: Mapping[str, tuple[float, float]] | None = None,
-                        extra: tuple[torch.Tensor, ...] = (), progress: bool = False) -> dict[str, tuple[float, float]]:
+                        extra: tuple[torch.Tensor, ...] = (),
+                        progress: bool | None = None) -> dict[str, tuple[float, float]]:
     """Intervals ``{name: (low, high)}`` at ``confidence`` for each value ``statistic`` returns.
 
     ``estimate`` is the full-sample value (computed here when not given; only ``"recentred"`` uses it).

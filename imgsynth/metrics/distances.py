@@ -66,7 +66,7 @@ def _scatter(x: torch.Tensor, mu: torch.Tensor, rows: int, bar: Any) -> torch.Te
 
 
 def feature_statistics(x: Any, name: str = "features", *, block: int | None = None,
-                       progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                       progress: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and unbiased covariance (divisor n − 1, as numpy.cov and pytorch-fid) in float64.
 
     Two passes over ``block`` rows at a time (default: 64 MiB of float64 rows): the mean, then the
@@ -138,7 +138,7 @@ def frechet_distance_from_statistics(mu1: Any, sigma1: Any, mu2: Any, sigma2: An
 
 
 def frechet_distance(a: Any, b: Any, method: str = "auto", *, block: int | None = None,
-                     progress: bool = False) -> float:
+                     progress: bool | None = None) -> float:
     """Fréchet distance between two feature sets (rows are samples), or between two (mu, sigma) pairs.
 
     ``method``: "covariance" works on the d × d covariances (Cholesky + symmetric eigenvalues);
@@ -148,7 +148,7 @@ def frechet_distance(a: Any, b: Any, method: str = "auto", *, block: int | None 
 
     Features are read ``block`` rows at a time (see ``feature_statistics``), so memory is the features
     plus a few float64 blocks and d × d matrices ("cross_gram" also holds its n_a × n_b float64 matrix);
-    ``progress`` shows a bar over the blocks.
+    ``progress`` shows a bar (None: on a terminal, once the work has run 2 s) over the blocks.
 
     With n ≤ d the sample covariance is rank-deficient and the estimate is strongly biased upwards
     (FD's bias falls like 1/n); a ``BiasedEstimateWarning`` says so, but the value is exact for the
@@ -244,13 +244,13 @@ def unbiased_mmd2(k_xx: torch.Tensor, k_yy: torch.Tensor, k_xy: torch.Tensor) ->
 
 
 def kid_subset_values(a: Any, b: Any, subsets: int = 100, subset_size: int = 1000, seed: int = 0,
-                      batch: int = 8, *, progress: bool = False) -> torch.Tensor:
+                      batch: int = 8, *, progress: bool | None = None) -> torch.Tensor:
     """The per-subset MMD² values whose mean is KID (float64 tensor of length ``subsets``).
 
     Each subset draws ``m = min(subset_size, n_a, n_b)`` rows of each set without replacement; the kernel
     is the cubic polynomial k(x, y) = (xᵀy / d + 1)³. ``batch`` subsets are evaluated at once: only their
     rows are converted to float64, so memory is 2·batch·m·d + 3·batch·m² doubles besides the features,
-    whatever the sets' sizes. ``progress`` shows a bar over the subsets.
+    whatever the sets' sizes. ``progress`` shows a bar (None: on a terminal, once the work has run 2 s) over the subsets.
     """
     a = as_features(a, "a", min_samples=2)
     b = as_features(b, "b", min_samples=2, device=a.device)
@@ -273,7 +273,7 @@ def kid_subset_values(a: Any, b: Any, subsets: int = 100, subset_size: int = 100
 
 
 def kid(a: Any, b: Any, subsets: int = 100, subset_size: int = 1000, seed: int = 0, *,
-        progress: bool = False) -> float:
+        progress: bool | None = None) -> float:
     """Kernel Inception Distance (Bińkowski et al. 2018): the mean of ``kid_subset_values``.
 
     Defaults follow torch-fidelity and clean-fid (100 subsets of 1000); with fewer samples the subset
@@ -306,14 +306,14 @@ def _rbf_kernel_mean(x: torch.Tensor, y: torch.Tensor, gamma: float, chunk: int,
 
 
 def cmmd(a: Any, b: Any, sigma: float = CMMD_SIGMA, scale: float = CMMD_SCALE, chunk: int = 4096, *,
-         progress: bool = False) -> float:
+         progress: bool | None = None) -> float:
     """CMMD (Jayasumana et al. 2024): scale · MMD² with a Gaussian RBF kernel on CLIP image embeddings.
 
     Follows google-research/cmmd ``distance.mmd`` exactly: k(x, y) = exp(−‖x−y‖² / (2σ²)) with σ = 10,
     the biased (minimum-variance, V-statistic) estimator mean(K_xx) + mean(K_yy) − 2 mean(K_xy) with the
     diagonals kept, scaled by 1000. The reference feeds unit-norm CLIP embeddings (scenic's CLIP
     normalises them); the ``clip:`` extractor here returns unit-norm embeddings too. Kernel sums run over
-    ``chunk`` × ``chunk`` blocks (``progress`` shows them).
+    ``chunk`` × ``chunk`` blocks (``progress``: a bar over them; None: on a terminal after 2 s).
     """
     a = as_features(a, "a", min_samples=2)
     b = as_features(b, "b", min_samples=2, device=a.device)

@@ -26,7 +26,7 @@ Memory: ``prdc`` builds three full n × n float32 distance matrices plus sorting
 pair: 30 GB at 50,000). This keeps the features themselves, O(n) vectors (k-NN candidates, squared norms,
 flags, counts) and a few ``chunk × chunk`` blocks: every product is a block of rows of one set times a
 block of rows of the other, each block centred and rounded to float32 when it is used, so no copy of a
-whole set is ever made. ``progress`` shows a bar over the block products.
+whole set is ever made. ``progress`` shows a bar (None: on a terminal, once the work has run 2 s) over the block products.
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ def _triangle(n: int, chunk: int) -> int:
     return blocks * (blocks + 1) // 2
 
 
-def knn_radii(x: Any, k: int, chunk: int = DEFAULT_CHUNK, *, progress: bool = False) -> torch.Tensor:
+def knn_radii(x: Any, k: int, chunk: int = DEFAULT_CHUNK, *, progress: bool | None = None) -> torch.Tensor:
     """Distance from each row of ``x`` to its k-th nearest other row (float64), ``chunk`` rows at a time."""
     x = as_features(x, "x", min_samples=1)
     with highest_matmul_precision(), progress_bar(_triangle(x.shape[0], chunk), "k-NN radii", progress) as bar:
@@ -219,12 +219,12 @@ def _strictly_inside(sq: torch.Tensor, threshold: _Threshold, rows: torch.Tensor
 
 
 def precision_recall_density_coverage(real: Any, fake: Any, k: int = 5, chunk: int = DEFAULT_CHUNK, *,
-                                      progress: bool = False) -> dict[str, float]:
+                                      progress: bool | None = None) -> dict[str, float]:
     """Precision, recall, density and coverage of ``fake`` against ``real`` features (k nearest neighbours).
 
     Returns ``{"precision", "recall", "density", "coverage"}`` as floats; both sets need at least k+1
     samples. Runs on the features' device, in ``chunk`` × ``chunk`` blocks of distances (memory: the
-    features plus O(n) vectors and a few blocks); ``progress`` shows a bar over the blocks.
+    features plus O(n) vectors and a few blocks); ``progress`` shows a bar (None: on a terminal, once the work has run 2 s) over the blocks.
     """
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")

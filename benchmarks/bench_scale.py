@@ -98,8 +98,11 @@ def _prepare(job: dict, real_np, fake_np, real, fake):
             fid_statistics_to_metric,
         )
 
-        return lambda: {"fid": fid_statistics_to_metric(fid_features_to_statistics(fake), fid_features_to_statistics(real),
-                                                        verbose=False)["frechet_inception_distance"]}
+        def torch_fidelity_fid() -> dict:
+            stats = fid_features_to_statistics(fake), fid_features_to_statistics(real)
+            return {"fid": fid_statistics_to_metric(*stats, verbose=False)["frechet_inception_distance"]}
+
+        return torch_fidelity_fid
     if metric == "fid" and impl == "torchmetrics":
         from torchmetrics.image.fid import FrechetInceptionDistance
 

@@ -39,7 +39,8 @@ def _float64_buffer(x: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 def _mean(x: torch.Tensor, rows: int, bar: Any) -> torch.Tensor:
-    """Column means in float64, summed block by block (one block: exactly ``x.to(float64).mean(dim=0)``)."""
+    """Column means in float64, summed block by block (one block, on the CPU: exactly
+    ``x.to(float64).mean(dim=0)``)."""
     buffer = _float64_buffer(x, rows)
     total = None
     for block in row_blocks(x.shape[0], rows):
@@ -250,7 +251,8 @@ def kid_subset_values(a: Any, b: Any, subsets: int = 100, subset_size: int = 100
     Each subset draws ``m = min(subset_size, n_a, n_b)`` rows of each set without replacement; the kernel
     is the cubic polynomial k(x, y) = (xᵀy / d + 1)³. ``batch`` subsets are evaluated at once: only their
     rows are converted to float64, so memory is 2·batch·m·d + 3·batch·m² doubles besides the features,
-    whatever the sets' sizes. ``progress`` shows a bar (None: on a terminal, once the work has run 2 s) over the subsets.
+    whatever the sets' sizes. ``progress`` shows a bar over the subsets (None: on a terminal, once the
+    work has run 2 s).
     """
     a = as_features(a, "a", min_samples=2)
     b = as_features(b, "b", min_samples=2, device=a.device)

@@ -167,11 +167,16 @@ def _prepare(job: dict, real_np, fake_np, real, fake):
 
 def _run(job: dict) -> dict:
     """One (metric, implementation, n) measurement: seconds, values, resident size with the features."""
+    import numpy as np
     import torch
 
     real_np, fake_np = _features(job["n"], job["d"], job["seed"])
     real, fake = torch.from_numpy(real_np), torch.from_numpy(fake_np)
     call = _prepare(job, real_np, fake_np, real, fake)
+    # Start the BLAS/LAPACK thread pools untimed, in every subprocess alike.
+    small = torch.eye(64, dtype=torch.float64)
+    torch.linalg.eigvalsh(torch.linalg.cholesky(small) @ small)
+    np.linalg.eigvalsh(small.numpy() @ small.numpy())
     features_rss, load = _rss(), os.getloadavg()[0]
     if call is None:
         values, seconds = _blas_limit(fake, real)

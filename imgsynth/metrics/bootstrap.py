@@ -30,31 +30,40 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
+from imgsynth.metrics.blocks import progress_bar
+
 Statistic = Callable[..., Mapping[str, float]]
 METHODS = ("recentred", "percentile")
 
 
 def bootstrap_replicates(statistic: Statistic, candidate: torch.Tensor, reference: torch.Tensor | None = None, *,
-                         replicates: int, seed: int = 0, extra: tuple[torch.Tensor, ...] = ()) -> dict[str, np.ndarray]:
+                         replicates: int, seed: int = 0, extra: tuple[torch.Tensor, ...] = (),
+                         progress: bool | None = None) -> dict[str, np.ndarray]:
     """``statistic`` on ``replicates`` resamples: ``{name: array of replicate values}``.
 
     ``statistic(candidate_rows, reference_rows, *extra_rows)`` — or ``statistic(candidate_rows,
-    *extra_rows)`` when ``reference`` is None — returns named floats.
+    *extra_rows)`` when ``reference`` is None — returns named floats. Memory: one resampled copy of each
+    set at a time (the previous replicate's is freed before the next is drawn) plus what ``statistic``
+    takes; the built-in metrics work in blocks, so that is O(n·d), not O(n²). ``progress`` shows a bar
+    over the replicates.
     """
     if replicates < 1:
         raise ValueError(f"bootstrap needs at least one replicate, got {replicates}")
     values: dict[str, list[float]] = {}
     n_candidate = candidate.shape[0]
-    for b in range(replicates):
-        rng = np.random.default_rng([seed, b])
-        rows = torch.from_numpy(rng.integers(0, n_candidate, n_candidate))
-        args = [candidate[rows.to(candidate.device)]]
-        if reference is not None:
-            ref_rows = torch.from_numpy(rng.integers(0, reference.shape[0], reference.shape[0]))
-            args.append(reference[ref_rows.to(reference.device)])
-        args.extend(e[rows.to(e.device)] for e in extra)
-        for name, value in statistic(*args).items():
-            values.setdefault(name, []).append(float(value))
+    with progress_bar(replicates, "bootstrap", progress, unit="replicate") as bar:
+        for b in range(replicates):
+            rng = np.random.default_rng([seed, b])
+            rows = torch.from_numpy(rng.integers(0, n_candidate, n_candidate))
+            args = [candidate[rows.to(candidate.device)]]
+            if reference is not None:
+                ref_rows = torch.from_numpy(rng.integers(0, reference.shape[0], reference.shape[0]))
+                args.append(reference[ref_rows.to(reference.device)])
+            args.extend(e[rows.to(e.device)] for e in extra)
+            for name, value in statistic(*args).items():
+                values.setdefault(name, []).append(float(value))
+            del args  # before the next replicate's copies exist, not after
+            bar.update(1)
     return {name: np.asarray(v) for name, v in values.items()}
 
 
@@ -62,7 +71,8 @@ def bootstrap_intervals(statistic: Statistic, candidate: torch.Tensor, reference
                         replicates: int, seed: int = 0, confidence: float = 0.95, method: str = "recentred",
                         estimate: Mapping[str, float] | None = None,
                         bounds: Mapping[str, tuple[float, float]] | None = None,
-                        extra: tuple[torch.Tensor, ...] = ()) -> dict[str, tuple[float, float]]:
+                        extra: tuple[torch.Tensor, ...] = (),
+                        progress: bool | None = None) -> dict[str, tuple[float, float]]:
     """Intervals ``{name: (low, high)}`` at ``confidence`` for each value ``statistic`` returns.
 
     ``estimate`` is the full-sample value (computed here when not given; only ``"recentred"`` uses it).
@@ -73,7 +83,8 @@ def bootstrap_intervals(statistic: Statistic, candidate: torch.Tensor, reference
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     if method not in METHODS:
         raise ValueError(f"bootstrap method must be one of {METHODS}, got {method!r}")
-    samples = bootstrap_replicates(statistic, candidate, reference, replicates=replicates, seed=seed, extra=extra)
+    samples = bootstrap_replicates(statistic, candidate, reference, replicates=replicates, seed=seed, extra=extra,
+                                   progress=progress)
     tail = (1.0 - confidence) / 2 * 100
     if method == "recentred" and estimate is None:
         args = (candidate,) + ((reference,) if reference is not None else ()) + tuple(extra)

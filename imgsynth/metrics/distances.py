@@ -2,6 +2,8 @@
 
 All arithmetic runs in float64 on the device the features are on (CPU or GPU); results are Python
 floats. Every function checks its inputs (see ``inputs.py``) and raises instead of returning NaN.
+Features are read in blocks of rows (``blocks.py``): only a block at a time is converted to float64, so
+50,000 × 2048 sets need no float64 copy; a set in one block gives the one-shot formulas bit for bit.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 import torch
 
 from imgsynth.notes import Note
+from imgsynth.metrics.blocks import block_count, block_rows, progress_bar, row_blocks
 from imgsynth.metrics.inputs import as_features, same_width
 
 F64 = torch.float64
@@ -25,12 +28,57 @@ class BiasedEstimateWarning(Note):
 
 # --------------------------------------------------------------------------------------------- Fréchet
 
-def feature_statistics(x: Any, name: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and unbiased covariance (divisor n − 1, as numpy.cov and pytorch-fid) in float64."""
-    x = as_features(x, name, min_samples=2, dtype=F64)
-    mu = x.mean(dim=0)
-    centered = x - mu
-    sigma = centered.mT @ centered / (x.shape[0] - 1)
+def _float64_buffer(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """One float64 block that every block of ``x`` is copied into in turn.
+
+    Copying into a reused buffer and then working in float64 is several times faster than torch's
+    mixed-dtype kernels (``sum(dtype=float64)``, float32 − float64), and a fresh 64 MiB allocation per block
+    would be page-faulted in again each time. The values are those of ``x.to(float64)``: the copy is exact.
+    """
+    return torch.empty((min(rows, x.shape[0]), x.shape[1]), dtype=F64, device=x.device)
+
+
+def _mean(x: torch.Tensor, rows: int, bar: Any) -> torch.Tensor:
+    """Column means in float64, summed block by block (one block, on the CPU: exactly
+    ``x.to(float64).mean(dim=0)``)."""
+    buffer = _float64_buffer(x, rows)
+    total = None
+    for block in row_blocks(x.shape[0], rows):
+        part = buffer[:block.stop - block.start].copy_(x[block]).sum(dim=0)
+        total = part if total is None else total.add_(part)
+        bar.update(1)
+    assert total is not None  # as_features guaranteed rows
+    return total.div_(x.shape[0])  # torch's CPU mean is this: a sum divided by n
+
+
+def _scatter(x: torch.Tensor, mu: torch.Tensor, rows: int, bar: Any) -> torch.Tensor:
+    """Σ (xᵢ − μ)(xᵢ − μ)ᵀ in float64, one GEMM per block of centred rows accumulated into one d × d matrix."""
+    buffer = _float64_buffer(x, rows)
+    total = None
+    for block in row_blocks(x.shape[0], rows):
+        centred = buffer[:block.stop - block.start].copy_(x[block]).sub_(mu)
+        if total is None:
+            total = centred.mT @ centred
+        else:
+            total.addmm_(centred.mT, centred)
+        bar.update(1)
+    assert total is not None
+    return total
+
+
+def feature_statistics(x: Any, name: str = "features", *, block: int | None = None,
+                       progress: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased covariance (divisor n − 1, as numpy.cov and pytorch-fid) in float64.
+
+    Two passes over ``block`` rows at a time (default: 64 MiB of float64 rows): the mean, then the
+    scatter matrix of rows centred on it, accumulated in float64. Memory is the features plus one float64
+    block and the d × d result; a set of at most ``block`` rows gives exactly the one-shot formula.
+    """
+    x = as_features(x, name, min_samples=2)
+    rows = block_rows(x.shape[1], block)
+    with progress_bar(2 * block_count(x.shape[0], rows), f"statistics of {name}", progress) as bar:
+        mu = _mean(x, rows, bar)
+        sigma = _scatter(x, mu, rows, bar) / (x.shape[0] - 1)
     return mu, sigma
 
 
@@ -90,7 +138,8 @@ def frechet_distance_from_statistics(mu1: Any, sigma1: Any, mu2: Any, sigma2: An
     return max(float(value), 0.0)  # ≥ 0 exactly; round-off may leave -1e-13 for equal inputs
 
 
-def frechet_distance(a: Any, b: Any, method: str = "auto") -> float:
+def frechet_distance(a: Any, b: Any, method: str = "auto", *, block: int | None = None,
+                     progress: bool | None = None) -> float:
     """Fréchet distance between two feature sets (rows are samples), or between two (mu, sigma) pairs.
 
     ``method``: "covariance" works on the d × d covariances (Cholesky + symmetric eigenvalues);
@@ -98,14 +147,18 @@ def frechet_distance(a: Any, b: Any, method: str = "auto") -> float:
     scaled by 1/√(n−1): singular values of an n_a × n_b matrix, which is exact and far cheaper when a set
     has fewer samples than dimensions. "auto" picks "cross_gram" when the smaller set has n ≤ d.
 
+    Features are read ``block`` rows at a time (see ``feature_statistics``), so memory is the features
+    plus a few float64 blocks and d × d matrices ("cross_gram" also holds its n_a × n_b float64 matrix);
+    ``progress`` shows a bar (None: on a terminal, once the work has run 2 s) over the blocks.
+
     With n ≤ d the sample covariance is rank-deficient and the estimate is strongly biased upwards
     (FD's bias falls like 1/n); a ``BiasedEstimateWarning`` says so, but the value is exact for the
     samples given — never NaN or complex.
     """
     if isinstance(a, tuple) and isinstance(b, tuple):
         return frechet_distance_from_statistics(*a, *b)
-    a = as_features(a, "a", min_samples=2, dtype=F64)
-    b = as_features(b, "b", min_samples=2, dtype=F64, device=a.device)
+    a = as_features(a, "a", min_samples=2)
+    b = as_features(b, "b", min_samples=2, device=a.device)
     same_width(a, b)
     if method not in ("auto", "covariance", "cross_gram"):
         raise ValueError(f"method must be 'auto', 'covariance' or 'cross_gram', got {method!r}")
@@ -116,14 +169,47 @@ def frechet_distance(a: Any, b: Any, method: str = "auto") -> float:
                       BiasedEstimateWarning, stacklevel=2)
     if method == "auto":
         method = "cross_gram" if min(n_a, n_b) <= d else "covariance"
-    if method == "covariance":
-        return frechet_distance_from_statistics(*feature_statistics(a), *feature_statistics(b))
-    mu_a, mu_b = a.mean(dim=0), b.mean(dim=0)
-    scaled_a = (a - mu_a) / math.sqrt(n_a - 1)
-    scaled_b = (b - mu_b) / math.sqrt(n_b - 1)
-    trace_sqrt = torch.linalg.svdvals(scaled_a @ scaled_b.mT).sum()
-    value = ((mu_a - mu_b).square().sum() + scaled_a.square().sum() + scaled_b.square().sum() - 2 * trace_sqrt)
+    rows = block_rows(d, block)
+    blocks_a, blocks_b = block_count(n_a, rows), block_count(n_b, rows)
+    second_pass = blocks_a + blocks_b if method == "covariance" else block_count(max(n_a, n_b), rows)
+    with progress_bar(blocks_a + blocks_b + second_pass, "fid", progress) as bar:
+        mu_a, mu_b = _mean(a, rows, bar), _mean(b, rows, bar)
+        if method == "covariance":
+            sigma_a = _scatter(a, mu_a, rows, bar) / (n_a - 1)
+            sigma_b = _scatter(b, mu_b, rows, bar) / (n_b - 1)
+            bar.set_postfix_str("eigenvalues")
+            return frechet_distance_from_statistics(mu_a, sigma_a, mu_b, sigma_b)
+        squares_a, squares_b, trace_sqrt = _cross_gram_terms(a, mu_a, b, mu_b, rows, bar)
+    value = (mu_a - mu_b).square().sum() + squares_a + squares_b - 2 * trace_sqrt
     return max(float(value), 0.0)
+
+
+def _cross_gram_terms(a: torch.Tensor, mu_a: torch.Tensor, b: torch.Tensor, mu_b: torch.Tensor, rows: int,
+                      bar: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """tr Σ_a, tr Σ_b and ‖A Bᵀ‖_* for "cross_gram", with A Bᵀ built one block of a set at a time.
+
+    The smaller set is held whole in float64 (it has at most d rows here); the other is centred and scaled
+    block by block, so no float64 copy of it exists at once.
+    """
+    scale_a, scale_b = math.sqrt(a.shape[0] - 1), math.sqrt(b.shape[0] - 1)
+    whole_a = a.shape[0] <= b.shape[0]
+    held = (a.to(F64) - mu_a) / scale_a if whole_a else (b.to(F64) - mu_b) / scale_b
+    streamed, mu, scale = (b, mu_b, scale_b) if whole_a else (a, mu_a, scale_a)
+    cross = torch.empty((a.shape[0], b.shape[0]), dtype=F64, device=a.device)
+    streamed_squares = None
+    for block in row_blocks(streamed.shape[0], rows):
+        scaled = (streamed[block].to(F64) - mu) / scale
+        if whole_a:
+            cross[:, block] = held @ scaled.mT
+        else:
+            cross[block] = scaled @ held.mT
+        part = scaled.square().sum()
+        streamed_squares = part if streamed_squares is None else streamed_squares + part
+        bar.update(1)
+    assert streamed_squares is not None
+    held_squares = held.square().sum()
+    trace_sqrt = torch.linalg.svdvals(cross).sum()
+    return (held_squares, streamed_squares, trace_sqrt) if whole_a else (streamed_squares, held_squares, trace_sqrt)
 
 
 # --------------------------------------------------------------------------------------------- KID
@@ -159,15 +245,17 @@ def unbiased_mmd2(k_xx: torch.Tensor, k_yy: torch.Tensor, k_xy: torch.Tensor) ->
 
 
 def kid_subset_values(a: Any, b: Any, subsets: int = 100, subset_size: int = 1000, seed: int = 0,
-                      batch: int = 8) -> torch.Tensor:
+                      batch: int = 8, *, progress: bool | None = None) -> torch.Tensor:
     """The per-subset MMD² values whose mean is KID (float64 tensor of length ``subsets``).
 
     Each subset draws ``m = min(subset_size, n_a, n_b)`` rows of each set without replacement; the kernel
-    is the cubic polynomial k(x, y) = (xᵀy / d + 1)³. ``batch`` subsets are evaluated at once (memory
-    3·batch·m² doubles).
+    is the cubic polynomial k(x, y) = (xᵀy / d + 1)³. ``batch`` subsets are evaluated at once: only their
+    rows are converted to float64, so memory is 2·batch·m·d + 3·batch·m² doubles besides the features,
+    whatever the sets' sizes. ``progress`` shows a bar over the subsets (None: on a terminal, once the
+    work has run 2 s).
     """
-    a = as_features(a, "a", min_samples=2, dtype=F64)
-    b = as_features(b, "b", min_samples=2, dtype=F64, device=a.device)
+    a = as_features(a, "a", min_samples=2)
+    b = as_features(b, "b", min_samples=2, device=a.device)
     same_width(a, b)
     if subsets < 1:
         raise ValueError(f"KID needs at least one subset, got subsets={subsets}")
@@ -178,20 +266,23 @@ def kid_subset_values(a: Any, b: Any, subsets: int = 100, subset_size: int = 100
     rows_a = torch.from_numpy(rows_a).to(a.device)
     rows_b = torch.from_numpy(rows_b).to(a.device)
     values = []
-    for start in range(0, subsets, batch):
-        x, y = a[rows_a[start:start + batch]], b[rows_b[start:start + batch]]
-        values.append(unbiased_mmd2(_cubic_kernel(x, x), _cubic_kernel(y, y), _cubic_kernel(x, y)))
+    with progress_bar(subsets, "kid", progress, unit="subset") as bar:
+        for start in range(0, subsets, batch):
+            x, y = a[rows_a[start:start + batch]].to(F64), b[rows_b[start:start + batch]].to(F64)
+            values.append(unbiased_mmd2(_cubic_kernel(x, x), _cubic_kernel(y, y), _cubic_kernel(x, y)))
+            bar.update(x.shape[0])
     return torch.cat(values)
 
 
-def kid(a: Any, b: Any, subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> float:
+def kid(a: Any, b: Any, subsets: int = 100, subset_size: int = 1000, seed: int = 0, *,
+        progress: bool | None = None) -> float:
     """Kernel Inception Distance (Bińkowski et al. 2018): the mean of ``kid_subset_values``.
 
     Defaults follow torch-fidelity and clean-fid (100 subsets of 1000); with fewer samples the subset
     size shrinks to ``min(n_a, n_b)``. Given the same seed the subsets equal torch-fidelity's
     (``np.random.RandomState(seed).choice``), so values agree with its ``kernel_inception_distance_mean``.
     """
-    return float(kid_subset_values(a, b, subsets, subset_size, seed).mean())
+    return float(kid_subset_values(a, b, subsets, subset_size, seed, progress=progress).mean())
 
 
 # --------------------------------------------------------------------------------------------- CMMD
@@ -200,33 +291,44 @@ CMMD_SIGMA = 10.0
 CMMD_SCALE = 1000.0
 
 
-def _rbf_kernel_mean(x: torch.Tensor, y: torch.Tensor, gamma: float, chunk: int) -> torch.Tensor:
-    """Mean of exp(−γ‖xᵢ−yⱼ‖²) over all pairs, computed in row blocks so memory stays O(chunk · n_y)."""
-    y_sq = y.square().sum(dim=1)
+def _rbf_kernel_mean(x: torch.Tensor, y: torch.Tensor, gamma: float, chunk: int, bar: Any) -> torch.Tensor:
+    """Mean of exp(−γ‖xᵢ−yⱼ‖²) over all pairs, in ``chunk`` × ``chunk`` blocks converted to float64 one at a
+    time, so memory stays O(chunk²) besides the features."""
+    y_sq = torch.cat([y[block].to(F64).square().sum(dim=1) for block in row_blocks(y.shape[0], chunk)])
     total = torch.zeros((), dtype=F64, device=x.device)
-    for start in range(0, x.shape[0], chunk):
-        block = x[start:start + chunk]
-        sq = (block.square().sum(dim=1, keepdim=True) + y_sq - 2 * block @ y.mT).clamp_min(0)
-        total += torch.exp(-gamma * sq).sum()
+    for rows in row_blocks(x.shape[0], chunk):
+        block = x[rows].to(F64)
+        block_sq = block.square().sum(dim=1, keepdim=True)
+        for columns in row_blocks(y.shape[0], chunk):
+            # (‖x‖² + ‖y‖²) − 2 x·y, in place: the same roundings as written out, a third of the memory
+            sq = (block @ y[columns].to(F64).mT).mul_(-2).add_(block_sq + y_sq[columns]).clamp_min_(0)
+            total += sq.mul_(-gamma).exp_().sum()
+            bar.update(1)
     return total / (x.shape[0] * y.shape[0])
 
 
-def cmmd(a: Any, b: Any, sigma: float = CMMD_SIGMA, scale: float = CMMD_SCALE, chunk: int = 4096) -> float:
+def cmmd(a: Any, b: Any, sigma: float = CMMD_SIGMA, scale: float = CMMD_SCALE, chunk: int = 4096, *,
+         progress: bool | None = None) -> float:
     """CMMD (Jayasumana et al. 2024): scale · MMD² with a Gaussian RBF kernel on CLIP image embeddings.
 
     Follows google-research/cmmd ``distance.mmd`` exactly: k(x, y) = exp(−‖x−y‖² / (2σ²)) with σ = 10,
     the biased (minimum-variance, V-statistic) estimator mean(K_xx) + mean(K_yy) − 2 mean(K_xy) with the
     diagonals kept, scaled by 1000. The reference feeds unit-norm CLIP embeddings (scenic's CLIP
-    normalises them); the ``clip:`` extractor here returns unit-norm embeddings too.
+    normalises them); the ``clip:`` extractor here returns unit-norm embeddings too. Kernel sums run over
+    ``chunk`` × ``chunk`` blocks (``progress``: a bar over them; None: on a terminal after 2 s).
     """
-    a = as_features(a, "a", min_samples=2, dtype=F64)
-    b = as_features(b, "b", min_samples=2, dtype=F64, device=a.device)
+    a = as_features(a, "a", min_samples=2)
+    b = as_features(b, "b", min_samples=2, device=a.device)
     same_width(a, b)
     if not sigma > 0:
         raise ValueError(f"CMMD sigma must be positive, got {sigma}")
+    if chunk < 1:
+        raise ValueError(f"chunk must be positive, got {chunk}")
     gamma = 1.0 / (2.0 * sigma**2)
-    value = (_rbf_kernel_mean(a, a, gamma, chunk) + _rbf_kernel_mean(b, b, gamma, chunk)
-             - 2 * _rbf_kernel_mean(a, b, gamma, chunk))
+    blocks_a, blocks_b = block_count(a.shape[0], chunk), block_count(b.shape[0], chunk)
+    with progress_bar(blocks_a**2 + blocks_b**2 + blocks_a * blocks_b, "cmmd", progress) as bar:
+        value = (_rbf_kernel_mean(a, a, gamma, chunk, bar) + _rbf_kernel_mean(b, b, gamma, chunk, bar)
+                 - 2 * _rbf_kernel_mean(a, b, gamma, chunk, bar))
     return float(scale * value)
 
 

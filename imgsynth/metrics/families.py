@@ -20,22 +20,23 @@ from imgsynth.metrics.registry import MetricSettings
 
 def fid(settings: MetricSettings, candidate: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
     """Fréchet distance of the two feature matrices."""
-    return {"fid": frechet_distance(candidate, reference)}
+    return {"fid": frechet_distance(candidate, reference, progress=settings.progress)}
 
 
 def kid(settings: MetricSettings, candidate: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
     """KID over ``settings.kid_subsets`` seeded subsets of ``settings.kid_subset_size`` rows."""
-    return {"kid": _kid(candidate, reference, settings.kid_subsets, settings.kid_subset_size, settings.seed)}
+    return {"kid": _kid(candidate, reference, settings.kid_subsets, settings.kid_subset_size, settings.seed,
+                        progress=settings.progress)}
 
 
 def prdc(settings: MetricSettings, candidate: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
     """Precision, recall, density and coverage with ``settings.k`` nearest neighbours."""
-    return precision_recall_density_coverage(reference, candidate, settings.k)
+    return precision_recall_density_coverage(reference, candidate, settings.k, progress=settings.progress)
 
 
 def cmmd(settings: MetricSettings, candidate: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
     """CMMD of two CLIP embedding matrices."""
-    return {"cmmd": _cmmd(candidate, reference)}
+    return {"cmmd": _cmmd(candidate, reference, progress=settings.progress)}
 
 
 def diversity(settings: MetricSettings, candidate: torch.Tensor) -> dict[str, float]:

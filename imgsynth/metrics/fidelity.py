@@ -22,8 +22,12 @@ inside the band, and every k-NN radius, are decided with float64 squared distanc
 directly from the input rows. These give a copied image exactly the distance of its original, so ties
 fall the same way every time. ``prdc`` leaves such ties to round-off; elsewhere results are identical.
 
-Memory: ``prdc`` builds three full n × n float32 distance matrices plus sorting buffers; this keeps a
-float32 copy of each set (plus two columns) and a few ``chunk × n`` blocks.
+Memory: ``prdc`` builds three full n × n float32 distance matrices plus sorting buffers (about 14 bytes
+per pair at its peak: 1.3 GiB at 10,000, 35 GB at 50,000). This keeps the features themselves, O(n)
+vectors (k-NN candidates, squared norms, flags, counts) and a few ``chunk × chunk`` blocks: every product
+is a block of rows of one set times a block of rows of the other, each block centred and rounded to
+float32 when it is used, so no copy of a whole set is ever made. ``progress`` shows a bar over the block
+products (None: on a terminal, once the work has run 2 s).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from typing import Any
 import torch
 
 from imgsynth.compute import highest_matmul_precision
+from imgsynth.metrics.blocks import block_count, progress_bar
 from imgsynth.metrics.inputs import as_features, same_width
 
 F64 = torch.float64
@@ -57,31 +62,40 @@ def _exact_squared(a: torch.Tensor, rows_a: torch.Tensor, b: torch.Tensor, rows_
 
 
 class _Points:
-    """One set: the caller's rows (for exact distances) and ``augmented = [x − c, 1, ‖x − c‖²]`` in float32."""
+    """One set: the caller's rows (for exact distances) and their float32 rounding after centring on ``c``.
+
+    The rounded rows are made block by block when a product needs them (``augmented``); only their
+    squared norms ‖x − c‖² (float64, from the rounded values) are kept for every row.
+    """
 
     def __init__(self, raw: torch.Tensor, centre: torch.Tensor, chunk: int) -> None:
-        n, d = raw.shape
-        self.raw = raw
-        self.augmented = torch.empty(n, d + 2, dtype=F32, device=raw.device)
-        self.sq = torch.empty(n, dtype=F64, device=raw.device)
-        for start in range(0, n, chunk):  # centre in float64 block by block: no full float64 copy
-            block = raw[start:start + chunk].to(F64) - centre
-            rounded = block.to(F32)
-            self.augmented[start:start + chunk, :d] = rounded
-            self.sq[start:start + chunk] = rounded.to(F64).square().sum(dim=1)
-        self.augmented[:, d] = 1
-        self.augmented[:, d + 1] = self.sq.to(F32)
+        self.raw, self.centre = raw, centre
+        self.sq = torch.empty(raw.shape[0], dtype=F64, device=raw.device)
+        for start in range(0, raw.shape[0], chunk):
+            self.sq[start:start + chunk] = self._rounded(start, start + chunk).to(F64).square().sum(dim=1)
 
     def __len__(self) -> int:
         return self.raw.shape[0]
 
-    def squared_distances(self, start: int, stop: int, other: "_Points", other_start: int = 0,
-                          other_stop: int | None = None) -> torch.Tensor:
-        """Approximate ‖x − y‖² (float32) for rows start:stop of this set × rows of ``other``."""
-        d = self.augmented.shape[1] - 2
-        block = self.augmented[start:stop]
-        left = torch.cat([-2 * block[:, :d], block[:, d + 1:], block[:, d:d + 1]], dim=1)
-        return left @ other.augmented[other_start:other_stop].mT
+    def _rounded(self, start: int, stop: int) -> torch.Tensor:
+        return (self.raw[start:stop].to(F64) - self.centre).to(F32)  # centred in float64, then rounded
+
+    def augmented(self, start: int, stop: int) -> torch.Tensor:
+        """``[x − c, 1, ‖x − c‖²]`` (float32) for rows start:stop."""
+        rounded = self._rounded(start, stop)
+        d = rounded.shape[1]
+        out = torch.empty(rounded.shape[0], d + 2, dtype=F32, device=rounded.device)
+        out[:, :d] = rounded
+        out[:, d] = 1
+        out[:, d + 1] = self.sq[start:stop].to(F32)
+        return out
+
+    def left(self, start: int, stop: int) -> torch.Tensor:
+        """``[−2(x − c), ‖x − c‖², 1]`` for rows start:stop: times ``augmented`` rows of another block it
+        gives ‖x − y‖² up to float32 round-off."""
+        block = self.augmented(start, stop)
+        d = block.shape[1] - 2
+        return torch.cat([-2 * block[:, :d], block[:, d + 1:], block[:, d:d + 1]], dim=1)
 
 
 def _band(d: int, *square_norm_maxima: float) -> float:
@@ -98,7 +112,7 @@ def _merge_topk(values: torch.Tensor, indices: torch.Tensor, new_values: torch.T
     return top, torch.gather(merged_indices, 1, where)
 
 
-def _nearest_candidates(points: _Points, m: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _nearest_candidates(points: _Points, m: int, chunk: int, bar: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """The m smallest approximate squared distances per row (self included at 0) and their indices.
 
     Only blocks (I, J) with J ≥ I are multiplied; block (I, J) serves the rows of I and, transposed,
@@ -109,9 +123,10 @@ def _nearest_candidates(points: _Points, m: int, chunk: int) -> tuple[torch.Tens
     indices = torch.zeros((n, m), dtype=torch.int64, device=device)
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
+        left = points.left(start, stop)
         for other in range(start, n, chunk):
             other_stop = min(other + chunk, n)
-            sq = points.squared_distances(start, stop, points, other, other_stop)
+            sq = left @ points.augmented(other, other_stop).mT
             columns = torch.arange(other, other_stop, device=device)
             if other == start:
                 sq.fill_diagonal_(0)
@@ -124,10 +139,11 @@ def _nearest_candidates(points: _Points, m: int, chunk: int) -> tuple[torch.Tens
                 top, where = torch.topk(sq, min(m, stop - start), dim=0, largest=False)
                 values[other:other_stop], indices[other:other_stop] = _merge_topk(
                     values[other:other_stop], indices[other:other_stop], top.mT, rows[where].mT, m)
+            bar.update(1)
     return values, indices
 
 
-def _knn_radii_squared(points: _Points, k: int, chunk: int) -> torch.Tensor:
+def _knn_radii_squared(points: _Points, k: int, chunk: int, bar: Any) -> torch.Tensor:
     """Exact (float64) squared distance from each row to its k-th nearest other row.
 
     The float32 expansion ranks m = 2(k+1) candidates. Candidates more than two round-off bands below
@@ -139,7 +155,7 @@ def _knn_radii_squared(points: _Points, k: int, chunk: int) -> torch.Tensor:
     if n <= k:
         raise ValueError(f"k-nearest-neighbour radii with k={k} need at least {k + 1} samples, got {n}")
     m = min(n, 2 * (k + 1))
-    approx, nearest = _nearest_candidates(points, m, chunk)
+    approx, nearest = _nearest_candidates(points, m, chunk, bar)
     approx = approx.to(F64)
     raw, device = points.raw, points.raw.device
     margin = 2 * _band(raw.shape[1], 2 * float(points.sq.max()))
@@ -158,11 +174,17 @@ def _knn_radii_squared(points: _Points, k: int, chunk: int) -> torch.Tensor:
     return radii_sq
 
 
-def knn_radii(x: Any, k: int, chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
+def _triangle(n: int, chunk: int) -> int:
+    """Block products of one set's k-NN search (the upper block triangle)."""
+    blocks = block_count(n, chunk)
+    return blocks * (blocks + 1) // 2
+
+
+def knn_radii(x: Any, k: int, chunk: int = DEFAULT_CHUNK, *, progress: bool | None = None) -> torch.Tensor:
     """Distance from each row of ``x`` to its k-th nearest other row (float64), ``chunk`` rows at a time."""
     x = as_features(x, "x", min_samples=1)
-    with highest_matmul_precision():
-        return _knn_radii_squared(_Points(x, x.mean(dim=0, dtype=F64), chunk), k, chunk).sqrt()
+    with highest_matmul_precision(), progress_bar(_triangle(x.shape[0], chunk), "k-NN radii", progress) as bar:
+        return _knn_radii_squared(_Points(x, x.mean(dim=0, dtype=F64), chunk), k, chunk, bar).sqrt()
 
 
 @dataclass(frozen=True)
@@ -197,12 +219,14 @@ def _strictly_inside(sq: torch.Tensor, threshold: _Threshold, rows: torch.Tensor
     return inside
 
 
-def precision_recall_density_coverage(real: Any, fake: Any, k: int = 5,
-                                      chunk: int = DEFAULT_CHUNK) -> dict[str, float]:
+def precision_recall_density_coverage(real: Any, fake: Any, k: int = 5, chunk: int = DEFAULT_CHUNK, *,
+                                      progress: bool | None = None) -> dict[str, float]:
     """Precision, recall, density and coverage of ``fake`` against ``real`` features (k nearest neighbours).
 
     Returns ``{"precision", "recall", "density", "coverage"}`` as floats; both sets need at least k+1
-    samples. Runs on the features' device; ``chunk`` rows are processed at a time.
+    samples. Runs on the features' device, in ``chunk`` × ``chunk`` blocks of distances (memory: the
+    features plus O(n) vectors and a few blocks); ``progress`` shows a bar over the blocks (None: on a
+    terminal, once the work has run 2 s).
     """
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
@@ -215,33 +239,41 @@ def precision_recall_density_coverage(real: Any, fake: Any, k: int = 5,
         real = real.to(F64)
     if not fake.is_floating_point():
         fake = fake.to(F64)
-    with highest_matmul_precision():
+    n_real, n_fake, device = real.shape[0], fake.shape[0], real.device
+    cross = block_count(n_real, chunk) * block_count(n_fake, chunk)
+    total = _triangle(n_real, chunk) + _triangle(n_fake, chunk) + cross
+    with highest_matmul_precision(), progress_bar(total, "prdc", progress) as bar:
         # Distances do not change under a common shift; centring on the real mean shrinks the norms the
         # round-off scales with (Inception features, e.g., are all positive with a large mean).
         centre = real.mean(dim=0, dtype=F64)
         real_points, fake_points = _Points(real, centre, chunk), _Points(fake, centre, chunk)
-        real_radii_sq = _knn_radii_squared(real_points, k, chunk)
-        fake_radii_sq = _knn_radii_squared(fake_points, k, chunk)
+        real_radii_sq = _knn_radii_squared(real_points, k, chunk, bar)
+        fake_radii_sq = _knn_radii_squared(fake_points, k, chunk, bar)
         band = _band(real.shape[1], float(real_points.sq.max()), float(fake_points.sq.max()))
 
-        n_real, n_fake, device = len(real_points), len(fake_points), real.device
-        fake_in_real_ball = torch.empty(n_fake, dtype=torch.bool, device=device)
-        real_balls_per_fake = torch.empty(n_fake, dtype=torch.int64, device=device)
+        fake_in_real_ball = torch.zeros(n_fake, dtype=torch.bool, device=device)
+        real_balls_per_fake = torch.zeros(n_fake, dtype=torch.int64, device=device)
         real_in_fake_ball = torch.zeros(n_real, dtype=torch.bool, device=device)
         real_ball_has_fake = torch.zeros(n_real, dtype=torch.bool, device=device)
-        real_balls = _Threshold.around(real_radii_sq, band).view((1, n_real))
+        real_balls = _Threshold.around(real_radii_sq, band)
         fake_balls = _Threshold.around(fake_radii_sq, band)
         for start in range(0, n_fake, chunk):
             stop = min(start + chunk, n_fake)
-            block = fake[start:stop]
-            sq = fake_points.squared_distances(start, stop, real_points)  # float32 (fakes in block, reals)
-            in_real = _strictly_inside(sq, real_balls, block, real)
-            fake_in_real_ball[start:stop] = in_real.any(dim=1)
-            real_balls_per_fake[start:stop] = torch.count_nonzero(in_real, dim=1)
-            real_ball_has_fake |= in_real.any(dim=0)
-            del in_real
-            in_fake = _strictly_inside(sq, fake_balls.view((stop - start, 1), slice(start, stop)), block, real)
-            real_in_fake_ball |= in_fake.any(dim=0)
+            block, left = fake[start:stop], fake_points.left(start, stop)
+            own_balls = fake_balls.view((stop - start, 1), slice(start, stop))
+            for other in range(0, n_real, chunk):
+                other_stop = min(other + chunk, n_real)
+                reals = real[other:other_stop]
+                sq = left @ real_points.augmented(other, other_stop).mT  # float32 (fakes in block, reals in block)
+                in_real = _strictly_inside(sq, real_balls.view((1, other_stop - other), slice(other, other_stop)),
+                                           block, reals)
+                fake_in_real_ball[start:stop] |= in_real.any(dim=1)
+                real_balls_per_fake[start:stop] += torch.count_nonzero(in_real, dim=1)
+                real_ball_has_fake[other:other_stop] |= in_real.any(dim=0)
+                del in_real
+                in_fake = _strictly_inside(sq, own_balls, block, reals)
+                real_in_fake_ball[other:other_stop] |= in_fake.any(dim=0)
+                bar.update(1)
     return {
         "precision": float(fake_in_real_ball.to(F64).mean()),
         "recall": float(real_in_fake_ball.to(F64).mean()),

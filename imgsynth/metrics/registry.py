@@ -65,6 +65,7 @@ class MetricSettings:
     kid_subsets: int = 100
     kid_subset_size: int = 1000
     seed: int = 0
+    progress: bool | None = None  # bars over FID/KID/PRDC/CMMD blocks; None: on a terminal, after 2 s
 
 
 Count = int | Callable[[MetricSettings], int]

@@ -23,8 +23,24 @@ def run_command(
     address: Optional[str] = typer.Option(None, "--address", help="Ray: cluster address, auto or ray://host:port "
                                           "(default: a local cluster)."),
     list_recipes: bool = typer.Option(False, "--list", help="List the shipped recipes and exit."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only notes (each once), errors and the paths "
+                               "written: no progress, no findings."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Print every log line of the loop and its "
+                                 "workers, each repeat of a note, and other libraries' own logs."),
 ) -> None:
     """Run a recursive-generation experiment (or continue or extend a stopped one) and write its reports."""
+    from imgsynth.terminal import level_from_flags, use_verbosity
+
+    try:
+        level = level_from_flags(quiet, verbose)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--quiet/--verbose") from None
+    with use_verbosity(level):
+        _run(target, out, overrides, workers, backend, address, list_recipes)
+
+
+def _run(target: Optional[str], out: Optional[Path], overrides: List[str], workers: Optional[int], backend: str,
+         address: Optional[str], list_recipes: bool) -> None:
     from imgsynth.distributed.tasks import BACKENDS, default_workers
     from imgsynth.experiments.config import check_recipe_devices, load_recipe
     from imgsynth.experiments.loop import Experiment

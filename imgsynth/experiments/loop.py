@@ -33,6 +33,7 @@ from imgsynth.imageset import ImageSet, ImageSetError
 from imgsynth.locking import folder_lock
 from imgsynth.notes import Note
 from imgsynth.sources import import_source
+from imgsynth.terminal import NORMAL, VERBOSE, say
 from imgsynth.safe_paths import make_dirs_inside, refuse_links_below
 
 if TYPE_CHECKING:
@@ -46,8 +47,10 @@ TASK_THREADS = 1
 EXTENSIBLE_FIELDS = ("loop.seeds",)
 
 
-def _log(message: str) -> None:
-    print(f"[imgsynth] {message}", flush=True)
+def _log(message: str, level: int = VERBOSE) -> None:
+    """A line of the loop's own log: per-generation lines show with ``--verbose`` (the progress display stands
+    for them otherwise), the few lines of the run's setup (``level=NORMAL``) show by default."""
+    say(message, level=level)
 
 
 def _open_if_complete(path: Path) -> ImageSet | None:
@@ -121,7 +124,7 @@ class Experiment:
         tasks = self._pending_tasks()
         if tasks:
             where = f"{self.workers} local worker(s)" if self.backend == "local" else "Ray"
-            _log(f"{len(tasks)} task(s) to run on {where}, {TASK_THREADS} torch thread(s) each")
+            _log(f"{len(tasks)} task(s) to run on {where}, {TASK_THREADS} torch thread(s) each", NORMAL)
         t0 = time.perf_counter()
         run_tasks(tasks, workers=self.workers, backend=self.backend, address=self.address, threads=TASK_THREADS)
         stages["generations (wall)"] = time.perf_counter() - t0
@@ -218,7 +221,7 @@ class Experiment:
                 raise RecipeError(f"{path}: this run has seeds {before}; loop.seeds may only grow (keep {before} "
                                   f"first and add seeds after them), not become {after}")
             if after != before:
-                _log(f"replicates: {before} → {after}")
+                _log(f"replicates: {before} → {after}", NORMAL)
         write_text_atomic(path, text)
 
     def _write_info(self, stages: dict[str, float], wall: float) -> None:
@@ -251,7 +254,7 @@ class Experiment:
         train, test = _open_if_complete(real / "train"), _open_if_complete(real / "test")
         if train is None or test is None:
             self._make_folder(real)
-            _log(f"importing real data {data.source!r} at {data.size}px")
+            _log(f"importing real data {data.source!r} at {data.size}px", NORMAL)
             train, test = import_source(data.source, real, size=data.size, mode=data.mode,
                                         test_fraction=data.test_fraction, seed=data.split_seed)
         if not data.minority_classes:
@@ -409,7 +412,7 @@ class Experiment:
         out = self.run_dir / "real" / "classifier"
         if (out / "classifier.json").is_file():
             return out
-        _log("training the reference classifier on real data (the 'domain' feature extractor)")
+        _log("training the reference classifier on real data (the 'domain' feature extractor)", NORMAL)
         return self._train_classifier(full_train, out, seed=self.recipe.seed)
 
     def _reference_checkpoint(self) -> Path | None:
@@ -422,7 +425,7 @@ class Experiment:
         can reach), the reference classifier's CAS on real test, and chance accuracy; computed once."""
         if self.folder.reference_path.is_file():
             return
-        _log("real-data reference values (real train vs real test)")
+        _log("real-data reference values (real train vs real test)", NORMAL)
         rows = self._evaluate(real_train, real_test, reference_ckpt, None, GenerationKey(self.recipe.seed, "real", 0))
         rows.append(_row("cas_accuracy_chance", "all", 1.0 / len(real_test.classes), len(real_test)))
         write_json_atomic(self.folder.reference_path, {"candidate": "real/train", "reference": "real/test",

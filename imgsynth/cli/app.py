@@ -23,8 +23,55 @@ from imgsynth.errors import TaskFailedError
 from imgsynth.locking import FolderBusyError
 from imgsynth.notes import note_lines
 from imgsynth.outputs import discard_abandoned, forget_claims
+from typer.core import TyperGroup
 
-app = typer.Typer(help="Labeled synthetic image datasets and model-collapse experiments.",
+# `imgsynth --help` lists commands by workflow, in this order: a panel per step, commands in the order a user
+# meets them. A command missing here is listed after these, in the default panel.
+WORKFLOW: dict[str, tuple[str, ...]] = {
+    "Data": ("data", "curate"),
+    "Generate": ("train", "generate", "finetune"),
+    "Evaluate": ("metrics", "features", "classify"),
+    "Experiment": ("run", "dashboard"),
+    "Provenance": ("lineage", "audit"),
+}
+# One line each command's help ends with (its epilog): a typical call.
+EXAMPLES: dict[str, str] = {
+    "data": "imgsynth data import digits sets/digits",
+    "data import": "imgsynth data import digits sets/digits --size 16",
+    "data info": "imgsynth data info sets/digits/train",
+    "data verify": "imgsynth data verify sets/digits/train",
+    "data export": "imgsynth data export sets/digits/train exports/digits --format parquet",
+    "curate": "imgsynth curate runs/smoke/seed_0/gen_0/samples curated/gen0 --dedup",
+    "train": "imgsynth train sets/digits/train models/digits --option preset=smoke",
+    "generate": "imgsynth generate models/digits samples/digits --per-class 20",
+    "finetune": "imgsynth finetune stabilityai/sd-turbo sets/kitchen loras/kitchen",
+    "metrics": "imgsynth metrics sets/digits/test samples/digits --per-class",
+    "features": "imgsynth features sets/digits/test --features pixels",
+    "classify": "imgsynth classify train samples/digits classifiers/digits",
+    "classify train": "imgsynth classify train samples/digits classifiers/digits --epochs 3",
+    "classify eval": "imgsynth classify eval classifiers/digits sets/digits/test",
+    "run": "imgsynth run smoke --workers 2",
+    "dashboard": "imgsynth dashboard runs/smoke runs/digits-collapse --out reports/both",
+    "lineage": "imgsynth lineage runs/smoke/seed_0/replace/gen_2/samples",
+    "audit": "imgsynth audit samples/digits --against runs/smoke",
+}
+
+
+def _workflow_rank(name: str) -> tuple[int, int]:
+    for rank, names in enumerate(WORKFLOW.values()):
+        if name in names:
+            return rank, names.index(name)
+    return len(WORKFLOW), 0
+
+
+class WorkflowGroup(TyperGroup):
+    """The root group: lists its commands in workflow order (``WORKFLOW``), so the help's panels follow it."""
+
+    def list_commands(self, ctx: typer.Context) -> list[str]:  # type: ignore[override]
+        return sorted(super().list_commands(ctx), key=_workflow_rank)  # stable: unknown ones keep their order
+
+
+app = typer.Typer(help="Labeled synthetic image datasets and model-collapse experiments.", cls=WorkflowGroup,
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 
 # One line per command module; keep this list the only place commands are wired in.
@@ -37,6 +84,28 @@ finetune_cli.register(app)
 metrics_cli.register(app)
 features_cli.register(app)
 generate_cli.register(app)
+
+
+def _label_commands(root: typer.Typer, groups: dict[str, typer.Typer]) -> None:
+    """Give every command its workflow panel and its example line (kept here, beside the wiring)."""
+    panel_of = {name: panel for panel, names in WORKFLOW.items() for name in names}
+    for info in root.registered_commands:
+        info.rich_help_panel = panel_of.get(info.name or "", info.rich_help_panel)
+        if info.name in EXAMPLES:
+            info.epilog = f"Example: {EXAMPLES[info.name]}"
+    for info in root.registered_groups:
+        info.rich_help_panel = panel_of.get(info.name or "", info.rich_help_panel)
+        if info.name in EXAMPLES:
+            info.epilog = f"Example: {EXAMPLES[info.name]}"
+    for group_name, group in groups.items():
+        for info in group.registered_commands:
+            name = info.name or (info.callback.__name__ if info.callback else "")
+            example = EXAMPLES.get(f"{group_name} {name}")
+            if example:
+                info.epilog = f"Example: {example}"
+
+
+_label_commands(app, {"data": data.app, "classify": classify.app})
 
 DEBUG_VARIABLE = "IMGSYNTH_DEBUG"
 # Exit statuses (the grep/diff convention): 2 = the input is wrong (the user can fix it and rerun),

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
+
+if TYPE_CHECKING:
+    from imgsynth.notes import NoteBoard
 
 # Heavy modules (torch, matplotlib) are imported inside the commands so `imgsynth --help` stays quick.
 
@@ -29,24 +32,33 @@ def run_command(
                                  "workers, each repeat of a note, and other libraries' own logs."),
 ) -> None:
     """Run a recursive-generation experiment (or continue or extend a stopped one) and write its reports."""
-    from imgsynth.terminal import level_from_flags, use_verbosity
+    from imgsynth.notes import NoteBoard
+    from imgsynth.terminal import VERBOSE, level_from_flags, use_verbosity
 
     try:
         level = level_from_flags(quiet, verbose)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--quiet/--verbose") from None
-    with use_verbosity(level):
-        _run(target, out, overrides, workers, backend, address, list_recipes)
+    # Each distinct note once (its repeats counted; every one with --verbose), from this process and its workers.
+    with use_verbosity(level), NoteBoard(repeat=level >= VERBOSE).collecting() as board:
+        try:
+            _run(target, out, overrides, workers, backend, address, list_recipes, board)
+        finally:
+            for line in board.summary_lines():
+                typer.echo(line, err=True)
 
 
 def _run(target: Optional[str], out: Optional[Path], overrides: List[str], workers: Optional[int], backend: str,
-         address: Optional[str], list_recipes: bool) -> None:
+         address: Optional[str], list_recipes: bool, board: "NoteBoard") -> None:
     from imgsynth.distributed.tasks import BACKENDS, default_workers
     from imgsynth.experiments.config import check_recipe_devices, load_recipe
     from imgsynth.experiments.loop import Experiment
     from imgsynth.experiments.recipes import resolve_target, shipped_recipes
     from imgsynth.outputs import RUN, claim_output
-    from imgsynth.reports.build import run_and_report
+    from imgsynth.progress import RunDisplay, observing
+    from imgsynth.reports.build import read_findings, run_and_report
+    from imgsynth.reports.findings import plain_findings
+    from imgsynth.terminal import NORMAL, VERBOSE, verbosity
 
     if list_recipes:
         for name, path in shipped_recipes().items():
@@ -56,7 +68,9 @@ def _run(target: Optional[str], out: Optional[Path], overrides: List[str], worke
         raise typer.BadParameter(f"choose one of {', '.join(BACKENDS)}", param_hint="--backend")
     if address is not None and backend != "ray":
         raise typer.BadParameter("--address is for --backend ray", param_hint="--address")
-    options = {"workers": workers or default_workers(), "backend": backend, "address": address}
+    # Training bars only with --verbose: the run's progress display stands for them otherwise.
+    options = {"workers": workers or default_workers(), "backend": backend, "address": address,
+               "progress": verbosity() >= VERBOSE}
     recipe_path, run_dir = resolve_target(target)
     if run_dir is not None:
         experiment = Experiment.resume(run_dir, overrides, **options)
@@ -65,7 +79,13 @@ def _run(target: Optional[str], out: Optional[Path], overrides: List[str], worke
         claim_output(out or Path("runs") / recipe.name, RUN)
         experiment = Experiment(recipe, out or Path("runs") / recipe.name, **options)
     check_recipe_devices(experiment.recipe)  # before any data or model loads
-    folder = run_and_report(experiment)
+    with RunDisplay(notes=board.add, title=f"run {experiment.run_dir.name}") as display, observing(display):
+        folder = run_and_report(experiment)
+    if verbosity() >= NORMAL:
+        typer.echo("\nHeadline findings (differences paired by seed; 95% t-intervals; p-values Holm-adjusted):")
+        for line in plain_findings(read_findings(folder / "findings.csv")):
+            typer.echo(f"  - {line}")
+        typer.echo("")
     typer.echo(f"dashboard: {folder / 'dashboard.png'}\nreport:    {folder / 'report.html'}\n"
                f"metrics:   {folder / 'metrics.csv'}\nfindings:  {folder / 'findings.csv'}")
 

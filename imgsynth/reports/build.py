@@ -24,6 +24,7 @@ from imgsynth.reports.figures import class_heatmap, dashboard, sample_grid
 from imgsynth.reports.findings import SEED_INTERVAL, TEST_NAME, findings, seed_summary, verdicts
 from imgsynth.reports.tables import collect_metrics, collect_reference, metric_label, write_csv
 from imgsynth.atomic_files import write_text_atomic
+from imgsynth.terminal import NORMAL, say
 
 # The files each report writes: a report folder of its own (--out DIR) lists them in its marker, so a rerun
 # replaces them and nothing else (imgsynth.outputs.claim_report_folder).
@@ -232,6 +233,13 @@ def run_and_report(experiment: LoopRun) -> Path:
     with folder_lock(experiment.run_dir):
         folder = experiment.run()
         build_reports(folder)
-    print(f"[imgsynth] finished in {time.perf_counter() - started:.1f}s; dashboard: {folder / 'dashboard.png'}",
-          flush=True)
+    say(f"finished in {time.perf_counter() - started:.1f}s; dashboard: {folder / 'dashboard.png'}", level=NORMAL)
     return folder
+
+
+def read_findings(path: str | Path) -> pd.DataFrame:
+    """A ``findings.csv`` as the table :func:`imgsynth.reports.findings.findings` made (extractor "" not NaN)."""
+    table = pd.read_csv(path, keep_default_na=True)
+    if "extractor" in table.columns:
+        table["extractor"] = table["extractor"].fillna("")
+    return table

@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from imgsynth.metrics.registry import bookkeeping_metrics, headline_metrics
+from imgsynth.metrics.registry import HIGHER, LOWER, bookkeeping_metrics, direction, headline_metrics
 from imgsynth.reports.tables import metric_label
 
 CONFIDENCE = 0.95
@@ -229,4 +229,53 @@ def verdicts(table: pd.DataFrame) -> list[str]:
             lines.append(f"{comparison} {label} {where}: {_number(row['mean_difference'])} "
                          f"[{row['ci_low']:.3g}, {row['ci_high']:.3g}], p = {row['p_value']:.2g}{shown} "
                          f"({row['n_seeds']} seeds, {row['test']}){' *' if significant(row) else ''}")
+    return lines
+
+
+def _judgement(metric: str, difference: float) -> str:
+    """``better`` / ``worse`` for a difference in a metric with a declared direction, else ``""``."""
+    way = direction(metric)
+    if way not in (HIGHER, LOWER) or difference == 0:
+        return ""
+    return "better" if (difference > 0) == (way == HIGHER) else "worse"
+
+
+def plain_findings(table: pd.DataFrame, limit: int = 12) -> list[str]:
+    """The headline findings in plain words, with their intervals (what ``imgsynth run`` ends with), e.g.
+    ``fid[domain] at generation 4: replace is 5.1 higher than accumulate (worse; 95% interval of the difference
+    3.2 to 7.0, Holm-adjusted p = 0.01, 3 seeds): significant``. At most ``limit`` lines, significant ones
+    first, then in the metrics' declared headline order; a last line says how many more are in findings.csv."""
+    if table.empty:
+        return ["No comparisons (one mode, or no finished generation)."]
+    if int(pd.to_numeric(table["n_seeds"]).max()) < 2:
+        return verdicts(table)
+    overall = table[(table["class"] == "all") & (table["statistic"].isin(["last", "change"]))]
+    ranked: list[tuple[int, int, str]] = []
+    for rank, metric in enumerate(headline_metrics()):
+        for _, row in overall[overall["metric"] == metric].iterrows():
+            label = metric_label(row["metric"], row["extractor"] if isinstance(row["extractor"], str) else "")
+            difference = float(row["mean_difference"])
+            size = f"{abs(difference):.3g}"
+            if row["statistic"] == "last":
+                a, b = str(row["comparison"]).split(" − ")
+                what = (f"{label} at generation {row['generation']}: {a} is {size} "
+                        f"{'higher' if difference > 0 else 'lower'} than {b}" if difference else
+                        f"{label} at generation {row['generation']}: {a} equals {b}")
+            else:
+                mode = str(row["comparison"]).split(":")[0]
+                what = (f"{label} of {mode}: {'rose' if difference > 0 else 'fell'} by {size} from generation 0 "
+                        f"to {row['generation']}" if difference else f"{label} of {mode}: unchanged since generation 0")
+            judged = _judgement(metric, difference)
+            adjusted = row.get("p_adjusted")
+            tested = adjusted is not None and adjusted == adjusted
+            detail = (f"95% interval of the difference {row['ci_low']:.3g} to {row['ci_high']:.3g}, "
+                      + (f"{ADJUSTMENT}-adjusted p = {adjusted:.2g}, " if tested else "no test, ")
+                      + f"{int(row['n_seeds'])} seeds")
+            verdict = ("significant" if significant(row) else "not significant after adjustment" if tested
+                       else "untested")
+            ranked.append((0 if significant(row) else 1, rank,
+                           f"{what} ({judged + '; ' if judged else ''}{detail}): {verdict}"))
+    lines = [text for _, _, text in sorted(ranked, key=lambda r: (r[0], r[1]))]
+    if len(lines) > limit:
+        lines = lines[:limit] + [f"… and {len(lines) - limit} more headline comparisons in findings.csv"]
     return lines

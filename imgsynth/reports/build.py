@@ -52,6 +52,15 @@ def _grid_images(samples: ImageSet, per_class: int = 2) -> list[np.ndarray]:
     return images
 
 
+def _grid_columns(samples: ImageSet, per_class: int = 2) -> list[str]:
+    """Column labels for ``_grid_images``' images: each class's name over its first image."""
+    labels = []
+    for label in samples.classes:
+        count = min(per_class, sum(r.label == label for r in samples.records))
+        labels.extend([label] + [""] * (count - 1) if count else [])
+    return labels
+
+
 def grids(run: str | Path | RunFolder, out: str | Path | None = None) -> Path:
     """Rows of samples per generation per mode (gen 0 first) of the first seed; the same image ids (class and
     index) in every row, each generation drawn from its own noise."""
@@ -66,8 +75,10 @@ def grids(run: str | Path | RunFolder, out: str | Path | None = None) -> Path:
             samples = folder.output(GenerationKey(seed, mode, k))
             if samples is not None:
                 rows.append((f"{mode} gen {k}", _grid_images(samples)))
-    return sample_grid(rows, out or folder.root / "grids.png",
-                       title=f"Samples per generation, replicate {seed} (each generation draws new noise)")
+    columns = _grid_columns(base) if base is not None else []
+    return sample_grid(rows, out or folder.root / "grids.png", columns=columns,
+                       title=f"Samples per generation, replicate {seed} (each generation draws new noise); "
+                             "columns: classes, rows: generation and mode")
 
 
 def _heatmap_metric(frame: pd.DataFrame) -> tuple[str, str] | None:

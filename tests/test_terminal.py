@@ -101,9 +101,9 @@ def test_run_prints_each_note_once_progress_and_headline_findings(tmp_path, run_
     head = out.index("Headline findings")
     assert re.search(r"fid\[pixels\] at generation 2: replace is [\d.e+-]+ (higher|lower) than accumulate", out)
     assert "95% interval of the difference" in out[head:] and "Holm-adjusted p = " in out[head:]
-    assert out.index("dashboard:") > head and "findings:" in out
+    assert re.search(r"^dashboard: ", out[head:], flags=re.M) and re.search(r"^findings: ", out[head:], flags=re.M)
     assert not (tmp_path / "run" / ".imgsynth-events").exists()
 
     code, quiet, err = run_cli("run", tmp_path / "run", "--quiet")  # finished: reports only
     assert code == 0 and "Headline findings" not in quiet and "[imgsynth]" not in quiet
-    assert quiet.splitlines()[0].startswith("dashboard:")
+    assert quiet.splitlines()[0].startswith("dashboard: ")

@@ -11,7 +11,7 @@ import base64
 import html
 import time
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
@@ -160,7 +160,7 @@ def write_html(summary: pd.DataFrame, table: pd.DataFrame, pictures: Sequence[Pa
     note = DOMAIN_NOTE if "domain" in set(summary["extractor"]) else ""
     if note:
         parts.append(f"<p><em>{html.escape(note)}</em></p>")
-    strips: dict[str, list[dict[str, str]]] = {}
+    strips: dict[str, Any] = {}
     if frame is not None and len(folders) == 1:
         parts.append(page.curves_svg(summary, reference if reference is not None else pd.DataFrame()))
         chosen = _heatmap_metric(frame)

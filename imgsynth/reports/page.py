@@ -63,13 +63,14 @@ document.querySelectorAll('input.filter').forEach(function(input){input.addEvent
  Array.prototype.forEach.call(table.tBodies[0].rows,function(row){var text=row.textContent.toLowerCase();
   row.hidden=!words.every(function(w){return text.indexOf(w)>=0;});});});});
 var samples=JSON.parse(document.getElementById('samples').textContent||'{}');
+var images=samples.images||[],cells=samples.cells||{};
 var panel=document.getElementById('drill');
-function show(key,title){var items=samples[key]||[];panel.hidden=false;
+function show(key,title){var items=cells[key]||[];panel.hidden=false;
  panel.querySelector('h3').textContent=title;var box=panel.querySelector('.images');box.innerHTML='';
  if(!items.length){box.textContent='No samples kept for this cell.';}
  items.forEach(function(item){var fig=document.createElement('figure');fig.style.display='inline-block';
-  var img=document.createElement('img');img.src=item.src;img.alt=item.label;fig.appendChild(img);
-  var cap=document.createElement('figcaption');cap.textContent=item.label;fig.appendChild(cap);box.appendChild(fig);});
+  var img=document.createElement('img');img.src=images[item[0]];img.alt=item[1];fig.appendChild(img);
+  var cap=document.createElement('figcaption');cap.textContent=item[1];fig.appendChild(cap);box.appendChild(fig);});
  panel.scrollIntoView({block:'nearest'});}
 document.querySelectorAll('[data-drill]').forEach(function(el){el.addEventListener('click',function(){
  show(el.getAttribute('data-drill'),el.getAttribute('data-title')||el.getAttribute('data-drill'));});});
@@ -179,11 +180,13 @@ def _strip(samples: ImageSet, label: str) -> np.ndarray | None:
     return np.concatenate(images, axis=1)
 
 
-def sample_strips(folder: RunFolder) -> dict[str, list[dict[str, str]]]:
+def sample_strips(folder: RunFolder) -> dict[str, Any]:
     """For every finished (mode, generation) of the first seed: per class one strip of thumbnails, and under
-    class "all" one strip per class (the drill-down of a curve point)."""
+    class "all" one strip per class (the drill-down of a curve point). Each strip is stored once
+    (``images``); ``cells`` maps a drill key to [image index, class] pairs (generation 0 is every mode's)."""
     seed = folder.seeds[0]
-    found: dict[str, list[dict[str, str]]] = {}
+    images: list[str] = []
+    found: dict[str, list[tuple[int, str]]] = {}
     keys = [("base", 0)] + [(m, k) for m in folder.modes for k in range(1, folder.generations)]
     for mode, generation in keys:
         try:
@@ -198,16 +201,17 @@ def sample_strips(folder: RunFolder) -> dict[str, list[dict[str, str]]]:
             strip = _strip(samples, label)
             if strip is None:
                 continue
-            item = {"src": _png_uri(strip), "label": f"{label}"}
+            images.append(_png_uri(strip))
+            item = (len(images) - 1, str(label))
             every.append(item)
             for shown in modes:
                 found[drill_key(shown, generation, label)] = [item]
         for shown in modes:
             found[drill_key(shown, generation, "all")] = every
-    return found
+    return {"images": images, "cells": found}
 
 
-def samples_script(strips: dict[str, list[dict[str, str]]]) -> str:
+def samples_script(strips: dict[str, Any]) -> str:
     """The thumbnails as a JSON data block the script reads (``</`` escaped so it cannot end the block)."""
     return ("<script type='application/json' id='samples'>" + json.dumps(strips).replace("</", "<\\/")
             + "</script>")

@@ -4,7 +4,6 @@ import math
 
 import numpy as np
 import pandas as pd
-import pytest
 from statsmodels.stats.multitest import multipletests
 
 from imgsynth.reports.findings import FINDINGS_COLUMNS, adjust, findings, holm, verdicts

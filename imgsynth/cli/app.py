@@ -7,10 +7,10 @@ import os
 import pickle
 import sys
 import traceback
-import warnings
 from importlib import metadata
 from typing import Optional
 
+import click
 import typer
 from PIL import Image
 
@@ -21,7 +21,8 @@ from imgsynth.cli import finetune as finetune_cli
 from imgsynth.cli import metrics as metrics_cli
 from imgsynth.errors import TaskFailedError
 from imgsynth.locking import FolderBusyError
-from imgsynth.notes import note_lines
+from imgsynth.notes import NoteBoard
+from imgsynth.terminal import NORMAL, VERBOSE, level_from_flags, use_verbosity
 from imgsynth.outputs import discard_abandoned, forget_claims
 from typer.core import TyperGroup
 
@@ -116,7 +117,7 @@ EXIT_FAILURE = 1
 FAILURE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EIO, errno.EMFILE, errno.ENFILE})
 
 # --debug of the invocation in progress; run_app resets it, so in-process callers (tests) never inherit it.
-_options = {"debug": False}
+_options: dict[str, object] = {"debug": False, "board": None}
 
 
 def _print_version(value: bool) -> None:
@@ -141,9 +142,22 @@ def root_options(
                                "does)."),
     version: Optional[bool] = typer.Option(None, "--version", callback=_print_version, is_eager=True,
                                            help="Print imgsynth's and torch's versions and exit."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Any command: print only notes (each once), errors "
+                               "and results, no progress."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Any command: print every log line and each "
+                                 "repeat of a note."),
 ) -> None:
     """Labeled synthetic image datasets and model-collapse experiments."""
     _options["debug"] = debug
+    try:
+        level = level_from_flags(quiet, verbose)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--quiet/--verbose") from None
+    if level != NORMAL:  # for the command's length (the click context closes it)
+        click.get_current_context().with_resource(use_verbosity(level))
+    board = _options.get("board")
+    if isinstance(board, NoteBoard):
+        board.repeat = level >= VERBOSE
 
 
 def _safetensors_error() -> type[BaseException] | None:
@@ -215,16 +229,23 @@ def run_app(typer_app: typer.Typer) -> None:
     ``--debug`` (root option) or ``IMGSYNTH_DEBUG=1`` prints the traceback above the error line too.
 
     Warnings of imgsynth's :class:`imgsynth.notes.Note` category (skipped metrics, biased estimates, a
-    class left empty) print as one ``note: <message>`` line each. Only that category: other libraries'
+    class left empty) print as one ``note: <message>`` line each, each distinct one once (a
+    :class:`imgsynth.notes.NoteBoard`; with ``--verbose`` every time), and a note raised again and again ends
+    the command with one line saying how many more times it applied. Only that category: other libraries'
     UserWarnings speak about their own code, not the user's data, and printed as a bare note they would
     read as imgsynth's; they keep Python's format (deprecation noise stays hidden by Python's filters).
     """
     _options["debug"] = False
     forget_claims()
-    with warnings.catch_warnings():
-        warnings.showwarning = note_lines(warnings.showwarning)
+    board = NoteBoard()
+    _options["board"] = board
+    with board.collecting():
         try:
-            typer_app()
+            try:
+                typer_app()
+            finally:
+                for line in board.summary_lines():  # the notes raised more than once, with their counts
+                    typer.echo(line, err=True)
         except Exception as exc:  # noqa: BLE001 - sorted into user errors, failures and bugs below
             discard_abandoned()  # what a failed command began and no rerun resumes from (imgsynth.outputs)
             status = exit_status(exc)

@@ -33,10 +33,10 @@ def run_command(
 ) -> None:
     """Run a recursive-generation experiment (or continue or extend a stopped one) and write its reports."""
     from imgsynth.notes import NoteBoard
-    from imgsynth.terminal import VERBOSE, level_from_flags, use_verbosity
+    from imgsynth.terminal import VERBOSE, level_from_flags, use_verbosity, verbosity
 
-    try:
-        level = level_from_flags(quiet, verbose)
+    try:  # without either flag, the root's (imgsynth --quiet run …) or the default
+        level = level_from_flags(quiet, verbose) if quiet or verbose else verbosity()
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--quiet/--verbose") from None
     # Each distinct note once (its repeats counted; every one with --verbose), from this process and its workers.

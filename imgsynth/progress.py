@@ -312,9 +312,9 @@ class RunDisplay:
             if self.level >= int(event.get("level", VERBOSE)):
                 self._print(f"[imgsynth] {event.get('message', '')}")
         elif kind == "start":
-            self.running[task] = "starting"
+            self.running[task] = f"{task}: starting"
         elif kind == "stage":
-            self.running[task] = f"{event.get('key', '')} {event.get('stage', '')}".strip()
+            self.running[task] = f"{event.get('key') or task}: {event.get('stage', '')}"
         elif kind == "generation":
             self.finished_generations += 1
             if self.level >= NORMAL and self._live is None:
@@ -357,7 +357,7 @@ class RunDisplay:
             head.add_row(Text(self.title, style="bold"),
                          ProgressBar(total=max(1, self.generations), completed=self.finished_generations, width=30),
                          Text(self.status_line()))
-            lines = [Text(f"  {task}: {stage}", style="dim") for task, stage in self.running.items()]
+            lines = [Text(f"  {doing}", style="dim") for doing in self.running.values()]
             return Group(head, *lines)
 
     def close(self) -> None:

@@ -140,9 +140,9 @@ def findings_section(table: pd.DataFrame, headlines: Sequence[str], method: str)
     if table.empty:
         parts.append("<p>No comparisons (one mode, or no finished generation).</p>")
         return parts
-    headline = set(headline_metrics())
+    headline = headline_metrics()
     overall = table[table["class"] == "all"].copy()
-    overall["_rank"] = [0 if m in headline else 1 for m in overall["metric"]]
+    overall["_rank"] = [headline.index(m) if m in headline else len(headline) for m in overall["metric"]]
     overall = overall.sort_values("_rank", kind="stable").drop(columns="_rank")
     parts.append(findings_table(overall, "findings-overall",
                                 f"{len(overall)} overall comparisons, headline metrics first; click a header "

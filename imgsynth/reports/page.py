@@ -167,10 +167,17 @@ def _png_uri(image: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def _strip(samples: ImageSet, label: str) -> np.ndarray | None:
-    """The first ``THUMBNAILS`` images of ``label`` (by image id: the same ids in every generation) side by side."""
-    chosen = sorted((Path(r.file_name).stem, i) for i, r in enumerate(samples.records) if r.label == label)
-    images = [np.asarray(samples.load_image(i)) for _, i in chosen[:THUMBNAILS]]
+def _first_images(samples: ImageSet) -> dict[str, list[int]]:
+    """Per class, the indices of its first ``THUMBNAILS`` images by image id (the same ids in every generation)."""
+    by_class: dict[str, list[tuple[str, int]]] = {}
+    for i, record in enumerate(samples.records):
+        by_class.setdefault(record.label, []).append((Path(record.file_name).stem, i))
+    return {label: [i for _, i in sorted(items)[:THUMBNAILS]] for label, items in by_class.items()}
+
+
+def _strip(samples: ImageSet, indices: Sequence[int]) -> np.ndarray | None:
+    """The images at ``indices`` side by side (padded to one height)."""
+    images = [np.asarray(samples.load_image(i)) for i in indices]
     if not images:
         return None
     height = max(im.shape[0] for im in images)
@@ -197,8 +204,9 @@ def sample_strips(folder: RunFolder) -> dict[str, Any]:
             continue
         modes = folder.modes if generation == 0 else [mode]
         every = []
+        first = _first_images(samples)
         for label in samples.display_order:
-            strip = _strip(samples, label)
+            strip = _strip(samples, first.get(label, []))
             if strip is None:
                 continue
             images.append(_png_uri(strip))

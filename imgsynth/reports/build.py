@@ -23,8 +23,8 @@ from imgsynth.outputs import claim_report_folder
 from imgsynth.reports.figures import class_heatmap, dashboard, sample_grid
 from imgsynth.reports import page
 from imgsynth.reports.figures import REFERENCE_STYLE
-from imgsynth.reports.findings import (ADJUSTMENT, ALPHA, SEED_INTERVAL, TEST_NAME, findings, plain_findings,
-                                       seed_summary)
+from imgsynth.reports.findings import (ADJUSTMENT, ALPHA, SEED_INTERVAL, TEST_NAME, findings, seed_summary,
+                                       verdicts)
 from imgsynth.reports.tables import collect_metrics, collect_reference, metric_label, write_csv
 from imgsynth.atomic_files import write_text_atomic
 from imgsynth.terminal import NORMAL, say
@@ -119,9 +119,9 @@ METHOD = (f"Differences between modes are paired by seed; intervals are the {SEE
 
 def _findings_html(table: pd.DataFrame, runs: Sequence[str]) -> list[str]:
     if "run" in table.columns and table["run"].nunique() > 1:
-        lines = [f"{run}: {line}" for run, part in table.groupby("run", sort=False) for line in plain_findings(part)]
+        lines = [f"{run}: {line}" for run, part in table.groupby("run", sort=False) for line in verdicts(part)]
     else:
-        lines = plain_findings(table) if not table.empty else []
+        lines = verdicts(table)
     return page.findings_section(table, lines, METHOD)
 
 

@@ -3,12 +3,14 @@ when the output is not a terminal, the headline findings in words at the end; --
 
 from __future__ import annotations
 
+import html
 import io
 import re
 import warnings
 
 import pytest
 
+from imgsynth.imageset import ImageSet
 from imgsynth.notes import Note, NoteBoard
 from imgsynth.progress import RunDisplay, RunMonitor, emit, in_process_events, task_events, task_scope
 from imgsynth.terminal import NORMAL, QUIET, VERBOSE, level_from_flags, use_verbosity, verbosity
@@ -103,6 +105,12 @@ def test_run_prints_each_note_once_progress_and_headline_findings(tmp_path, run_
     assert "95% interval of the difference" in out[head:] and "Holm-adjusted p = " in out[head:]
     assert re.search(r"^dashboard: ", out[head:], flags=re.M) and re.search(r"^findings: ", out[head:], flags=re.M)
     assert not (tmp_path / "run" / ".imgsynth-events").exists()
+    # the report draws the lineage of this run's sets: the source and real train, then every generation's output
+    page = html.unescape((tmp_path / "run" / "report.html").read_text())
+    boxes = re.findall(r"<title>([^<]*)</title><rect", page)
+    real = ImageSet.open(tmp_path / "run" / "real" / "train")
+    assert f"{real.id}\nreal/train\nlicense: {real.manifest['license']['name']}" in boxes
+    assert len(boxes) == 2 + 3 * (1 + 2 * 2) and sum("license: generated" in b for b in boxes) == 15
 
     code, quiet, err = run_cli("run", tmp_path / "run", "--quiet")  # finished: reports only
     assert code == 0 and "Headline findings" not in quiet and "[imgsynth]" not in quiet

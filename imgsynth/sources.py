@@ -23,7 +23,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 from PIL import Image
@@ -374,8 +374,10 @@ MIN_SIZE, MAX_SIZE = 4, 4096
 
 @locks_output("out")
 def import_source(spec: str, out: str | os.PathLike, *, size: int | None = 16, mode: str = "L",
-                  test_fraction: float = 0.2, seed: int = 0, license: str | None = None) -> tuple[ImageSet, ImageSet]:
-    """Import a source into ``out/train`` and ``out/test`` ImageSets with a stratified, seeded split."""
+                  test_fraction: float = 0.2, seed: int = 0, license: str | None = None,
+                  annotations: Mapping[str, Any] | None = None) -> tuple[ImageSet, ImageSet]:
+    """Import a source into ``out/train`` and ``out/test`` ImageSets with a stratified, seeded split;
+    ``annotations``: further manifest fields of both (what was found in the source, e.g. synthetic markers)."""
     if size is not None and not (isinstance(size, int) and MIN_SIZE <= size <= MAX_SIZE):
         raise ValueError(f"size = {size!r}: images are imported as squares of {MIN_SIZE} to {MAX_SIZE} px "
                          "(library callers pass size=None to keep each image's own size)")
@@ -393,7 +395,7 @@ def import_source(spec: str, out: str | os.PathLike, *, size: int | None = 16, m
         config = {"source": spec, "size": size, "mode": mode, "test_fraction": test_fraction,
                   "seed": seed, "part": part}
         writer = ImageSetWriter(out / part, data.classes, kind="real", config=config, license=record,
-                                parents=[source_entry])
+                                parents=[source_entry], annotations=annotations)
         writer.write_all(_samples(data, indices))
         result.append(writer.finalize())
     return result[0], result[1]

@@ -101,7 +101,9 @@ def test_per_class_share_and_csv_agree_with_the_rows(report, mixed, tmp_path):
     assert len(rows) == len(mixed)
     assert list(rows[0]) == ["file_name", "label", "sha256", "match", "evidence", "similarity",
                              "declared_generated", "known_set_id", "known_set_path", "known_file", "generator",
-                             "generation"]
+                             "generation", "class", "c2pa", "c2pa_detail", "iptc_source_type", "watermark",
+                             "xmp_generator", "xmp_weights_sha256", "xmp_seed", "marker_set_id", "synthetic",
+                             "problem"]
     assert {r["match"] for r in rows} == {"exact", "approximate", "none"}
     text = report.summary()
     assert f"exact copies: {table['all']['exact']}" in text and "synthetic share" in text

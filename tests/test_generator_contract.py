@@ -64,6 +64,21 @@ def _crash_after_one_shard(monkeypatch):
     return real_write
 
 
+def _assert_every_image_says_it_is_generated(image_set: ImageSet, kind: str) -> None:
+    """Issue 25: every PNG a kind writes carries the IPTC digital source type and imgsynth's fields in XMP, as
+    exiv2 (pyexiv2, an independent reader) reads them."""
+    import pyexiv2
+
+    weights = image_set.manifest["generator"]["weights_sha256"]
+    for index, record in enumerate(image_set.records):
+        with pyexiv2.ImageData(image_set.read_bytes(index)) as image:
+            xmp = image.read_xmp()
+        assert xmp["Xmp.iptcExt.DigitalSourceType"] == \
+            "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
+        assert xmp["Xmp.imgsynth.generatorKind"] == kind and xmp["Xmp.imgsynth.weightsSha256"] == weights
+        assert xmp["Xmp.imgsynth.seed"] == str(record.seed) and xmp["Xmp.imgsynth.generation"] == "1"
+
+
 @pytest.mark.parametrize("kind", CONTRACT_KINDS)
 def test_every_registered_kind_fits_samples_and_resumes_the_same_set(kind, real, tmp_path, monkeypatch):
     marker, weights = FILES.get(kind, (per_class.MODEL_INFO, per_class.MODEL_WEIGHTS))
@@ -74,6 +89,7 @@ def test_every_registered_kind_fits_samples_and_resumes_the_same_set(kind, real,
     assert (model / marker).stat().st_mtime_ns == stamp  # the same fit: nothing redone
     whole = generator_kind.sample(model, tmp_path / "whole", per_class=10, seed=4, generation=1, progress=False)
     assert verify(whole.root).ok and whole.counts == {c: 10 for c in real.classes}
+    _assert_every_image_says_it_is_generated(whole, kind)
 
     real_write = _crash_after_one_shard(monkeypatch)
     with pytest.raises(KeyboardInterrupt):

@@ -23,6 +23,8 @@ RULES = [
                               "imgsynth.experiments", "imgsynth.reports", "imgsynth.cli")),
     # the loop runs generations; whoever ran it (the CLI) builds the reports
     ("imgsynth.experiments", ("imgsynth.reports", "imgsynth.cli")),
+    # trackers read a finished run (and its reports) through the run folder; the loop only calls back
+    ("imgsynth.tracking", ("imgsynth.cli",)),
     ("imgsynth.reports", ("imgsynth.cli",)),
 ]
 

@@ -112,8 +112,6 @@ def random_inception_state_dict(monkeypatch: pytest.MonkeyPatch) -> dict[str, to
 
 
 def test_inception_loads_weights_from_the_cache_path_and_resizes_with_pil_bicubic(tmp_path, monkeypatch):
-    from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
-
     state = random_inception_state_dict(monkeypatch)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     # Random weights cannot carry the published name (its -6726825d part is checked against the file's
@@ -128,13 +126,13 @@ def test_inception_loads_weights_from_the_cache_path_and_resizes_with_pil_bicubi
     assert extractor.id.startswith("inception-v3-fid:") and len(extractor.id) == len("inception-v3-fid:") + 16
 
     image = random_images(1, 1, size=(20, 12), mode="RGB")[0]
-    independent = np.asarray(image.resize((299, 299), Image.BICUBIC)).transpose(2, 0, 1)
+    # The default convention is clean-fid's: PIL bicubic per channel in float, not rounded to uint8.
+    from cleanfid.resize import make_resizer
+
+    independent = make_resizer("PIL", False, "bicubic", (299, 299))(np.asarray(image)).transpose(2, 0, 1)
     pixels = extractor.preprocess(image)
-    assert pixels.dtype == torch.uint8 and torch.equal(pixels, torch.from_numpy(independent.copy()))
-    # torch-fidelity resizes again inside the network; at 299 → 299 that step must be the identity,
-    # so the network sees exactly the PIL-resized pixels.
-    batch = pixels[None].double()
-    assert torch.equal(interpolate_bilinear_2d_like_tensorflow1x(batch, size=(299, 299), align_corners=False), batch)
+    assert pixels.dtype == torch.float32 and torch.equal(pixels, torch.from_numpy(independent.copy()))
+    assert extractor.resize_mode == "clean"
     # The convention matters: a plain tensor bilinear resize gives other pixels.
     small = torch.from_numpy(np.asarray(image).transpose(2, 0, 1).copy())[None].float()
     bilinear = torch.nn.functional.interpolate(small, size=(299, 299), mode="bilinear", align_corners=False)

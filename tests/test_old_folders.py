@@ -26,6 +26,32 @@ def _digests(set_dir: Path) -> dict[str, str]:
             for i, record in enumerate(opened.records)}
 
 
+def _without_xmp(data: bytes) -> bytes:
+    """A PNG's bytes without its XMP iTXt chunk (PNG spec: 8-byte signature, then length, type, data, CRC)."""
+    out, position = [data[:8]], 8
+    while position < len(data):
+        length = int.from_bytes(data[position:position + 4], "big")
+        chunk = data[position:position + 12 + length]
+        if not (chunk[4:8] == b"iTXt" and chunk[8:].startswith(b"XML:com.adobe.xmp\0")):
+            out.append(chunk)
+        position += 12 + length
+    return b"".join(out)
+
+
+def _sampled_again_as_then(set_dir: Path, want: dict) -> None:
+    """Issue 25: a generated image now carries an XMP marker; without that one chunk its bytes are exactly those
+    sampled before (same pixels, same encoding), so the set's id is the old one with the marker taken out."""
+    from imgsynth.provenance import content_id
+
+    opened = ImageSet.open(set_dir)
+    stripped = {r.file_name: hashlib.sha256(_without_xmp(opened.path_of(i).read_bytes())).hexdigest()
+                for i, r in enumerate(opened.records)}
+    assert stripped == want["images"]
+    assert content_id((stripped[r.file_name], r.label) for r in opened.records) == want["id"]
+    assert all(_without_xmp(opened.path_of(i).read_bytes()) != opened.path_of(i).read_bytes()
+               for i in range(len(opened)))  # every image carries the marker
+
+
 @pytest.fixture(scope="module")
 def old(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the fixture folder (sampling and resuming must not write into the repository)."""
@@ -62,8 +88,8 @@ def test_an_old_model_folder_samples_the_same_bytes(model, old, tmp_path, run_cl
     assert code == 0, err
     again = ImageSet.open(out)
     assert again.manifest["generator"]["kind"] == EXPECTED["models_kind"][model]
-    assert again.id == want["id"] == EXPECTED["sets"][want["set"]]["id"]
-    assert _digests(out) == want["images"]
+    assert want["id"] == EXPECTED["sets"][want["set"]]["id"]
+    _sampled_again_as_then(out, want)
     assert again.verify().ok
 
 
@@ -127,5 +153,5 @@ def test_the_old_text2image_set_is_sampled_again_with_the_models_own_defaults(ti
     assert again.manifest["generator"]["kind"] == "text2image"
     for key in ("steps", "guidance_scale", "negative_prompt", "prompt_bank"):
         assert again.manifest["generator"].get(key) == then.manifest["generator"].get(key), key
-    assert again.id == want["id"] == EXPECTED["sets"][want["set"]]["id"]
-    assert _digests(out) == want["images"]
+    assert want["id"] == EXPECTED["sets"][want["set"]]["id"]
+    _sampled_again_as_then(out, want)

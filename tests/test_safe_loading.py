@@ -317,10 +317,11 @@ def test_legitimate_inception_weights_load_safely_and_give_torch_fidelitys_featu
     # torch-fidelity's own constructor on the same (trusted, test-made) file gives the very same features.
     reference = module.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
                                                    feature_extractor_weights_path=str(path))
-    image = random_images(1, 7)[0]
+    # At the network's size every resize convention is the identity, so both get the same pixels.
+    image = random_images(1, 7)[0].convert("RGB").resize((299, 299))
     features = extractor.extract([image])
     with torch.inference_mode():
-        expected = reference(extractor.preprocess(image)[None])[0]
+        expected = reference(torch.from_numpy(np.asarray(image).transpose(2, 0, 1).copy())[None])[0]
     assert features.shape == (1, 2048) and torch.equal(features, expected)
 
 

@@ -30,6 +30,12 @@ def curate_command(
                                                                              "smallest kept class."),
     seed: int = typer.Option(0, help="Seed of the rebalancing draw."),
     batch_size: int = typer.Option(256, help="Images per batch for the classifier and extractors."),
+    best_of: int = typer.Option(1, "--best-of", help="Keep the best of every K candidates of a class under "
+                                                     "--reward (candidates of kept image i: class positions i, "
+                                                     "i + m, …, m = images per class / K); 1: no selection."),
+    reward: str = typer.Option("confidence", "--reward", help="Registered reward for --best-of: confidence "
+                                                              "(needs --classifier), clip (needs --clip), "
+                                                              "brightness, or a plugin's."),
 ) -> None:
     """Filter an ImageSet into a curated one; the manifest records every drop and its reason."""
     from imgsynth.curation import curate, curation_record
@@ -38,7 +44,7 @@ def curate_command(
     claim_output(out, IMAGESET, [image_set, classifier])
     curated = curate(image_set, out, dedup=dedup, min_confidence=min_confidence, min_clip_score=min_clip_score,
                      clip_top_fraction=clip_top_fraction, classifier=classifier, clip=clip, rebalance=rebalance,
-                     seed=seed, embedding=embedding, batch_size=batch_size)
+                     seed=seed, embedding=embedding, batch_size=batch_size, best_of=best_of, reward=reward)
     record = curation_record(curated)
     typer.echo(f"{curated.root}: kept {record['kept']['total']} of {record['input']['num_images']} images "
                f"(id {curated.id[:12]})")
@@ -49,27 +55,35 @@ def curate_command(
 
 
 def audit_command(
-    image_set: Path = typer.Argument(..., help="The ImageSet to audit."),
-    against: List[Path] = typer.Option(..., "--against", help="Run folder or ImageSet whose generated images "
-                                                              "(and lineage) are known; repeatable."),
+    image_set: Path = typer.Argument(..., metavar="PATH", help="What to audit: an ImageSet, or any folder of image "
+                                     "files (classes are its first-level sub-folders)."),
+    against: List[Path] = typer.Option([], "--against", help="Run folder or ImageSet whose generated images "
+                                                             "(and lineage) are known; repeatable; optional (markers "
+                                                             "need no reference)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write one CSV row per image here."),
     threshold: float = typer.Option(0.995, help="Cosine similarity from which a near-duplicate counts as a copy."),
     embedding: str = typer.Option("pixels:8", help="Space for approximate matching: pixels:<size> (perceptual "
                                                    "thumbnail), or an extractor name such as domain:<ckpt>."),
     batch_size: int = typer.Option(256, help="Images per batch when embedding."),
+    strict: bool = typer.Option(False, "--strict", help="Exit with status 1 when any image is synthetic (a marker "
+                                                        "or a match)."),
 ) -> None:
-    """Report which images descend from a known generator, exactly or approximately, per class."""
-    from dataclasses import fields
-
-    from imgsynth.audit import AuditRow, audit
+    """Report which images are synthetic, per class: by the markers they carry (C2PA, IPTC/XMP digital source
+    type, invisible watermark) and, with --against, by descent from a known generator, exactly or approximately."""
+    from imgsynth.audit import CSV_COLUMNS, audit
+    from imgsynth.limits import check_count
     from imgsynth.outputs import FILE, claim_output
 
+    check_count("--batch-size", batch_size, 1 << 16)
     if out is not None:
-        claim_output(out, FILE, [image_set, *against], header=",".join(f.name for f in fields(AuditRow)))
+        claim_output(out, FILE, [image_set, *against], header=",".join(CSV_COLUMNS))
     report = audit(image_set, against, threshold=threshold, embedding=embedding, batch_size=batch_size)
     typer.echo(report.summary())
     if out is not None:
         typer.echo(f"\nper-image CSV: {report.write_csv(out)}")
+    if strict and any(row.synthetic for row in report.rows):
+        typer.echo(f"error: {sum(r.synthetic for r in report.rows)} synthetic image(s) found (--strict)", err=True)
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

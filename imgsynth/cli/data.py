@@ -31,10 +31,33 @@ def import_command(
     """Import a real source as OUT/train and OUT/test ImageSets."""
     name, _, location = source.partition(":")
     claim_output(out, IMPORTED, [location.rpartition(":")[2] if name == "torchvision" else location or None])
+    annotations = _marked_images(Path(location)) if name == "folder" and location else None
     train, test = import_source(source, out, size=size, mode=mode, test_fraction=test_fraction,
-                                seed=seed, license=license)
+                                seed=seed, license=license, annotations=annotations)
     typer.echo(f"train: {train.root}  ({len(train)} images, id {train.id[:12]})")
     typer.echo(f"test:  {test.root}  ({len(test)} images, id {test.id[:12]})")
+
+
+def _marked_images(folder: Path) -> dict[str, object] | None:
+    """How many images of a source folder carry synthetic-content markers (``imgsynth audit``'s, no reference
+    sets): a note when any does, and the counts the imported sets' manifests record."""
+    import warnings
+
+    from imgsynth.audit import audit
+    from imgsynth.notes import Note
+
+    if not folder.is_dir():
+        return None  # the source reader names the problem
+    rows = [r for r in audit(folder).rows if r.class_name]  # files in class folders: what a folder import reads
+    marked = [r for r in rows if r.synthetic]
+    record = {"images": len(rows), "marked": len(marked),
+              "c2pa": sum(bool(r.c2pa) for r in marked), "iptc": sum(bool(r.iptc_source_type) for r in marked),
+              "watermark": sum(bool(r.watermark) for r in marked)}
+    if marked:
+        warnings.warn(f"{folder}: {len(marked)} of {len(rows)} images carry synthetic-content markers (C2PA "
+                      f"{record['c2pa']}, IPTC/XMP {record['iptc']}, watermark {record['watermark']}) and are "
+                      "imported as real data; `imgsynth audit` lists them", Note, stacklevel=2)
+    return {"source_markers": record}
 
 
 @app.command("info")

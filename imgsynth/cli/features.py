@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from imgsynth.cli.flags import resize_mode_option
 from imgsynth.compute import check_device
 
 
@@ -22,6 +23,7 @@ def features_command(
                                              "$IMGSYNTH_CACHE/features or ~/.cache/imgsynth/features)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda … (default: cuda if available)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per batch."),
+    resize_mode: Optional[str] = resize_mode_option(),
 ) -> None:
     """Compute a set's features into the cache that `imgsynth metrics` reads, so it need not extract them."""
     check_device(device)  # before the set or the extractor loads
@@ -30,7 +32,12 @@ def features_command(
 
     if cache_dir is not None:
         claim_output(cache_dir, FEATURE_CACHE, [image_set])
-    path = warm_feature_cache(image_set, features, backend=backend, cache_dir=cache_dir, workers=workers,
+    extractor: object = features
+    if resize_mode is not None:  # built here (a Ray backend ships the instance); a name is built by each worker
+        from imgsynth.metrics.features import create_extractor
+
+        extractor = create_extractor(features, device, resize_mode=resize_mode)
+    path = warm_feature_cache(image_set, extractor, backend=backend, cache_dir=cache_dir, workers=workers,
                               address=address, batch_size=batch_size, device=device, progress=True)
     typer.echo(f"features of {image_set} [{features}] cached in {path}")
 

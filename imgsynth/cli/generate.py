@@ -122,6 +122,15 @@ def generate_command(
                                           "(default: a local cluster)."),
     workers: Optional[int] = typer.Option(None, min=1, help="Ray: actors, one model each (default: one per "
                                           "CPU, or per GPU on CUDA)."),
+    # Provenance inside each file (imgsynth.provenance.markers); the XMP marker is always written.
+    watermark: bool = typer.Option(False, "--watermark", help="Embed imgsynth's invisible DWT-DCT watermark "
+                                   "(invisible-watermark, as SDXL pipelines do) in RGB images of at least 256 px; "
+                                   "changes pixel values slightly."),
+    c2pa_cert: Optional[Path] = typer.Option(None, "--c2pa-cert", help="Sign a C2PA manifest into every image with "
+                                             "this PEM certificate chain (ES256; needs imgsynth\\[c2pa])."),
+    c2pa_key: Optional[Path] = typer.Option(None, "--c2pa-key", help="The PEM private key of --c2pa-cert."),
+    c2pa_tsa: Optional[str] = typer.Option(None, "--c2pa-tsa", help="A timestamp authority URL for C2PA "
+                                           "signatures (default: none, signing is offline)."),
 ) -> None:
     """Sample a labeled ImageSet from any generator's model: a class-conditional model, a fitted gaussian or
     kde model, or a text-to-image pipeline. Which kind is decided by MODEL alone."""
@@ -130,6 +139,12 @@ def generate_command(
     from imgsynth.outputs import IMAGESET, claim_output
 
     claim_output(out, IMAGESET, [model, lora, caption_model, prompts])
+    from imgsynth.provenance.markers import Marking
+
+    marking = Marking.of(watermark=watermark, c2pa_cert=None if c2pa_cert is None else str(c2pa_cert),
+                         c2pa_key=None if c2pa_key is None else str(c2pa_key), tsa_url=c2pa_tsa)
+    if marking.c2pa is not None:
+        marking.c2pa.check()  # before any model loads
     sample_steps = renamed_flag("--steps", steps, "--sample-steps", sample_steps)
     flags = {"guidance_scale": guidance, "sample_steps": sample_steps, "sample_batch_size": batch_size, "device": device,
              "noise_temperature": noise_temperature, "prompts": prompts, "negative_prompt": negative_prompt,
@@ -141,25 +156,31 @@ def generate_command(
         raise ValueError("--classes: the class list is empty: give at least one class (e.g. --classes kitchen,bedroom)")
     result = sample_model(model, out, per_class, seed, {**{k: v for k, v in flags.items() if v is not None},
                                                         **option_pairs(options)},
-                          classes=chosen, backend=backend, address=address, workers=workers, progress=progress)
+                          classes=chosen, backend=backend, address=address, workers=workers, progress=progress,
+                          marking=marking)
     typer.echo(f"{result.root}  ({len(result)} images, {len(result.classes)} classes, id {result.id[:12]})")
 
 
 def sample_model(model: str | Path, out: Path, per_class: int, seed: int, options: dict[str, object], *,
                  classes: Optional[List[str]] = None, backend: str = "local", address: Optional[str] = None,
-                 workers: Optional[int] = None, progress: bool = True, generation: Optional[int] = None):  # noqa: ANN201
-    """Sample ``model`` with its kind from the registry, in this process or on a backend."""
+                 workers: Optional[int] = None, progress: bool = True, generation: Optional[int] = None,
+                 marking=None):  # noqa: ANN201, ANN001
+    """Sample ``model`` with its kind from the registry, in this process or on a backend; ``marking``: opt-in
+    marks (:class:`imgsynth.provenance.markers.Marking`) beyond the XMP marker every image carries."""
     from imgsynth.pipelines.base import kind_for_model
+    from imgsynth.pipelines.sharding import with_marking, write_set
 
     if address is not None and backend != "ray":
         raise ValueError("--address applies to --backend ray only")
     kind = kind_for_model(model, options)
-    if backend == "local" and workers is None:
+    if backend == "local" and workers is None and (marking is None or not marking.any):
         return kind.sample(Path(model), out, per_class, seed, generation=generation, progress=progress,
                            classes=classes)
+    job = with_marking(kind.job(Path(model), per_class, seed, generation=generation, classes=classes), marking)
+    if backend == "local" and workers is None:
+        return write_set(job, out, progress=progress)
     from imgsynth.distributed.generate import generate
 
-    job = kind.job(Path(model), per_class, seed, generation=generation, classes=classes)
     return generate(job, out, backend=backend, workers=workers, address=address, progress=progress)
 
 

@@ -2,6 +2,9 @@
 
 Filters run in a fixed order, each on the images the previous ones kept:
 
+0. ``best_of``: of every K candidates (``imgsynth.curation.best_of``: within a class, positions g, g + m, …,
+   g + (K − 1)m with m = ⌊n_c/K⌋) keep the one a registered reward (``imgsynth.curation.rewards``) ranks
+   highest; K = 1 skips the stage;
 1. ``confidence``: a classifier trained on real data must give the image's own label probability
    ≥ ``min_confidence`` (images the reference model does not recognise as their class go);
 2. ``clip``: the image–caption CLIP score must be ≥ ``min_clip_score`` and/or in the top
@@ -26,12 +29,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from imgsynth.curation.best_of import candidate_groups, check_best_of, choose_best
 from imgsynth.curation.filters import keep_aligned, keep_confident, rebalance as rebalance_mask
-from imgsynth.curation.similarity import Extractor, as_numpy, embed_images, greedy_dedup, resolve_embedding
+from imgsynth.curation.rewards import REWARDS, RewardContext, clip_scores, label_probabilities
+from imgsynth.curation.similarity import Extractor, embed_images, greedy_dedup, resolve_embedding
 from imgsynth.notes import Note
 from imgsynth.imageset import ImageSet, ImageSetError
 
-FILTERS = ("confidence", "clip", "dedup", "rebalance")
+FILTERS = ("best_of", "confidence", "clip", "dedup", "rebalance")
 PIXEL_DEDUP_EMBEDDING = "pixels:16"
 
 
@@ -76,7 +81,7 @@ def curate(samples: ImageSet | str | os.PathLike, out: str | os.PathLike, *, ded
            min_confidence: float | None = None, min_clip_score: float | None = None,
            clip_top_fraction: float | None = None, classifier: Any = None, clip: Any = None,
            rebalance: bool = True, seed: int = 0, embedding: str | Extractor | None = None,
-           batch_size: int = 256) -> ImageSet:
+           batch_size: int = 256, best_of: int = 1, reward: str = "confidence") -> ImageSet:
     """Apply the requested filters to ``samples`` and write the kept images to ``out`` (kind ``curated``).
 
     ``classifier`` is a checkpoint folder (or a loaded classifier) trained on real data, needed by
@@ -85,16 +90,26 @@ def curate(samples: ImageSet | str | os.PathLike, out: str | os.PathLike, *, ded
     the space for ``dedup``: default the ``pixels:16`` thumbnail correlation (a near-copy is a perceptual
     notion; a classifier's features put a class's images close together by design, so ``domain:`` at
     0.98 would drop 69% of the real digits, see benchmarks/README.md); any ``imgsynth.metrics.features``
-    name or ``pixels:<size>`` works. A filter left at ``None`` is skipped. Raises ``ValueError`` for
+    name or ``pixels:<size>`` works. ``best_of`` = K > 1 first keeps the best of every K candidates under
+    the registered ``reward`` (``imgsynth.curation.rewards.REWARDS``: ``confidence`` uses ``classifier``,
+    ``clip`` uses ``clip``). A filter left at ``None`` is skipped. Raises ``ValueError`` for
     settings that cannot work and ``ImageSetError`` when nothing would be kept.
     """
     samples = samples if isinstance(samples, ImageSet) else ImageSet.open(samples)
-    _check_settings(dedup, min_confidence, min_clip_score, clip_top_fraction, classifier, clip, rebalance)
+    best_of = check_best_of(best_of)
+    context = RewardContext(classifier=classifier, clip=clip, batch_size=batch_size)
+    if best_of > 1:
+        REWARDS[reward].check(reward, context)
+    _check_settings(dedup, min_confidence, min_clip_score, clip_top_fraction, classifier, clip, rebalance,
+                    best_of > 1)
     labels = np.asarray(samples.labels)
     alive = np.ones(len(samples), dtype=bool)
     log = CurationLog(input={"id": samples.id, "path": str(samples.root), "num_images": len(samples),
                              "counts": samples.counts})
+    chosen: list[dict[str, Any]] = []
 
+    if best_of > 1:
+        alive &= _best_of_filter(samples, best_of, reward, context, log, chosen)
     if min_confidence is not None:
         alive &= _confidence_filter(samples, alive, classifier, min_confidence, batch_size, log)
     if min_clip_score is not None or clip_top_fraction is not None:
@@ -117,12 +132,17 @@ def curate(samples: ImageSet | str | os.PathLike, out: str | os.PathLike, *, ded
         import warnings
 
         warnings.warn(f"{out}: curation removed every image of class(es) {emptied}", Note, stacklevel=2)
+    record = log.to_dict(kept_counts)
+    if chosen:
+        kept_files = {samples.records[i].file_name for i in kept}
+        record["best_of"] = [c for c in chosen if c["file_name"] in kept_files]
     return samples.subset(kept, out, kind="curated", config={"curation": {"filters": log.filters}},
-                          annotations={"curation": log.to_dict(kept_counts)})
+                          annotations={"curation": record})
 
 
 def _check_settings(dedup: float | None, min_confidence: float | None, min_clip_score: float | None,
-                    clip_top_fraction: float | None, classifier: Any, clip: Any, rebalance: bool) -> None:
+                    clip_top_fraction: float | None, classifier: Any, clip: Any, rebalance: bool,
+                    choosing: bool = False) -> None:
     if dedup is not None and not -1.0 <= dedup <= 1.0:
         raise ValueError(f"dedup is a cosine-similarity threshold and must lie in [-1, 1], got {dedup}")
     if min_confidence is not None:
@@ -134,26 +154,43 @@ def _check_settings(dedup: float | None, min_confidence: float | None, min_clip_
         raise ValueError("the CLIP alignment filter needs a CLIP model (--clip NAME, open_clip weights on disk)")
     if clip_top_fraction is not None and not 0.0 < clip_top_fraction <= 1.0:
         raise ValueError(f"clip_top_fraction must lie in (0, 1], got {clip_top_fraction}")
-    if all(v is None for v in (dedup, min_confidence, min_clip_score, clip_top_fraction)) and not rebalance:
-        raise ValueError("no curation filter requested: set dedup, min_confidence, min_clip_score, "
+    if all(v is None for v in (dedup, min_confidence, min_clip_score, clip_top_fraction)) and not rebalance \
+            and not choosing:
+        raise ValueError("no curation filter requested: set best_of (> 1), dedup, min_confidence, min_clip_score, "
                          "clip_top_fraction or rebalance")
+
+
+def _best_of_filter(samples: ImageSet, k: int, reward: str, context: RewardContext, log: CurationLog,
+                    chosen: list[dict[str, Any]]) -> np.ndarray:
+    """Keep the best-rewarded candidate of every group of ``k`` (see ``imgsynth.curation.best_of``)."""
+    groups, left_out = candidate_groups(samples.labels, k)
+    log.filters.append({"filter": "best_of", "k": k, "reward": reward, "groups": len(groups),
+                        "grouping": "within class: positions g, g + m, …, g + (k − 1)m, m = ⌊n_c / k⌋"})
+    keep = np.zeros(len(samples), dtype=bool)
+    grouped = sorted(p for group in groups for p in group)
+    values = np.full(len(samples), np.nan)
+    if grouped:
+        values[grouped] = np.asarray(REWARDS[reward].score(samples, grouped, context), dtype=np.float64)
+    if np.isnan(values[grouped]).any():
+        raise ValueError(f"reward {reward!r} gave NaN for images of {samples.root}")
+    winners, ranks = choose_best(values, groups)
+    for group, winner in zip(groups, winners):
+        keep[winner] = True
+        chosen.append({"file_name": samples.records[winner].file_name, "label": samples.records[winner].label,
+                       "k": k, "reward": _plain(values[winner]), "rank": 1})
+        for position in group:
+            if position != winner:
+                log.record(samples, position, "best_of", k=k, reward=values[position], rank=ranks[position],
+                           kept_instead=samples.records[winner].file_name)
+    for position in left_out:
+        log.record(samples, position, "best_of", k=k, reason="incomplete group")
+    return keep
 
 
 def _confidence_filter(samples: ImageSet, alive: np.ndarray, classifier: Any, threshold: float,
                        batch_size: int, log: CurationLog) -> np.ndarray:
-    from imgsynth.classifier import load_classifier, predict
-
-    loaded = load_classifier(classifier)
-    classes = list(loaded.classes)
-    missing = [c for c in samples.classes if samples.counts.get(c) and c not in classes]
-    if missing:
-        raise ValueError(f"classifier {classifier} does not know class(es) {missing} of {samples.root}; "
-                         f"its classes are {classes}")
     indices = np.flatnonzero(alive)
-    images = [samples.load_image(i) for i in indices]
-    predicted, probs = predict(loaded, images, batch_size=batch_size)
-    own = np.asarray([classes.index(samples.records[i].label) for i in indices])
-    label_probability = np.asarray(probs)[np.arange(len(indices)), own]
+    label_probability, predicted, classes = label_probabilities(samples, indices, classifier, batch_size)
     keep_here = keep_confident(label_probability, threshold)
     log.filters.append({"filter": "confidence", "min_confidence": threshold, "classifier": _name(classifier)})
     keep = np.ones_like(alive)
@@ -179,23 +216,6 @@ def _clip_filter(samples: ImageSet, alive: np.ndarray, clip: Any, min_score: flo
         keep[indices[position]] = False
         log.record(samples, indices[position], "clip", clip_score=scores[position])
     return keep
-
-
-def clip_scores(samples: ImageSet, indices: Sequence[int], clip: Any, batch_size: int = 256) -> np.ndarray:
-    """CLIP score, ``100 × max(cos(image, caption), 0)`` as in ``imgsynth.metrics.alignment``, per image.
-
-    The caption is the image's own caption, or its label when it has none. ``clip`` is an open_clip
-    model name for the ``clip:`` extractor of ``imgsynth.metrics.features``, or an extractor object
-    with ``extract(images)`` and ``encode_text(texts)``.
-    """
-    from imgsynth.metrics.alignment import clip_score_per_sample
-
-    extractor = resolve_embedding(f"clip:{clip}") if isinstance(clip, str) else clip
-    image_features = embed_images(samples, extractor, indices, batch_size)
-    captions = [samples.records[i].caption or samples.records[i].label for i in indices]
-    text_features = np.concatenate([as_numpy(extractor.encode_text(captions[start:start + batch_size]))
-                                    for start in range(0, len(captions), batch_size)])
-    return clip_score_per_sample(image_features, text_features).numpy()
 
 
 def _dedup_filter(samples: ImageSet, alive: np.ndarray, labels: np.ndarray, extractor: Extractor,

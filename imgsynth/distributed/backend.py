@@ -42,17 +42,49 @@ def require_ray() -> Any:
 
 @contextlib.contextmanager
 def ray_session(address: str | None = None, *, num_cpus: int | None = None,
-                num_gpus: int | None = None) -> Iterator[Any]:
+                num_gpus: int | None = None, log_to_driver: bool = True) -> Iterator[Any]:
     """Use the running Ray session, or connect to ``address`` (``auto`` / ``ray://…``), or start a local one.
 
     A session this function started is shut down on exit; one that was already running (a notebook,
-    a test fixture, a job submitted to a cluster) is left alone.
+    a test fixture, a job submitted to a cluster) is left alone. ``log_to_driver``: whether the workers' output
+    (Ray's state dumps and worker-pool lines among it) is copied to this terminal.
     """
     ray = require_ray()
     if ray.is_initialized():
         yield ray
         return
-    options: dict[str, Any] = {"include_dashboard": False, "configure_logging": False}
+    options: dict[str, Any] = {"include_dashboard": False, "configure_logging": False,
+                               "log_to_driver": log_to_driver}
+    with contextlib.ExitStack() as stack:
+        if not log_to_driver:
+            stack.enter_context(_no_cluster_messages(ray))
+        yield from _session(ray, address, num_cpus, num_gpus, options)
+
+
+@contextlib.contextmanager
+def _no_cluster_messages(ray: Any) -> Iterator[None]:
+    """Keep the cluster's own messages (a raylet's death notice with its last log lines, autoscaler events) out
+    of this terminal for the session. Ray prints them from a driver thread whatever ``log_to_driver`` says,
+    through ``ray._private.worker.print_to_stdstream``; that private name is replaced for the session where
+    this Ray release has it (they stay in the cluster's session logs)."""
+    worker = getattr(getattr(ray, "_private", None), "worker", None)
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None:
+        yield
+        return
+
+    def drop(data: Any, ignore_prefix: bool) -> None:
+        """Ray's message, not shown."""
+
+    worker.print_to_stdstream = drop
+    try:
+        yield
+    finally:
+        worker.print_to_stdstream = original
+
+
+def _session(ray: Any, address: str | None, num_cpus: int | None, num_gpus: int | None,
+             options: dict[str, Any]) -> Iterator[Any]:
     if address:
         try:
             ray.init(address=address, **options)

@@ -21,6 +21,7 @@ import tomli_w
 # The loop modes a recipe may name live in their registry (a mode added there is valid here at once).
 from imgsynth.experiments.modes import CURATED_SUFFIX, LOOP_MODES, base_mode
 from imgsynth.metrics.extractors.registry import EXTRACTORS as EXTRACTOR_PREFIXES  # the names only: no torch
+from imgsynth.metrics.extractors.registry import RESIZE_MODES, offered_resize_modes
 from imgsynth.field_types import type_problem
 from imgsynth.compute import DEVICE_PATTERN
 from imgsynth.limits import MAX_BATCH_SIZE, MAX_EPOCHS, MAX_IMAGE_SIZE, MAX_LORA_RANK, MAX_PER_CLASS, MAX_STEPS
@@ -92,7 +93,7 @@ RANGES: dict[str, dict[str, Range]] = {
     "metrics": {"bootstrap": Range(0, 100_000), "max_per_class": Range(1, MAX_PER_CLASS)},
     "classifier": {"epochs": Range(1, MAX_EPOCHS), "batch_size": Range(1, MAX_BATCH_SIZE), "lr": _POSITIVE_RATE},
     "curate": {"dedup": Range(-1.0, 1.0), "min_confidence": _FRACTION, "min_clip_score": Range(0.0, CLIP_SCORE_MAX),
-               "clip_top_fraction": Range(0.0, 1.0, open_low=True)},
+               "clip_top_fraction": Range(0.0, 1.0, open_low=True), "best_of": Range(1, 1000)},
 }
 IMAGE_MODES = {"L": 1, "RGB": 3}
 # Devices are spelled as imgsynth.compute.DEVICE_PATTERN says; whether CUDA is present is the run's
@@ -171,6 +172,12 @@ class MetricsConfig:
     bootstrap: int = 0
     clip: str = ""
     max_per_class: int | None = None
+    # Per extractor, as named in ``extractors``: its resize convention (RESIZE_MODES), e.g.
+    # [metrics.resize_mode] inception = "pytorch-fid". Absent: each extractor's default.
+    resize_mode: dict[str, str] | None = None
+    # Opt-in: also measure every generation against its own training set (memorisation rate, authenticity,
+    # k-NN entropy of the samples and of the training set; imgsynth.metrics.memorisation and .entropy).
+    train_set_metrics: bool = False
 
 
 @dataclass
@@ -197,6 +204,45 @@ class CurateConfig:
     modes: list[str] = field(default_factory=list)
     # Dedup space: "" = pixels:16, or pixels:<size>, domain (the reference classifier), clip:<name>.
     embedding: str = ""
+    # Best-of-K (imgsynth.curation.best_of): a curating generation samples best_of × per_class per class and
+    # keeps the best of every best_of candidates under `reward` (imgsynth.curation.rewards.REWARDS).
+    best_of: int | None = None
+    reward: str = "confidence"
+
+
+@dataclass
+class ProvenanceConfig:
+    """Opt-in marks inside every generated image, beyond the XMP marker each always carries
+    (:mod:`imgsynth.provenance.markers`): an invisible watermark (changes pixels, so metrics may move), and
+    C2PA manifests signed with ``c2pa_cert`` (a PEM chain) and ``c2pa_key`` (its PEM key), with a timestamp
+    authority only when ``tsa_url`` names one."""
+
+    watermark: bool = False
+    c2pa_cert: str | None = None
+    c2pa_key: str | None = None
+    tsa_url: str | None = None
+
+    def marking(self) -> Any:
+        """The :class:`~imgsynth.provenance.markers.Marking` these settings ask for (a ``RecipeError`` when
+        only one of the certificate and the key is given)."""
+        from imgsynth.provenance.markers import Marking
+
+        try:
+            return Marking.of(watermark=self.watermark, c2pa_cert=self.c2pa_cert, c2pa_key=self.c2pa_key,
+                              tsa_url=self.tsa_url)
+        except ValueError as exc:
+            raise RecipeError(f"[provenance]: {exc}") from None
+
+
+@dataclass
+class TrackingConfig:
+    """Experiment trackers the run's numbers, grids and reports are logged to (``imgsynth.tracking``):
+    names registered in ``TRACKERS`` (``wandb``, ``mlflow``, ``tensorboard``), offline into the run folder.
+    ``mlflow_uri``: an MLflow tracking URI instead of the run folder's SQLite store (``MLFLOW_TRACKING_URI``,
+    MLflow's own convention, wins over both). Trackers never change a run's results."""
+
+    trackers: list[str] = field(default_factory=list)
+    mlflow_uri: str = ""
 
 
 @dataclass
@@ -211,9 +257,17 @@ class Recipe:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     classifier: ClassifierSettings = field(default_factory=ClassifierSettings)
     curate: CurateConfig = field(default_factory=CurateConfig)
+    provenance: ProvenanceConfig = field(default_factory=ProvenanceConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return _drop_none(dataclasses.asdict(self))
+        values = _drop_none(dataclasses.asdict(self))
+        # recipes and run folders that never asked for these sections keep their text
+        if self.provenance == ProvenanceConfig():
+            values.pop("provenance")
+        if self.tracking == TrackingConfig():
+            values.pop("tracking")
+        return values
 
 
 def _drop_none(value: Any) -> Any:
@@ -257,6 +311,8 @@ def _checked(spec: dataclasses.Field, value: Any, where: str) -> Any:
 _SECTIONS: dict[str, type] = {
     "data": DataConfig, "generator": GeneratorConfig, "loop": LoopConfig,
     "metrics": MetricsConfig, "classifier": ClassifierSettings, "curate": CurateConfig,
+    "provenance": ProvenanceConfig,
+    "tracking": TrackingConfig,
 }
 
 
@@ -335,7 +391,22 @@ def validate(recipe: Recipe, where: str = "recipe") -> Recipe:
     _check_metrics(recipe.metrics, fail)
     _check_classifier(recipe.classifier, fail)
     _check_curate(recipe, fail)
+    _check_provenance(recipe.provenance, fail)
+    _check_tracking(recipe.tracking, fail)
     return recipe
+
+
+def _check_provenance(provenance: ProvenanceConfig, fail: Fail) -> None:
+    """Both or neither of the C2PA certificate and key, and both files there (signing itself is checked when
+    the first set is signed)."""
+    if (provenance.c2pa_cert is None) != (provenance.c2pa_key is None):
+        fail("[provenance] c2pa_cert and c2pa_key go together: give both (a PEM chain and its key) or neither")
+    if provenance.tsa_url is not None and provenance.c2pa_cert is None:
+        fail("[provenance] tsa_url applies only to C2PA signing; give c2pa_cert and c2pa_key too")
+    for name in ("c2pa_cert", "c2pa_key"):
+        value = getattr(provenance, name)
+        if value is not None and not Path(value).expanduser().is_file():
+            fail(f"[provenance] {name} = {value!r}: no such file")
 
 
 def _check_numbers(recipe: Recipe, fail: Fail) -> None:
@@ -471,6 +542,22 @@ def _check_metrics(metrics: MetricsConfig, fail: Fail) -> None:
         if name.split(":", 1)[0] not in EXTRACTOR_PREFIXES:
             fail(f"[metrics] extractors: unknown extractor {name!r}; known prefixes: {list(EXTRACTOR_PREFIXES)}")
     _check_strings("[metrics] extractors", metrics.extractors, fail)
+    _check_resize_modes(metrics, fail)
+
+
+def _check_resize_modes(metrics: MetricsConfig, fail: Fail) -> None:
+    """``[metrics.resize_mode]``: keys among ``extractors``, values among RESIZE_MODES, each extractor able to
+    resize that way (which imports the extractor's module, and so torch: only when the table is given)."""
+    for name, mode in (metrics.resize_mode or {}).items():
+        if name not in metrics.extractors:
+            fail(f"[metrics.resize_mode] {name!r} is not among [metrics] extractors {metrics.extractors}")
+        if not isinstance(mode, str) or mode not in RESIZE_MODES:
+            fail(f"[metrics.resize_mode] {name} = {mode!r}: choose one of {', '.join(RESIZE_MODES)}")
+        offered = offered_resize_modes(name.split(":", 1)[0])
+        if mode not in offered:
+            fail(f"[metrics.resize_mode] {name} = {mode!r}: the {name.split(':', 1)[0]} extractor "
+                 + (f"offers {', '.join(offered)}" if offered else
+                    "has a preprocessing of its own (resize modes are for inception)"))
 
 
 def _check_classifier(settings: ClassifierSettings, fail: Fail) -> None:
@@ -492,13 +579,38 @@ def _check_curate(recipe: Recipe, fail: Fail) -> None:
     if c.embedding:
         _check_embedding(c.embedding, fail)
     curating = c.enabled or any(m.endswith(CURATED_SUFFIX) for m in recipe.loop.modes)
-    no_filter = all(v is None for v in (c.dedup, c.min_confidence, c.min_clip_score, c.clip_top_fraction))
+    if c.best_of is not None:
+        _check_best_of(recipe, fail)
+    no_filter = all(v is None for v in (c.dedup, c.min_confidence, c.min_clip_score, c.clip_top_fraction,
+                                        c.best_of))
     if curating and no_filter and not c.rebalance:
-        fail("[curate] nothing to do: set dedup, min_confidence, min_clip_score, clip_top_fraction or "
+        fail("[curate] nothing to do: set best_of, dedup, min_confidence, min_clip_score, clip_top_fraction or "
              f"rebalance (needed by enabled = true and by {CURATED_SUFFIX!r} modes)")
     clip_filter = [n for n in ("min_clip_score", "clip_top_fraction") if getattr(c, n) is not None]
     if curating and clip_filter and not recipe.metrics.clip:
         fail(f"[curate] {clip_filter[0]} needs a CLIP model: set [metrics] clip (open_clip weights on disk)")
+
+
+def _check_tracking(tracking: TrackingConfig, fail: Fail) -> None:
+    from imgsynth.tracking.registry import TRACKERS  # the names only: no tracker package is imported
+
+    unknown = [name for name in tracking.trackers if name not in TRACKERS]
+    if unknown:
+        fail(f"[tracking] trackers: unknown tracker(s) {unknown}; known: {TRACKERS.names()}")
+    _check_strings("[tracking] trackers", tracking.trackers, fail)
+
+
+def _check_best_of(recipe: Recipe, fail: Fail) -> None:
+    from imgsynth.curation.rewards import CLIP, REWARDS
+
+    c = recipe.curate
+    if c.reward not in REWARDS:
+        fail(f"[curate] reward {c.reward!r} is not a registered reward; registered: {', '.join(REWARDS.names())}")
+    if c.best_of > 1 and CLIP in REWARDS[c.reward].needs and not recipe.metrics.clip:
+        fail(f"[curate] reward {c.reward!r} needs a CLIP model: set [metrics] clip (open_clip weights on disk)")
+    if recipe.generator.per_class * c.best_of > MAX_PER_CLASS:
+        fail(f"[curate] best_of = {c.best_of} samples {recipe.generator.per_class * c.best_of} candidates per class "
+             f"([generator] per_class × best_of); at most {MAX_PER_CLASS}")
 
 
 def _check_embedding(embedding: str, fail: Fail) -> None:
@@ -524,6 +636,26 @@ def check_recipe_devices(recipe: Recipe) -> None:
     check_device(recipe.generator.device, "[generator] device")
     device = recipe.generator.options.get("device")
     check_device(device if isinstance(device, str) else None, "[generator.options] device")
+
+
+def pin_auto_preset(recipe: Recipe, started: Recipe) -> Recipe:
+    """``recipe`` with ``[generator.options] preset = "auto"`` replaced by ``started``'s preset when ``auto``
+    resolves to it for ``recipe``'s data (a run folder begun before the default recipe said ``auto``
+    continues as it began); ``recipe`` itself otherwise."""
+    from imgsynth.pipelines.base import build_kind
+
+    g, before = recipe.generator, started.generator
+    chosen = before.options.get("preset")
+    if g.options.get("preset") != "auto" or g.kind != before.kind or chosen in (None, "auto"):
+        return recipe
+    try:
+        config = build_kind(g.kind, g.options).check_data(image_size=recipe.data.size,
+                                                            channels=IMAGE_MODES.get(recipe.data.mode, 1))
+    except ValueError:
+        return recipe
+    if getattr(config, "preset", None) != chosen:
+        return recipe
+    return dataclasses.replace(recipe, generator=dataclasses.replace(g, options={**g.options, "preset": chosen}))
 
 
 def replicate_seeds(recipe: Recipe) -> list[int]:

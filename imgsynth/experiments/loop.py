@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from imgsynth.atomic_files import write_json_atomic, write_text_atomic
-from imgsynth.experiments.config import (Recipe, RecipeError, dump_recipe, load_recipe, recipe_from_dict,
-                                         replicate_seeds)
+from imgsynth.experiments.config import (Recipe, RecipeError, dump_recipe, load_recipe, pin_auto_preset,
+                                         recipe_from_dict, replicate_seeds)
 from imgsynth.experiments.modes import (CURATED_SUFFIX, LOOP_MODES, LoopData, LoopMode, ModeInputs, base_mode,
                                         loop_seed)
 from imgsynth.experiments.run import CONFIG_FILE, METRICS_FILE, GenerationKey, RunFolder
@@ -44,6 +44,9 @@ if TYPE_CHECKING:
 # the thread count, so a fixed count keeps serial, parallel and Ray runs identical. One thread per
 # process is also what small models use best: two one-thread chains beat one two-thread chain.
 TASK_THREADS = 1
+# What [metrics] train_set_metrics adds (the metrics declared with the TRAIN_FEATURES need); for them, the
+# real-data reference is the real test set against the real training set.
+TRAIN_SET_METRICS = ("memorisation_rate", "authenticity", "knn_entropy", "train_knn_entropy")
 # Recipe fields a started run may change: more (or other) replicates only add seed folders.
 EXTENSIBLE_FIELDS = ("loop.seeds",)
 
@@ -87,7 +90,8 @@ class Experiment:
 
     def __init__(self, recipe: Recipe, run_dir: str | Path,
                  stage_hook: Callable[[str, GenerationKey], None] | None = None, *, workers: int = 1,
-                 backend: str = "local", address: str | None = None, progress: bool = True) -> None:
+                 backend: str = "local", address: str | None = None, progress: bool = True,
+                 after_task: Callable[[], None] | None = None, verbose: bool = False) -> None:
         self.recipe = recipe
         self.run_dir = Path(run_dir)
         self.folder = RunFolder(self.run_dir, recipe)
@@ -95,6 +99,9 @@ class Experiment:
         self.stage_hook = _AnnouncedStages(stage_hook or _no_hook)
         self.workers, self.backend, self.address = workers, backend, address
         self.progress = progress and workers == 1 and backend == "local"  # bars of parallel tasks would mix
+        # Called in this process after each finished task (trackers log what is new: imgsynth.tracking).
+        self.after_task = after_task
+        self.verbose = verbose  # Ray's own log lines in the terminal
 
     # ------------------------------------------------------------------ entry points
     @classmethod
@@ -148,10 +155,15 @@ class Experiment:
         observer = current_observer()
         observer.plan([t.name for t in tasks], sum(not self._finished(k) for k in self.folder.keys()))
         with RunMonitor(self.run_dir, observer), in_process_events(observer):
-            run_tasks(tasks, workers=self.workers, backend=self.backend, address=self.address, threads=TASK_THREADS)
+            run_tasks(tasks, workers=self.workers, backend=self.backend, address=self.address, threads=TASK_THREADS,
+                      on_done=self._task_done, verbose=self.verbose)
         stages["generations (wall)"] = time.perf_counter() - t0
         self._write_info(stages, time.perf_counter() - started)
         return self.run_dir
+
+    def _task_done(self, task: Any) -> None:
+        if self.after_task is not None:
+            self.after_task()
 
     def _pending_tasks(self) -> list[Any]:
         """One task per seed's generation 0 and per (seed, mode) chain, leaving out the finished ones."""
@@ -205,7 +217,7 @@ class Experiment:
         data = self._loop_data(real_train, full_train)
         reference_ckpt = self._reference_checkpoint()
         base = self._generation(GenerationKey(seed, "base", 0), real_train, real_test, reference_ckpt)
-        history = [self._curated_start(base, seed, mode, reference_ckpt)]
+        history = [self._curated_start(base, seed, mode, reference_ckpt, real_train)]
         for k in range(1, self.recipe.loop.generations):
             key = GenerationKey(seed, mode, k)
             if self._finished(key):  # its output is all the chain needs of a finished generation
@@ -238,6 +250,10 @@ class Experiment:
                 # A config.toml in older spellings is rewritten below in today's; its note helps nobody.
                 warnings.simplefilter("ignore", Note)
                 started = load_recipe(path)
+            # A run begun before the default recipe said preset "auto" goes on with the preset it chose.
+            self.recipe = pin_auto_preset(self.recipe, started)
+            self.folder = RunFolder(self.run_dir, self.recipe)
+            text = dump_recipe(self.recipe)
             same_but_seeds = dataclasses.replace(self.recipe, loop=dataclasses.replace(
                 self.recipe.loop, seeds=started.loop.seeds))
             if dump_recipe(same_but_seeds) != dump_recipe(started):  # as read now (older spellings translated)
@@ -352,7 +368,7 @@ class Experiment:
         model_dir = timed("train", lambda: self._train_generator(train_set, folder / "model", key))
         samples = timed("sample", lambda: _open_if_complete(samples_dir) or self._sample(model_dir, samples_dir, key))
         output = timed("curate", lambda: self._curate(samples, folder, key, reference_ckpt))
-        rows = timed("evaluate", lambda: self._evaluate(output, real_test, reference_ckpt, folder, key))
+        rows = timed("evaluate", lambda: self._evaluate(output, real_test, reference_ckpt, folder, key, train_set))
         rows.append(_row("train_size", "all", len(train_set), len(train_set)))
         rows.append(_row("sample_count", "all", len(output), len(output)))
         payload = {"seed": key.seed, "mode": key.mode, "generation": key.generation, "train_set": {
@@ -382,19 +398,40 @@ class Experiment:
 
         return build_kind(self.recipe.generator.kind, self.recipe.generator.options)
 
-    def _sample(self, model_dir: Path, out: Path, key: GenerationKey) -> ImageSet:
+    def _sample(self, model_dir: Path, out: Path, key: GenerationKey, best_of: int | None = None) -> ImageSet:
         g = self.recipe.generator
-        _log(f"{key.label()}: sampling {g.per_class} per class")
+        # Best-of-K curation picks among K candidates per kept image: a curating generation samples K × per_class
+        # (image indices ≥ per_class are the extra candidates; the first per_class are the uncurated sample's).
+        per_class = g.per_class * (self._best_of(key) if best_of is None else best_of)
+        _log(f"{key.label()}: sampling {per_class} per class")
         # Fresh noise every generation: reusing the same image seeds in every generation couples the
         # generations (the exact-theory check showed it biases the variance collapse upwards, 0.98 instead of
         # 0.81 of the start after four MLE refits); every theory of recursive training assumes fresh draws.
         seed = loop_seed(key.seed, "sample", key.generation)
-        return self._kind().sample(model_dir, out, g.per_class, seed, generation=key.generation,
+        marking = self.recipe.provenance.marking()
+        if marking.any:  # [provenance]: watermark and/or C2PA signing on top of the XMP marker
+            from imgsynth.pipelines.sharding import with_marking, write_set
+
+            job = self._kind().job(model_dir, per_class, seed, generation=key.generation)
+            return write_set(with_marking(job, marking), out, progress=self.progress)
+        return self._kind().sample(model_dir, out, per_class, seed, generation=key.generation,
                                    progress=self.progress)
+
+    def _best_of(self, key: GenerationKey) -> int:
+        """K of best-of-K curation for this generation's samples (1: no selection among candidates)."""
+        k = self.recipe.curate.best_of or 1
+        if k == 1:
+            return 1
+        if key.generation == 0:
+            return k if all(map(self._curates, self.recipe.loop.modes)) else 1
+        return k if self._curates(key.mode) else 1
 
     def _curates(self, mode: str) -> bool:
         """Whether a loop mode curates its samples: a ``<mode>+curate`` mode, or [curate] enabled for it."""
         c = self.recipe.curate
+        if (c.best_of or 1) == 1 and not c.rebalance and \
+                all(v is None for v in (c.dedup, c.min_confidence, c.min_clip_score, c.clip_top_fraction)):
+            return False  # best of 1 and nothing else changes nothing: the chain passes its samples on as they are
         return mode.endswith(CURATED_SUFFIX) or (c.enabled and (not c.modes or mode in c.modes))
 
     def _curate(self, samples: ImageSet, folder: Path, key: GenerationKey, reference_ckpt: Path | None) -> ImageSet:
@@ -408,13 +445,25 @@ class Experiment:
     def _curated_start_needed(self, mode: str) -> bool:
         return self._curates(mode) and not all(map(self._curates, self.recipe.loop.modes))
 
-    def _curated_start(self, base: ImageSet, seed: int, mode: str, reference_ckpt: Path | None) -> ImageSet:
+    def _curated_start(self, base: ImageSet, seed: int, mode: str, reference_ckpt: Path | None,
+                       real_train: ImageSet | None = None) -> ImageSet:
         """Generation 0's output as ``mode`` feeds it on: curated into ``<mode>/gen_0/curated`` when the
-        shared generation 0 was left uncurated (its metrics stay those of the shared, uncurated samples)."""
+        shared generation 0 was left uncurated (its metrics stay those of the shared, uncurated samples).
+        With best-of-K the shared samples are too few to choose from: generation 0's model samples the
+        K × per_class candidates into ``<mode>/gen_0/candidates`` (same sample seed, so its first per_class
+        images per class are the shared ones)."""
         if not self._curated_start_needed(mode):
             return base
-        return self._apply_curation(base, self.folder.curated_start_dir(seed, mode), GenerationKey(seed, mode, 0),
-                                    reference_ckpt)
+        out = self.folder.curated_start_dir(seed, mode)
+        k = self.recipe.curate.best_of or 1
+        if k > 1 and _open_if_complete(out) is None:
+            base_key = GenerationKey(seed, "base", 0)
+            candidates_dir = out.parent / "candidates"
+            self._make_folder(out.parent)
+            model_dir = self._train_generator(real_train or self._real_data()[0],
+                                              self.generation_dir(base_key) / "model", base_key)
+            base = _open_if_complete(candidates_dir) or self._sample(model_dir, candidates_dir, base_key, best_of=k)
+        return self._apply_curation(base, out, GenerationKey(seed, mode, 0), reference_ckpt)
 
     def _apply_curation(self, samples: ImageSet, out: Path, key: GenerationKey,
                         reference_ckpt: Path | None) -> ImageSet:
@@ -429,13 +478,16 @@ class Experiment:
         return curation.curate(samples, out, dedup=c.dedup, min_confidence=c.min_confidence,
                                min_clip_score=c.min_clip_score, clip_top_fraction=c.clip_top_fraction,
                                classifier=reference_ckpt, clip=self.recipe.metrics.clip or None,
-                               rebalance=c.rebalance, seed=key.seed, embedding=embedding)
+                               rebalance=c.rebalance, seed=key.seed, embedding=embedding,
+                               best_of=c.best_of or 1, reward=c.reward)
 
     # ------------------------------------------------------------------ evaluation
     def _reference_classifier(self, full_train: ImageSet) -> Path | None:
         needs_domain = any(e.split(":", 1)[0] == "domain" for e in self.recipe.metrics.extractors)
         curate = self.recipe.curate
-        if not (needs_domain or self.recipe.classifier.enabled or curate.min_confidence or curate.embedding == "domain"):
+        chooses_by_confidence = (curate.best_of or 1) > 1 and curate.reward == "confidence"
+        if not (needs_domain or self.recipe.classifier.enabled or curate.min_confidence or curate.embedding == "domain"
+                or chooses_by_confidence):
             return None
         out = self.run_dir / "real" / "classifier"
         if (out / "classifier.json").is_file():
@@ -454,10 +506,24 @@ class Experiment:
         if self.folder.reference_path.is_file():
             return
         _log("real-data reference values (real train vs real test)", NORMAL)
-        rows = self._evaluate(real_train, real_test, reference_ckpt, None, GenerationKey(self.recipe.seed, "real", 0))
+        key = GenerationKey(self.recipe.seed, "real", 0)
+        rows = self._evaluate(real_train, real_test, reference_ckpt, None, key)
         rows.append(_row("cas_accuracy_chance", "all", 1.0 / len(real_test.classes), len(real_test)))
+        extra = {}
+        if self.recipe.metrics.train_set_metrics:
+            from imgsynth.metrics.memorisation import RATIO_THRESHOLD
+
+            # Against the training set, the reference is the held-out real test set measured against the real
+            # training set: the memorisation rate and authenticity of data that copies nothing.
+            rows.extend(self._evaluate(real_test, real_test, reference_ckpt, None, key, real_train,
+                                       metrics=list(TRAIN_SET_METRICS)))
+            extra = {"train_set_metrics": {
+                "candidate": "real/test", "train_set": "real/train", "metrics": list(TRAIN_SET_METRICS),
+                "memorisation_rate": {"test": "d(x, NN1(train)) < τ · d(x, NN2(train)), or d(x, NN1) = 0",
+                                      "threshold": RATIO_THRESHOLD, "source": "Yoon et al. 2023; Gu et al. 2023"},
+                "knn_entropy": {"estimator": "Kozachenko–Leonenko", "k": 5, "units": "nats"}}}
         write_json_atomic(self.folder.reference_path, {"candidate": "real/train", "reference": "real/test",
-                                                         "rows": rows}, indent=2)
+                                                         **extra, "rows": rows}, indent=2)
 
     def _train_classifier(self, train_set: ImageSet, out: Path, seed: int) -> Path:
         from imgsynth.classifier import ClassifierConfig, train_classifier
@@ -476,20 +542,29 @@ class Experiment:
         return names
 
     def _evaluate(self, samples: ImageSet, real_test: ImageSet, reference_ckpt: Path | None,
-                  folder: Path | None, key: GenerationKey) -> list[dict[str, Any]]:
+                  folder: Path | None, key: GenerationKey, train_set: ImageSet | None = None,
+                  metrics: list[str] | None = None) -> list[dict[str, Any]]:
         from imgsynth.metrics.evaluate import evaluate
+        from imgsynth.metrics.features import create_extractor
 
         m = self.recipe.metrics
         rows: list[dict[str, Any]] = []
+        # [metrics] train_set_metrics (opt-in) hands evaluate the generation's training set, which adds the
+        # metrics that need one (memorisation rate, authenticity, k-NN entropies); otherwise nothing changes.
+        train_set = train_set if m.train_set_metrics else None
         for name in self._extractor_names(reference_ckpt):
             short = name.split(":", 1)[0] if name.startswith("domain:") else name
+            mode = (m.resize_mode or {}).get(name)  # [metrics.resize_mode], keyed as [metrics] extractors
+            extractor = create_extractor(name, resize_mode=mode) if mode else name
             # resize: a text-to-image pipeline samples at its own resolution, and its samples are compared
             # with the real data at the real data's size; for samples of that size already it does nothing.
-            for row in evaluate(samples, real_test, name, per_class=m.per_class, bootstrap=m.bootstrap,
-                                seed=key.seed, resize=True):
+            for row in evaluate(samples, real_test, extractor, per_class=m.per_class, bootstrap=m.bootstrap,
+                                seed=key.seed, resize=True, train_set=train_set, metrics=metrics):
                 record = asdict(row)
                 record["extractor"] = short
                 rows.append(record)
+        if metrics is not None:
+            return rows
         if self.recipe.classifier.enabled and folder is None and reference_ckpt is not None:
             rows.extend(self._scored(reference_ckpt, real_test, None))  # the classifier trained on real data
         elif self.recipe.classifier.enabled and folder is not None:

@@ -23,7 +23,9 @@ Rules the loop relies on, which every mode keeps:
   run resumes with the same training set.
 
 The loop runs a mode named ``<mode>+curate`` (:data:`CURATED_SUFFIX`) as ``<mode>`` with the ``[curate]``
-filters applied to every generation's samples, so ``history`` then holds the curated sets.
+stage applied to every generation's samples (best-of-K under a reward, ``best_of``/``reward``, which makes such a
+generation sample K × ``per_class`` candidates per class; then the filters), so ``history`` then holds the
+curated sets, ``per_class`` per class after best-of-K as without it.
 
 The mode of a chain is looked up in the process that starts the run and handed to the chain's task, so a
 mode registered at run time also reaches local worker processes, as long as its function can be imported
@@ -74,7 +76,8 @@ class LoopData:
 
     @property
     def samples_per_generation(self) -> int:
-        """How many images a generation samples (before any curation): per_class × classes."""
+        """How many images a generation passes on before any filter: per_class × classes (best-of-K samples K
+        times as many candidates and keeps this many)."""
         return self.per_class * len(self.real_pool.classes)
 
 

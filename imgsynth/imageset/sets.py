@@ -26,13 +26,14 @@ from imgsynth.image_files import check_sha256, decode_image, read_regular_file
 from imgsynth.imageset.layout import FORMAT_VERSION, IMAGES, JOB, MANIFEST, METADATA, partial_dir, shard_name
 from imgsynth.imageset.metadata import read_metadata, read_set_file
 from imgsynth.imageset.names import check_image_id, check_label, check_labels
-from imgsynth.imageset.png import encode_png
+from imgsynth.imageset.png import encode_generated, encode_png
 from imgsynth.imageset.records import BASE_COLUMNS, ImageRecord, Sample
 from imgsynth.imageset.splitting import stratified_split_indices
 from imgsynth.imageset.verification import VerifyReport, verify
 from imgsynth.locking import FolderLock, acquire, release
 from imgsynth.notes import Note
 from imgsynth.provenance import content_id, license_record, sha256_bytes, software_versions
+from imgsynth.provenance.markers import Marking, image_fields
 from imgsynth.safe_paths import LinkedPathError, make_dirs_inside, refuse_links_below, write_file_inside
 from imgsynth.set_schema import KINDS, SORTED, check_manifest, class_order, label_order, parse_json
 
@@ -69,7 +70,8 @@ class ImageSetWriter:
     def __init__(self, root: str | os.PathLike, classes: Sequence[str], *, kind: str = "real",
                  parents: Sequence[Any] = (), generator: Mapping[str, Any] | None = None,
                  config: Mapping[str, Any] | None = None, license: Mapping[str, Any] | str | None = None,
-                 annotations: Mapping[str, Any] | None = None, locked_by_driver: bool = False) -> None:
+                 annotations: Mapping[str, Any] | None = None, locked_by_driver: bool = False,
+                 marking: Marking | None = None) -> None:
         self.root = Path(root).absolute()
         if kind not in KINDS:
             raise ImageSetError(f"{self.root}: kind must be one of {KINDS}, got {kind!r}")
@@ -84,6 +86,13 @@ class ImageSetWriter:
         self.config = dict(config or {})
         self.license = license_record(license)
         self.annotations = dict(annotations or {})
+        # Images this writer encodes itself (PIL images, not bytes) of a generated set carry the markers of
+        # imgsynth.provenance.markers; bytes (curated, mixed, copies) are kept as they are.
+        self.marking = marking or Marking()
+        self._records_markers = marking is not None  # a generator's job (SetSpec) says what it marks
+        if self.marking.any and kind != "generated":
+            raise ImageSetError(f"{self.root}: watermarks and C2PA signing apply to generated sets, not {kind!r} ones")
+        self._skipped_watermark: str | None = None
         self.partial = partial_dir(self.root)
         self._classes_set = set(self.classes)
         self._made_folders: set[str] = set()  # class folders of the partial made and found free of links
@@ -127,9 +136,11 @@ class ImageSetWriter:
         parents, generator and config); resuming from another job's shards would silently mix two sets.
         Only the lock holder may discard: a worker that finds another job's partial stops instead.
         """
-        job = json.dumps({"classes": self.classes, "kind": self.kind, "parents": self.parents,
-                          "generator": self.generator, "config": self.config},
-                         sort_keys=True, default=_json_default)
+        identity = {"classes": self.classes, "kind": self.kind, "parents": self.parents,
+                    "generator": self.generator, "config": self.config}
+        if self.kind == "generated":  # images written with other markers must not be mixed in by a resume
+            identity["markers"] = {"xmp": 1, **self.marking.identity()}
+        job = json.dumps(identity, sort_keys=True, default=_json_default)
         job_path = self.partial / JOB
         if self.partial.is_symlink():
             raise LinkedPathError(f"{self.partial}: a symbolic link (to {os.readlink(self.partial)}) where "
@@ -162,18 +173,54 @@ class ImageSetWriter:
             if label not in self._classes_set:
                 raise ImageSetError(f"{self.root}: shard {index} has label {label!r} not in classes {self.classes}")
             image_id = check_image_id(sample.image_id or f"{index:06d}-{position:05d}", str(self.root))
-            data = sample.image if isinstance(sample.image, bytes) else encode_png(sample.image)
             file_name = f"{IMAGES}/{label}/{image_id}.png"
+            extra = dict(sample.extra)
+            if isinstance(sample.image, bytes):
+                data = sample.image
+            elif self.kind == "generated":
+                data, mark = encode_generated(
+                    sample.image, image_fields(self.generator, seed=sample.seed, label=label, extra=sample.extra),
+                    self.marking, title=f"{image_id}.png",
+                    parents=tuple(str(p.get("id")) for p in self.parents if p.get("id")))
+                if self.marking.watermark:
+                    extra["watermarked"] = mark is not None
+                    if mark is None:
+                        self._note_unwatermarked(sample.image)
+            else:
+                data = encode_png(sample.image)
             if label not in self._made_folders:  # once per class: a link there is refused, not written through
                 make_dirs_inside(self.partial, f"{IMAGES}/{label}")
                 self._made_folders.add(label)
             write_file_inside(self.partial / file_name, data)
             records.append(ImageRecord(file_name, label, sample.caption,
                                        None if sample.seed is None else int(sample.seed),
-                                       sha256_bytes(data), dict(sample.extra)))
+                                       sha256_bytes(data), extra))
         lines = "".join(json.dumps(r.to_row(), default=_json_default) + "\n" for r in records)
         write_text_atomic(self.partial / "shards" / shard_name(index), lines)
         return records
+
+    def _note_unwatermarked(self, image: Image.Image) -> None:
+        """One note per writer when an image cannot carry the watermark (too small, or grayscale)."""
+        from imgsynth.provenance.markers.watermark import why_not_watermarkable
+
+        if self._skipped_watermark is None:
+            self._skipped_watermark = why_not_watermarkable(image) or "cannot carry it"
+            warnings.warn(f"{self.root}: no invisible watermark embedded: {self._skipped_watermark} (the XMP "
+                          "marker and any C2PA manifest are written as asked)", Note, stacklevel=3)
+
+    def markers_record(self, records: Sequence[ImageRecord] = ()) -> dict[str, Any] | None:
+        """What the manifest records about the markers inside this set's generated images (None for sets of
+        other kinds, whose images imgsynth does not mark, and for copies of generated images)."""
+        if self.kind != "generated" or not self._records_markers:
+            return None
+        from imgsynth.provenance.markers.watermark import record as watermark_record
+        from imgsynth.provenance.markers.xmp import TRAINED_ALGORITHMIC_MEDIA
+
+        return {"xmp": {"digital_source_type": TRAINED_ALGORITHMIC_MEDIA,
+                        "fields": ["generatorKind", "pipeline", "weightsSha256", "seed", "generation", "label"]},
+                "watermark": {**watermark_record(), "images": sum(bool(r.extra.get("watermarked")) for r in records)}
+                if self.marking.watermark else None,
+                "c2pa": None if self.marking.c2pa is None else self.marking.c2pa.identity()}
 
     def write_all(self, samples: Iterable[Sample], shard_size: int = 1024) -> None:
         """Write an iterable in consecutive shards, skipping shards already done (for cheap sources)."""
@@ -293,6 +340,7 @@ class ImageSetWriter:
             "config": self.config,
             "software": software_versions(),
             "license": self.license,
+            **({"markers": markers} if (markers := self.markers_record(records)) is not None else {}),
             **self.annotations,
         }
 

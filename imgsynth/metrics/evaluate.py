@@ -9,7 +9,10 @@ extractor supplies (``FeatureExtractor.supplies``) and the data at hand. The bui
   ``clip:`` extractors, ``cmmd``;
 * one-sample, candidate only: ``diversity`` (``clip_diversity`` for ``clip:`` extractors), ``vendi`` and,
   for ``clip:`` extractors, ``clip_score`` of each image against its caption (its class name when the
-  caption is empty).
+  caption is empty);
+* against the generator's training set, only when one is given (``train_set``): ``memorisation_rate``,
+  ``authenticity``, ``knn_entropy`` (the samples') and ``train_knn_entropy`` (the training set's; its row's
+  ``n`` is still the candidate count).
 
 Rows come two-sample metrics first, then one-sample ones, each in registration order. Per class, each
 metric runs on that class's images in both sets. A metric that cannot run for a class
@@ -39,7 +42,7 @@ from imgsynth.metrics.bootstrap import bootstrap_intervals
 from imgsynth.metrics.distances import BiasedEstimateWarning
 from imgsynth.metrics.features import FeatureExtractor, cached_features, create_extractor
 from imgsynth.metrics.registry import (CAPTIONS, DATA_NEEDS, FEATURES, METRICS, NEED_WORDS, TEXT_ENCODER,
-                                       MetricFamily, MetricSettings, applies, bounds, resolve)
+                                       TRAIN_FEATURES, MetricFamily, MetricSettings, applies, bounds, resolve)
 
 ALL = "all"
 FRAME_COLUMNS = ["metric", "class", "value", "ci_low", "ci_high", "n", "extractor"]
@@ -103,7 +106,7 @@ def _unmet(names: Iterable[str], supplied: set[str], extractor_name: str) -> str
         for need in from_extractor or missing:
             by_need.setdefault(need, []).append(name)
     hint = {TEXT_ENCODER: f"; extractor {extractor_name!r} supplies no text encoder (use a 'clip:' extractor)",
-            CAPTIONS: " (candidate_text)"}
+            CAPTIONS: " (candidate_text)", TRAIN_FEATURES: " (give the training set: train_set, --train)"}
     return "; ".join(f"{', '.join(sorted(members))} need {NEED_WORDS[need]}{hint.get(need, '')}"
                      for need, members in by_need.items())
 
@@ -149,13 +152,16 @@ def evaluate_features(candidate: torch.Tensor, reference: torch.Tensor, *, candi
                       metrics: Sequence[str] | None = None, candidate_text: torch.Tensor | None = None,
                       supplies: Collection[str] = frozenset({FEATURES}), k: int = 5, kid_subsets: int = 100,
                       kid_subset_size: int = 1000, confidence: float = 0.95, interval: str = "recentred",
-                      device: str | torch.device | None = None) -> list[MetricRow]:
+                      device: str | torch.device | None = None, train: torch.Tensor | None = None,
+                      train_labels: Sequence[str] | None = None) -> list[MetricRow]:
     """Metric rows from feature matrices and per-row class names (what ``evaluate`` runs after extraction).
 
     ``supplies`` is what the extractor supplies (``FeatureExtractor.supplies``: a CLIP extractor adds a
     text encoder, which enables the CLIP-space metrics and the ``clip_diversity`` name); ``candidate_text``
-    (unit text embeddings paired with the candidate rows) supplies the captions ``clip_score`` needs. The
-    metrics are those declared in ``imgsynth.metrics.registry``. ``classes`` orders the per-class rows
+    (unit text embeddings paired with the candidate rows) supplies the captions ``clip_score`` needs;
+    ``train`` (with ``train_labels``), the features of the training set the candidate's generator learned
+    from, supplies what the memorisation and k-NN entropy families need (opt-in: without it they are left
+    out). The metrics are those declared in ``imgsynth.metrics.registry``. ``classes`` orders the per-class rows
     (default: reference classes first, then any the candidate adds).
     """
     if len(candidate_labels) != candidate.shape[0] or len(reference_labels) != reference.shape[0]:
@@ -163,14 +169,20 @@ def evaluate_features(candidate: torch.Tensor, reference: torch.Tensor, *, candi
                          f"candidate rows, {len(reference_labels)} for {reference.shape[0]} reference rows")
     if bootstrap < 0:
         raise ValueError(f"bootstrap must be ≥ 0, got {bootstrap}")
+    if train is not None and (train_labels is None or len(train_labels) != train.shape[0]):
+        raise ValueError(f"labels do not match features: {0 if train_labels is None else len(train_labels)} labels "
+                         f"for {train.shape[0]} training-set rows")
     device = torch.device(device) if device else candidate.device
     candidate, reference = candidate.to(device), reference.to(device)
     text = candidate_text.to(device) if candidate_text is not None else None
-    families, notes = _select(metrics, supplies, {CAPTIONS} if text is not None else set(), extractor)
+    train = train.to(device) if train is not None else None
+    data_supplies = ({CAPTIONS} if text is not None else set()) | ({TRAIN_FEATURES} if train is not None else set())
+    families, notes = _select(metrics, supplies, data_supplies, extractor)
     settings = MetricSettings(k=k, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, seed=seed)
     limits = bounds()
 
     cand_groups, ref_groups = _group_rows(candidate_labels), _group_rows(reference_labels)
+    train_groups = _group_rows(train_labels) if train is not None and train_labels is not None else {}
     if classes is None:
         classes = list(ref_groups) + [c for c in cand_groups if c not in ref_groups]
     scopes: list[tuple[str, list[int] | None, list[int] | None]] = [(ALL, None, None)]
@@ -183,15 +195,22 @@ def evaluate_features(candidate: torch.Tensor, reference: torch.Tensor, *, candi
         c = candidate if cand_rows is None else candidate[cand_rows]
         r = reference if ref_rows is None else reference[ref_rows]
         t = text if text is None or cand_rows is None else text[cand_rows]
+        tr = train if train is None or cand_rows is None else train[train_groups.get(scope, [])]
         for chosen in families:
             family = chosen.family
             min_candidate, min_reference = family.minimum(settings)
-            if c.shape[0] < min_candidate or (family.two_sample and r.shape[0] < min_reference):
+            uses_train = TRAIN_FEATURES in family.needs
+            min_train = family.minimum_train(settings) if uses_train else 0
+            if c.shape[0] < min_candidate or (family.two_sample and r.shape[0] < min_reference) or \
+                    (uses_train and tr is not None and tr.shape[0] < min_train):
                 have = f"{c.shape[0]} candidate" + (f" / {r.shape[0]} reference" if family.two_sample else "")
                 need = f"{min_candidate}" + (f" / {min_reference}" if family.two_sample else "")
+                if uses_train and tr is not None:
+                    have, need = f"{have} / {tr.shape[0]} training-set", f"{need} / {min_train}"
                 notes.append(f"{'/'.join(chosen.names)} skipped for class {scope!r}: {have} images, needs {need}")
                 continue
-            compute = partial(family.function(), settings)
+            # Training-set rows are bound here, not passed as rows, so the bootstrap never resamples them.
+            compute = partial(family.function(), settings, **({"train": tr} if uses_train else {}))
             extra = (t,) if CAPTIONS in family.needs else ()
             args = ((c, r) if family.two_sample else (c,)) + extra
             with warnings.catch_warnings(record=True) as caught:
@@ -203,7 +222,7 @@ def evaluate_features(candidate: torch.Tensor, reference: torch.Tensor, *, candi
                 if not issubclass(w.category, BiasedEstimateWarning):
                     warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
             intervals: dict[str, tuple[float, float]] = {}
-            if bootstrap:
+            if bootstrap and family.resample:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", BiasedEstimateWarning)
                     intervals = bootstrap_intervals(
@@ -296,7 +315,8 @@ def evaluate(candidate_set: ImageSet, reference_set: ImageSet, extractor: str | 
              bootstrap: int = 0, seed: int = 0, metrics: Sequence[str] | None = None,
              cache_dir: str | None = None, *, k: int = 5, kid_subsets: int = 100, kid_subset_size: int = 1000,
              confidence: float = 0.95, interval: str = "recentred", batch_size: int = 64,
-             device: str | torch.device | None = None, resize: bool = False) -> list[MetricRow]:
+             device: str | torch.device | None = None, resize: bool = False,
+             train_set: ImageSet | None = None) -> list[MetricRow]:
     """Evaluate ``candidate_set`` against ``reference_set`` in ``extractor``'s feature space.
 
     ``extractor`` is a name (see ``imgsynth.metrics.features``) or a built extractor. Features of both
@@ -306,13 +326,20 @@ def evaluate(candidate_set: ImageSet, reference_set: ImageSet, extractor: str | 
     Rows come overall (class "all") first, then per class in the reference set's class order.
     Sets whose image size or mode differ are refused, naming both, unless ``resize`` converts the
     candidate's images to the reference's mode and size (``conform_to`` says how; converted features are
-    cached apart from the candidate's own).
+    cached apart from the candidate's own). ``train_set``, the set the candidate's generator was trained on
+    (converted like the candidate), adds the metrics that need it (memorisation rate, authenticity, k-NN
+    entropy of the samples and of that set).
     """
     conversion = conform_to(candidate_set, reference_set, resize)  # before any weights are loaded
+    train_conversion = conform_to(train_set, reference_set, resize) if train_set is not None else None
     extractor = create_extractor(extractor, device)
     candidate_extractor = extractor if conversion is None else _ConvertingExtractor(extractor, *conversion)
     candidate = cached_features(candidate_set, candidate_extractor, cache_dir, batch_size)
     reference = cached_features(reference_set, extractor, cache_dir, batch_size)
+    train = None
+    if train_set is not None:
+        train_extractor = extractor if train_conversion is None else _ConvertingExtractor(extractor, *train_conversion)
+        train = cached_features(train_set, train_extractor, cache_dir, batch_size)
     text = extractor.encode_text(_caption_texts(candidate_set)) if TEXT_ENCODER in extractor.supplies else None
     classes = list(reference_set.classes) + [c for c in candidate_set.classes if c not in reference_set.classes]
     return evaluate_features(
@@ -320,7 +347,8 @@ def evaluate(candidate_set: ImageSet, reference_set: ImageSet, extractor: str | 
         reference_labels=[r.label for r in reference_set.records], extractor=extractor.name, classes=classes,
         per_class=per_class, bootstrap=bootstrap, seed=seed, metrics=metrics, candidate_text=text,
         supplies=extractor.supplies, k=k, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
-        confidence=confidence, interval=interval, device=device or extractor.device)
+        confidence=confidence, interval=interval, device=device or extractor.device, train=train,
+        train_labels=[r.label for r in train_set.records] if train_set is not None else None)
 
 
 def rows_to_frame(rows: Iterable[MetricRow]) -> pd.DataFrame:

@@ -25,11 +25,11 @@ code-running pickle either (``imgsynth.safe_loading``): Inception weights are re
 claims, and a refused file is an ``UnsafeFileError`` naming it.
 
 Resize convention (clean-fid, Parmar et al. 2022, showed the choice moves FID a lot): images are
-converted to RGB and resized on the uint8 PIL image with PIL's bicubic filter, which is properly
-antialiased, never with an unfiltered tensor ``interpolate``. Inception gets the 299 × 299 PIL-bicubic
-image as uint8 (torch-fidelity's own TF-style bilinear resize is then the identity, so the network sees
-exactly those pixels; clean-fid resizes in float instead, which differs by the final rounding to uint8,
-at most half a grey level). CLIP resizes the shorter side to the model's size and centre-crops, as
+converted to RGB and resized with PIL's bicubic filter, which is properly antialiased, never with an
+unfiltered tensor ``interpolate``. Inception gets by default exactly clean-fid's network input (PIL bicubic
+of each channel in float, not rounded: resizing the uint8 image instead rounds and clips after each of
+PIL's two passes and moves edge pixels by many grey levels); ``resize_mode`` "pytorch-fid" or
+"torch-fidelity" gives those tools' own resize instead, to reproduce their numbers. CLIP resizes the shorter side to the model's size and centre-crops, as
 open_clip's own eval transform does with PIL input; DINOv2 gets a 224 × 224 resize of the whole image
 (no crop, so the border is evaluated too). ``FeatureExtractor.preprocessing`` describes this and is part
 of the cache key.

@@ -37,13 +37,18 @@ CAPTIONS = "captions"
 """Text embeddings of the candidate images' captions (their class names when empty), paired with its rows."""
 TEXT_ENCODER = "text_encoder"
 """Image features in a joint image–text space whose extractor also embeds text (CLIP)."""
-NEEDS = (FEATURES, LABELS, CAPTIONS, TEXT_ENCODER)
+TRAIN_FEATURES = "train_features"
+"""Features of the training set the candidate's generator learned from (in the loop: that generation's training
+set), in the extractor's space. A compute function gets them as ``train=`` (per class, that class's rows); the
+bootstrap never resamples them. Opt-in: without a training set these metrics are left out without a note."""
+NEEDS = (FEATURES, LABELS, CAPTIONS, TEXT_ENCODER, TRAIN_FEATURES)
 # Needs met by the data handed to ``evaluate`` rather than by the extractor: a metric left out for want of
 # one of them is noted (the caller forgot an input), one the extractor cannot serve is left out silently.
 DATA_NEEDS = frozenset({LABELS, CAPTIONS})
 # How a missing need reads in an error or note ("cmmd need CLIP embeddings; …").
 NEED_WORDS = {FEATURES: "image features", LABELS: "class labels",
-              CAPTIONS: "text embeddings of the candidate captions", TEXT_ENCODER: "CLIP embeddings"}
+              CAPTIONS: "text embeddings of the candidate captions", TEXT_ENCODER: "CLIP embeddings",
+              TRAIN_FEATURES: "features of the generator's training set"}
 
 Direction = Literal["higher", "lower", "neither"]
 HIGHER: Direction = "higher"
@@ -69,12 +74,15 @@ Count = int | Callable[[MetricSettings], int]
 class MetricFamily:
     """Metrics computed together by one call (precision, recall, density and coverage share their k-NN balls).
 
-    ``compute(settings, candidate, [reference,] [candidate_text])`` returns ``{metric name: value}``:
+    ``compute(settings, candidate, [reference,] [candidate_text,] [train=…])`` returns ``{metric name: value}``:
     ``reference`` is passed when ``two_sample``, ``candidate_text`` (unit text embeddings, one row per
-    candidate row) when ``needs`` holds :data:`CAPTIONS`. Rows of both sets are bootstrap-resampled
-    independently, text rows with their candidate row. ``min_candidate``/``min_reference`` are the fewest
-    rows the call can work with (a number, or a function of the settings: k + 1 for k-NN balls); a class
-    with fewer is skipped with a note. ``compute`` is a callable or ``"module:attribute"``.
+    candidate row) when ``needs`` holds :data:`CAPTIONS`, the keyword ``train`` (the generator's training-set
+    features) when it holds :data:`TRAIN_FEATURES`. Rows of both sets are bootstrap-resampled
+    independently, text rows with their candidate row, training rows never. ``min_candidate``/``min_reference``
+    /``min_train`` are the fewest rows the call can work with (a number, or a function of the settings: k + 1
+    for k-NN balls); a class with fewer is skipped with a note. ``resample``: False for a statistic that
+    resampling with replacement breaks (a k-NN entropy has no value with repeated rows): no bootstrap interval.
+    ``compute`` is a callable or ``"module:attribute"``.
     """
 
     compute: str | Callable[..., Mapping[str, float]]
@@ -82,6 +90,8 @@ class MetricFamily:
     min_candidate: Count = 1
     min_reference: Count = 0
     needs: frozenset[str] = frozenset({FEATURES})
+    min_train: Count = 0
+    resample: bool = True
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.needs) - set(NEEDS))
@@ -101,6 +111,10 @@ class MetricFamily:
         """(fewest candidate rows, fewest reference rows) under ``settings``."""
         return tuple(n(settings) if callable(n) else n  # type: ignore[return-value]
                      for n in (self.min_candidate, self.min_reference))
+
+    def minimum_train(self, settings: MetricSettings) -> int:
+        """Fewest training-set rows under ``settings`` (0 unless the family needs :data:`TRAIN_FEATURES`)."""
+        return self.min_train(settings) if callable(self.min_train) else self.min_train
 
 
 @dataclass(frozen=True)
@@ -226,6 +240,12 @@ _CLIP_SCORE = MetricFamily(f"{_SAMPLES}:clip_score", two_sample=False, min_candi
                            needs=frozenset({FEATURES, TEXT_ENCODER, CAPTIONS}))
 _CMMD = MetricFamily(f"{_SAMPLES}:cmmd", two_sample=True, min_candidate=2, min_reference=2,
                      needs=frozenset({FEATURES, TEXT_ENCODER}))
+# Against the generator's training set (opt-in: computed only when one is given, e.g. [metrics]
+# train_set_metrics = true in a recipe); one module per family.
+_MEMORISATION = MetricFamily("imgsynth.metrics.memorisation:family", two_sample=False, min_candidate=1,
+                             min_train=2, needs=frozenset({FEATURES, TRAIN_FEATURES}))
+_ENTROPY = MetricFamily("imgsynth.metrics.entropy:family", two_sample=False, min_candidate=_k_plus_one,
+                        min_train=_k_plus_one, needs=frozenset({FEATURES, TRAIN_FEATURES}), resample=False)
 
 # Registration order is the dashboard's panel order (and, two-sample first, the order of evaluate's rows).
 for _name, _metric in (
@@ -246,6 +266,16 @@ for _name, _metric in (
         ("vendi", Metric(_VENDI, HIGHER, (1.0, INF), description="Vendi score: effective number of distinct samples")),
         ("clip_score", Metric(_CLIP_SCORE, HIGHER, (0.0, 100.0), description="CLIP score of images vs captions")),
         ("cmmd", Metric(_CMMD, LOWER, (0.0, INF), description="MMD of CLIP embeddings")),
+        ("memorisation_rate", Metric(_MEMORISATION, LOWER, (0.0, 1.0),
+                                     description="share of samples whose nearest training row is nearer than "
+                                                 "τ = 1/3 of their second nearest (distance-ratio test, Yoon et "
+                                                 "al. 2023; Gu et al. 2023)")),
+        ("authenticity", Metric(_MEMORISATION, HIGHER, (0.0, 1.0),
+                                description="samples farther from their nearest training row than its own nearest "
+                                            "neighbour (Alaa et al. 2022)")),
+        ("knn_entropy", Metric(_ENTROPY, HIGHER, description="Kozachenko–Leonenko k-NN entropy of the samples (nats)")),
+        ("train_knn_entropy", Metric(_ENTROPY, HIGHER,
+                                     description="Kozachenko–Leonenko k-NN entropy of the generator's training set")),
         # Produced by the loop (a classifier trained on the samples, scored on real test data).
         ("cas_accuracy", Metric(None, HIGHER, (0.0, 1.0), headline=5, needs=frozenset({LABELS}),
                                 description="classification accuracy score on real test data")),

@@ -27,6 +27,7 @@ from imgsynth.compute import torch_threads
 from imgsynth.generator_record import generator_record
 from imgsynth.imageset import MANIFEST, ImageSet, ImageSetError, ImageSetWriter, Sample
 from imgsynth.pipelines.work import WorkItem, shards
+from imgsynth.provenance.markers import Marking
 
 ShardCallback = Callable[[int, int], None]  # (shard index, images written)
 
@@ -50,6 +51,8 @@ class SetSpec:
     config: Mapping[str, Any] = field(default_factory=dict)
     license: Mapping[str, Any] | str | None = None
     annotations: Mapping[str, Any] = field(default_factory=dict)
+    # Opt-in marks (watermark, C2PA) beyond the XMP packet every generated image carries.
+    marking: Marking = field(default_factory=Marking)
 
     def writer(self, out: str | Path, *, worker: bool = False) -> ImageSetWriter:
         """Open (or resume) the writer of this set at ``out``.
@@ -59,7 +62,7 @@ class SetSpec:
         """
         return ImageSetWriter(out, list(self.classes), kind=self.kind, parents=list(self.parents),
                               generator=self.generator, config=self.config, license=self.license,
-                              annotations=self.annotations, locked_by_driver=worker)
+                              annotations=self.annotations, locked_by_driver=worker, marking=self.marking)
 
     @classmethod
     def of_manifest(cls, manifest: Mapping[str, Any]) -> SetSpec:
@@ -143,6 +146,47 @@ class SetJob:
     def prepare_writer(self, writer: ImageSetWriter) -> None:
         """Called once on the driver after the writer is opened (e.g. to record the sampling plan, or to refuse
         resuming a write another plan started)."""
+
+
+class MarkedJob(SetJob):
+    """A kind's job whose images also carry opt-in marks (a watermark, signed C2PA manifests): the same job
+    otherwise, so its work, shards and finished-set rule are the kind's. Picklable, like the job it wraps."""
+
+    def __init__(self, job: SetJob, marking: Marking) -> None:
+        self.job = job
+        self.marking = marking
+
+    @property
+    def shard_size(self) -> int:  # type: ignore[override]
+        return self.job.shard_size
+
+    @property
+    def num_gpus(self) -> float:  # type: ignore[override]
+        return self.job.num_gpus
+
+    @property
+    def same_set(self) -> SameSet:  # type: ignore[override]
+        return self.job.same_set
+
+    def spec(self, out: Path) -> SetSpec:
+        return dataclasses.replace(self.job.spec(out), marking=self.marking)
+
+    def work(self) -> list[WorkItem]:
+        return self.job.work()
+
+    def load(self) -> None:
+        self.job.load()
+
+    def generate(self, items: Sequence[WorkItem]) -> list[Sample]:
+        return self.job.generate(items)
+
+    def prepare_writer(self, writer: ImageSetWriter) -> None:
+        self.job.prepare_writer(writer)
+
+
+def with_marking(job: SetJob, marking: Marking | None) -> SetJob:
+    """``job`` with ``marking``'s opt-in marks (``job`` itself when there are none)."""
+    return job if marking is None or not marking.any else MarkedJob(job, marking)
 
 
 def job_shards(job: SetJob) -> list[list[WorkItem]]:

@@ -1,11 +1,19 @@
 """``inception`` or ``inception:<weights.pth>``: the FID Inception-v3 (torch-fidelity's
-``FeatureExtractorInceptionV3``, the TensorFlow FID weights that torchmetrics also uses), 2048-d pool
-features. Without a path the weights are looked for where torch-fidelity/torchmetrics cache them.
+``FeatureExtractorInceptionV3``, the TensorFlow FID weights that torchmetrics also uses; pytorch-fid's port
+holds the same weights under the same names), 2048-d pool features. Without a path the
+weights are looked for where torch-fidelity/torchmetrics cache them.
 
 Nothing is downloaded, and nothing is unpickled with code-running pickle: the weights are read by
 imgsynth itself with ``torch.load(weights_only=True)`` after their sha256 is checked against the one a
-hub-style file name claims. Inception gets the 299 × 299 PIL-bicubic image as uint8 (torch-fidelity's own
-TF-style bilinear resize is then the identity, so the network sees exactly those pixels).
+hub-style file name claims.
+
+Resize convention (``resize_mode``, ``registry.RESIZE_MODES``): the image goes to 299 × 299 as the tool
+whose numbers are to be reproduced does it, then is normalised as that tool does: ``clean`` (the default)
+is clean-fid's float PIL bicubic, then (x − 128) / 128; ``pytorch-fid`` its bilinear tensor resize of
+x / 255, then 2x − 1; ``torch-fidelity`` its TensorFlow-1 bilinear resize, then (x − 128) / 128. From
+there pytorch-fid's network computes what torch-fidelity's does (``tests/test_fid_conventions.py`` checks
+both tools' FID; clean-fid's network is a TorchScript file it downloads, so for clean-fid the check is its
+resizer's output, the network input).
 """
 
 from __future__ import annotations
@@ -18,7 +26,8 @@ from PIL import Image
 
 from imgsynth.metrics.extractors.base import FeatureExtractor, default_device
 from imgsynth.metrics.extractors.digests import file_digest
-from imgsynth.metrics.extractors.preprocessing import clean_resize, to_uint8_tensor
+from imgsynth.metrics.extractors.preprocessing import clean_fid_resize, pytorch_fid_resize, torch_fidelity_resize
+from imgsynth.metrics.extractors.registry import DEFAULT_RESIZE_MODE, RESIZE_MODES, check_resize_mode
 from imgsynth.safe_loading import check_claimed_digest, first_line, load_torch_file
 
 INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
@@ -57,6 +66,25 @@ def _inception_layers() -> dict[str, torch.nn.Module]:
         "AvgPool": torch.nn.AdaptiveAvgPool2d(output_size=(1, 1)),
         "fc": torch.nn.Linear(2048, 1008),
     }
+
+
+# The network input of each convention: (resize to (width, height), description) and then the normalisation.
+_RESIZERS = {"clean": (clean_fid_resize, "clean-fid-pil-bicubic-float32"),
+             "pytorch-fid": (pytorch_fid_resize, "div255|torch-bilinear"),
+             "torch-fidelity": (torch_fidelity_resize, "tf1-bilinear")}
+_NORMALISATIONS = {"clean": "(x-128)/128", "pytorch-fid": "2x-1", "torch-fidelity": "(x-128)/128"}
+# torch-fidelity's forward from its first convolution to the 2048-d pool (the fc layer is for logits only).
+POOL_LAYERS = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
+               "MaxPool_2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
+               "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c", "AvgPool")
+
+
+def pool_features(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(N, 2048) pool features of normalised 299 × 299 inputs: torch-fidelity's ``forward`` after its resize
+    and normalisation (pytorch-fid's network computes the same from there)."""
+    for name in POOL_LAYERS:
+        x = getattr(model, name)(x)
+    return torch.flatten(x, 1)
 
 
 def inception_network(state: dict[str, Any], path: Path) -> torch.nn.Module:
@@ -104,11 +132,15 @@ def _check_inception_state(state: dict[str, Any], expected: dict[str, torch.Tens
 
 
 class InceptionExtractor(FeatureExtractor):
-    """FID Inception-v3 pool features (2048-d) from torch-fidelity's port of the TensorFlow graph."""
+    """FID Inception-v3 pool features (2048-d) from torch-fidelity's port of the TensorFlow graph, fed 299 × 299
+    images resized by the convention ``resize_mode`` names (one of ``RESIZE_MODES``; default clean-fid's)."""
 
     size = 299
+    resize_modes = RESIZE_MODES
 
-    def __init__(self, weights: str = "", device: torch.device | None = None) -> None:
+    def __init__(self, weights: str = "", device: torch.device | None = None,
+                 resize_mode: str = DEFAULT_RESIZE_MODE) -> None:
+        self.resize_mode = check_resize_mode(resize_mode)  # before the weights load
         path = Path(weights).expanduser() if weights else default_inception_weights()
         if not path.is_file():
             where = f"the path you gave, {path}" if weights else f"{path}"
@@ -126,11 +158,22 @@ class InceptionExtractor(FeatureExtractor):
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.name = f"inception:{path}" if weights else "inception"
-        self.id = f"inception-v3-fid:{digest[:16]}"
-        self.preprocessing = f"rgb|pil-bicubic-uint8-{self.size}x{self.size}|no-crop|uint8"
+        # Equal ids give equal features: another convention is another id (the default keeps the plain one).
+        mode_part = "" if self.resize_mode == DEFAULT_RESIZE_MODE else f":resize={self.resize_mode}"
+        self.id = f"inception-v3-fid:{digest[:16]}{mode_part}"
+        self.weights_sha256 = digest
+        resize, described = _RESIZERS[self.resize_mode]
+        self._resize = resize
+        self.preprocessing = (f"rgb|{described}-{self.size}x{self.size}|no-crop|"
+                              f"{_NORMALISATIONS[self.resize_mode]}")
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
-        return to_uint8_tensor(clean_resize(image, (self.size, self.size)))
+        """The network input before normalisation, exactly as the convention's tool computes it."""
+        return self._resize(image, (self.size, self.size))
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.model(batch)[0]
+        x = batch.to(torch.float32)
+        x = 2 * x - 1 if self.resize_mode == "pytorch-fid" else (x - 128) / 128
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        return pool_features(self.model, x)

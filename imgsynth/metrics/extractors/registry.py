@@ -5,6 +5,10 @@ A name is ``prefix`` or ``prefix:argument``; ``EXTRACTORS`` maps the prefix to a
 extractor in its own module, imported when first built. A new extractor is one file plus one line::
 
     EXTRACTORS.register("myfeat", "mypkg.myfeat:MyExtractor")     # or @register_extractor("myfeat") on the class
+
+It also names the resize conventions an extractor may be asked for (``RESIZE_MODES``), so the CLI and the
+recipe check can list and check them without torch. How each resizes is ``preprocessing.py``; which ones an
+extractor offers is its class's ``resize_modes``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,12 @@ if TYPE_CHECKING:
     from imgsynth.metrics.extractors.base import FeatureExtractor
 
 ExtractorFactory = Callable[..., "FeatureExtractor"]
+
+# How images are resized to a network's input size, by the tool whose FID numbers each reproduces:
+# clean-fid's PIL bicubic in float (the default), pytorch-fid's bilinear tensor resize, torch-fidelity's
+# TensorFlow-1 bilinear resize (imgsynth.metrics.extractors.preprocessing, one function each).
+RESIZE_MODES = ("clean", "pytorch-fid", "torch-fidelity")
+DEFAULT_RESIZE_MODE = "clean"
 
 EXTRACTORS: Registry[ExtractorFactory] = Registry("feature extractor")
 # The order recipe messages list them in.
@@ -33,3 +43,16 @@ def register_extractor(prefix: str) -> Callable[[ExtractorFactory], ExtractorFac
     A prefix that is taken is refused, naming both (``EXTRACTORS.register(..., replace=True)`` means it).
     """
     return EXTRACTORS.register(prefix)
+
+
+def check_resize_mode(mode: str, where: str = "resize mode") -> str:
+    """``mode`` when it is one of ``RESIZE_MODES``, else a ``ValueError`` naming ``where`` and the choices."""
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"{where}: unknown resize mode {mode!r}; choose one of {', '.join(RESIZE_MODES)}")
+    return mode
+
+
+def offered_resize_modes(prefix: str) -> tuple[str, ...]:
+    """The resize modes the extractor registered as ``prefix`` can be built with (its ``resize_modes``; none
+    for an extractor with a preprocessing of its own). Imports the extractor's module (and so torch)."""
+    return tuple(getattr(EXTRACTORS[prefix], "resize_modes", ()))

@@ -115,3 +115,13 @@ def test_run_prints_each_note_once_progress_and_headline_findings(tmp_path, run_
     code, quiet, err = run_cli("run", tmp_path / "run", "--quiet")  # finished: reports only
     assert code == 0 and "Headline findings" not in quiet and "[imgsynth]" not in quiet
     assert quiet.splitlines()[0].startswith("dashboard: ")
+
+
+@pytest.mark.parametrize("args", [("run", "smoke", "--quiet", "--verbose"), ("--quiet", "--verbose", "run", "smoke")])
+def test_quiet_and_verbose_together_are_a_usage_error_and_nothing_written(tmp_path, run_cli, monkeypatch, args):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(*args)  # a usage error, as --backend's: typer's message, exit status 2
+    assert code == 2 and out == ""
+    assert "--quiet and --verbose exclude each other" in " ".join(err.replace("│", " ").split())
+    assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []

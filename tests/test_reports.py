@@ -77,7 +77,14 @@ def test_build_reports_writes_csv_pictures_and_self_contained_html(tmp_path):
         with Image.open(written[name]) as image:
             assert image.format == "PNG" and min(image.size) > 100
     page = written["report.html"].read_text()
-    assert page.count("data:image/png;base64,") == 3
+    assert page.count('src="data:image/png;base64,') == 3  # the three pictures, inlined
+    # and the drill-down's thumbnails, as data, not links: one strip per (generation, class), each stored once
+    block = page.split("<script type='application/json' id='samples'>")[1].split("</script>")[0]
+    strips = json.loads(block)
+    assert len(strips["images"]) == 2 * (1 + 2 * 2) and all(s.startswith("data:image/png;base64,")
+                                                          for s in strips["images"])
+    assert strips["cells"]["accumulate|0|a"] == strips["cells"]["replace|0|a"]  # generation 0 is every mode's
+    assert "file:" not in page
     assert "fid[domain]" in page and "classifier trained on this run" in page
     assert not list(run.glob("*.tmp*"))
 

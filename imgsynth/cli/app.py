@@ -7,10 +7,10 @@ import os
 import pickle
 import sys
 import traceback
-import warnings
 from importlib import metadata
 from typing import Optional
 
+import click
 import typer
 from PIL import Image
 
@@ -22,10 +22,58 @@ from imgsynth.cli import metrics as metrics_cli
 from imgsynth.cli import stats as stats_cli
 from imgsynth.errors import TaskFailedError
 from imgsynth.locking import FolderBusyError
-from imgsynth.notes import note_lines
+from imgsynth.notes import NoteBoard
+from imgsynth.terminal import NORMAL, VERBOSE, level_from_flags, use_verbosity
 from imgsynth.outputs import discard_abandoned, forget_claims
+from typer.core import TyperGroup
 
-app = typer.Typer(help="Labeled synthetic image datasets and model-collapse experiments.",
+# `imgsynth --help` lists commands by workflow, in this order: a panel per step, commands in the order a user
+# meets them. A command missing here is listed after these, in the default panel.
+WORKFLOW: dict[str, tuple[str, ...]] = {
+    "Data": ("data", "curate"),
+    "Generate": ("train", "generate", "finetune"),
+    "Evaluate": ("metrics", "features", "classify"),
+    "Experiment": ("run", "dashboard"),
+    "Provenance": ("lineage", "audit"),
+}
+# One line each command's help ends with (its epilog): a typical call.
+EXAMPLES: dict[str, str] = {
+    "data": "imgsynth data import digits sets/digits",
+    "data import": "imgsynth data import digits sets/digits --size 16",
+    "data info": "imgsynth data info sets/digits/train",
+    "data verify": "imgsynth data verify sets/digits/train",
+    "data export": "imgsynth data export sets/digits/train exports/digits --format parquet",
+    "curate": "imgsynth curate runs/smoke/seed_0/gen_0/samples curated/gen0 --dedup",
+    "train": "imgsynth train sets/digits/train models/digits --option preset=smoke",
+    "generate": "imgsynth generate models/digits samples/digits --per-class 20",
+    "finetune": "imgsynth finetune stabilityai/sd-turbo sets/kitchen loras/kitchen",
+    "metrics": "imgsynth metrics sets/digits/test samples/digits --per-class",
+    "features": "imgsynth features sets/digits/test --features pixels",
+    "classify": "imgsynth classify train samples/digits classifiers/digits",
+    "classify train": "imgsynth classify train samples/digits classifiers/digits --epochs 3",
+    "classify eval": "imgsynth classify eval classifiers/digits sets/digits/test",
+    "run": "imgsynth run smoke --workers 2",
+    "dashboard": "imgsynth dashboard runs/smoke runs/digits-collapse --out reports/both",
+    "lineage": "imgsynth lineage runs/smoke/seed_0/replace/gen_2/samples",
+    "audit": "imgsynth audit samples/digits --against runs/smoke",
+}
+
+
+def _workflow_rank(name: str) -> tuple[int, int]:
+    for rank, names in enumerate(WORKFLOW.values()):
+        if name in names:
+            return rank, names.index(name)
+    return len(WORKFLOW), 0
+
+
+class WorkflowGroup(TyperGroup):
+    """The root group: lists its commands in workflow order (``WORKFLOW``), so the help's panels follow it."""
+
+    def list_commands(self, ctx: typer.Context) -> list[str]:  # type: ignore[override]
+        return sorted(super().list_commands(ctx), key=_workflow_rank)  # stable: unknown ones keep their order
+
+
+app = typer.Typer(help="Labeled synthetic image datasets and model-collapse experiments.", cls=WorkflowGroup,
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 
 # One line per command module; keep this list the only place commands are wired in.
@@ -40,6 +88,28 @@ features_cli.register(app)
 stats_cli.register(app)
 generate_cli.register(app)
 
+
+def _label_commands(root: typer.Typer, groups: dict[str, typer.Typer]) -> None:
+    """Give every command its workflow panel and its example line (kept here, beside the wiring)."""
+    panel_of = {name: panel for panel, names in WORKFLOW.items() for name in names}
+    for info in root.registered_commands:
+        info.rich_help_panel = panel_of.get(info.name or "", info.rich_help_panel)
+        if info.name in EXAMPLES:
+            info.epilog = f"Example: {EXAMPLES[info.name]}"
+    for info in root.registered_groups:
+        info.rich_help_panel = panel_of.get(info.name or "", info.rich_help_panel)
+        if info.name in EXAMPLES:
+            info.epilog = f"Example: {EXAMPLES[info.name]}"
+    for group_name, group in groups.items():
+        for info in group.registered_commands:
+            name = info.name or (info.callback.__name__ if info.callback else "")
+            example = EXAMPLES.get(f"{group_name} {name}")
+            if example:
+                info.epilog = f"Example: {example}"
+
+
+_label_commands(app, {"data": data.app, "classify": classify.app})
+
 DEBUG_VARIABLE = "IMGSYNTH_DEBUG"
 # Exit statuses (the grep/diff convention): 2 = the input is wrong (the user can fix it and rerun),
 # 1 = the command failed although its input was acceptable (a worker died, memory or disk ran out, a bug).
@@ -49,7 +119,7 @@ EXIT_FAILURE = 1
 FAILURE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EIO, errno.EMFILE, errno.ENFILE})
 
 # --debug of the invocation in progress; run_app resets it, so in-process callers (tests) never inherit it.
-_options = {"debug": False}
+_options: dict[str, object] = {"debug": False, "board": None}
 
 
 def _print_version(value: bool) -> None:
@@ -74,9 +144,22 @@ def root_options(
                                "does)."),
     version: Optional[bool] = typer.Option(None, "--version", callback=_print_version, is_eager=True,
                                            help="Print imgsynth's and torch's versions and exit."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Any command: print only notes (each once), errors "
+                               "and results, no progress."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Any command: print every log line and each "
+                                 "repeat of a note."),
 ) -> None:
     """Labeled synthetic image datasets and model-collapse experiments."""
     _options["debug"] = debug
+    try:
+        level = level_from_flags(quiet, verbose)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--quiet/--verbose") from None
+    if level != NORMAL:  # for the command's length (the click context closes it)
+        click.get_current_context().with_resource(use_verbosity(level))
+    board = _options.get("board")
+    if isinstance(board, NoteBoard):
+        board.repeat = level >= VERBOSE
 
 
 def _safetensors_error() -> type[BaseException] | None:
@@ -148,16 +231,23 @@ def run_app(typer_app: typer.Typer) -> None:
     ``--debug`` (root option) or ``IMGSYNTH_DEBUG=1`` prints the traceback above the error line too.
 
     Warnings of imgsynth's :class:`imgsynth.notes.Note` category (skipped metrics, biased estimates, a
-    class left empty) print as one ``note: <message>`` line each. Only that category: other libraries'
+    class left empty) print as one ``note: <message>`` line each, each distinct one once (a
+    :class:`imgsynth.notes.NoteBoard`; with ``--verbose`` every time), and a note raised again and again ends
+    the command with one line saying how many more times it applied. Only that category: other libraries'
     UserWarnings speak about their own code, not the user's data, and printed as a bare note they would
     read as imgsynth's; they keep Python's format (deprecation noise stays hidden by Python's filters).
     """
     _options["debug"] = False
     forget_claims()
-    with warnings.catch_warnings():
-        warnings.showwarning = note_lines(warnings.showwarning)
+    board = NoteBoard()
+    _options["board"] = board
+    with board.collecting():
         try:
-            typer_app()
+            try:
+                typer_app()
+            finally:
+                for line in board.summary_lines():  # the notes raised more than once, with their counts
+                    typer.echo(line, err=True)
         except Exception as exc:  # noqa: BLE001 - sorted into user errors, failures and bugs below
             discard_abandoned()  # what a failed command began and no rerun resumes from (imgsynth.outputs)
             status = exit_status(exc)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import TYPE_CHECKING, Any, List, Optional
 
 import typer
+
+if TYPE_CHECKING:
+    from imgsynth.notes import NoteBoard
 
 # Heavy modules (torch, matplotlib) are imported inside the commands so `imgsynth --help` stays quick.
 
@@ -26,13 +29,39 @@ def run_command(
     track: List[str] = typer.Option([], "--track", help="Log the run to an experiment tracker, offline into the "
                                     "run folder: wandb, mlflow or tensorboard (repeat for several; adds to the "
                                     "recipe's \\[tracking] trackers)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only notes (each once), errors and the paths "
+                               "written: no progress, no findings."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Print every log line of the loop and its "
+                                 "workers, each repeat of a note, and other libraries' own logs."),
 ) -> None:
     """Run a recursive-generation experiment (or continue or extend a stopped one) and write its reports."""
+    from imgsynth.notes import NoteBoard
+    from imgsynth.terminal import VERBOSE, level_from_flags, use_verbosity, verbosity
+
+    try:  # without either flag, the root's (imgsynth --quiet run …) or the default
+        level = level_from_flags(quiet, verbose) if quiet or verbose else verbosity()
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--quiet/--verbose") from None
+    # Each distinct note once (its repeats counted; every one with --verbose), from this process and its workers.
+    with use_verbosity(level), NoteBoard(repeat=level >= VERBOSE).collecting() as board:
+        try:
+            _run(target, out, overrides, workers, backend, address, list_recipes, track, board)
+        finally:
+            for line in board.summary_lines():
+                typer.echo(line, err=True)
+
+
+def _run(target: Optional[str], out: Optional[Path], overrides: List[str], workers: Optional[int], backend: str,
+         address: Optional[str], list_recipes: bool, track: List[str], board: "NoteBoard") -> None:
     from imgsynth.distributed.tasks import BACKENDS, default_workers
     from imgsynth.experiments.config import check_recipe_devices, load_recipe
     from imgsynth.experiments.loop import Experiment
     from imgsynth.experiments.recipes import resolve_target, shipped_recipes
     from imgsynth.outputs import RUN, claim_output
+    from imgsynth.progress import RunDisplay, observing
+    from imgsynth.reports.build import read_findings
+    from imgsynth.reports.findings import plain_findings
+    from imgsynth.terminal import NORMAL, VERBOSE, verbosity
     from imgsynth.tracking.registry import TRACKERS
 
     if list_recipes:
@@ -46,7 +75,9 @@ def run_command(
     unknown = [name for name in track if name not in TRACKERS]
     if unknown:  # before anything is read or written
         raise ValueError(f"--track: unknown tracker(s) {unknown}; known: {', '.join(TRACKERS.names())}")
-    options = {"workers": workers or default_workers(), "backend": backend, "address": address}
+    # Training bars and Ray's own log lines only with --verbose: the run's progress display stands for them.
+    options = {"workers": workers or default_workers(), "backend": backend, "address": address,
+               "progress": verbosity() >= VERBOSE, "verbose": verbosity() >= VERBOSE}
     recipe_path, run_dir = resolve_target(target)
     if run_dir is not None:
         experiment = Experiment.resume(run_dir, overrides, **options)
@@ -55,7 +86,13 @@ def run_command(
         claim_output(out or Path("runs") / recipe.name, RUN)
         experiment = Experiment(recipe, out or Path("runs") / recipe.name, **options)
     check_recipe_devices(experiment.recipe)  # before any data or model loads
-    folder = _run_tracked(experiment, track)
+    with RunDisplay(notes=board.add, title=f"run {experiment.run_dir.name}") as display, observing(display):
+        folder = _run_tracked(experiment, track)
+    if verbosity() >= NORMAL:
+        typer.echo("\nHeadline findings (differences paired by seed; 95% t-intervals; p-values Holm-adjusted):")
+        for line in plain_findings(read_findings(folder / "findings.csv")):
+            typer.echo(f"  - {line}")
+        typer.echo("")
     typer.echo(f"dashboard: {folder / 'dashboard.png'}\nreport:    {folder / 'report.html'}\n"
                f"metrics:   {folder / 'metrics.csv'}\nfindings:  {folder / 'findings.csv'}")
 

@@ -32,7 +32,9 @@ from imgsynth.experiments.run import CONFIG_FILE, METRICS_FILE, GenerationKey, R
 from imgsynth.imageset import ImageSet, ImageSetError
 from imgsynth.locking import folder_lock
 from imgsynth.notes import Note
+from imgsynth.progress import RunMonitor, current_observer, emit, in_process_events, task_events, task_scope
 from imgsynth.sources import import_source
+from imgsynth.terminal import NORMAL, VERBOSE, say
 from imgsynth.safe_paths import make_dirs_inside, refuse_links_below
 
 if TYPE_CHECKING:
@@ -49,8 +51,27 @@ TRAIN_SET_METRICS = ("memorisation_rate", "authenticity", "knn_entropy", "train_
 EXTENSIBLE_FIELDS = ("loop.seeds",)
 
 
-def _log(message: str) -> None:
-    print(f"[imgsynth] {message}", flush=True)
+def _log(message: str, level: int = VERBOSE) -> None:
+    """A line of the loop's own log: per-generation lines show with ``--verbose`` (the progress display stands
+    for them otherwise), the few lines of the run's setup (``level=NORMAL``) show by default."""
+    if not emit("log", message=message, level=level):  # inside a task: the parent decides what shows
+        say(message, level=level)
+
+
+def task_name(seed: int, mode: str | None = None) -> str:
+    """A task's name, as the parent schedules it and its progress events name it."""
+    return f"seed {seed} gen 0" if mode is None else f"seed {seed} {mode} chain"
+
+
+class _AnnouncedStages:
+    """The stage hook wrapped so every stage is also a progress event (picklable: a module-level class)."""
+
+    def __init__(self, hook: Callable[[str, GenerationKey], None]) -> None:
+        self.hook = hook
+
+    def __call__(self, stage: str, key: GenerationKey) -> None:
+        emit("stage", stage=stage, key=key.label())
+        self.hook(stage, key)
 
 
 def _open_if_complete(path: Path) -> ImageSet | None:
@@ -75,7 +96,7 @@ class Experiment:
         self.run_dir = Path(run_dir)
         self.folder = RunFolder(self.run_dir, recipe)
         # Called before every stage; tests use it to simulate a crash at an exact point (serial runs only).
-        self.stage_hook = stage_hook or _no_hook
+        self.stage_hook = _AnnouncedStages(stage_hook or _no_hook)
         self.workers, self.backend, self.address = workers, backend, address
         self.progress = progress and workers == 1 and backend == "local"  # bars of parallel tasks would mix
         # Called in this process after each finished task (trackers log what is new: imgsynth.tracking).
@@ -128,10 +149,14 @@ class Experiment:
         tasks = self._pending_tasks()
         if tasks:
             where = f"{self.workers} local worker(s)" if self.backend == "local" else "Ray"
-            _log(f"{len(tasks)} task(s) to run on {where}, {TASK_THREADS} torch thread(s) each")
+            _log(f"{len(tasks)} task(s) to run on {where}, {TASK_THREADS} torch thread(s) each", NORMAL)
         t0 = time.perf_counter()
-        run_tasks(tasks, workers=self.workers, backend=self.backend, address=self.address, threads=TASK_THREADS,
-                  on_done=self._task_done, verbose=self.verbose)
+        # Progress and notes of the tasks reach the parent's observer (the CLI's display), wherever they run.
+        observer = current_observer()
+        observer.plan([t.name for t in tasks], sum(not self._finished(k) for k in self.folder.keys()))
+        with RunMonitor(self.run_dir, observer), in_process_events(observer):
+            run_tasks(tasks, workers=self.workers, backend=self.backend, address=self.address, threads=TASK_THREADS,
+                      on_done=self._task_done, verbose=self.verbose)
         stages["generations (wall)"] = time.perf_counter() - t0
         self._write_info(stages, time.perf_counter() - started)
         return self.run_dir
@@ -150,7 +175,7 @@ class Experiment:
         tasks = []
         for seed in replicate_seeds(self.recipe):
             base = GenerationKey(seed, "base", 0)
-            base_name = f"seed {seed} gen 0"
+            base_name = task_name(seed)
             base_done = self._finished(base)
             if not base_done:
                 tasks.append(Task(base_name, self.base, (seed,)) if serial else
@@ -160,7 +185,7 @@ class Experiment:
                 start_done = not self._curated_start_needed(mode) or \
                     _open_if_complete(self.folder.curated_start_dir(seed, mode)) is not None
                 if not (start_done and all(map(self._finished, keys))):
-                    name, after = f"seed {seed} {mode} chain", None if base_done else base_name
+                    name, after = task_name(seed, mode), None if base_done else base_name
                     # The mode is resolved here and travels with the task, so a worker process needs no
                     # registration of its own (a mode registered at run time, by a plugin or a test).
                     loop_mode = LOOP_MODES[base_mode(mode)]
@@ -174,15 +199,20 @@ class Experiment:
     # ------------------------------------------------------------------ tasks
     def base(self, seed: int) -> ImageSet:
         """Generation 0 of replicate ``seed`` (trained on the real data; shared by the seed's modes)."""
-        real_train, real_test, _ = self._real_data()
-        return self._generation(GenerationKey(seed, "base", 0), real_train, real_test, self._reference_checkpoint())
+        with task_scope(task_name(seed)):
+            real_train, real_test, _ = self._real_data()
+            return self._generation(GenerationKey(seed, "base", 0), real_train, real_test,
+                                    self._reference_checkpoint())
 
     def chain(self, seed: int, mode: str, loop_mode: LoopMode | None = None) -> list[ImageSet]:
         """Generations 1… of one (seed, mode) chain; generation 0 must be done. Returns every output.
 
         ``loop_mode`` is the registered entry of ``mode`` (looked up in :data:`LOOP_MODES` when not given).
         """
-        loop_mode = loop_mode or LOOP_MODES[base_mode(mode)]
+        with task_scope(task_name(seed, mode)):
+            return self._chain(seed, mode, loop_mode or LOOP_MODES[base_mode(mode)])
+
+    def _chain(self, seed: int, mode: str, loop_mode: LoopMode) -> list[ImageSet]:
         real_train, real_test, full_train = self._real_data()
         data = self._loop_data(real_train, full_train)
         reference_ckpt = self._reference_checkpoint()
@@ -234,7 +264,7 @@ class Experiment:
                 raise RecipeError(f"{path}: this run has seeds {before}; loop.seeds may only grow (keep {before} "
                                   f"first and add seeds after them), not become {after}")
             if after != before:
-                _log(f"replicates: {before} → {after}")
+                _log(f"replicates: {before} → {after}", NORMAL)
         write_text_atomic(path, text)
 
     def _write_info(self, stages: dict[str, float], wall: float) -> None:
@@ -267,7 +297,7 @@ class Experiment:
         train, test = _open_if_complete(real / "train"), _open_if_complete(real / "test")
         if train is None or test is None:
             self._make_folder(real)
-            _log(f"importing real data {data.source!r} at {data.size}px")
+            _log(f"importing real data {data.source!r} at {data.size}px", NORMAL)
             train, test = import_source(data.source, real, size=data.size, mode=data.mode,
                                         test_fraction=data.test_fraction, seed=data.split_seed)
         if not data.minority_classes:
@@ -346,6 +376,7 @@ class Experiment:
             "samples": {"id": output.id, "path": os.path.relpath(output.root, self.run_dir)},
             "seconds": round(time.perf_counter() - t0, 2), "stage_seconds": seconds, "rows": rows}
         write_json_atomic(folder / METRICS_FILE, payload, indent=2)
+        emit("generation", key=key.label(), seconds=payload["seconds"])
         _log(f"{key.label()}: done in {payload['seconds']:.1f}s")
         return output
 
@@ -461,7 +492,7 @@ class Experiment:
         out = self.run_dir / "real" / "classifier"
         if (out / "classifier.json").is_file():
             return out
-        _log("training the reference classifier on real data (the 'domain' feature extractor)")
+        _log("training the reference classifier on real data (the 'domain' feature extractor)", NORMAL)
         return self._train_classifier(full_train, out, seed=self.recipe.seed)
 
     def _reference_checkpoint(self) -> Path | None:
@@ -474,7 +505,7 @@ class Experiment:
         can reach), the reference classifier's CAS on real test, and chance accuracy; computed once."""
         if self.folder.reference_path.is_file():
             return
-        _log("real-data reference values (real train vs real test)")
+        _log("real-data reference values (real train vs real test)", NORMAL)
         key = GenerationKey(self.recipe.seed, "real", 0)
         rows = self._evaluate(real_train, real_test, reference_ckpt, None, key)
         rows.append(_row("cas_accuracy_chance", "all", 1.0 / len(real_test.classes), len(real_test)))
@@ -581,12 +612,14 @@ def _minority_indices(train: ImageSet, minority: list[str], keep: int, seed: int
 
 def run_base(recipe: Recipe, run_dir: str, seed: int) -> None:
     """Task: generation 0 of one replicate (runs in a worker process or a Ray task)."""
-    Experiment(recipe, run_dir, progress=False).base(seed)
+    with task_events(run_dir, task_name(seed)):
+        Experiment(recipe, run_dir, progress=False).base(seed)
 
 
 def run_chain(recipe: Recipe, run_dir: str, seed: int, mode: str, loop_mode: LoopMode | None = None) -> None:
     """Task: generations 1… of one (seed, mode) chain (runs in a worker process or a Ray task)."""
-    Experiment(recipe, run_dir, progress=False).chain(seed, mode, loop_mode)
+    with task_events(run_dir, task_name(seed, mode)):
+        Experiment(recipe, run_dir, progress=False).chain(seed, mode, loop_mode)
 
 
 def run_recipe(recipe_path: str | Path, run_dir: str | Path | None = None, overrides: list[str] | tuple = (),

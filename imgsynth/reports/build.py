@@ -11,7 +11,7 @@ import base64
 import html
 import time
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
@@ -21,9 +21,13 @@ from imgsynth.imageset import ImageSet
 from imgsynth.locking import folder_lock
 from imgsynth.outputs import claim_report_folder
 from imgsynth.reports.figures import class_heatmap, dashboard, sample_grid
-from imgsynth.reports.findings import SEED_INTERVAL, TEST_NAME, findings, seed_summary, verdicts
+from imgsynth.reports import page
+from imgsynth.reports.figures import REFERENCE_STYLE
+from imgsynth.reports.findings import (ADJUSTMENT, ALPHA, SEED_INTERVAL, TEST_NAME, findings, seed_summary,
+                                       verdicts)
 from imgsynth.reports.tables import collect_metrics, collect_reference, metric_label, write_csv
 from imgsynth.atomic_files import write_text_atomic
+from imgsynth.terminal import NORMAL, say
 
 # The files each report writes: a report folder of its own (--out DIR) lists them in its marker, so a rerun
 # replaces them and nothing else (imgsynth.outputs.claim_report_folder).
@@ -48,6 +52,15 @@ def _grid_images(samples: ImageSet, per_class: int = 2) -> list[np.ndarray]:
     return images
 
 
+def _grid_columns(samples: ImageSet, per_class: int = 2) -> list[str]:
+    """Column labels for ``_grid_images``' images: each class's name over its first image."""
+    labels = []
+    for label in samples.classes:
+        count = min(per_class, sum(r.label == label for r in samples.records))
+        labels.extend([label] + [""] * (count - 1) if count else [])
+    return labels
+
+
 def grids(run: str | Path | RunFolder, out: str | Path | None = None) -> Path:
     """Rows of samples per generation per mode (gen 0 first) of the first seed; the same image ids (class and
     index) in every row, each generation drawn from its own noise."""
@@ -62,8 +75,10 @@ def grids(run: str | Path | RunFolder, out: str | Path | None = None) -> Path:
             samples = folder.output(GenerationKey(seed, mode, k))
             if samples is not None:
                 rows.append((f"{mode} gen {k}", _grid_images(samples)))
-    return sample_grid(rows, out or folder.root / "grids.png",
-                       title=f"Samples per generation, replicate {seed} (each generation draws new noise)")
+    columns = _grid_columns(base) if base is not None else []
+    return sample_grid(rows, out or folder.root / "grids.png", columns=columns,
+                       title=f"Samples per generation, replicate {seed} (each generation draws new noise); "
+                             "columns: classes, rows: generation and mode")
 
 
 def _heatmap_metric(frame: pd.DataFrame) -> tuple[str, str] | None:
@@ -94,23 +109,20 @@ def _table_html(frame: pd.DataFrame) -> str:
     return frame.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="")
 
 
+METHOD = (f"Differences between modes are paired by seed; intervals are the {SEED_INTERVAL} of the per-seed "
+          f"differences; p-values from the two-sided {TEST_NAME} (scipy.stats.ttest_rel), adjusted for multiple "
+          f"comparisons with {ADJUSTMENT}'s method within each family (a run's overall comparisons; each metric's "
+          f"per-class comparisons). * and bold mark an adjusted p &lt; {ALPHA}; raw p-values earn no mark. 'auc' "
+          "compares the area under each seed's curve over all generations; 'change' a mode's last generation "
+          "with its generation 0.")
+
+
 def _findings_html(table: pd.DataFrame, runs: Sequence[str]) -> list[str]:
-    parts = ["<h2>Findings</h2>",
-             f"<p>Differences between modes are paired by seed; intervals are {SEED_INTERVAL} of the per-seed "
-             f"differences; p-values from the two-sided {TEST_NAME} (scipy.stats.ttest_rel). 'auc' compares the "
-             "area under each seed's curve over all generations. * marks p &lt; 0.05 (not corrected for the "
-             "number of comparisons).</p>"]
     if "run" in table.columns and table["run"].nunique() > 1:
         lines = [f"{run}: {line}" for run, part in table.groupby("run", sort=False) for line in verdicts(part)]
     else:
         lines = verdicts(table)
-    parts.append("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in lines) + "</ul>" if lines
-                 else "<p>No comparisons (one mode, or no finished generation).</p>")
-    overall = table[table["class"] == "all"]
-    if not overall.empty:
-        parts.append(f"<details><summary>All comparisons, overall ({len(overall)} rows; per class in "
-                     f"findings.csv{' of each run' if len(runs) > 1 else ''})</summary>{_table_html(overall)}</details>")
-    return parts
+    return page.findings_section(table, lines, METHOD)
 
 
 def _run_html(folder: RunFolder) -> list[str]:
@@ -135,23 +147,36 @@ def _run_html(folder: RunFolder) -> list[str]:
 
 
 def write_html(summary: pd.DataFrame, table: pd.DataFrame, pictures: Sequence[Path], path: Path, title: str,
-               folders: Sequence[RunFolder]) -> Path:
-    """A self-contained report: findings first, then what was run, pictures (inlined) and the summary table."""
+               folders: Sequence[RunFolder], frame: pd.DataFrame | None = None,
+               reference: pd.DataFrame | None = None) -> Path:
+    """A self-contained report (one file, works offline: inline style, script, SVG and images): findings first
+    (headlines in words, a sortable and filterable table, per class folded), curves and the class heat map
+    that open a generation's samples, what was run, the lineage of the sets, the pictures and the legend of
+    their reference lines, and the summary table. With one run (``frame`` given) the interactive parts are
+    that run's; a comparison of runs keeps to the findings and pictures."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             "<style>body{font-family:sans-serif;margin:2em;max-width:1400px}"
-             "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px;"
-             "text-align:right}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
+             f"<style>{page.STYLE}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
     parts.extend(_findings_html(table, [f.name for f in folders]))
     note = DOMAIN_NOTE if "domain" in set(summary["extractor"]) else ""
     if note:
         parts.append(f"<p><em>{html.escape(note)}</em></p>")
+    strips: dict[str, Any] = {}
+    if frame is not None and len(folders) == 1:
+        parts.append(page.curves_svg(summary, reference if reference is not None else pd.DataFrame()))
+        chosen = _heatmap_metric(frame)
+        if chosen is not None:
+            parts.append(page.heatmap_table(frame, *chosen))
+        strips = page.sample_strips(folders[0])
     for folder in folders:
         parts.extend(_run_html(folder))
+        if frame is not None and len(folders) == 1:
+            parts.append(page.lineage_svg(folder))
     for picture in pictures:
         parts.append(f"<h2>{html.escape(picture.stem)}</h2>{_image_tag(picture)}")
+    parts.append(page.legend_section(REFERENCE_STYLE))
     parts.append(f"<h2>Metrics (all classes; mean over seeds, ci = {SEED_INTERVAL})</h2>")
     parts.append(_table_html(summary_table(summary)))
-    parts.append("</body></html>")
+    parts.extend([page.DRILL_PANEL, page.samples_script(strips), f"<script>{page.SCRIPT}</script>", "</body></html>"])
     write_text_atomic(path, "\n".join(parts))
     return path
 
@@ -178,7 +203,7 @@ def build_reports(run_dir: str | Path, out_dir: str | Path | None = None) -> dic
         written["class_heatmap.png"] = class_heatmap(frame, out / "class_heatmap.png", *chosen)
     pictures = [p for k, p in written.items() if k.endswith(".png")]
     written["report.html"] = write_html(summary, table, pictures, out / "report.html", f"imgsynth run {folder.name}",
-                                        [folder])
+                                        [folder], frame=frame, reference=reference)
     return written
 
 
@@ -232,6 +257,13 @@ def run_and_report(experiment: LoopRun) -> Path:
     with folder_lock(experiment.run_dir):
         folder = experiment.run()
         build_reports(folder)
-    print(f"[imgsynth] finished in {time.perf_counter() - started:.1f}s; dashboard: {folder / 'dashboard.png'}",
-          flush=True)
+    say(f"finished in {time.perf_counter() - started:.1f}s; dashboard: {folder / 'dashboard.png'}", level=NORMAL)
     return folder
+
+
+def read_findings(path: str | Path) -> pd.DataFrame:
+    """A ``findings.csv`` as the table :func:`imgsynth.reports.findings.findings` made (extractor "" not NaN)."""
+    table = pd.read_csv(path, keep_default_na=True)
+    if "extractor" in table.columns:
+        table["extractor"] = table["extractor"].fillna("")
+    return table

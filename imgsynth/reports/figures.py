@@ -176,8 +176,10 @@ def class_heatmap(frame: pd.DataFrame, path: str | Path, metric: str, extractor:
     return _save(fig, path)
 
 
-def sample_grid(rows: Sequence[tuple[str, Sequence[np.ndarray]]], path: str | Path, title: str = "") -> Path:
-    """A row of images per labelled row (e.g. per mode and generation); arrays are uint8 HxW or HxWx3."""
+def sample_grid(rows: Sequence[tuple[str, Sequence[np.ndarray]]], path: str | Path, title: str = "",
+                columns: Sequence[str] = ()) -> Path:
+    """A row of images per labelled row (e.g. per mode and generation); arrays are uint8 HxW or HxWx3.
+    ``columns`` labels the columns from the left (e.g. each class's name over its first image; "" for none)."""
     path = Path(path)
     if not rows:
         raise ValueError(f"{path}: no samples to show")
@@ -195,6 +197,9 @@ def sample_grid(rows: Sequence[tuple[str, Sequence[np.ndarray]]], path: str | Pa
                 image = images[c]
                 ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255)
         axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    for c, name in enumerate(list(columns)[:width]):
+        if name:
+            axes[0, c].set_title(name, fontsize=7, loc="left")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.subplots_adjust(wspace=0.05, hspace=0.05)

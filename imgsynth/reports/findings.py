@@ -9,6 +9,13 @@ against seed s of the other) and tested with the **paired t-test** (``scipy.stat
 the same paired comparison of its last generation against its generation 0. The whole curve is
 summarised per seed by its area under the curve (trapezoid rule over generations), compared the same
 way. With one seed there is no spread to estimate: no interval or p-value is given.
+
+A run tests many differences at once, so p-values are **adjusted for multiple comparisons** with Holm's
+step-down method (which controls the family-wise error rate under any dependence between the tests) and
+only adjusted values earn a significance mark. The *family* adjusted together is one run's overall
+comparisons (class ``all``: the headline findings), and, separately, each metric's per-class comparisons
+(``per-class fid[domain]``): per-class rows are exploratory, and pooling hundreds of them with the overall
+rows would bury the headline findings. ``findings.csv`` names each row's family in its ``family`` column.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from imgsynth.metrics.registry import bookkeeping_metrics, headline_metrics
+from imgsynth.metrics.registry import HIGHER, LOWER, bookkeeping_metrics, direction, headline_metrics
 from imgsynth.reports.tables import metric_label
 
 CONFIDENCE = 0.95
@@ -33,7 +40,10 @@ KEYS = ["run", "mode", "generation", "class", "metric", "extractor"]
 # (no findings for them), come from each metric's declaration: imgsynth.metrics.registry (headline,
 # bookkeeping).
 FINDINGS_COLUMNS = ["metric", "extractor", "class", "statistic", "generation", "comparison", "mean_difference",
-                    "ci_low", "ci_high", "p_value", "test", "n_seeds"]
+                    "ci_low", "ci_high", "p_value", "p_adjusted", "test", "n_seeds", "family"]
+ALPHA = 0.05
+ADJUSTMENT = "Holm"
+OVERALL_FAMILY = "overall"
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,47 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> PairedDifferenc
         warnings.simplefilter("ignore", RuntimeWarning)
         p_value = float(stats.ttest_rel(a_array, b_array).pvalue)
     return PairedDifference(difference, p_value)
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values, in the input order; NaN entries (no test) stay NaN and do not count
+    in the family.
+
+    With the m valid p-values sorted ascending, p₍ᵢ₎ (i = 1…m) becomes max over j ≤ i of min(1, (m − j + 1)·p₍ⱼ₎).
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    adjusted = np.full(p.shape, np.nan)
+    valid = np.flatnonzero(~np.isnan(p))
+    m = valid.size
+    if m == 0:
+        return adjusted
+    order = valid[np.argsort(p[valid], kind="stable")]
+    scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    adjusted[order] = np.maximum.accumulate(scaled)
+    return adjusted
+
+
+def family_of(metric: str, extractor: str, class_name: str) -> str:
+    """The family a finding is adjusted with: ``overall``, or ``per-class <metric[extractor]>``."""
+    return OVERALL_FAMILY if class_name == "all" else f"per-class {metric_label(metric, extractor)}"
+
+
+def adjust(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with ``family`` and ``p_adjusted`` (Holm within each family, and within each run when the
+    table holds several) filled in."""
+    table = table.copy()
+    table["family"] = [family_of(m, e, c) for m, e, c in zip(table["metric"], table["extractor"], table["class"])]
+    table["p_adjusted"] = np.nan
+    groups = ["run", "family"] if "run" in table.columns else ["family"]
+    for _, group in table.groupby(groups, sort=False):
+        table.loc[group.index, "p_adjusted"] = holm(group["p_value"].astype(float).to_numpy())
+    return table
+
+
+def significant(row: pd.Series | dict) -> bool:
+    """Whether a finding is significant at ``ALPHA`` after the adjustment (never from the raw p-value)."""
+    value = row.get("p_adjusted")
+    return value is not None and bool(value < ALPHA)
 
 
 def seed_summary(frame: pd.DataFrame) -> pd.DataFrame:
@@ -150,7 +201,7 @@ def findings(frame: pd.DataFrame) -> pd.DataFrame:
                              statistic="change", generation=last, comparison=f"{mode}: gen {last} − gen 0")
             if found:
                 rows.append(found)
-    return pd.DataFrame.from_records(rows, columns=FINDINGS_COLUMNS)
+    return adjust(pd.DataFrame.from_records(rows, columns=FINDINGS_COLUMNS))[FINDINGS_COLUMNS]
 
 
 def _number(value: float) -> str:
@@ -173,8 +224,58 @@ def verdicts(table: pd.DataFrame) -> list[str]:
             label = metric_label(row["metric"], row["extractor"])
             where = f"at gen {row['generation']}" if row["statistic"] == "last" else "since gen 0"
             comparison = row["comparison"].split(":")[0] if row["statistic"] == "change" else row["comparison"]
-            significant = "" if not (row["p_value"] < 0.05) else " *"
+            adjusted = row.get("p_adjusted")
+            shown = f", {ADJUSTMENT}-adjusted p = {adjusted:.2g}" if adjusted is not None and adjusted == adjusted else ""
             lines.append(f"{comparison} {label} {where}: {_number(row['mean_difference'])} "
-                         f"[{row['ci_low']:.3g}, {row['ci_high']:.3g}], p = {row['p_value']:.2g} "
-                         f"({row['n_seeds']} seeds, {row['test']}){significant}")
+                         f"[{row['ci_low']:.3g}, {row['ci_high']:.3g}], p = {row['p_value']:.2g}{shown} "
+                         f"({row['n_seeds']} seeds, {row['test']}){' *' if significant(row) else ''}")
+    return lines
+
+
+def _judgement(metric: str, difference: float) -> str:
+    """``better`` / ``worse`` for a difference in a metric with a declared direction, else ``""``."""
+    way = direction(metric)
+    if way not in (HIGHER, LOWER) or difference == 0:
+        return ""
+    return "better" if (difference > 0) == (way == HIGHER) else "worse"
+
+
+def plain_findings(table: pd.DataFrame, limit: int = 12) -> list[str]:
+    """The headline findings in plain words, with their intervals (what ``imgsynth run`` ends with), e.g.
+    ``fid[domain] at generation 4: replace is 5.1 higher than accumulate (worse; 95% interval of the difference
+    3.2 to 7.0, Holm-adjusted p = 0.01, 3 seeds): significant``. At most ``limit`` lines, significant ones
+    first, then in the metrics' declared headline order; a last line says how many more are in findings.csv."""
+    if table.empty:
+        return ["No comparisons (one mode, or no finished generation)."]
+    if int(pd.to_numeric(table["n_seeds"]).max()) < 2:
+        return verdicts(table)
+    overall = table[(table["class"] == "all") & (table["statistic"].isin(["last", "change"]))]
+    ranked: list[tuple[int, int, str]] = []
+    for rank, metric in enumerate(headline_metrics()):
+        for _, row in overall[overall["metric"] == metric].iterrows():
+            label = metric_label(row["metric"], row["extractor"] if isinstance(row["extractor"], str) else "")
+            difference = float(row["mean_difference"])
+            size = f"{abs(difference):.3g}"
+            if row["statistic"] == "last":
+                a, b = str(row["comparison"]).split(" − ")
+                what = (f"{label} at generation {row['generation']}: {a} is {size} "
+                        f"{'higher' if difference > 0 else 'lower'} than {b}" if difference else
+                        f"{label} at generation {row['generation']}: {a} equals {b}")
+            else:
+                mode = str(row["comparison"]).split(":")[0]
+                what = (f"{label} of {mode}: {'rose' if difference > 0 else 'fell'} by {size} from generation 0 "
+                        f"to {row['generation']}" if difference else f"{label} of {mode}: unchanged since generation 0")
+            judged = _judgement(metric, difference)
+            adjusted = row.get("p_adjusted")
+            tested = adjusted is not None and adjusted == adjusted
+            detail = (f"95% interval of the difference {row['ci_low']:.3g} to {row['ci_high']:.3g}, "
+                      + (f"{ADJUSTMENT}-adjusted p = {adjusted:.2g}, " if tested else "no test, ")
+                      + f"{int(row['n_seeds'])} seeds")
+            verdict = ("significant" if significant(row) else "not significant after adjustment" if tested
+                       else "untested")
+            ranked.append((0 if significant(row) else 1, rank,
+                           f"{what} ({judged + '; ' if judged else ''}{detail}): {verdict}"))
+    lines = [text for _, _, text in sorted(ranked, key=lambda r: (r[0], r[1]))]
+    if len(lines) > limit:
+        lines = lines[:limit] + [f"… and {len(lines) - limit} more headline comparisons in findings.csv"]
     return lines

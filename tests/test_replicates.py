@@ -57,6 +57,19 @@ def test_paired_difference_matches_scipys_paired_t_test():
         paired_difference([1.0, 2.0], [1.0])
 
 
+def test_differences_equal_up_to_rounding_are_not_a_test():
+    # Every seed moves by the same 0.00279 (one test image of 359): float rounding gives the differences a
+    # spread of ~1e-17, which scipy turns into p ~ 1e-29; there is no spread to test, so no p-value.
+    a = np.array([0.5, 0.6, 0.7])
+    b = a - 0.00279
+    assert stats.ttest_rel(a, b).pvalue < 1e-20  # what a plain t-test says
+    got = paired_difference(a, b)
+    assert math.isnan(got.p_value)
+    assert got.difference.mean == pytest.approx(0.00279, abs=1e-12)
+    # a real, small spread is still tested
+    assert paired_difference(a, a - [0.00279, 0.0028, 0.00281]).p_value < 0.01
+
+
 def _frame(values: dict[tuple[str, int], list[float]]) -> pd.DataFrame:
     """A tidy metrics table: fid[domain] for (mode, generation) → one value per seed 0, 1, 2…"""
     rows = []

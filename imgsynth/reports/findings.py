@@ -89,7 +89,14 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> PairedDifferenc
     difference = t_interval(a_array - b_array)
     if difference.n < 2:
         return PairedDifference(difference, math.nan)
-    # Identical differences (e.g. a count that never changes) have no spread: scipy warns and returns NaN.
+    # Identical differences (e.g. a count that never changes, or an accuracy that moves by the same test
+    # image in every seed) have no spread, so there is no t-test: scipy returns NaN for exactly equal ones, but
+    # differences equal up to float rounding (0.6 - 0.59721 in one seed, 0.5 - 0.49721 in another) give a
+    # spread of 1e-17 and t ~ 1e14, a p-value of 1e-29 that marks a non-test "significant". Within a relative
+    # 1e-9 of each other they count as identical.
+    spread = float(np.ptp(a_array - b_array))
+    if spread <= 1e-9 * float(np.max(np.abs(a_array - b_array))):
+        return PairedDifference(difference, math.nan)
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         p_value = float(stats.ttest_rel(a_array, b_array).pvalue)

@@ -338,11 +338,11 @@ class Experiment:
 
     def _write_theory(self, data: LoopData) -> None:
         """``theory.json``: each mode's closed-form expectations, for a kind that has them (none: no file)."""
-        from imgsynth.experiments.theory import THEORY_FILE, expectations
+        from imgsynth.experiments.theory import expectations
 
         payload = expectations(self.recipe, data)
         if payload is not None:
-            write_json_atomic(self.run_dir / THEORY_FILE, payload, indent=2)
+            write_json_atomic(self.folder.theory_path, payload, indent=2)
 
     def _moment_rows(self, model_dir: Path) -> list[dict[str, Any]]:
         """The fitted model's mean error and variance ratio against the real data (closed-form kinds only)."""

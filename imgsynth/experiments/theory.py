@@ -17,7 +17,7 @@ MLE or unbiased (reliability-weighted) refits, training weights, and the mode's 
 hold for any pixel distribution (only first and second moments enter) up to the rounding term's
 approximation and clipping at 0 and 255, and they assume class-balanced real data (every class the same N).
 
-:func:`expectations` gives them for a recipe (written to the run as ``theory.json``); :func:`moment_rows`
+:func:`expectations` gives them for a recipe (written to the run as ``theory.json``, ``experiments.run.THEORY_FILE``); :func:`moment_rows`
 measures a fitted model the same way (rows of ``metrics.json``).
 """
 
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from imgsynth.experiments.modes import LoopData
     from imgsynth.imageset import ImageSet
 
-THEORY_FILE = "theory.json"
 MEAN_ERROR, VARIANCE_RATIO = "fit_mean_error", "fit_variance_ratio"
 THEORY_METRICS = (MEAN_ERROR, VARIANCE_RATIO)
 ROUNDING_VARIANCE = 1.0 / 12.0  # rounding a continuous value to an integer adds ≈ 1/12 (Sheppard)
@@ -290,5 +289,5 @@ def _row(metric: str, value: float, n: int) -> dict[str, Any]:
             "ci_low": None, "ci_high": None, "n": n, "extractor": ""}
 
 
-__all__ = ["EXACT_MODES", "THEORY_FILE", "THEORY_METRICS", "Chain", "FitLaw", "Part", "chain_expectations",
+__all__ = ["EXACT_MODES", "THEORY_METRICS", "Chain", "FitLaw", "Part", "chain_expectations",
            "expectations", "fit_law", "mode_parts", "moment_rows", "real_moments", "stratified_count"]

@@ -21,7 +21,7 @@ from imgsynth.imageset import ImageSet
 from imgsynth.locking import folder_lock
 from imgsynth.outputs import claim_report_folder
 from imgsynth.reports.figures import class_heatmap, dashboard, sample_grid
-from imgsynth.reports.findings import SEED_INTERVAL, TEST_NAME, findings, seed_summary, verdicts
+from imgsynth.reports.findings import SEED_INTERVAL, TEST_NAME, findings, seed_summary, theory_frame, verdicts
 from imgsynth.reports.tables import collect_metrics, collect_reference, metric_label, write_csv
 from imgsynth.atomic_files import write_text_atomic
 
@@ -166,12 +166,13 @@ def build_reports(run_dir: str | Path, out_dir: str | Path | None = None) -> dic
     frame = collect_metrics(folder)
     if frame.empty:
         raise ValueError(f"{folder.root}: no finished generation (no metrics.json) to report on")
-    summary, reference, table = seed_summary(frame), collect_reference(folder), findings(frame)
+    theory = theory_frame(folder.theory())  # closed forms of the exact-theory kinds (empty for the others)
+    summary, reference, table = seed_summary(frame), collect_reference(folder), findings(frame, theory)
     out.mkdir(parents=True, exist_ok=True)
     written = {"metrics.csv": write_csv(frame, out / "metrics.csv"),
                "findings.csv": write_csv(table, out / "findings.csv")}
     written["dashboard.png"] = dashboard(summary, out / "dashboard.png", title=f"run {folder.name}",
-                                         note=_extractor_note(frame), reference=reference)
+                                         note=_extractor_note(frame), reference=reference, theory=theory)
     written["grids.png"] = grids(folder, out / "grids.png")
     chosen = _heatmap_metric(frame)
     if chosen is not None:

@@ -42,6 +42,8 @@ class GaussianOptions:
     # > 0: the covariance is not fitted but fixed to variance·I (pixel levels²): the known-variance setting of
     # the theory of recursive training (only the mean is learnt); 0: fitted.
     variance: float = 0.0
+    # Options added after model folders were first written: recorded only when set (per_class.recorded_options).
+    added_later: ClassVar[tuple[str, ...]] = ("variance",)
 
     def validate(self) -> GaussianOptions:
         if self.estimator not in ESTIMATORS:

@@ -166,7 +166,7 @@ def finished_fit(out: Path, record: Mapping[str, Any], kind: str | type[PerClass
 def fit_record(train_set: ImageSet, out: Path, options: Any) -> dict[str, Any]:
     """What identifies a fit: the training set and the options (plus where the training set is); for a set
     with training weights also their hash (a set's id covers its images and labels, not their weights)."""
-    record = {"training_set": train_set.id, "options": dataclasses.asdict(options), "classes": train_set.classes,
+    record = {"training_set": train_set.id, "options": recorded_options(options), "classes": train_set.classes,
               "image_shape": [int(v) for v in np.asarray(train_set.load_image(0)).shape],
               "parent": {"id": train_set.id, "path": os.path.relpath(train_set.root, Path(out).absolute()),
                          "kind": train_set.kind}}
@@ -175,6 +175,15 @@ def fit_record(train_set: ImageSet, out: Path, options: Any) -> dict[str, Any]:
         record["weights_of_training_set"] = weights_digest(weights)
     return record
 
+
+
+def recorded_options(options: Any) -> dict[str, Any]:
+    """The options a fit records: every field, except those the kind added later (its ``Options.added_later``)
+    while they keep their default, so that folders fitted before such a field existed are still this fit."""
+    later = getattr(type(options), "added_later", ())
+    defaults = {f.name: f.default for f in dataclasses.fields(options)}
+    return {name: value for name, value in dataclasses.asdict(options).items()
+            if not (name in later and value == defaults[name])}
 
 
 def set_arguments(model_dir: Path, out: Path, info: Mapping[str, Any], classes: list[str], per_class: int,

@@ -172,3 +172,45 @@ def test_the_conditional_kind_draws_batches_with_the_weights_probabilities():
     assert counts[0] == 0  # weight 0: never drawn
     assert stats.chisquare(counts[1:], counts[1:].sum() * np.array([1, 2, 5]) / 8).pvalue > 1e-3
     assert torch.equal(order.indices(17), WeightedBatchOrder(weights, 64, 3).indices(17))  # a function of (seed, step)
+
+
+# ------------------------------------------------------------------------------------------ theory in reports
+
+def test_findings_give_measured_vs_closed_form_with_a_z_score_and_the_dashboard_draws_it(tmp_path, monkeypatch):
+    import pandas as pd
+    from scipy import stats
+
+    from imgsynth.experiments.run import RunFolder
+    from imgsynth.reports.figures import THEORY_LABEL, dashboard
+    from imgsynth.reports.findings import findings, seed_summary, theory_frame, verdicts
+
+    values = {0: [0.0, 0.0, 0.0, 0.0], 1: [0.11, 0.09, 0.12, 0.10]}
+    frame = pd.DataFrame([{"run": "r", "seed": s, "mode": "augment", "generation": g, "class": "all",
+                           "metric": "fit_mean_error", "extractor": "", "value": v, "ci_low": None, "ci_high": None}
+                          for g, vs in values.items() for s, v in enumerate(vs)])
+    theory = theory_frame({"metrics": ["fit_mean_error"], "modes": {
+        "augment": {"derived": True, "fit_mean_error": [0.0, 0.1]}, "x+curate": {"derived": False, "why": "-"}}})
+    table = findings(frame, theory)
+    row = table[table["statistic"] == "theory"].iloc[0]
+    measured = np.array(values[1])
+    assert row["z_score"] == pytest.approx((measured.mean() - 0.1) / (measured.std(ddof=1) / 2))
+    assert row["p_value"] == pytest.approx(stats.ttest_1samp(measured, 0.1).pvalue)
+    assert any("closed form 0.1, z = +0.77" in line for line in verdicts(table))
+    assert "z_score" not in findings(frame).columns  # runs without a closed form keep their columns
+    drawn = []
+    import matplotlib.axes
+
+    original = matplotlib.axes.Axes.plot
+
+    def spy(ax, *args, **kwargs):
+        drawn.append(kwargs.get("label"))
+        return original(ax, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", spy)
+    dashboard(seed_summary(frame), tmp_path / "d.png", theory=theory)
+    assert THEORY_LABEL in drawn
+    (tmp_path / "config.toml").write_text('name = "r"\n', encoding="utf-8")
+    (tmp_path / "theory.json").write_text(json.dumps({"metrics": ["fit_mean_error"], "modes": {
+        "augment": {"derived": True, "fit_mean_error": ["high"]}}}), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"theory.json: modes.augment.fit_mean_error = \['high'\]"):
+        RunFolder(tmp_path).theory()

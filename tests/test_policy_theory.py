@@ -21,7 +21,7 @@ from imgsynth.experiments.theory import MEAN_ERROR, VARIANCE_RATIO, FitLaw, chai
 from imgsynth.pipelines.gaussian import GaussianKind, GaussianOptions
 
 N, n, C, K = 40, 10, 2, 3  # real images per class, samples per class per generation, classes, last generation
-REPLICATES = 8
+REPLICATES = 6
 SIZE = 8  # 64 pixels per image: many coordinates per replicate for the price of one small PNG
 SIGMA2 = 400.0  # the source's pixel variance (sigma = 20): the fixed variance of the known-variance checks
 

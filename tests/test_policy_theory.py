@@ -19,6 +19,7 @@ import pytest
 from imgsynth.experiments.modes import LOOP_MODES, LoopData, ModeInputs, loop_seed
 from imgsynth.experiments.theory import MEAN_ERROR, VARIANCE_RATIO, FitLaw, chain_expectations
 from imgsynth.pipelines.gaussian import GaussianKind, GaussianOptions
+from imgsynth.pipelines.kde import KdeKind, KdeOptions
 
 N, n, C, K = 40, 10, 2, 3  # real images per class, samples per class per generation, classes, last generation
 REPLICATES = 6
@@ -41,24 +42,29 @@ def real(tmp_path_factory):
                            starts={})
 
 
-def _measure(model) -> tuple[np.ndarray, np.ndarray]:
-    _, parameters = GaussianKind.load(model)
+def _measure(kind, model) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class (mean, variance) of the distribution a fitted model samples, from its arrays with numpy."""
+    _, parameters = kind.load(model)
     items = sorted(parameters.items())
+    if isinstance(kind, KdeKind):  # the class's images, each drawn with equal probability, plus N(0, h²)
+        points = [p["points"].astype(np.float64) for _, p in items]
+        return (np.stack([x.mean(axis=0) for x in points]),
+                np.stack([x.var(axis=0) + p["bandwidth"][0] ** 2 for x, (_, p) in zip(points, items)]))
     return (np.stack([p["mean"] for _, p in items]), np.stack([(p["factor"] ** 2).sum(axis=1) for _, p in items]))
 
 
-def _chains(real, mode: str, options: GaussianOptions, **settings) -> np.ndarray:
+def _chains(real, mode: str, options: GaussianOptions | KdeOptions, **settings) -> np.ndarray:
     """(replicates, 2): each replicate's mean error and variance ratio at generation K."""
-    kind = GaussianKind(options)
+    kind = GaussianKind(options) if isinstance(options, GaussianOptions) else KdeKind(options)
     data = LoopData(real_train=real.set, real_pool=real.set, per_class=n, generations=K + 1, mix_real_fraction=0.1,
                     **settings)
-    tag = f"{mode}-{options.variance:g}-" + "-".join(f"{k}{v}" for k, v in sorted(settings.items()))
+    tag = f"{mode}-{options!r}-" + "-".join(f"{k}{v}" for k, v in sorted(settings.items()))
     results = []
     for seed in range(REPLICATES):
         root = real.root / tag / str(seed)
-        start = (seed, options.variance)  # generation 0 is shared by every mode of a replicate, as in a run
+        start = (seed, repr(options))  # generation 0 is shared by every mode of a replicate, as in a run
         if start not in real.starts:
-            base = real.root / f"gen_0-{options.variance:g}-{seed}"
+            base = real.root / f"gen_0-{len(real.starts)}"
             model = kind.fit(real.set, base / "model", seed=0, progress=False)
             real.starts[start] = kind.sample(model, base / "samples", n, loop_seed(seed, "sample", 0), 0,
                                              progress=False)
@@ -71,7 +77,7 @@ def _chains(real, mode: str, options: GaussianOptions, **settings) -> np.ndarray
             if k < K:
                 history.append(kind.sample(model, folder / "samples", n, loop_seed(seed, "sample", k), k,
                                            progress=False))
-        means, variances = _measure(model)
+        means, variances = _measure(kind, model)
         results.append((((means - real.means) ** 2).mean() / real.v0, variances.mean() / real.v0))
     return np.array(results)
 
@@ -148,6 +154,16 @@ def test_each_new_mode_matches_its_closed_form_with_the_mle_refit(real, mode, se
         low, _ = _theory(real, "accumulate", FitLaw())
         high, _ = _theory(real, "replace", FitLaw())
         assert low < measured[:, 0].mean() - 2 * se and measured[:, 0].mean() + 4 * se < high
+
+
+def test_the_kde_kind_spreads_by_its_kernel_variance_as_its_closed_form_says(real):
+    """A KDE refitted to its own samples (replace): V_k = ((n − 1)/n) V_{k−1} + h² in expectation, in the closed
+    form's law c = 1, a = h² (a fixed bandwidth; Scott's rule depends on the data and has none)."""
+    measured = _chains(real, "replace", KdeOptions(bandwidth=6.0))
+    error, variance = _theory(real, "replace", FitLaw(added_variance=36.0))
+    _within(measured[:, 0], error, "kde mean error")
+    _within(measured[:, 1], variance, "kde variance ratio")
+    assert measured[:, 1].mean() > 1.0 > _theory(real, "replace", FitLaw())[1]  # spreads where the Gaussian collapses
 
 
 def test_weighted_reproduces_the_golden_ratio_minimum_with_a_known_variance(real):

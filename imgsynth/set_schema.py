@@ -7,6 +7,7 @@ it first. Nothing here touches pixels.
 
 from __future__ import annotations
 
+import math
 import posixpath
 import re
 from typing import Any, Mapping, Sequence
@@ -151,6 +152,10 @@ def row_problems(row: Any, classes: set[str] | None) -> list[str]:
     caption = row.get("caption")
     if caption is not None and (not isinstance(caption, str) or _has_nul(caption)):
         problems.append(f"caption must be a string without NUL or null, got {_short(caption)}")
+    weight = row.get("weight")  # a training weight (imageset.records.WEIGHT_COLUMN)
+    if weight is not None and not (isinstance(weight, (int, float)) and not isinstance(weight, bool)
+                                   and math.isfinite(weight) and weight >= 0):
+        problems.append(f"weight must be a finite number ≥ 0 or null, got {_short(weight)}")
     return problems
 
 

@@ -89,13 +89,19 @@ RANGES: dict[str, dict[str, Range]] = {
                   "noise_temperature": Range(0.0, 10.0, open_low=True),
                   "sample_batch_size": Range(1, MAX_BATCH_SIZE), "lora_steps": Range(1, MAX_STEPS),
                   "lora_rank": Range(1, MAX_LORA_RANK)},
-    "loop": {"generations": Range(1, 1000), "mix_real_fraction": _FRACTION},
+    "loop": {"generations": Range(1, 1000), "mix_real_fraction": _FRACTION,
+             "fresh_per_class": Range(0, MAX_PER_CLASS, note=" (0: as many as [generator] per_class)"),
+             "augment_ratio": Range(0.0, 100.0, open_low=True),
+             "subsample_size": Range(0, MAX_PER_CLASS * 1000, note=" (0: the real training set's size)"),
+             "real_weight": Range(0.0, 1.0, open_low=True)},
     "metrics": {"bootstrap": Range(0, 100_000), "max_per_class": Range(1, MAX_PER_CLASS)},
     "classifier": {"epochs": Range(1, MAX_EPOCHS), "batch_size": Range(1, MAX_BATCH_SIZE), "lr": _POSITIVE_RATE},
     "curate": {"dedup": Range(-1.0, 1.0), "min_confidence": _FRACTION, "min_clip_score": Range(0.0, CLIP_SCORE_MAX),
                "clip_top_fraction": Range(0.0, 1.0, open_low=True), "best_of": Range(1, 1000)},
 }
 IMAGE_MODES = {"L": 1, "RGB": 3}
+# fresh-mix's synthetic part: the previous generation's output, or every earlier generation's.
+FRESH_SYNTHETIC = ("previous", "all")
 # Devices are spelled as imgsynth.compute.DEVICE_PATTERN says; whether CUDA is present is the run's
 # question (imgsynth.compute.check_device), so a recipe written for a GPU machine still validates on a laptop.
 
@@ -158,6 +164,18 @@ class LoopConfig:
     # Names registered in imgsynth.experiments.modes.LOOP_MODES, each optionally with CURATED_SUFFIX.
     modes: list[str] = field(default_factory=lambda: ["replace", "accumulate", "mix"])
     mix_real_fraction: float = 0.1
+    # The settings of the modes added later; None (not written to config.toml) means LoopData's default, so
+    # the resolved recipe of a run that uses none of them is what it was before they existed.
+    # fresh-mix and weighted: new real images per class each generation (0 or None: [generator] per_class).
+    fresh_per_class: int | None = None
+    # fresh-mix's synthetic part: the "previous" generation's output or that of "all" earlier generations.
+    fresh_synthetic: str | None = None
+    # augment: λ, the synthetic images added to the whole real set as a multiple of its size (None: 0.1).
+    augment_ratio: float | None = None
+    # accumulate-subsample: the training set's size each generation (0 or None: the real training set's).
+    subsample_size: int | None = None
+    # weighted: w, the real part's share of the training weight, the synthetic part 1 − w (None: 0.5).
+    real_weight: float | None = None
     # Replicates: a count n (seeds recipe.seed, recipe.seed + 1, …) or an explicit list of seeds. Each seed
     # draws its own generator weights, training noise, samples and classifiers; the real data stays fixed.
     seeds: int | list[int] = 1
@@ -449,6 +467,8 @@ def _check_loop(loop: LoopConfig, fail: Fail) -> None:
              f"each optionally with {CURATED_SUFFIX!r}")
     if not loop.modes:
         fail("[loop] modes: at least one loop mode is needed")
+    if loop.fresh_synthetic is not None and loop.fresh_synthetic not in FRESH_SYNTHETIC:
+        fail(f"[loop] fresh_synthetic must be one of {list(FRESH_SYNTHETIC)}, got {loop.fresh_synthetic!r}")
     if len(set(loop.modes)) != len(loop.modes):
         fail(f"[loop] modes: repeated mode in {loop.modes}")
     seeds = loop.seeds

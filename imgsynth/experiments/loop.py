@@ -27,7 +27,7 @@ from imgsynth.atomic_files import write_json_atomic, write_text_atomic
 from imgsynth.experiments.config import (Recipe, RecipeError, dump_recipe, load_recipe, pin_auto_preset,
                                          recipe_from_dict, replicate_seeds)
 from imgsynth.experiments.modes import (CURATED_SUFFIX, LOOP_MODES, LoopData, LoopMode, ModeInputs, base_mode,
-                                        loop_seed)
+                                        loop_seed, mode_settings)
 from imgsynth.experiments.run import CONFIG_FILE, METRICS_FILE, GenerationKey, RunFolder
 from imgsynth.imageset import ImageSet, ImageSetError
 from imgsynth.locking import folder_lock
@@ -141,6 +141,7 @@ class Experiment:
             t0 = time.perf_counter()
             real_train, real_test, full_train = self._real_data()
             self._check_modes(self._loop_data(real_train, full_train))
+            self._write_theory(self._loop_data(real_train, full_train))
             stages["real data"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             reference_ckpt = self._reference_classifier(full_train)
@@ -316,7 +317,8 @@ class Experiment:
     def _loop_data(self, real_train: ImageSet, full_train: ImageSet) -> LoopData:
         loop = self.recipe.loop
         return LoopData(real_train=real_train, real_pool=full_train, per_class=self.recipe.generator.per_class,
-                        generations=loop.generations, mix_real_fraction=loop.mix_real_fraction)
+                        generations=loop.generations, mix_real_fraction=loop.mix_real_fraction,
+                        **mode_settings(loop))
 
     def _check_modes(self, data: LoopData) -> None:
         """Each loop mode's own check of the real data (``fresh``: enough for every generation), before any task."""
@@ -369,6 +371,7 @@ class Experiment:
         samples = timed("sample", lambda: _open_if_complete(samples_dir) or self._sample(model_dir, samples_dir, key))
         output = timed("curate", lambda: self._curate(samples, folder, key, reference_ckpt))
         rows = timed("evaluate", lambda: self._evaluate(output, real_test, reference_ckpt, folder, key, train_set))
+        rows.extend(self._moment_rows(model_dir))  # exact-theory kinds: the fit's moments (experiments.theory)
         rows.append(_row("train_size", "all", len(train_set), len(train_set)))
         rows.append(_row("sample_count", "all", len(output), len(output)))
         payload = {"seed": key.seed, "mode": key.mode, "generation": key.generation, "train_set": {
@@ -379,6 +382,25 @@ class Experiment:
         emit("generation", key=key.label(), seconds=payload["seconds"])
         _log(f"{key.label()}: done in {payload['seconds']:.1f}s")
         return output
+
+    def _write_theory(self, data: LoopData) -> None:
+        """``theory.json``: each mode's closed-form expectations, for a kind that has them (none: no file)."""
+        from imgsynth.experiments.theory import expectations
+
+        payload = expectations(self.recipe, data)
+        if payload is not None:
+            write_json_atomic(self.folder.theory_path, payload, indent=2)
+
+    def _moment_rows(self, model_dir: Path) -> list[dict[str, Any]]:
+        """The fitted model's mean error and variance ratio against the real data (closed-form kinds only)."""
+        from imgsynth.experiments.theory import moment_rows, real_moments
+
+        kind = self._kind()
+        if getattr(kind, "fitted_moments", None) is None or not (Path(model_dir) / "model.safetensors").is_file():
+            return []
+        if not hasattr(self, "_real_moments"):
+            self._real_moments = real_moments(self._real_data()[0])
+        return moment_rows(kind, model_dir, *self._real_moments)
 
     def _output(self, key: GenerationKey) -> ImageSet:
         """What a finished generation passed on; a missing set is an error naming its samples folder."""

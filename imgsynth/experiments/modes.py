@@ -22,6 +22,14 @@ Rules the loop relies on, which every mode keeps:
 - Once ``inputs.out`` holds a complete set the loop reuses it and does not call the mode again, so a killed
   run resumes with the same training set.
 
+Built-ins: ``replace``, ``accumulate``, ``mix`` and ``fresh``, and the loops of the 2023–2025 collapse
+papers: ``fresh-mix`` (new real data every generation plus synthetic data, Alemohammad et al. 2023),
+``augment`` (the whole real set plus λ·|real| synthetic, Bertrand et al. 2024), ``accumulate-subsample``
+(a fixed-size draw from everything accumulated, Kazdan et al. 2024) and ``weighted`` (fresh real and
+synthetic data weighted w : 1 − w through the training set's ``weight`` column, He, Xu and Cheng 2025).
+Each records its settings and what it drew in the training set's manifest (``config``); their expected
+behaviour on the exact-theory kinds is :mod:`imgsynth.experiments.theory` (derived in ``docs/theory.md``).
+
 The loop runs a mode named ``<mode>+curate`` (:data:`CURATED_SUFFIX`) as ``<mode>`` with the ``[curate]``
 stage applied to every generation's samples (best-of-K under a reward, ``best_of``/``reward``, which makes such a
 generation sample K × ``per_class`` candidates per class; then the filters), so ``history`` then holds the
@@ -37,7 +45,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -73,12 +81,43 @@ class LoopData:
     per_class: int  # samples per class each generation draws ([generator] per_class)
     generations: int  # generations per chain, generation 0 included ([loop] generations)
     mix_real_fraction: float  # λ of the mix mode ([loop] mix_real_fraction)
+    # The other modes' settings ([loop] fields of the same names; see experiments.config.LoopConfig).
+    fresh_per_class: int = 0  # new real images per class per generation (fresh-mix, weighted); 0: per_class
+    fresh_synthetic: str = "previous"  # fresh-mix's synthetic part: "previous" generation or "all" earlier ones
+    augment_ratio: float = 0.1  # augment's λ: λ·|real| synthetic images next to the whole real set
+    subsample_size: int = 0  # accumulate-subsample's training-set size; 0: as many as the real training set
+    real_weight: float = 0.5  # weighted's w: the real part's share of the total training weight
 
     @property
     def samples_per_generation(self) -> int:
         """How many images a generation passes on before any filter: per_class × classes (best-of-K samples K
         times as many candidates and keeps this many)."""
         return self.per_class * len(self.real_pool.classes)
+
+    @property
+    def fresh_per_generation(self) -> int:
+        """New real images each generation of ``fresh-mix`` and ``weighted`` takes: fresh_per_class × classes."""
+        return (self.fresh_per_class or self.per_class) * len(self.real_pool.classes)
+
+    @property
+    def augment_count(self) -> int:
+        """Synthetic images ``augment`` adds to the real set: round(augment_ratio × |real|)."""
+        return int(round(self.augment_ratio * len(self.real_train)))
+
+    @property
+    def subsample_count(self) -> int:
+        """The size of ``accumulate-subsample``'s training set."""
+        return self.subsample_size or len(self.real_train)
+
+
+# LoopData's fields that a recipe's [loop] table sets under the same names, None there meaning the default here.
+MODE_SETTINGS = ("fresh_per_class", "fresh_synthetic", "augment_ratio", "subsample_size", "real_weight")
+
+
+def mode_settings(loop: Any) -> dict[str, Any]:
+    """The mode settings a ``[loop]`` table (``experiments.config.LoopConfig``) gives, leaving out those it
+    leaves unset, as keyword arguments of :class:`LoopData`."""
+    return {name: getattr(loop, name) for name in MODE_SETTINGS if getattr(loop, name, None) is not None}
 
 
 @dataclass(frozen=True)
@@ -167,6 +206,107 @@ def check_fresh(data: LoopData) -> None:
                          f"{len(data.real_pool)}; lower per_class or generations, or drop 'fresh'")
 
 
+def fresh_mix(inputs: ModeInputs) -> ImageSet:
+    """MAD's fresh-data loop: a new, disjoint, stratified chunk of real images (``fresh_per_class`` per class;
+    chunks never repeat within a chain) plus the whole output of the previous generation
+    (``fresh_synthetic = "previous"``) or of every earlier one (``"all"``)."""
+    data = inputs.data
+    chunk = _fresh_chunk(data.real_pool, data.fresh_per_generation, inputs.generation, inputs.seed)
+    synthetic = [inputs.previous] if data.fresh_synthetic == "previous" else list(inputs.history)
+    return concatenate([data.real_pool, *synthetic], inputs.out, indices=[chunk, *[None] * len(synthetic)],
+                       config={"loop": "fresh-mix", "generation": inputs.generation,
+                               "fresh_real": len(chunk), "synthetic": data.fresh_synthetic,
+                               "synthetic_sets": [s.id for s in synthetic]})
+
+
+def augment(inputs: ModeInputs) -> ImageSet:
+    """Synthetic augmentation (Bertrand et al. 2024): the whole real training set plus round(λ·|real|) images
+    of the previous generation's output (all of it when it has no more), drawn stratified by class."""
+    data, previous = inputs.data, inputs.previous
+    count = min(data.augment_count, len(previous))
+    chosen = _stratified_indices(previous, count, inputs.seed_for("augment"))
+    return concatenate([data.real_train, previous], inputs.out, indices=[None, chosen],
+                       config={"loop": "augment", "generation": inputs.generation,
+                               "augment_ratio": data.augment_ratio, "synthetic": len(chosen)})
+
+
+def accumulate_subsample(inputs: ModeInputs) -> ImageSet:
+    """Kazdan et al. 2024: a stratified draw of a fixed size (``subsample_size``) from the real data and every
+    earlier generation's output together, each image equally likely within its class."""
+    parts = [inputs.data.real_train, *inputs.history]
+    labels = [r.label for part in parts for r in part.records]
+    chosen = _stratified_positions(labels, inputs.data.subsample_count, inputs.seed_for("subsample"))
+    offsets = np.cumsum([0, *map(len, parts)])
+    indices = [[int(i - offsets[p]) for i in chosen if offsets[p] <= i < offsets[p + 1]] for p in range(len(parts))]
+    keep = [p for p in range(len(parts)) if indices[p]]
+    return concatenate([parts[p] for p in keep], inputs.out, indices=[indices[p] for p in keep],
+                       config={"loop": "accumulate-subsample", "generation": inputs.generation,
+                               "subsample_size": len(chosen), "pool": int(offsets[-1]),
+                               "drawn_per_part": {parts[p].id: len(indices[p]) for p in keep}})
+
+
+def weighted(inputs: ModeInputs) -> ImageSet:
+    """He, Xu and Cheng 2025: a fresh real chunk (as ``fresh-mix``) and the previous generation's output,
+    weighted so the real part holds a share w (``real_weight``) of the total training weight and the synthetic
+    part 1 − w; per image, w·T/r and (1 − w)·T/s for r real and s synthetic of T images (mean weight 1)."""
+    data, previous = inputs.data, inputs.previous
+    chunk = _fresh_chunk(data.real_pool, data.fresh_per_generation, inputs.generation, inputs.seed)
+    w, total = data.real_weight, len(chunk) + len(previous)
+    weights = [w * total / len(chunk), (1.0 - w) * total / len(previous)]
+    return concatenate([data.real_pool, previous], inputs.out, indices=[chunk, None], weights=weights,
+                       config={"loop": "weighted", "generation": inputs.generation, "real_weight": w,
+                               "fresh_real": len(chunk), "synthetic": len(previous)})
+
+
+def check_fresh_mix(data: LoopData) -> None:
+    """Refuse a run whose real pool cannot give every generation after the first its own chunk."""
+    _check_chunks(data, "fresh-mix")
+
+
+def check_weighted(data: LoopData) -> None:
+    """As ``fresh-mix``: every generation after the first needs its own chunk of real images."""
+    _check_chunks(data, "weighted")
+
+
+def check_augment(data: LoopData) -> None:
+    """Refuse λ·|real| larger than what a generation samples (there would be nothing to draw them from)."""
+    if data.augment_count > data.samples_per_generation:
+        raise ValueError(f"[loop] mode 'augment' needs round(augment_ratio × real images) = {data.augment_count} "
+                         f"synthetic images per generation but a generation samples {data.samples_per_generation} "
+                         "(per_class × classes); raise per_class or lower augment_ratio")
+
+
+def check_accumulate_subsample(data: LoopData) -> None:
+    """Refuse a training-set size larger than generation 1's pool (the real data plus generation 0's samples)."""
+    pool = len(data.real_train) + data.samples_per_generation
+    if data.subsample_count > pool:
+        raise ValueError(f"[loop] mode 'accumulate-subsample': subsample_size = {data.subsample_count} is more than "
+                         f"generation 1 can draw from ({len(data.real_train)} real + {data.samples_per_generation} "
+                         "sampled); lower subsample_size")
+
+
+def _check_chunks(data: LoopData, mode: str) -> None:
+    needed = data.fresh_per_generation * (data.generations - 1)
+    if needed > len(data.real_pool):
+        raise ValueError(f"[loop] mode '{mode}' needs {needed} new real training images (fresh_per_class × "
+                         f"classes × (generations − 1)) but {data.real_pool.root} has {len(data.real_pool)}; lower "
+                         f"fresh_per_class, per_class or generations, or drop '{mode}'")
+
+
+def _stratified_positions(labels: Sequence[str], n: int, seed: int) -> list[int]:
+    """``n`` positions of ``labels`` with class proportions kept (stratified_split_indices' rounding), seeded."""
+    if n >= len(labels):
+        return list(range(len(labels)))
+    names = sorted(set(labels))
+    _, chosen = stratified_split_indices([names.index(label) for label in labels], n / len(labels), seed)
+    return chosen
+
+
+def _stratified_indices(source: ImageSet, n: int, seed: int) -> list[int]:
+    """``n`` indices of ``source`` with class proportions kept, seeded (all of them when n ≥ its size)."""
+    return _stratified_positions([r.label for r in source.records], n, seed)
+
+
 def _stratified_sample(source: ImageSet, n: int, seed: int, out: Path) -> ImageSet:
     """``n`` images of ``source`` with class proportions kept, seeded."""
     if n >= len(source):
@@ -194,5 +334,10 @@ LOOP_MODES.register("replace", LoopMode(replace))
 LOOP_MODES.register("accumulate", LoopMode(accumulate))
 LOOP_MODES.register("mix", LoopMode(mix))
 LOOP_MODES.register("fresh", LoopMode(fresh, check=check_fresh))
+LOOP_MODES.register("fresh-mix", LoopMode(fresh_mix, check=check_fresh_mix))
+LOOP_MODES.register("augment", LoopMode(augment, check=check_augment))
+LOOP_MODES.register("accumulate-subsample", LoopMode(accumulate_subsample, check=check_accumulate_subsample))
+LOOP_MODES.register("weighted", LoopMode(weighted, check=check_weighted))
 
-__all__ = ["CURATED_SUFFIX", "LOOP_MODES", "LoopData", "LoopMode", "ModeInputs", "base_mode", "loop_seed"]
+__all__ = ["CURATED_SUFFIX", "LOOP_MODES", "MODE_SETTINGS", "LoopData", "LoopMode", "ModeInputs", "base_mode",
+           "loop_seed", "mode_settings"]

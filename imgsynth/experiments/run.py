@@ -11,6 +11,7 @@ globs a run folder::
       seed_<s>/gen_0/                      generation 0 of seed s, shared by every mode of that seed
       seed_<s>/<mode>/gen_<k>/             generation k of one (seed, mode) chain
       run.json                             what ran: seeds, software, machine, wall time per stage
+      theory.json                          exact-theory kinds only: each mode's closed-form expectations
 
 Run folders written before seeds existed keep their flat layout (``gen_0/`` at the top) for their one
 seed; seeds added later go under ``seed_<s>/``.
@@ -29,6 +30,7 @@ CONFIG_FILE = "config.toml"
 METRICS_FILE = "metrics.json"
 REFERENCE_FILE = "reference.json"
 RUN_INFO_FILE = "run.json"
+THEORY_FILE = "theory.json"  # closed-form expectations of the exact-theory kinds (experiments.theory)
 SEED_PREFIX = "seed_"
 # What a generation passes on, first found first: its curated samples when it curated them, else its samples.
 OUTPUT_FOLDERS = ("curated", "samples")
@@ -102,6 +104,18 @@ class RunFolder:
     def info_path(self) -> Path:
         return self.root / RUN_INFO_FILE
 
+    @property
+    def theory_path(self) -> Path:
+        return self.root / THEORY_FILE
+
+    def theory(self) -> dict[str, Any]:
+        """``theory.json`` (empty when the run's kind has no closed forms), checked (:func:`check_theory`)."""
+        if not self.theory_path.is_file():
+            return {}
+        payload = read_run_file(self.theory_path)
+        check_theory(payload, self.theory_path)
+        return payload
+
     def seed_dir(self, seed: int) -> Path:
         """Where a seed's generations live (the run root itself for a run written before seeds existed)."""
         if seed == self.seeds[0] and (self.root / "gen_0").is_dir():
@@ -159,6 +173,7 @@ class RunFolder:
             pass
         self.reference()
         self.info()
+        self.theory()
 
     def info(self) -> dict[str, Any]:
         """``run.json`` (empty before the run first finished), checked (:func:`check_run_info`)."""
@@ -246,3 +261,20 @@ def check_run_info(payload: Mapping[str, Any], path: Path) -> None:
             raise _problem(path, key, payload[key], "should be a number")
     if payload.get("backend") is not None and not isinstance(payload["backend"], str):
         raise _problem(path, "backend", payload["backend"], "should be a string")
+
+
+def check_theory(payload: Mapping[str, Any], path: Path) -> None:
+    """``theory.json``: ``modes`` maps each mode to ``derived`` (a boolean) and, when derived, each metric of
+    ``metrics`` to a list of numbers (one per generation); reports read nothing else of it."""
+    metrics, modes = payload.get("metrics", []), payload.get("modes")
+    if not (isinstance(metrics, list) and all(isinstance(m, str) for m in metrics)):
+        raise _problem(path, "metrics", metrics, "should be a list of metric names")
+    if not isinstance(modes, dict):
+        raise _problem(path, "modes", modes, "should map loop modes to their expectations")
+    for mode, entry in modes.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("derived"), bool):
+            raise _problem(path, f"modes.{mode}", entry, "should be an object with a boolean 'derived'")
+        for metric in metrics if entry["derived"] else ():
+            values = entry.get(metric)
+            if not (isinstance(values, list) and all(_number(v) for v in values)):
+                raise _problem(path, f"modes.{mode}.{metric}", values, "should be a list of numbers")

@@ -27,7 +27,7 @@ from imgsynth.imageset.metadata import metadata_lines, parse_metadata_line, read
 from imgsynth.imageset.names import check_image_id, check_label, check_labels, resolve_inside
 from imgsynth.imageset.operations import concatenate
 from imgsynth.imageset.png import encode_png
-from imgsynth.imageset.records import BASE_COLUMNS, ImageRecord, Sample
+from imgsynth.imageset.records import BASE_COLUMNS, WEIGHT_COLUMN, ImageRecord, Sample, weights_digest
 from imgsynth.imageset.sets import ImageSet, ImageSetWriter
 from imgsynth.imageset.splitting import stratified_split_indices
 from imgsynth.imageset.verification import Problem, VerifyReport, verify
@@ -35,7 +35,8 @@ from imgsynth.set_schema import KINDS
 
 __all__ = [
     "BASE_COLUMNS", "FORMAT_VERSION", "IMAGES", "JOB", "KINDS", "MANIFEST", "METADATA", "ROOT_FILES",
+    "WEIGHT_COLUMN",
     "ImageRecord", "ImageSet", "ImageSetError", "ImageSetWriter", "Problem", "Sample", "VerifyReport",
     "check_image_id", "check_label", "check_labels", "concatenate", "encode_png", "metadata_lines", "parse_metadata_line",
-    "read_metadata", "read_set_file", "resolve_inside", "stratified_split_indices", "verify",
+    "read_metadata", "read_set_file", "resolve_inside", "stratified_split_indices", "verify", "weights_digest",
 ]

@@ -27,7 +27,7 @@ from imgsynth.imageset.layout import FORMAT_VERSION, IMAGES, JOB, MANIFEST, META
 from imgsynth.imageset.metadata import read_metadata, read_set_file
 from imgsynth.imageset.names import check_image_id, check_label, check_labels
 from imgsynth.imageset.png import encode_generated, encode_png
-from imgsynth.imageset.records import BASE_COLUMNS, ImageRecord, Sample
+from imgsynth.imageset.records import BASE_COLUMNS, ImageRecord, Sample, training_weights
 from imgsynth.imageset.splitting import stratified_split_indices
 from imgsynth.imageset.verification import VerifyReport, verify
 from imgsynth.locking import FolderLock, acquire, release
@@ -453,6 +453,11 @@ class ImageSet:
     def labels(self) -> list[int]:
         """Label index of every image, in metadata order."""
         return [self.class_to_index[r.label] for r in self.records]
+
+    @property
+    def weights(self) -> np.ndarray | None:
+        """Every image's training weight (the ``weight`` column), or None for a set without one."""
+        return training_weights(self.records, str(self.root / METADATA))
 
     @property
     def counts(self) -> dict[str, int]:

@@ -288,3 +288,9 @@ for _name, _metric in (
                                 description="images the generation sampled")),
 ):
     METRICS.register(_name, _metric)
+
+# Produced by the loop for the exact-theory kinds (imgsynth.experiments.theory), next to their closed forms.
+METRICS.register("fit_mean_error", Metric(None, LOWER, (0.0, INF), description=(
+    "squared distance of the fitted per-pixel mean from the real data's, over the real data's variance")))
+METRICS.register("fit_variance_ratio", Metric(None, NEITHER, (0.0, INF), description=(
+    "the fitted per-pixel variance over the real data's (1: kept; below 1: collapsing)")))

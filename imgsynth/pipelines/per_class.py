@@ -20,7 +20,7 @@ import numpy as np
 from imgsynth.atomic_files import atomic_path, write_json_atomic
 from imgsynth.safe_paths import refuse_links_below
 from imgsynth.generator_record import GeneratorRecord
-from imgsynth.imageset import ImageSet, Sample
+from imgsynth.imageset import ImageSet, Sample, weights_digest
 from imgsynth.pipelines.base import MODEL_INFO, GeneratorKind, kind_class, options_from_dict, read_info_file
 from imgsynth.pipelines.sharding import SameSet, SetJob, SetSpec
 from imgsynth.pipelines.work import WorkItem, balanced_work
@@ -164,11 +164,26 @@ def finished_fit(out: Path, record: Mapping[str, Any], kind: str | type[PerClass
 
 
 def fit_record(train_set: ImageSet, out: Path, options: Any) -> dict[str, Any]:
-    """What identifies a fit: the training set and the options (plus where the training set is)."""
-    return {"training_set": train_set.id, "options": dataclasses.asdict(options), "classes": train_set.classes,
-            "image_shape": [int(v) for v in np.asarray(train_set.load_image(0)).shape],
-            "parent": {"id": train_set.id, "path": os.path.relpath(train_set.root, Path(out).absolute()),
-                       "kind": train_set.kind}}
+    """What identifies a fit: the training set and the options (plus where the training set is); for a set
+    with training weights also their hash (a set's id covers its images and labels, not their weights)."""
+    record = {"training_set": train_set.id, "options": recorded_options(options), "classes": train_set.classes,
+              "image_shape": [int(v) for v in np.asarray(train_set.load_image(0)).shape],
+              "parent": {"id": train_set.id, "path": os.path.relpath(train_set.root, Path(out).absolute()),
+                         "kind": train_set.kind}}
+    weights = train_set.weights
+    if weights is not None:
+        record["weights_of_training_set"] = weights_digest(weights)
+    return record
+
+
+
+def recorded_options(options: Any) -> dict[str, Any]:
+    """The options a fit records: every field, except those the kind added later (its ``Options.added_later``)
+    while they keep their default, so that folders fitted before such a field existed are still this fit."""
+    later = getattr(type(options), "added_later", ())
+    defaults = {f.name: f.default for f in dataclasses.fields(options)}
+    return {name: value for name, value in dataclasses.asdict(options).items()
+            if not (name in later and value == defaults[name])}
 
 
 def set_arguments(model_dir: Path, out: Path, info: Mapping[str, Any], classes: list[str], per_class: int,
@@ -201,9 +216,16 @@ class PerClassKind(GeneratorKind):
     # finished when a run resumes.
     pipeline: ClassVar[str]
 
-    def fit_class(self, points: np.ndarray) -> dict[str, np.ndarray]:
-        """The arrays that describe one class, from its flattened images (N, D)."""
+    def fit_class(self, points: np.ndarray, weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The arrays that describe one class, from its flattened images (N, D) and, for a set with a ``weight``
+        column, their training weights (N,) (a kind that cannot weigh its fit refuses them with ``ValueError``)."""
         raise NotImplementedError
+
+    @classmethod
+    def fitted_moments(cls, arrays: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+        """(per-pixel mean, per-pixel variance) of the distribution one class's arrays sample (before rounding to
+        uint8), or None when the kind has no closed form for them (the loop's theory rows need them)."""
+        return None
 
     @classmethod
     def check_arrays(cls, arrays: Mapping[str, np.ndarray], dim: int, options: Any, where: str) -> None:
@@ -229,11 +251,15 @@ class PerClassKind(GeneratorKind):
                 return out
             flat = train_set.as_array().reshape(len(train_set), -1)
             labels = np.asarray(train_set.labels)
+            weights = train_set.weights
             tensors: dict[str, np.ndarray] = {}
             for index in range(len(train_set.classes)):
                 points = flat[labels == index]
-                if len(points):  # a class lost in an earlier generation stays lost
-                    tensors.update({f"{index}.{k}": v for k, v in self.fit_class(points).items()})
+                if not len(points):  # a class lost in an earlier generation stays lost
+                    continue
+                # Only a weighted set passes weights, so a kind's unweighted fit stays exactly what it was.
+                arrays = self.fit_class(points) if weights is None else self.fit_class(points, weights[labels == index])
+                tensors.update({f"{index}.{k}": v for k, v in arrays.items()})
             return write_model(out, self.name, tensors, record)
 
     @classmethod

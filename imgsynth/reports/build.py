@@ -24,7 +24,7 @@ from imgsynth.reports.figures import class_heatmap, dashboard, sample_grid
 from imgsynth.reports import page
 from imgsynth.reports.figures import REFERENCE_STYLE
 from imgsynth.reports.findings import (ADJUSTMENT, ALPHA, SEED_INTERVAL, TEST_NAME, findings, seed_summary,
-                                       verdicts)
+                                       theory_frame, verdicts)
 from imgsynth.reports.tables import collect_metrics, collect_reference, metric_label, write_csv
 from imgsynth.atomic_files import write_text_atomic
 from imgsynth.terminal import NORMAL, say
@@ -114,7 +114,8 @@ METHOD = (f"Differences between modes are paired by seed; intervals are the {SEE
           f"comparisons with {ADJUSTMENT}'s method within each family (a run's overall comparisons; each metric's "
           f"per-class comparisons). * and bold mark an adjusted p &lt; {ALPHA}; raw p-values earn no mark. 'auc' "
           "compares the area under each seed's curve over all generations; 'change' a mode's last generation "
-          "with its generation 0.")
+          "with its generation 0. Rows 'theory' (exact-theory kinds) compare the mean over seeds with the closed "
+          "form in theory.json (one-sample t-test, z-score); they are a family of their own.")
 
 
 def _findings_html(table: pd.DataFrame, runs: Sequence[str]) -> list[str]:
@@ -191,12 +192,13 @@ def build_reports(run_dir: str | Path, out_dir: str | Path | None = None) -> dic
     frame = collect_metrics(folder)
     if frame.empty:
         raise ValueError(f"{folder.root}: no finished generation (no metrics.json) to report on")
-    summary, reference, table = seed_summary(frame), collect_reference(folder), findings(frame)
+    theory = theory_frame(folder.theory())  # closed forms of the exact-theory kinds (empty for the others)
+    summary, reference, table = seed_summary(frame), collect_reference(folder), findings(frame, theory)
     out.mkdir(parents=True, exist_ok=True)
     written = {"metrics.csv": write_csv(frame, out / "metrics.csv"),
                "findings.csv": write_csv(table, out / "findings.csv")}
     written["dashboard.png"] = dashboard(summary, out / "dashboard.png", title=f"run {folder.name}",
-                                         note=_extractor_note(frame), reference=reference)
+                                         note=_extractor_note(frame), reference=reference, theory=theory)
     written["grids.png"] = grids(folder, out / "grids.png")
     chosen = _heatmap_metric(frame)
     if chosen is not None:

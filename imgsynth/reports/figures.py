@@ -78,10 +78,12 @@ def _series_styles(series_keys: Sequence[tuple[str, str]]) -> dict[tuple[str, st
 
 
 def dashboard(summary: pd.DataFrame, path: str | Path, title: str = "", note: str = "",
-              reference: pd.DataFrame | None = None) -> Path:
+              reference: pd.DataFrame | None = None, theory: pd.DataFrame | None = None) -> Path:
     """One panel per (metric, extractor) over all classes; a line per (run, mode) at the mean over seeds,
     a band for the seed interval (``findings.seed_summary``), error bars for the bootstrap-over-samples
-    interval where computed, and the real-data reference values as horizontal lines."""
+    interval where computed, the real-data reference values as horizontal lines, and, where ``theory``
+    (``findings.theory_frame``: mode, generation, metric, theory) has a closed form, a dotted line of the
+    mode's colour beside its band."""
     path = Path(path)
     panels = _panels(summary)
     if not panels:
@@ -111,6 +113,7 @@ def dashboard(summary: pd.DataFrame, path: str | Path, title: str = "", note: st
                 ax.errorbar(line["generation"], line["mean"], fmt="none", ecolor=style["color"], capsize=2,
                             yerr=[line["mean"] - sample_low, sample_high - line["mean"]], alpha=0.7)
         _reference_lines(ax, reference, metric, extractor)
+        _theory_lines(ax, theory, metric, series_keys, styles)
         ax.set_title(panel_title(metric, extractor), fontsize=10)
         ax.set_xlabel("generation")
         ax.grid(alpha=0.3)
@@ -147,6 +150,21 @@ def _reference_lines(ax: Axes, reference: pd.DataFrame | None, metric: str, extr
         label, color, dashes = REFERENCE_STYLE[kind]
         for value in rows["value"].astype(float).unique()[:1]:  # one line per panel (the first run's)
             ax.axhline(value, color=color, linestyle=dashes, linewidth=1.0, label=label)
+
+
+THEORY_LABEL = "closed form (theory.json)"
+
+
+def _theory_lines(ax: Axes, theory: pd.DataFrame | None, metric: str, series_keys: Sequence[tuple[str, str]],
+                  styles: dict[tuple[str, str], dict]) -> None:
+    """Each mode's closed form on its metric's panel: dotted, thin, in the mode's colour, no markers."""
+    if theory is None or theory.empty:
+        return
+    for run, mode in series_keys:
+        line = theory[(theory["metric"] == metric) & (theory["mode"] == mode)].sort_values("generation")
+        if not line.empty:
+            ax.plot(line["generation"], line["theory"], color=styles[(run, mode)]["color"], linestyle=(0, (1, 1)),
+                    linewidth=1.4, label=THEORY_LABEL)
 
 
 def class_heatmap(frame: pd.DataFrame, path: str | Path, metric: str, extractor: str) -> Path:

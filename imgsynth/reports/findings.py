@@ -15,7 +15,8 @@ step-down method (which controls the family-wise error rate under any dependence
 only adjusted values earn a significance mark. The *family* adjusted together is one run's overall
 comparisons (class ``all``: the headline findings), and, separately, each metric's per-class comparisons
 (``per-class fid[domain]``): per-class rows are exploratory, and pooling hundreds of them with the overall
-rows would bury the headline findings. ``findings.csv`` names each row's family in its ``family`` column.
+rows would bury the headline findings. An exact-theory run's rows of measured vs closed form (statistic
+``theory``) are a family of their own. ``findings.csv`` names each row's family in its ``family`` column.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from itertools import combinations
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -44,6 +45,14 @@ FINDINGS_COLUMNS = ["metric", "extractor", "class", "statistic", "generation", "
 ALPHA = 0.05
 ADJUSTMENT = "Holm"
 OVERALL_FAMILY = "overall"
+# Rows of measured vs closed form (exact-theory kinds only, so other runs' findings keep their columns):
+# statistic "theory", mean_difference = mean over seeds − theory, its t-interval, the one-sample t-test's
+# p-value, and the z-score (mean − theory) / (s/√n).
+THEORY_STATISTIC = "theory"
+THEORY_TEST = "one-sample t-test"
+THEORY_COLUMNS = ["theory", "z_score"]
+# Measured vs closed form asks another question than mode vs mode: its rows are their own Holm family.
+THEORY_FAMILY = "theory"
 
 
 @dataclass(frozen=True)
@@ -130,7 +139,9 @@ def adjust(table: pd.DataFrame) -> pd.DataFrame:
     """``table`` with ``family`` and ``p_adjusted`` (Holm within each family, and within each run when the
     table holds several) filled in."""
     table = table.copy()
-    table["family"] = [family_of(m, e, c) for m, e, c in zip(table["metric"], table["extractor"], table["class"])]
+    table["family"] = [THEORY_FAMILY if statistic == THEORY_STATISTIC else family_of(m, e, c)
+                       for m, e, c, statistic in zip(table["metric"], table["extractor"], table["class"],
+                                                     table["statistic"])]
     table["p_adjusted"] = np.nan
     groups = ["run", "family"] if "run" in table.columns else ["family"]
     for _, group in table.groupby(groups, sort=False):
@@ -182,9 +193,42 @@ def _finding(a: pd.Series, b: pd.Series, **fields: object) -> dict | None:
             "test": TEST_NAME if d.n >= 2 else "", "n_seeds": d.n}
 
 
-def findings(frame: pd.DataFrame) -> pd.DataFrame:
+def theory_frame(theory: Mapping[str, Any]) -> pd.DataFrame:
+    """``theory.json``'s derived expectations as rows (mode, generation, metric, theory); empty without any."""
+    records = [{"mode": mode, "generation": g, "metric": metric, "theory": float(value)}
+               for mode, entry in theory.get("modes", {}).items() if entry.get("derived")
+               for metric in theory.get("metrics", []) for g, value in enumerate(entry.get(metric, []))]
+    return pd.DataFrame.from_records(records, columns=["mode", "generation", "metric", "theory"])
+
+
+def theory_findings(frame: pd.DataFrame, theory: pd.DataFrame) -> pd.DataFrame:
+    """Measured vs closed form for every (mode, generation ≥ 1, metric) of ``theory``: the mean over seeds minus
+    the theory, its t-interval over seeds, the one-sample t-test and the z-score (difference over s/√n)."""
+    from scipy import stats
+
+    rows = []
+    for row in theory.itertuples(index=False):
+        if row.generation == 0:
+            continue  # generation 0 fits the real data itself: no spread over seeds to compare with
+        values = _per_seed(frame, row.mode, row.generation, (row.metric, "", "all")).dropna().to_numpy()
+        if not len(values):
+            continue
+        d = t_interval(values - row.theory)
+        spread = values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else math.nan
+        z = d.mean / spread if spread > 0 else math.nan
+        p = float(stats.ttest_1samp(values, row.theory).pvalue) if spread > 0 else math.nan
+        rows.append({"metric": row.metric, "extractor": "", "class": "all", "statistic": THEORY_STATISTIC,
+                     "generation": int(row.generation), "comparison": f"{row.mode}: measured − theory",
+                     "mean_difference": d.mean, "ci_low": d.low, "ci_high": d.high, "p_value": p,
+                     "test": THEORY_TEST if len(values) > 1 else "", "n_seeds": d.n, "theory": row.theory,
+                     "z_score": z})
+    return pd.DataFrame.from_records(rows, columns=FINDINGS_COLUMNS + THEORY_COLUMNS)
+
+
+def findings(frame: pd.DataFrame, theory: pd.DataFrame | None = None) -> pd.DataFrame:
     """Every metric (overall and per class) of one run: each pair of modes at the last generation and over the
-    whole curve (AUC), and each mode's change from generation 0 to the last generation."""
+    whole curve (AUC), and each mode's change from generation 0 to the last generation; with ``theory``
+    (:func:`theory_frame`) also every measurement that has a closed form against it (:func:`theory_findings`)."""
     rows: list[dict] = []
     frame = frame[~frame["metric"].isin(bookkeeping_metrics())]
     if frame.empty:
@@ -208,7 +252,12 @@ def findings(frame: pd.DataFrame) -> pd.DataFrame:
                              statistic="change", generation=last, comparison=f"{mode}: gen {last} − gen 0")
             if found:
                 rows.append(found)
-    return adjust(pd.DataFrame.from_records(rows, columns=FINDINGS_COLUMNS))[FINDINGS_COLUMNS]
+    table = pd.DataFrame.from_records(rows, columns=FINDINGS_COLUMNS)
+    columns = FINDINGS_COLUMNS
+    if theory is not None and not theory.empty:  # exact-theory runs: measured vs closed form, with z-scores
+        table = pd.concat([table, theory_findings(frame, theory)], ignore_index=True)
+        columns = FINDINGS_COLUMNS + THEORY_COLUMNS
+    return adjust(table)[columns]
 
 
 def _number(value: float) -> str:
@@ -236,6 +285,21 @@ def verdicts(table: pd.DataFrame) -> list[str]:
             lines.append(f"{comparison} {label} {where}: {_number(row['mean_difference'])} "
                          f"[{row['ci_low']:.3g}, {row['ci_high']:.3g}], p = {row['p_value']:.2g}{shown} "
                          f"({row['n_seeds']} seeds, {row['test']}){' *' if significant(row) else ''}")
+    return lines + theory_lines(table)
+
+
+def theory_lines(table: pd.DataFrame) -> list[str]:
+    """Measured vs closed form at the last generation, one line per (mode, metric), e.g. ``replace
+    fit_variance_ratio at gen 4: measured 0.727 [0.637, 0.816], closed form 0.815, z = -2.20 (12 seeds)``."""
+    lines: list[str] = []
+    if "z_score" in table.columns:  # measured vs closed form at the last generation
+        last = table[table["statistic"] == THEORY_STATISTIC]
+        last = last[last["generation"] == last["generation"].max()] if not last.empty else last
+        for _, row in last.iterrows():
+            measured = row["theory"] + row["mean_difference"]
+            lines.append(f"{row['comparison'].split(':')[0]} {row['metric']} at gen {row['generation']}: measured "
+                         f"{measured:.4g} [{row['theory'] + row['ci_low']:.4g}, {row['theory'] + row['ci_high']:.4g}], "
+                         f"closed form {row['theory']:.4g}, z = {row['z_score']:+.2f} ({row['n_seeds']} seeds)")
     return lines
 
 
@@ -285,4 +349,11 @@ def plain_findings(table: pd.DataFrame, limit: int = 12) -> list[str]:
     lines = [text for _, _, text in sorted(ranked, key=lambda r: (r[0], r[1]))]
     if len(lines) > limit:
         lines = lines[:limit] + [f"… and {len(lines) - limit} more headline comparisons in findings.csv"]
+    theory = table[table["statistic"] == THEORY_STATISTIC] if "z_score" in table.columns else table.iloc[:0]
+    if not theory.empty:  # an exact-theory run: how far the measurements lie from their closed forms
+        z = pd.to_numeric(theory["z_score"], errors="coerce").dropna()
+        flagged = int(theory.apply(significant, axis=1).sum())
+        lines.append(f"measured vs closed form: {len(theory)} comparisons, z from {z.min():+.2f} to {z.max():+.2f}, "
+                     f"{flagged} significant after {ADJUSTMENT} adjustment (rows 'theory' in findings.csv)"
+                     if len(z) else f"measured vs closed form: {len(theory)} comparisons (rows 'theory' in findings.csv)")
     return lines

@@ -110,7 +110,9 @@ def _write_model_info(out: Path, config: TrainConfig, data: Any, image_set: Imag
         "training_config": _jsonable(dataclasses.asdict(config)),
         "config_fingerprint": identity["config"],
         "parent": {"id": image_set.id, "path": os.path.relpath(image_set.root, out), "kind": image_set.kind,
-                   "num_images": len(image_set)},
+                   "num_images": len(image_set),
+                   # only for a set with training weights, so an unweighted model's file stays as it was
+                   **({"training_weights_sha256": identity["weights"]} if "weights" in identity else {})},
         "weights": WEIGHTS_FILE,
         "weights_sha256": sha256_file(ModelLayout.of(out).weights),
         "stats": dict(stats),

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from imgsynth.compute import fast_matmul, resolve_device
-from imgsynth.imageset import ImageSet, ImageSetError
+from imgsynth.imageset import ImageSet, ImageSetError, weights_digest
 from imgsynth.locking import folder_lock
 from imgsynth.notes import Note
 from imgsynth.pipelines import device as devices
@@ -47,6 +47,7 @@ class TrainingData:
     classes: list[str]
     class_captions: dict[str, str]
     mode: str
+    weights: torch.Tensor | None = None  # training weights (the set's ``weight`` column), None: unweighted
 
 
 def load_training_data(image_set: ImageSet, config: TrainConfig) -> TrainingData:
@@ -83,8 +84,9 @@ def load_training_data(image_set: ImageSet, config: TrainConfig) -> TrainingData
     for record in image_set.records:
         captions[record.label][record.caption] += 1
     class_captions = {c: (next(iter(n)) if len(n) == 1 and next(iter(n)) else f"a {c}") for c, n in captions.items()}
+    weights = image_set.weights
     return TrainingData(images, torch.tensor(image_set.labels, dtype=torch.long), image_set.classes,
-                        class_captions, mode)
+                        class_captions, mode, None if weights is None else torch.from_numpy(weights))
 
 
 def _derived_seed(*parts: Any) -> int:
@@ -120,6 +122,18 @@ class BatchOrder:
             epoch, offset = epoch + 1, 0
         return torch.cat(parts)
 
+
+class WeightedBatchOrder:
+    """Step ``s``'s batch for a set with training weights: ``batch_size`` images drawn with replacement, each
+    with probability w / Σw (``torch.multinomial``), from a generator seeded by (seed, step) alone, so a
+    resumed run draws exactly the batches the killed one would have."""
+
+    def __init__(self, weights: torch.Tensor, batch_size: int, seed: int) -> None:
+        self.weights, self.batch_size, self.seed = weights.double(), batch_size, seed
+
+    def indices(self, step: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(_derived_seed(self.seed, "weighted-batch", step))
+        return torch.multinomial(self.weights, self.batch_size, replacement=True, generator=generator)
 
 
 class Checkpoints:
@@ -274,9 +288,14 @@ def _train(image_set: ImageSet | str | os.PathLike, out_dir: str | os.PathLike, 
         image_set = ImageSet.open(image_set)
     out = Path(out_dir).absolute()
     identity = {"training_set": image_set.id, "config": config.fingerprint()}
+    weights = image_set.weights
+    if weights is not None:  # a set's id covers images and labels, not their weights
+        identity["weights"] = weights_digest(weights)
     if (out / MODEL_FILE).is_file():
         done = read_model_info(out)
-        if done.get("parent", {}).get("id") == image_set.id and done.get("config_fingerprint") == identity["config"]:
+        parent = done.get("parent", {})
+        if parent.get("id") == image_set.id and done.get("config_fingerprint") == identity["config"] \
+                and parent.get("training_weights_sha256") == identity.get("weights"):
             check_weights(ModelLayout.of(out), done)  # damaged weights are not a finished model
             return out
         raise ValueError(f"{out}: already holds a model trained on another set or with another config; "
@@ -333,7 +352,9 @@ def _fit(data: TrainingData, out: Path, config: TrainConfig, identity: Mapping[s
     on_gpu = device.type == "cuda"
     images = data.images.to(device) if on_gpu and data.images.numel() < 2**31 else data.images
     labels = data.labels.to(images.device)
-    order = BatchOrder(len(images), config.batch_size, config.seed)
+    # A weighted set draws its batches with the weights' probabilities; an unweighted one as it always has.
+    order = (BatchOrder(len(images), config.batch_size, config.seed) if data.weights is None
+             else WeightedBatchOrder(data.weights, config.batch_size, config.seed))
     bar = tqdm(total=config.steps, initial=start, disable=not (progress and main), desc=f"train {config.preset}",
                unit="step", dynamic_ncols=True)
     smoothed = None

@@ -183,7 +183,7 @@ def test_findings_give_measured_vs_closed_form_with_a_z_score_and_the_dashboard_
 
     from imgsynth.experiments.run import RunFolder
     from imgsynth.reports.figures import THEORY_LABEL, dashboard
-    from imgsynth.reports.findings import findings, seed_summary, theory_frame, verdicts
+    from imgsynth.reports.findings import findings, plain_findings, seed_summary, theory_frame, verdicts
 
     values = {0: [0.0, 0.0, 0.0, 0.0], 1: [0.11, 0.09, 0.12, 0.10]}
     frame = pd.DataFrame([{"run": "r", "seed": s, "mode": "augment", "generation": g, "class": "all",
@@ -197,6 +197,12 @@ def test_findings_give_measured_vs_closed_form_with_a_z_score_and_the_dashboard_
     assert row["z_score"] == pytest.approx((measured.mean() - 0.1) / (measured.std(ddof=1) / 2))
     assert row["p_value"] == pytest.approx(stats.ttest_1samp(measured, 0.1).pvalue)
     assert any("closed form 0.1, z = +0.77" in line for line in verdicts(table))
+    # measured vs closed form is its own Holm family, not pooled with the mode-vs-mode headline comparisons
+    assert set(table.loc[table["statistic"] == "theory", "family"]) == {"theory"}
+    assert "theory" not in set(table.loc[table["statistic"] != "theory", "family"])
+    assert row["p_adjusted"] == pytest.approx(row["p_value"])  # the family's only test
+    assert any(line.startswith("measured vs closed form: 1 comparisons, z from +0.77 to +0.77")
+               for line in plain_findings(table))
     assert "z_score" not in findings(frame).columns  # runs without a closed form keep their columns
     drawn = []
     import matplotlib.axes

@@ -113,3 +113,20 @@ def test_heat_map_cell_and_curve_point_open_that_generations_samples(page):
     page.click("svg.curve circle[data-drill='replace|1|all']")
     assert page.inner_text("#drill h3") == "replace, generation 1"
     assert page.eval_on_selector_all("#drill img", "imgs => imgs.map(i => i.alt)") == CLASSES
+
+
+def test_a_run_named_by_a_relative_path_gets_its_report_and_lineage(tmp_path, monkeypatch):
+    """``imgsynth run`` names its folder relative to the working directory (runs/NAME) while sets resolve their
+    roots: the lineage drawing still gives each set's place inside the run (no browser needed)."""
+    from pathlib import Path
+
+    run = _run(tmp_path)
+    writer = ImageSetWriter(run / "real" / "train", CLASSES, kind="real")
+    writer.write_all(Sample(Image.fromarray(np.full((8, 8), 10 * i, np.uint8)), label, image_id=f"{label}-{i:06d}")
+                     for label in CLASSES for i in range(3))
+    writer.finalize()
+    monkeypatch.chdir(tmp_path)
+    text = build_reports(Path("fake"))["report.html"].read_text()
+    # (the fake chains' sets are alike, so each set id is drawn once: at its first place, seed 0)
+    assert "seed_0/gen_0/samples" in text and "seed_0/replace/gen_2/samples" in text
+    assert str(tmp_path) not in text  # places inside the run, not this machine's paths

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
 import json
 import math
 from pathlib import Path
@@ -412,7 +413,7 @@ def lineage_nodes(folder: RunFolder) -> tuple[list[dict[str, Any]], list[tuple[s
         if base is None:
             row += len(folder.modes)
             continue
-        base_key = node(base.id, f"seed {seed} gen 0", base.manifest, 2, row, str(base.root.relative_to(folder.root)))
+        base_key = node(base.id, f"seed {seed} gen 0", base.manifest, 2, row, os.path.relpath(base.root, folder.root))
         edges.append((real_key, base_key, "solid"))
         for mode in folder.modes:
             previous = base_key
@@ -420,7 +421,7 @@ def lineage_nodes(folder: RunFolder) -> tuple[list[dict[str, Any]], list[tuple[s
                 out = folder.output(GenerationKey(seed, mode, k))
                 if out is None:
                     break
-                key = node(out.id, f"{mode} gen {k}", out.manifest, 2 + k, row, str(out.root.relative_to(folder.root)))
+                key = node(out.id, f"{mode} gen {k}", out.manifest, 2 + k, row, os.path.relpath(out.root, folder.root))
                 edges.append((previous, key, "solid"))
                 train = _manifest(folder.generation_dir(GenerationKey(seed, mode, k)) / "train_set")
                 parents = {str(p.get("id")) for p in (train or {}).get("parents") or []}

@@ -18,7 +18,7 @@ from imgsynth.classifier import (
     Augmentation, ClassifierConfig, ClassifierError, classification_scores, evaluate_classifier,
     load_classifier, penultimate_features, predict, train_classifier,
 )
-from imgsynth.imageset import ImageSet
+from imgsynth.imageset import ImageSet, ImageSetWriter, Sample, concatenate
 
 
 @pytest.fixture(scope="module")
@@ -288,3 +288,103 @@ def test_too_small_a_set_or_batch_says_the_minimum(digits_sets, tmp_path):
         train_classifier(two, tmp_path / "b", ClassifierConfig(epochs=1, batch_size=1, image_size=8),
                          progress=False)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+# ------------------------------------------------------------------------------------------ training weights
+
+@pytest.fixture(scope="module")
+def mislabelled(digits_sets, tmp_path_factory) -> tuple[ImageSet, ImageSet, ImageSet]:
+    """(right, weighted, plain): 30 images per digit with their labels; the same joined to 30 more per digit
+    all labelled "0", the wrong half weighing 0; and that joined set again without a weight column."""
+    train, _ = digits_sets
+    root = tmp_path_factory.mktemp("weights")
+    right = train.subset([i for c in train.classes for i in train.indices_of_class(c)[:30]], root / "right")
+    writer = ImageSetWriter(root / "wrong", train.classes, kind="real", license="cc0-1.0")
+    writer.write_all(Sample(train.load_image(i), "0", image_id=f"wrong-{i}")
+                     for c in train.classes for i in train.indices_of_class(c)[30:60])
+    wrong = writer.finalize()
+    weighted = concatenate([right, wrong], root / "weighted", weights=[1.0, 0.0])
+    return right, weighted, concatenate([right, wrong], root / "plain")
+
+
+LEARN = dict(epochs=4, width=8, batch_size=32)
+
+
+def test_use_weights_learns_only_from_the_images_that_weigh(mislabelled, digits_sets, tmp_path):
+    _, test = digits_sets
+    right, weighted, _ = mislabelled
+    accuracy = {name: evaluate_classifier(train_classifier(train_set, tmp_path / name, ClassifierConfig(
+        use_weights=use, **LEARN), progress=False), test).accuracy
+        for name, train_set, use in (("right", right, False), ("weighted", weighted, True),
+                                     ("ignored", weighted, False))}
+    # The mislabelled half weighs 0: trained on it with use_weights, the classifier scores as one trained on
+    # the right half alone (BatchNorm still sees every image, hence the margin); ignoring the weights, it
+    # learns that half of everything is a "0".
+    assert accuracy["weighted"] >= accuracy["right"] - 0.1, accuracy
+    assert accuracy["weighted"] > accuracy["ignored"] + 0.15, accuracy
+    metadata = json.loads((tmp_path / "weighted" / "classifier.json").read_text())
+    assert metadata["config"]["use_weights"] is True and len(metadata["training_set"]["weights_sha256"]) == 64
+    assert load_classifier(tmp_path / "weighted").config.use_weights
+
+
+def test_without_use_weights_a_weighted_set_trains_as_one_without_weights(mislabelled, tmp_path):
+    _, weighted, plain = mislabelled
+    ignored = train_classifier(weighted, tmp_path / "ignored", ClassifierConfig(**TINY), progress=False)
+    unweighted = train_classifier(plain, tmp_path / "plain", ClassifierConfig(**TINY), progress=False)
+    a, b = (load_classifier(p, device="cpu").model.state_dict() for p in (ignored, unweighted))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    metadata = json.loads((ignored / "classifier.json").read_text())
+    # The checkpoint says what it always said: no use_weights key, no weights digest.
+    assert "use_weights" not in metadata["config"] and "weights_sha256" not in metadata["training_set"]
+    assert load_classifier(ignored).config.use_weights is False
+
+
+def test_weighted_streamed_training_matches_in_memory_training(mislabelled, tmp_path, monkeypatch):
+    from imgsynth.classifier import training
+
+    _, weighted, _ = mislabelled
+    config = ClassifierConfig(use_weights=True, **TINY)
+    cached = train_classifier(weighted, tmp_path / "cached", config, progress=False)
+    monkeypatch.setattr(training, "CACHE_LIMIT_BYTES", 0)
+    streamed = train_classifier(weighted, tmp_path / "streamed", config, progress=False)
+    a, b = (load_classifier(p, device="cpu").model.state_dict() for p in (cached, streamed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_use_weights_on_a_set_without_weights_is_refused(small_train, tmp_path, run_cli):
+    with pytest.raises(ClassifierError, match=r"use_weights: .*train has no weight column"):
+        train_classifier(small_train, tmp_path / "a", ClassifierConfig(use_weights=True, **TINY), progress=False)
+    code, _, err = run_cli("classify", "train", small_train.root, tmp_path / "b", "--use-weights", "--epochs", "1",
+                           "--no-progress")
+    assert code != 0 and "has no weight column" in err and "Traceback" not in err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b" / "classifier.json").exists()
+
+
+def test_the_weighted_loss_is_the_weighted_mean_of_the_cross_entropies():
+    from imgsynth.classifier.training import weighted_cross_entropy
+
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3], [-1.0, 3.0, 0.0], [0.0, 0.0, 0.0]])
+    labels = torch.tensor([0, 2, 0, 1])
+    weights = torch.tensor([1.0, 3.0, 0.0, 0.5], dtype=torch.float64)
+    ce = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    expected = (1.0 * ce[0] + 3.0 * ce[1] + 0.5 * ce[3]) / 4.5
+    assert weighted_cross_entropy(logits, labels, weights) == pytest.approx(float(expected), rel=1e-6)
+    # Equal weights are the plain mean, whatever their scale.
+    assert weighted_cross_entropy(logits, labels, torch.full((4,), 7.0)) == pytest.approx(float(ce.mean()), rel=1e-6)
+    smoothed = torch.nn.functional.cross_entropy(logits, labels, reduction="none", label_smoothing=0.1)
+    assert weighted_cross_entropy(logits, labels, weights, 0.1) == pytest.approx(
+        float((weights.float() * smoothed).sum() / 4.5), rel=1e-6)
+
+
+def test_a_batch_of_only_zero_weight_images_is_skipped(digits_sets, tmp_path):
+    train, _ = digits_sets
+    two = [train.indices_of_class("3")[:2], train.indices_of_class("5")[:2]]
+    weighted = concatenate([train, train], tmp_path / "set", indices=two, weights=[1.0, 0.0])
+    config = ClassifierConfig(epochs=4, batch_size=2, width=4, augment=False, use_weights=True)
+    # The seeded shuffles put both zero-weight images in one batch in some epochs (checked, not assumed).
+    shuffle = torch.Generator().manual_seed(config.seed)
+    halves = [set(torch.randperm(4, generator=shuffle)[:2].tolist()) for _ in range(config.epochs)]
+    assert {0, 1} in halves or {2, 3} in halves
+    info = json.loads((train_classifier(weighted, tmp_path / "clf", config, progress=False)
+                       / "classifier.json").read_text())
+    assert all(np.isfinite(epoch["loss"]) and 0 <= epoch["accuracy"] <= 1 for epoch in info["training"]["epochs"])

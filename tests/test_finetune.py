@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgsynth.imageset import ImageSet, ImageSetWriter, Sample
-from imgsynth.pipelines.finetune import INFO_FILE, WEIGHTS_FILE, LoraConfig, finetune_lora
+from imgsynth.imageset import ImageSet, ImageSetWriter, Sample, concatenate
+from imgsynth.pipelines.finetune import INFO_FILE, WEIGHTS_FILE, LoraConfig, finetune_lora, weighted_batches
 from imgsynth.pipelines.text2image import Text2ImageRenderer, generate_text2image
 from imgsynth.provenance import lineage
 
@@ -116,6 +116,102 @@ def test_a_killed_training_resumes_from_its_checkpoint_to_the_same_weights(lora,
     assert all((first[k] == resumed[k]).all() for k in first)
     assert json.loads((out / INFO_FILE).read_text())["losses"] == json.loads((lora / INFO_FILE).read_text())["losses"]
     assert not (out / "checkpoint.pt").exists()
+
+
+# ------------------------------------------------------------------------------------------ training weights
+
+class _Recording(ImageSet):
+    """An ImageSet that notes which images are read (the LoRA trainer reads exactly its batches' images)."""
+
+    loaded: list[int]
+
+    def load_image(self, index: int) -> Image.Image:
+        self.loaded.append(index)
+        return super().load_image(index)
+
+
+def _halves(train_set: ImageSet, out: Path, weights: list[float] | None) -> _Recording:
+    """``train_set`` with images 0, 1 (one per class) weighted ``weights[0]`` and 2, 3 ``weights[1]``."""
+    concatenate([train_set, train_set], out, indices=[[0, 1], [2, 3]], weights=weights)
+    opened = _Recording.open(out)
+    opened.loaded = []
+    return opened
+
+
+@pytest.fixture(scope="module")
+def weighted(tiny_text2image, train_set, tmp_path_factory) -> tuple[_Recording, Path]:
+    """The set with weight 0 on images 2, 3, and its LoRA trained with the reads recorded."""
+    folder = tmp_path_factory.mktemp("weighted")
+    image_set = _halves(train_set, folder / "set", [1.0, 0.0])
+    return image_set, finetune_lora(tiny_text2image, image_set, folder / "lora", CONFIG, device="cpu",
+                                    progress=False)
+
+
+def test_a_weighted_lora_trains_only_on_the_images_its_weights_draw(weighted):
+    image_set, lora = weighted
+    order = weighted_batches(image_set, CONFIG)
+    drawn = [i for step in range(CONFIG.steps) for i in order.indices(step).tolist()]
+    assert image_set.loaded == drawn, "finetune_lora reads exactly the batches weighted_batches draws"
+    assert set(drawn) <= {0, 1}, "weight 0: never drawn"
+    info = json.loads((lora / INFO_FILE).read_text())
+    assert len(info["train_set"]["weights_sha256"]) == 64
+
+
+def test_weighted_batches_follow_the_weights_probabilities_and_only_seed_and_step(train_set, tmp_path):
+    from scipy import stats
+
+    image_set = _halves(train_set, tmp_path / "set", [3.0, 1.0])
+    config = LoraConfig(batch_size=50, seed=5)
+    order = weighted_batches(image_set, config)
+    drawn = np.concatenate([order.indices(step).numpy() for step in range(200)])
+    heavy = int(np.isin(drawn, [0, 1]).sum())  # images 0, 1 carry 3 + 3 of the total weight 8
+    assert stats.binom(len(drawn), 6 / 8).cdf(heavy) > 1e-4 and stats.binom(len(drawn), 6 / 8).sf(heavy) > 1e-4
+    assert np.array_equal(order.indices(17), weighted_batches(image_set, config).indices(17))
+    assert weighted_batches(train_set, config) is None  # a set without weights trains on permutations
+
+
+def test_an_unweighted_lora_records_no_weights_and_is_not_taken_for_a_weighted_one(lora, weighted, tiny_text2image,
+                                                                                    train_set, tmp_path):
+    from safetensors.torch import load_file
+
+    assert "weights_sha256" not in json.loads((lora / INFO_FILE).read_text())["train_set"]
+    image_set, weighted_lora = weighted
+    plain = _halves(train_set, tmp_path / "plain", None)
+    assert plain.id == image_set.id, "the set's id does not cover its weights: the LoRA's identity must"
+    with pytest.raises(ValueError, match="already holds a LoRA trained with other settings"):
+        finetune_lora(tiny_text2image, plain, weighted_lora, CONFIG, device="cpu", progress=False)
+    other = _halves(train_set, tmp_path / "other", [1.0, 2.0])
+    with pytest.raises(ValueError, match="already holds a LoRA trained with other settings"):
+        finetune_lora(tiny_text2image, other, weighted_lora, CONFIG, device="cpu", progress=False)
+    # The unweighted set's LoRA is that of the original four images (the same permutations, the same weights).
+    again = finetune_lora(tiny_text2image, plain, tmp_path / "plain-lora", CONFIG, device="cpu", progress=False)
+    first, second = load_file(lora / WEIGHTS_FILE), load_file(again / WEIGHTS_FILE)
+    assert all((first[k] == second[k]).all() for k in first)
+
+
+def test_a_killed_weighted_training_resumes_to_the_same_weights(weighted, tiny_text2image, train_set, tmp_path):
+    from safetensors.torch import load_file
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_last_step(step: int, loss: float) -> None:
+        if step == CONFIG.steps:
+            raise Killed
+
+    image_set, uninterrupted = weighted
+    again = _halves(train_set, tmp_path / "set", [1.0, 0.0])
+    out = tmp_path / "resumed"
+    with pytest.raises(Killed):
+        finetune_lora(tiny_text2image, again, out, CONFIG, device="cpu", checkpoint_every=2,
+                      on_step=kill_at_last_step, progress=False)
+    again.loaded.clear()
+    finetune_lora(tiny_text2image, again, out, CONFIG, device="cpu", checkpoint_every=2, progress=False)
+    assert again.loaded == weighted_batches(again, CONFIG).indices(CONFIG.steps - 1).tolist()
+    first, resumed = load_file(uninterrupted / WEIGHTS_FILE), load_file(out / WEIGHTS_FILE)
+    assert all((first[k] == resumed[k]).all() for k in first)
+    losses = [json.loads((folder / INFO_FILE).read_text())["losses"] for folder in (uninterrupted, out)]
+    assert losses[0] == losses[1]
 
 
 # --------------------------------------------------------------------------------------------- bad input

@@ -159,6 +159,13 @@ def test_fields_that_must_agree_with_each_other_are_checked_together(values, mes
         recipe_from_dict(values)
 
 
+def test_classifier_use_weights_is_a_declared_boolean_off_by_default():
+    assert recipe_from_dict({}).classifier.use_weights is False
+    assert recipe_from_dict({"classifier": {"use_weights": True}}).classifier.use_weights is True
+    with pytest.raises(RecipeError, match=r"use_weights = 'yes' should be bool"):
+        recipe_from_dict({"classifier": {"use_weights": "yes"}})
+
+
 def test_every_numeric_field_of_every_section_has_a_range():
     sections = {"": config.Recipe, **config._SECTIONS}
     for section, cls in sections.items():

@@ -19,6 +19,8 @@ class ClassifierConfig:
     affine augmentation. Torchvision models trained from scratch usually want a lower ``lr`` (1e-3).
     ``width`` applies to ``resnet18_small`` only; ``image_size`` (square) overrides the input size, which is
     otherwise the training set's for ``resnet18_small`` and the model's native one for torchvision models.
+    ``use_weights`` trains on the weighted mean of each batch's cross-entropy by the set's training weights
+    (its ``weight`` column; a set without one is refused); off, the weights are ignored.
     """
 
     arch: str = SMALL_RESNET
@@ -34,6 +36,7 @@ class ClassifierConfig:
     hflip: bool = False
     label_smoothing: float = 0.0
     num_workers: int = 0
+    use_weights: bool = False
 
     def __post_init__(self) -> None:
         check_arch(self.arch)

@@ -3,6 +3,8 @@
 Small sets are decoded once into a uint8 tensor at the model's input size and shuffled by index; sets too
 large for that are streamed through a ``DataLoader``. Augmentation runs per batch on the training device
 with its own seeded generator, so neither worker processes nor the device change the random stream.
+With ``use_weights`` each batch carries its images' training weights and the loss is their weighted mean
+cross-entropy (``weighted_cross_entropy``); without it a set's weights are ignored.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from imgsynth.compute import resolve_device
 from imgsynth.classifier.config import ClassifierConfig
 from imgsynth.locking import locks_output
 from imgsynth.classifier.preprocessing import Augmentation, Preprocessing, channel_statistics, pil_to_uint8
-from imgsynth.imageset import ImageSet
+from imgsynth.imageset import ImageSet, weights_digest
 from imgsynth.provenance import software_versions
 
 # Decode the whole training set into memory when it takes at most this much (uint8 at input size).
@@ -63,6 +65,10 @@ def train_classifier(train_set: ImageSet | str | os.PathLike, out_dir: str | os.
     if len(train_set) < 2:
         raise ClassifierError(f"{train_set.root}: {len(train_set)} image is too few to train a classifier; it "
                               "needs at least 2 images")
+    weights = train_set.weights if config.use_weights else None
+    if config.use_weights and weights is None:
+        raise ClassifierError(f"classifier use_weights: {train_set.root} has no weight column (training weights); "
+                              "train without use_weights, or give the set a 'weight' on every row")
     device = resolve_device(config.device)
     mode, size = input_geometry(train_set, config)
     data = TrainingImages(train_set, mode, size, config, progress)
@@ -76,16 +82,22 @@ def train_classifier(train_set: ImageSet | str | os.PathLike, out_dir: str | os.
     seconds = time.perf_counter() - started
 
     model = model.cpu().to(memory_format=torch.contiguous_format).eval()
+    stored_config = asdict(config)
+    training_set = {"id": train_set.id, "path": str(train_set.root), "kind": train_set.kind,
+                    "num_images": len(train_set), "counts": train_set.counts}
+    if weights is None:  # a checkpoint trained without weights keeps exactly the metadata it always had
+        stored_config.pop("use_weights")
+    else:  # a set's id covers its images and labels, not their weights
+        training_set["weights_sha256"] = weights_digest(weights)
     metadata = {
         "format_version": FORMAT_VERSION,
         "classes": train_set.classes,
         "model": {"arch": config.arch, "num_classes": len(train_set.classes), "in_channels": preprocessing.channels,
                   "width": config.width if is_small_arch(config.arch) else None,
                   "feature_dim": classification_head(model).in_features},
-        "config": asdict(config),
+        "config": stored_config,
         "preprocessing": preprocessing.to_dict(),
-        "training_set": {"id": train_set.id, "path": str(train_set.root), "kind": train_set.kind,
-                         "num_images": len(train_set), "counts": train_set.counts},
+        "training_set": training_set,
         "training": {"epochs": history, "final_loss": history[-1]["loss"],
                      "final_accuracy": history[-1]["accuracy"], "steps": data.steps_per_epoch * config.epochs,
                      "seconds": round(seconds, 3), "device": str(device), "threads": torch.get_num_threads()},
@@ -112,8 +124,13 @@ def input_geometry(train_set: ImageSet, config: ClassifierConfig) -> tuple[str, 
     return ("L" if stored_mode == "L" else "RGB"), size
 
 
+# One batch: uint8 images, labels, and the images' training weights (None when training ignores weights).
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
+
+
 class TrainingImages:
-    """The training set as uint8 batches at input size, reshuffled each epoch by a seeded generator."""
+    """The training set as uint8 batches at input size, reshuffled each epoch by a seeded generator; with
+    ``config.use_weights``, each batch carries its images' training weights."""
 
     def __init__(self, image_set: ImageSet, mode: str, size: tuple[int, int], config: ClassifierConfig,
                  progress: bool = False) -> None:
@@ -121,6 +138,8 @@ class TrainingImages:
         self.config = config
         self.to_uint8 = functools.partial(pil_to_uint8, mode=mode, size=size)
         self.labels = torch.tensor(image_set.labels, dtype=torch.long)
+        weights = image_set.weights if config.use_weights else None
+        self.weights = None if weights is None else torch.from_numpy(weights)
         self.batch_size = min(config.batch_size, len(image_set))
         # Whole batches only: a last batch of one image would break BatchNorm and skew the loss.
         self.steps_per_epoch = len(image_set) // self.batch_size
@@ -139,19 +158,35 @@ class TrainingImages:
         sample = rng.choice(len(self.image_set), size=min(STATISTICS_SAMPLE, len(self.image_set)), replace=False)
         return channel_statistics(torch.stack([self.to_uint8(self.image_set.load_image(int(i))) for i in sample]))
 
-    def batches(self, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """One epoch of (uint8 images, labels) batches; in memory and streamed sets see the same order."""
+    def batches(self, generator: torch.Generator) -> Iterator[Batch]:
+        """One epoch of (uint8 images, labels, weights or None) batches; in memory and streamed sets see the
+        same order."""
         order = torch.randperm(len(self.labels), generator=generator)
         steps = [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(self.steps_per_epoch)]
         if self.images is not None:
             for index in steps:
-                yield self.images[index], self.labels[index]
+                yield self.images[index], self.labels[index], self._weights_of(index)
             return
         loader = torch.utils.data.DataLoader(
             self.image_set.with_transform(self.to_uint8), batch_sampler=[s.tolist() for s in steps],
             num_workers=self.config.num_workers, pin_memory=torch.cuda.is_available())
-        for images, labels, _captions in loader:
-            yield images, labels
+        # The loader keeps the batch sampler's order, so its batches pair with ``steps`` one for one.
+        for (images, labels, _captions), index in zip(loader, steps):
+            yield images, labels, self._weights_of(index)
+
+    def _weights_of(self, index: torch.Tensor) -> torch.Tensor | None:
+        return None if self.weights is None else self.weights[index]
+
+
+def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
+                           label_smoothing: float = 0.0) -> torch.Tensor:
+    """Σ w_i · ce_i / Σ w_i over a batch: its images' cross-entropies weighted by their training weights.
+
+    The caller skips a batch whose weights sum to 0 (it has nothing to learn from), so no 0/0 arises here.
+    """
+    losses = F.cross_entropy(logits, labels, reduction="none", label_smoothing=label_smoothing)
+    weights = weights.to(losses.device, losses.dtype)
+    return (weights * losses).sum() / weights.sum()
 
 
 def fit(model: nn.Module, data: TrainingImages, preprocessing: Preprocessing, config: ClassifierConfig,
@@ -159,7 +194,9 @@ def fit(model: nn.Module, data: TrainingImages, preprocessing: Preprocessing, co
     """The training loop: AdamW + LR schedule, optional augmentation; returns per-epoch loss and accuracy.
 
     The schedule is one-cycle peaking at ``config.lr`` (``learning_rate_schedule``), or constant at
-    ``config.lr`` for runs of fewer than ``MIN_ONE_CYCLE_STEPS`` optimizer steps.
+    ``config.lr`` for runs of fewer than ``MIN_ONE_CYCLE_STEPS`` optimizer steps. With training weights the
+    loss is ``weighted_cross_entropy``, the history's loss and accuracy are weighted means, and a batch of
+    weight 0 is skipped (no optimizer or schedule step).
     """
     cuda = device.type == "cuda"
     model.to(device)
@@ -183,7 +220,10 @@ def fit(model: nn.Module, data: TrainingImages, preprocessing: Preprocessing, co
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
-        for images, labels in data.batches(shuffle_generator):
+        for images, labels, weights in data.batches(shuffle_generator):
+            if weights is not None and not weights.sum() > 0:
+                bar.update(1)
+                continue  # only zero-weight images: nothing to learn from, so no step either
             x = images.to(device, non_blocking=True).float().div_(255.0)
             y = labels.to(device, non_blocking=True)
             if augment is not None:
@@ -193,17 +233,27 @@ def fit(model: nn.Module, data: TrainingImages, preprocessing: Preprocessing, co
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast:
                 logits = logits_of(_forward(model, x, config))
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+            if weights is None:
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+            else:
+                loss = weighted_cross_entropy(logits.float(), y, weights, config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.detach().argmax(dim=1) == y).sum()
-            seen += len(y)
+            if weights is None:
+                loss_sum += loss.detach() * len(y)
+                correct += (logits.detach().argmax(dim=1) == y).sum()
+                seen += len(y)
+            else:  # the history describes the loss that was optimised: weighted means over the epoch
+                w = weights.to(device, torch.float32)
+                loss_sum += loss.detach() * w.sum()
+                correct = correct + ((logits.detach().argmax(dim=1) == y) * w).sum()
+                seen += float(weights.sum())
             bar.update(1)
             if bar.n % 10 == 0 or bar.n == total_steps:  # .item() syncs the GPU; not every step
                 bar.set_postfix(epoch=epoch, loss=f"{loss_sum.item() / seen:.4f}")
+        seen = seen or 1  # an epoch whose every batch weighed 0 trained on nothing: loss and accuracy 0
         history.append({"epoch": epoch, "loss": round(loss_sum.item() / seen, 6),
                         "accuracy": round(correct.item() / seen, 6)})
     bar.close()

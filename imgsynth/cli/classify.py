@@ -29,6 +29,8 @@ def train_command(
                                                  f"{LIBRARY_DEFAULTS['width']})."),
     image_size: Optional[int] = typer.Option(None, help="Square input size (default: the set's, or the model's)."),
     augment: bool = typer.Option(True, help="Light affine augmentation."),
+    use_weights: bool = typer.Option(False, help="Weigh each image's loss by the set's training weights (its "
+                                                 "'weight' column); without it they are ignored."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 … (default: cuda if available)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
@@ -41,7 +43,7 @@ def train_command(
 
     claim_output(out, CLASSIFIER, [train_set])
     options = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "width": width, "image_size": image_size}
-    config = ClassifierConfig(arch=arch, seed=seed, augment=augment, device=device,
+    config = ClassifierConfig(arch=arch, seed=seed, augment=augment, device=device, use_weights=use_weights,
                               **{k: v for k, v in options.items() if v is not None})
     checkpoint = train_classifier(train_set, out, config, progress=progress)
     training = read_json_object(checkpoint / "classifier.json")["training"]

@@ -200,13 +200,19 @@ class MetricsConfig:
 
 @dataclass
 class ClassifierSettings:
-    """The classifier trained on every generation's samples and scored on the real test set (CAS)."""
+    """The classifier trained on every generation's samples and scored on the real test set (CAS).
+
+    ``use_weights``: the classifiers weigh their loss by a training set's weights (its ``weight`` column); the
+    real training set must then carry them (the reference classifier refuses one without), while generated
+    samples, which never do, train unweighted.
+    """
 
     arch: str = "resnet18_small"
     epochs: int = 4
     batch_size: int = 128
     lr: float | None = None
     enabled: bool = True
+    use_weights: bool = False
 
 
 @dataclass

@@ -515,7 +515,8 @@ class Experiment:
         if (out / "classifier.json").is_file():
             return out
         _log("training the reference classifier on real data (the 'domain' feature extractor)", NORMAL)
-        return self._train_classifier(full_train, out, seed=self.recipe.seed)
+        return self._train_classifier(full_train, out, seed=self.recipe.seed,
+                                      use_weights=self.recipe.classifier.use_weights)
 
     def _reference_checkpoint(self) -> Path | None:
         """The reference classifier the parent trained before any task ran (None when nothing needs it)."""
@@ -547,12 +548,13 @@ class Experiment:
         write_json_atomic(self.folder.reference_path, {"candidate": "real/train", "reference": "real/test",
                                                          **extra, "rows": rows}, indent=2)
 
-    def _train_classifier(self, train_set: ImageSet, out: Path, seed: int) -> Path:
+    def _train_classifier(self, train_set: ImageSet, out: Path, seed: int, use_weights: bool = False) -> Path:
         from imgsynth.classifier import ClassifierConfig, train_classifier
 
         s = self.recipe.classifier
         overrides = {"lr": s.lr} if s.lr is not None else {}
-        config = ClassifierConfig(arch=s.arch, epochs=s.epochs, batch_size=s.batch_size, seed=seed, **overrides)
+        config = ClassifierConfig(arch=s.arch, epochs=s.epochs, batch_size=s.batch_size, seed=seed,
+                                  use_weights=use_weights, **overrides)
         return train_classifier(train_set, out, config, progress=False)
 
     def _extractor_names(self, reference_ckpt: Path | None) -> list[str]:
@@ -600,7 +602,9 @@ class Experiment:
         self.stage_hook("classifier", key)
         ckpt = folder / "classifier"
         if not (ckpt / "classifier.json").is_file():
-            ckpt = self._train_classifier(samples, ckpt, seed=key.seed)
+            # Generated samples carry no training weights: [classifier] use_weights applies where there are some.
+            weighted = self.recipe.classifier.use_weights and samples.weights is not None
+            ckpt = self._train_classifier(samples, ckpt, seed=key.seed, use_weights=weighted)
         return self._scored(ckpt, real_test, folder / "classifier_report")
 
     def _scored(self, ckpt: Path, real_test: ImageSet, report_dir: Path | None) -> list[dict[str, Any]]:

@@ -9,6 +9,10 @@ safetensors, so ``pipe.load_lora_weights(out)`` and ``imgsynth generate --lora O
 ``imgsynth_lora.json`` recording the base model, its weights hash and the training set, so generated
 sets can trace their lineage through the LoRA.
 
+A set with training weights (its ``weight`` column) has each step's batch drawn with probabilities
+w / Σw (:class:`~imgsynth.pipelines.batches.WeightedBatchOrder`, seeded by (seed, step), so resuming is
+exact), and the weights' digest joins the LoRA's identity; an unweighted set trains exactly as before.
+
 Supported: pipelines with one UNet and one CLIP-style text encoder (Stable Diffusion 1.x/2.x and
 their fine-tunes, SD-Turbo). SDXL (two text encoders, size conditioning) and transformer pipelines are
 refused with a clear error.
@@ -25,11 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from imgsynth.imageset import ImageSet
+from imgsynth.imageset import ImageSet, weights_digest
 from imgsynth.limits import MAX_BATCH_SIZE, MAX_LORA_RANK, MAX_PIPELINE_SIDE, MAX_STEPS, check_count
 from imgsynth.locking import locks_output
 from imgsynth.compute import resolve_device
 from imgsynth.pipelines.base import read_info_file
+from imgsynth.pipelines.batches import WeightedBatchOrder
 from imgsynth.pipelines.text2image.loading import (component_folder, load_text2image_pipeline, resolve_dtype,
                                                   weights_hash)
 from imgsynth.provenance import software_versions
@@ -41,6 +46,7 @@ INFO_FILE = "imgsynth_lora.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
 CAPTION_COLUMNS = ("caption", "prompt", "label")
+SEED_NAMESPACE = "imgsynth-lora"  # part of a weighted LoRA's batch seeds: changing it changes every such LoRA
 
 
 @dataclass(frozen=True)
@@ -92,7 +98,8 @@ def finetune_lora(model: str | os.PathLike, train_set: ImageSet | str | os.PathL
     is (a resumed experiment does not retrain); a different one there is an error. The folder appears
     only when training has finished. Every ``checkpoint_every`` steps the adapters, optimizer, data
     order and random state are saved next to it, so a killed run continues where it stopped and ends
-    with the same weights. ``on_step(step, loss)`` is called after each step (1-based).
+    with the same weights. ``on_step(step, loss)`` is called after each step (1-based). A set with
+    training weights draws each batch from :func:`weighted_batches` (see the module docstring).
     """
     import torch
 
@@ -107,6 +114,9 @@ def finetune_lora(model: str | os.PathLike, train_set: ImageSet | str | os.PathL
             "train_set": {"id": image_set.id, "path": str(image_set.root.resolve()), "kind": image_set.kind,
                           "num_images": len(image_set)},
             "config": config.to_dict(), "dtype": str(weight_dtype).replace("torch.", "")}
+    weighted = weighted_batches(image_set, config)
+    if weighted is not None:  # only then, so an unweighted LoRA's identity (and json) is what it always was
+        info["train_set"]["weights_sha256"] = weights_digest(weighted.weights.numpy())
     existing = _existing(out, info)
     if existing is not None:
         return existing
@@ -159,9 +169,12 @@ def finetune_lora(model: str | os.PathLike, train_set: ImageSet | str | os.PathL
 
     with tqdm(total=config.steps, initial=len(losses), desc="finetune", unit="step", disable=not progress) as bar:
         for step in range(len(losses), config.steps):
-            if len(order) < config.batch_size:  # a fresh seeded permutation each epoch
-                order += torch.randperm(len(data), generator=generator).tolist()
-            indices, order = order[:config.batch_size], order[config.batch_size:]
+            if weighted is not None:  # a function of (seed, step): ``order`` stays empty, ``generator`` untouched
+                indices = weighted.indices(step).tolist()
+            else:
+                if len(order) < config.batch_size:  # a fresh seeded permutation each epoch
+                    order += torch.randperm(len(data), generator=generator).tolist()
+                indices, order = order[:config.batch_size], order[config.batch_size:]
             pixels, captions = data.batch(indices, generator)
             pixels = pixels.to(device, dtype=weight_dtype)
             ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
@@ -210,6 +223,18 @@ def finetune_lora(model: str | os.PathLike, train_set: ImageSet | str | os.PathL
     return out
 
 
+def weighted_batches(image_set: ImageSet, config: LoraConfig) -> WeightedBatchOrder | None:
+    """The batch draws :func:`finetune_lora` uses for ``image_set``: ``batch_size`` indices per (0-based)
+    step, with replacement, each with probability w / Σw of the set's training weights; None when the set
+    has no weights (it then trains on seeded permutations, as it always has)."""
+    import torch
+
+    weights = image_set.weights
+    if weights is None:
+        return None
+    return WeightedBatchOrder(torch.from_numpy(weights), config.batch_size, config.seed, SEED_NAMESPACE)
+
+
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     import torch
 
@@ -250,8 +275,10 @@ def _existing(out: Path, info: dict[str, Any]) -> Path | None:
             raise ValueError(f"{out}: folder exists and is not an imgsynth LoRA; refusing to overwrite it")
         return None
     previous = read_info_file(info_path)
+    # A set's id covers images and labels, not training weights: those are told apart by their digest
+    # (absent on both sides for an unweighted set, so LoRAs trained before weights existed still match).
     same = all(previous.get(key) == info[key] for key in ("base_weights_sha256", "config", "dtype")) and \
-        previous.get("train_set", {}).get("id") == info["train_set"]["id"]
+        all(previous.get("train_set", {}).get(key) == info["train_set"].get(key) for key in ("id", "weights_sha256"))
     if not same:
         raise ValueError(f"{out}: already holds a LoRA trained with other settings or data; "
                          "remove it or choose another folder")

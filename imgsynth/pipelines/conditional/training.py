@@ -7,7 +7,6 @@ the latest. ``EMAModel`` keeps the averaged weights that are saved.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -28,6 +27,7 @@ from imgsynth.imageset import ImageSet, ImageSetError, weights_digest
 from imgsynth.locking import folder_lock
 from imgsynth.notes import Note
 from imgsynth.pipelines import device as devices
+from imgsynth.pipelines.batches import WeightedBatchOrder, derived_seed
 from imgsynth.pipelines.conditional.config import TrainConfig
 from imgsynth.pipelines.base import read_info_file
 from imgsynth.pipelines.conditional.folder import (CHECKPOINTS, MODEL_FILE, ModelLayout, _check_safetensors_only,
@@ -36,6 +36,8 @@ from imgsynth.pipelines.conditional.model import build_noise_scheduler, build_un
 from imgsynth.pipelines.conditional.pipeline import ClassConditionalPipeline
 from imgsynth.safe_loading import first_line, load_safetensors, load_torch_file
 from imgsynth.safe_paths import make_dirs_inside, refuse_links_below
+
+SEED_NAMESPACE = "imgsynth-conditional"  # part of every derived seed: changing it changes every trained model
 
 
 @dataclass
@@ -90,8 +92,7 @@ def load_training_data(image_set: ImageSet, config: TrainConfig) -> TrainingData
 
 
 def _derived_seed(*parts: Any) -> int:
-    digest = hashlib.sha256("/".join(str(p) for p in ("imgsynth-conditional", *parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
+    return derived_seed(SEED_NAMESPACE, *parts)
 
 
 class BatchOrder:
@@ -121,19 +122,6 @@ class BatchOrder:
             need -= len(chunk)
             epoch, offset = epoch + 1, 0
         return torch.cat(parts)
-
-
-class WeightedBatchOrder:
-    """Step ``s``'s batch for a set with training weights: ``batch_size`` images drawn with replacement, each
-    with probability w / Σw (``torch.multinomial``), from a generator seeded by (seed, step) alone, so a
-    resumed run draws exactly the batches the killed one would have."""
-
-    def __init__(self, weights: torch.Tensor, batch_size: int, seed: int) -> None:
-        self.weights, self.batch_size, self.seed = weights.double(), batch_size, seed
-
-    def indices(self, step: int) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(_derived_seed(self.seed, "weighted-batch", step))
-        return torch.multinomial(self.weights, self.batch_size, replacement=True, generator=generator)
 
 
 class Checkpoints:
@@ -354,7 +342,7 @@ def _fit(data: TrainingData, out: Path, config: TrainConfig, identity: Mapping[s
     labels = data.labels.to(images.device)
     # A weighted set draws its batches with the weights' probabilities; an unweighted one as it always has.
     order = (BatchOrder(len(images), config.batch_size, config.seed) if data.weights is None
-             else WeightedBatchOrder(data.weights, config.batch_size, config.seed))
+             else WeightedBatchOrder(data.weights, config.batch_size, config.seed, SEED_NAMESPACE))
     bar = tqdm(total=config.steps, initial=start, disable=not (progress and main), desc=f"train {config.preset}",
                unit="step", dynamic_ncols=True)
     smoothed = None

@@ -32,7 +32,7 @@ from typer.core import TyperGroup
 WORKFLOW: dict[str, tuple[str, ...]] = {
     "Data": ("data", "curate"),
     "Generate": ("train", "generate", "finetune"),
-    "Evaluate": ("metrics", "features", "classify"),
+    "Evaluate": ("metrics", "stats", "features", "classify"),
     "Experiment": ("run", "dashboard"),
     "Provenance": ("lineage", "audit"),
 }
@@ -48,6 +48,7 @@ EXAMPLES: dict[str, str] = {
     "generate": "imgsynth generate models/digits samples/digits --per-class 20",
     "finetune": "imgsynth finetune stabilityai/sd-turbo sets/kitchen loras/kitchen",
     "metrics": "imgsynth metrics sets/digits/test samples/digits --per-class",
+    "stats": "imgsynth stats sets/digits/train stats/digits-train.npz --features pixels",
     "features": "imgsynth features sets/digits/test --features pixels",
     "classify": "imgsynth classify train samples/digits classifiers/digits",
     "classify train": "imgsynth classify train samples/digits classifiers/digits --epochs 3",

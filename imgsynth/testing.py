@@ -5,6 +5,9 @@ text encoder, tokenizer, scheduler) of a few hundred kilobytes. It is saved with
 everything that loads it (``imgsynth generate``, ``imgsynth finetune``) goes through exactly the same
 code as for a real model from the Hub. Its images are noise-like, but deterministic: weights come from a
 fixed seed, so two builds give byte-identical weights.
+
+``png_without_xmp(data)`` takes a generated image's XMP marker out again, to compare its bytes with those of
+images written before generated PNGs carried one.
 """
 
 from __future__ import annotations
@@ -123,3 +126,15 @@ def tiny_caption_model(path: str | Path, *, seed: int = 0) -> Path:
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     return path
+
+
+def png_without_xmp(data: bytes) -> bytes:
+    """A PNG's bytes without its XMP iTXt chunk (PNG spec: 8-byte signature, then length, type, data, CRC each)."""
+    out, position = [data[:8]], 8
+    while position < len(data):
+        length = int.from_bytes(data[position:position + 4], "big")
+        chunk = data[position:position + 12 + length]
+        if not (chunk[4:8] == b"iTXt" and chunk[8:].startswith(b"XML:com.adobe.xmp\0")):
+            out.append(chunk)
+        position += 12 + length
+    return b"".join(out)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from imgsynth.imageset import ImageSet
+from imgsynth.testing import png_without_xmp
 
 FIXTURE = Path(__file__).parent / "fixtures" / "before-one-seam"
 EXPECTED = json.loads((FIXTURE / "expected.json").read_text(encoding="utf-8"))
@@ -26,29 +27,17 @@ def _digests(set_dir: Path) -> dict[str, str]:
             for i, record in enumerate(opened.records)}
 
 
-def _without_xmp(data: bytes) -> bytes:
-    """A PNG's bytes without its XMP iTXt chunk (PNG spec: 8-byte signature, then length, type, data, CRC)."""
-    out, position = [data[:8]], 8
-    while position < len(data):
-        length = int.from_bytes(data[position:position + 4], "big")
-        chunk = data[position:position + 12 + length]
-        if not (chunk[4:8] == b"iTXt" and chunk[8:].startswith(b"XML:com.adobe.xmp\0")):
-            out.append(chunk)
-        position += 12 + length
-    return b"".join(out)
-
-
 def _sampled_again_as_then(set_dir: Path, want: dict) -> None:
     """Issue 25: a generated image now carries an XMP marker; without that one chunk its bytes are exactly those
     sampled before (same pixels, same encoding), so the set's id is the old one with the marker taken out."""
     from imgsynth.provenance import content_id
 
     opened = ImageSet.open(set_dir)
-    stripped = {r.file_name: hashlib.sha256(_without_xmp(opened.path_of(i).read_bytes())).hexdigest()
+    stripped = {r.file_name: hashlib.sha256(png_without_xmp(opened.path_of(i).read_bytes())).hexdigest()
                 for i, r in enumerate(opened.records)}
     assert stripped == want["images"]
     assert content_id((stripped[r.file_name], r.label) for r in opened.records) == want["id"]
-    assert all(_without_xmp(opened.path_of(i).read_bytes()) != opened.path_of(i).read_bytes()
+    assert all(png_without_xmp(opened.path_of(i).read_bytes()) != opened.path_of(i).read_bytes()
                for i in range(len(opened)))  # every image carries the marker
 
 

@@ -25,21 +25,7 @@ from PIL import Image
 from imgsynth.metrics.distances import frechet_distance
 from imgsynth.metrics.extractors.registry import RESIZE_MODES
 from imgsynth.metrics.features import create_extractor
-
-
-def random_weights(path: Path) -> Path:
-    """A He-initialised FID Inception state dict in torch-fidelity's layout, saved at ``path``."""
-    import torch_fidelity.feature_extractor_inceptionv3 as module
-
-    with mock.patch.object(module, "load_state_dict_from_url", lambda *a, **k: {}), \
-            mock.patch.object(module.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None):
-        model = module.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
-    generator = torch.Generator().manual_seed(0)
-    for layer in model.modules():
-        if isinstance(layer, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(layer.weight, nonlinearity="relu", generator=generator)
-    torch.save(model.state_dict(), path)
-    return path
+from imgsynth.testing import random_fid_inception
 
 
 def made_up_folders(root: Path, n: int = 8) -> list[Path]:
@@ -70,7 +56,7 @@ def main() -> None:
         parser.error("give two folders, or none")
     warnings.simplefilter("ignore")
     scratch = Path(tempfile.mkdtemp(prefix="fid-conventions-"))
-    weights = args.weights or random_weights(scratch / "inception-random.pth")
+    weights = args.weights or random_fid_inception(scratch / "inception-random.pth")
     folders = args.folders or made_up_folders(scratch)
     files = [sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
              for folder in folders]

@@ -6,6 +6,9 @@ everything that loads it (``imgsynth generate``, ``imgsynth finetune``) goes thr
 code as for a real model from the Hub. Its images are noise-like, but deterministic: weights come from a
 fixed seed, so two builds give byte-identical weights.
 
+``random_fid_inception(path)`` saves a randomly initialised FID Inception (torch-fidelity's layout, which
+pytorch-fid's matches) for checking the resize conventions without the real weights' download.
+
 ``png_without_xmp(data)`` takes a generated image's XMP marker out again, to compare its bytes with those of
 images written before generated PNGs carried one.
 """
@@ -138,3 +141,22 @@ def png_without_xmp(data: bytes) -> bytes:
             out.append(chunk)
         position += 12 + length
     return b"".join(out)
+
+
+def random_fid_inception(path: str | Path, seed: int = 0) -> Path:
+    """A He-initialised FID Inception state dict in torch-fidelity's layout, saved at ``path`` (needs
+    torch-fidelity; nothing is downloaded: its loader is bypassed while the network is built)."""
+    from unittest import mock
+
+    import torch
+    import torch_fidelity.feature_extractor_inceptionv3 as module
+
+    with mock.patch.object(module, "load_state_dict_from_url", lambda *a, **k: {}), \
+            mock.patch.object(module.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None):
+        model = module.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    generator = torch.Generator().manual_seed(seed)
+    for layer in model.modules():
+        if isinstance(layer, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(layer.weight, nonlinearity="relu", generator=generator)
+    torch.save(model.state_dict(), path)
+    return Path(path)

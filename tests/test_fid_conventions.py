@@ -27,6 +27,7 @@ from imgsynth.imageset import ImageSetWriter, Sample
 from imgsynth.metrics.distances import frechet_distance
 from imgsynth.metrics.extractors.registry import RESIZE_MODES
 from imgsynth.metrics.features import create_extractor
+from imgsynth.testing import random_fid_inception
 
 PER_FOLDER = 8
 RTOL = 1e-4
@@ -55,18 +56,7 @@ def _images(seed: int, size: tuple[int, int], smooth: bool) -> list[Image.Image]
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A He-initialised FID Inception state dict in torch-fidelity's layout (which pytorch-fid's matches)."""
-    import torch_fidelity.feature_extractor_inceptionv3 as module
-
-    with mock.patch.object(module, "load_state_dict_from_url", lambda *a, **k: {}), \
-            mock.patch.object(module.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None):
-        model = module.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
-    generator = torch.Generator().manual_seed(0)
-    for layer in model.modules():
-        if isinstance(layer, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(layer.weight, nonlinearity="relu", generator=generator)
-    path = tmp_path_factory.mktemp("weights") / "inception-random.pth"
-    torch.save(model.state_dict(), path)
-    return path
+    return random_fid_inception(tmp_path_factory.mktemp("weights") / "inception-random.pth")
 
 
 @pytest.fixture(scope="module")

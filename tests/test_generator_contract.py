@@ -32,7 +32,7 @@ def real(tmp_path_factory) -> ImageSet:
 @pytest.fixture(scope="module")
 def ray_pool():
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

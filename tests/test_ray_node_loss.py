@@ -18,6 +18,7 @@ import pytest
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster
 
+from imgsynth.distributed.backend import ray_session
 from imgsynth.distributed.tasks import Task, run_tasks
 from imgsynth.errors import TaskFailedError
 from imgsynth.experiments.config import recipe_from_dict
@@ -111,6 +112,25 @@ def test_losing_a_node_mid_run_retries_its_chain_and_gives_the_uninterrupted_num
             run_tasks([Task("doomed", _doomed, (marker,))], backend="ray", address=cluster.address, workers=1,
                       retries=2)
         assert marker.read_text() == "xxx"
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.mark.ray
+def test_without_an_address_a_command_starts_its_own_instance_even_beside_a_running_cluster(monkeypatch):
+    """Ray's ``ray.init()`` joins the cluster last started on the machine; imgsynth's help promises a local
+    instance of its own (and ``num_cpus``, which joining refuses), unless ``RAY_ADDRESS`` names a cluster."""
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+        with ray_session(num_cpus=2) as session:
+            assert session.get_runtime_context().gcs_address != cluster.address
+            assert session.cluster_resources()["CPU"] == 2
+        assert not ray.is_initialized()
+        monkeypatch.setenv("RAY_ADDRESS", cluster.address)
+        with ray_session() as session:
+            assert session.get_runtime_context().gcs_address == cluster.address
     finally:
         ray.shutdown()
         cluster.shutdown()

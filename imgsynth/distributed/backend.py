@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
 import warnings
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -43,7 +44,8 @@ def require_ray() -> Any:
 @contextlib.contextmanager
 def ray_session(address: str | None = None, *, num_cpus: int | None = None,
                 num_gpus: int | None = None, log_to_driver: bool = True) -> Iterator[Any]:
-    """Use the running Ray session, or connect to ``address`` (``auto`` / ``ray://…``), or start a local one.
+    """Use the running Ray session, or connect to ``address`` (``auto`` / ``ray://…``; else ``RAY_ADDRESS``), or
+    start a local one (never joining a cluster merely because one runs on this machine).
 
     A session this function started is shut down on exit; one that was already running (a notebook,
     a test fixture, a job submitted to a cluster) is left alone. ``log_to_driver``: whether the workers' output
@@ -85,14 +87,21 @@ def _no_cluster_messages(ray: Any) -> Iterator[None]:
 
 def _session(ray: Any, address: str | None, num_cpus: int | None, num_gpus: int | None,
              options: dict[str, Any]) -> Iterator[Any]:
+    # Ray's own convention: a job submitted to a cluster finds it in RAY_ADDRESS.
+    named_by = "--address"
+    if not address and os.environ.get("RAY_ADDRESS"):
+        address, named_by = os.environ["RAY_ADDRESS"], "RAY_ADDRESS"
     if address:
         try:
             ray.init(address=address, **options)
         except ConnectionError as exc:  # a usage error: say what to do rather than print a traceback
-            raise ValueError(f"no Ray cluster at --address {address} ({exc}); start one with `ray start --head`, "
+            raise ValueError(f"no Ray cluster at {named_by} {address} ({exc}); start one with `ray start --head`, "
                              "or leave --address out to run on a local cluster started for this command") from exc
     else:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, **options)
+        # "local", not None: given None, ray.init joins whichever cluster `ray start` (or another process's
+        # ray.cluster_utils.Cluster) last started on this machine, and then refuses num_cpus. A command run
+        # without --address starts its own instance, as its help says.
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, **options)
     try:
         yield ray
     finally:

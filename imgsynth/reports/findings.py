@@ -169,15 +169,23 @@ def seed_summary(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame.from_records(records)
 
 
-def _per_seed(frame: pd.DataFrame, mode: str, generation: int, keys: tuple[str, str, str]) -> pd.Series:
-    metric, extractor, class_name = keys
-    rows = frame[(frame["mode"] == mode) & (frame["generation"] == generation) & (frame["metric"] == metric)
-                 & (frame["extractor"] == extractor) & (frame["class"] == class_name)]
-    return rows.set_index("seed")["value"].astype(float)
+class _SeedValues:
+    """Each (mode, generation, metric, extractor, class)'s values by seed, grouped once: findings asks for
+    thousands of them, and filtering the whole table for each one took seconds on the default run. A key
+    with a missing part (NaN) matches nothing, as an equality filter would."""
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self._empty = frame.iloc[0:0].set_index("seed")["value"].astype(float)
+        self._groups = {key: group.set_index("seed")["value"].astype(float)
+                        for key, group in frame.groupby(["mode", "generation", "metric", "extractor", "class"], sort=False)}
+
+    def __call__(self, mode: str, generation: int, keys: tuple[str, str, str]) -> pd.Series:
+        """The values of (metric, extractor, class) ``keys`` of ``mode`` at ``generation``, indexed by seed."""
+        return self._groups.get((mode, generation, *keys), self._empty)
 
 
-def _auc_per_seed(frame: pd.DataFrame, mode: str, last: int, keys: tuple[str, str, str]) -> pd.Series:
-    curves = pd.DataFrame({g: _per_seed(frame, mode, g, keys) for g in range(last + 1)}).dropna()
+def _auc_per_seed(values: _SeedValues, mode: str, last: int, keys: tuple[str, str, str]) -> pd.Series:
+    curves = pd.DataFrame({g: values(mode, g, keys) for g in range(last + 1)}).dropna()
     trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 names it trapz
     return pd.Series({seed: float(trapezoid(row.to_numpy(), dx=1.0)) for seed, row in curves.iterrows()},
                      dtype=float)
@@ -207,10 +215,11 @@ def theory_findings(frame: pd.DataFrame, theory: pd.DataFrame) -> pd.DataFrame:
     from scipy import stats
 
     rows = []
+    per_seed = _SeedValues(frame)
     for row in theory.itertuples(index=False):
         if row.generation == 0:
             continue  # generation 0 fits the real data itself: no spread over seeds to compare with
-        values = _per_seed(frame, row.mode, row.generation, (row.metric, "", "all")).dropna().to_numpy()
+        values = per_seed(row.mode, row.generation, (row.metric, "", "all")).dropna().to_numpy()
         if not len(values):
             continue
         d = t_interval(values - row.theory)
@@ -237,18 +246,19 @@ def findings(frame: pd.DataFrame, theory: pd.DataFrame | None = None) -> pd.Data
     modes = list(dict.fromkeys(frame["mode"]))
     keys = sorted({(m, e, c) for m, e, c in zip(frame["metric"], frame["extractor"], frame["class"])},
                   key=lambda k: (k[2] != "all", k))
+    per_seed = _SeedValues(frame)
     for key in keys:
         base = dict(metric=key[0], extractor=key[1], **{"class": key[2]})
         for a, b in combinations(modes, 2):
             for statistic, series_a, series_b in (
-                    ("last", _per_seed(frame, a, last, key), _per_seed(frame, b, last, key)),
-                    ("auc", _auc_per_seed(frame, a, last, key), _auc_per_seed(frame, b, last, key))):
+                    ("last", per_seed(a, last, key), per_seed(b, last, key)),
+                    ("auc", _auc_per_seed(per_seed, a, last, key), _auc_per_seed(per_seed, b, last, key))):
                 found = _finding(series_a, series_b, **base, statistic=statistic, generation=last,
                                  comparison=f"{a} − {b}")
                 if found:
                     rows.append(found)
         for mode in modes:
-            found = _finding(_per_seed(frame, mode, last, key), _per_seed(frame, mode, 0, key), **base,
+            found = _finding(per_seed(mode, last, key), per_seed(mode, 0, key), **base,
                              statistic="change", generation=last, comparison=f"{mode}: gen {last} − gen 0")
             if found:
                 rows.append(found)

@@ -14,7 +14,8 @@ business, and its own check ("finished with the same settings": ``pipelines/shar
 kind's ``fit``, the loop's recipe check) decides whether it is the same thing.
 
 Report files never replace a file imgsynth did not write: a single ``--out`` file is replaced only when
-its first line is the header the same command writes; a report folder (``dashboard --out DIR``,
+its first line is the header the same command writes (a binary file, which has none, when the command
+recognises it as its own: ``imgsynth stats`` reads the npz's imgsynth header); a report folder (``dashboard --out DIR``,
 ``classify eval --out DIR``) holds a small :data:`REPORT_MARKER` listing the files imgsynth wrote there,
 and only those may be replaced.
 
@@ -34,7 +35,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from imgsynth.atomic_files import partial_folder, write_json_atomic
 from imgsynth.imageset.layout import JOB, MANIFEST
@@ -122,12 +123,15 @@ _CLAIMS: list[_Claim] = []
 
 
 def claim_output(out: str | os.PathLike[str], kind: str, inputs: Iterable[str | os.PathLike[str] | None] = (),
-                 *, accepts: Iterable[str] = (), header: str | None = None) -> Path:
+                 *, accepts: Iterable[str] = (), header: str | None = None,
+                 recognise: Callable[[Path], bool] | None = None) -> Path:
     """Check, before any work, that ``out`` may receive ``kind`` (see the module docstring); returns its real
     path. ``inputs``: everything the command reads (None and names that are no path, e.g. a Hub id, are
     skipped). ``accepts``: other existing kinds ``out`` may already be (a model folder of another generator
     kind is still a model folder). ``header``: for a ``FILE`` output, the first line the command writes; an
-    existing file is replaced only when it starts with it. Raises :class:`OutputError` naming both paths."""
+    existing file is replaced only when it starts with it. ``recognise``: for a binary ``FILE`` output, which
+    has no first line, whether an existing file is one the command wrote (and so may be replaced). Raises
+    :class:`OutputError` naming both paths."""
     real = _real(out)
     for given in inputs:
         if given is None or not Path(given).expanduser().exists():
@@ -151,16 +155,22 @@ def claim_output(out: str | os.PathLike[str], kind: str, inputs: Iterable[str | 
     if existing is not None and existing != FILE and existing not in allowed:
         raise OutputError(f"{out}: is {_a(existing)}, not {_a(kind)}; choose another folder")
     if kind == FILE:
-        _check_report_file(out, real, header)
+        _check_report_file(out, real, header, recognise)
     given = Path(out).expanduser().absolute()
     _CLAIMS.append(_Claim(given, given.exists(), partial_folder(given).exists()))
     return real
 
 
-def _check_report_file(out: str | os.PathLike[str], real: Path, header: str | None) -> None:
+def _check_report_file(out: str | os.PathLike[str], real: Path, header: str | None,
+                       recognise: Callable[[Path], bool] | None) -> None:
     if real.is_dir():
         raise OutputError(f"{out}: is a folder; give a file name for the output")
     if not real.exists():
+        return
+    if recognise is not None:
+        if not recognise(real):
+            raise OutputError(f"{out}: already exists and was not written by this command; remove it or choose "
+                              "another file")
         return
     try:
         with open(real, encoding="utf-8", newline="") as handle:

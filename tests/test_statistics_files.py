@@ -138,3 +138,37 @@ def test_compressed_and_float32_files_are_read_and_other_members_are_never_loade
     assert read.mu.dtype == np.float64 and read.header is None and read.features is None
     np.testing.assert_array_equal(read.sigma, sigma.astype(np.float64))
     assert not marker.exists()
+
+
+def test_a_rerun_of_stats_replaces_its_own_file_and_no_other(tiny_set, tmp_path, run_cli):
+    """`imgsynth stats` again to the same name replaces the file it wrote (an npz has no first line to check, so
+    its header says whose it is); a pytorch-fid file, a zip without imgsynth's header or any other file there is
+    the user's, and is refused untouched."""
+    import zipfile
+
+    out = tmp_path / "ref.npz"
+    code, _, err = run_cli("stats", tiny_set.root, out, "--features", "pixels", "--device", "cpu")
+    assert code == 0, err
+    first = read_statistics(out)
+    assert first.features is None
+    code, _, err = run_cli("stats", tiny_set.root, out, "--features", "pixels", "--with-features", "--device", "cpu")
+    assert code == 0, err
+    second = read_statistics(out)
+    assert second.features is not None and second.features.shape == (len(tiny_set), 64)
+    np.testing.assert_array_equal(second.mu, first.mu)
+
+    def pytorch_fid(path):
+        np.savez(path, mu=np.zeros(64), sigma=np.eye(64))
+
+    def other_zip(path):
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("header.npy", b"not an array")
+
+    for name, make in (("pytorch-fid.npz", pytorch_fid), ("other.npz", other_zip),
+                       ("notes.npz", lambda path: path.write_text("my notes\n"))):
+        path = tmp_path / name
+        make(path)
+        before = path.read_bytes()
+        refused(run_cli("stats", tiny_set.root, path, "--features", "pixels", "--device", "cpu"),
+                name, "not written by this command")
+        assert path.read_bytes() == before

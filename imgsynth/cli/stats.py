@@ -37,13 +37,14 @@ def stats_command(
         FeatureStatistics,
         statistics_header,
         write_statistics,
+        written_by_stats,
     )
     from imgsynth.outputs import FEATURE_CACHE, FILE, claim_output
 
     if out.suffix.lower() != ".npz":
         raise ValueError(f"{out}: a statistics file is named *.npz (pytorch-fid and clean-fid read it by that suffix)")
     inputs = [] if source.startswith("hf:") else [source]
-    claim_output(out, FILE, [*inputs, cache_dir])
+    claim_output(out, FILE, [*inputs, cache_dir], recognise=written_by_stats)  # a rerun replaces its own file
     if cache_dir is not None:
         claim_output(cache_dir, FEATURE_CACHE, inputs)
     side = open_metric_source(source)

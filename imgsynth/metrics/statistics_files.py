@@ -276,6 +276,21 @@ def _parse_header(raw: np.ndarray, path: Path) -> dict[str, Any]:
     return header
 
 
+def written_by_stats(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a statistics file ``imgsynth stats`` wrote (a zip with imgsynth's header), which a
+    rerun may replace; reads the header member only, never the arrays. Anything else is not ours: False."""
+    path = Path(path)
+    try:
+        with _open_archive(path) as archive:
+            info = next((i for i in archive.infolist()[:MAX_MEMBERS + 1] if i.filename == "header.npy"), None)
+            if info is None:
+                return False
+            _parse_header(_read_member(archive, info, path, "header"), path)
+    except (StatisticsFileError, OSError):
+        return False
+    return True
+
+
 def read_statistics(path: str | os.PathLike) -> FeatureStatistics:
     """Read and check a statistics file (ours, pytorch-fid's or clean-fid's); see the module docstring."""
     path = Path(path)

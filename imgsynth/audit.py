@@ -131,6 +131,9 @@ class AuditReport:
     known_images: int
     classes: list[str] = field(default_factory=list)
     rows: list[AuditRow] = field(default_factory=list)
+    # Markers no reader was installed for: their columns are empty because nobody looked, not because none
+    # was found, and the summary says so.
+    not_checked: list[str] = field(default_factory=list)
 
     def per_class(self) -> list[dict[str, Any]]:
         """Per class (in the set's class order, then ``all``): images, images with each marker, exact and
@@ -164,6 +167,9 @@ class AuditReport:
             lines.append(f"{row['class'] or '(top)':>12}  {row['images']:>6}  {row['c2pa']:>5}  {row['iptc']:>5}  "
                          f"{row['watermark']:>5}  {row['exact']:>5}  {row['approximate']:>6}  {row['synthetic']:>5}  "
                          f"{row['share']:>6.1%}")
+        if self.not_checked:
+            lines += ["", "not looked for (their columns say nothing about these images):"]
+            lines += [f"  {reason}" for reason in self.not_checked]
         troubled = [r for r in self.rows if r.problem]
         if troubled:
             lines += ["", f"{len(troubled)} file(s) could not be read in full (their other markers were still "
@@ -403,7 +409,20 @@ def audit(target: ImageSet | str | os.PathLike, against: Sequence[ImageSet | str
                        known_sets=[{"id": s.id, "path": str(s.root), "kind": s.kind} for s in sets
                                    if s.id != target_id],
                        known_images=len(known),
-                       classes=target.classes if isinstance(target, ImageSet) else [], rows=rows)
+                       classes=target.classes if isinstance(target, ImageSet) else [], rows=rows,
+                       not_checked=unread_markers(watermarks))
+
+
+def unread_markers(watermarks: bool = True) -> list[str]:
+    """The markers this installation cannot look for, each with the extra that adds its reader."""
+    from imgsynth.provenance.markers import c2pa_signing, watermark
+
+    missing = []
+    if not c2pa_signing.available():
+        missing.append("C2PA manifests: c2pa-python is not installed (pip install 'imgsynth[c2pa]')")
+    if watermarks and not watermark.available():
+        missing.append("invisible watermarks: invisible-watermark is not installed (pip install 'imgsynth[watermark]')")
+    return missing
 
 
 def _row(item: _Target, known: Sequence[tuple[KnownImage, ImageSet, int]], by_sha: dict[str, int],

@@ -61,3 +61,21 @@ def test_importing_a_folder_counts_its_marked_images(tmp_path, run_cli):
     for part in ("train", "test"):
         manifest = ImageSet.open(tmp_path / "imported" / part).manifest
         assert manifest["source_markers"] == {"images": 12, "marked": 3, "c2pa": 0, "iptc": 3, "watermark": 0}
+
+
+def test_a_marker_without_its_reader_installed_is_said_not_looked_for(tmp_path, run_cli, monkeypatch):
+    """Without c2pa-python or invisible-watermark the audit cannot see those markers; an empty column must not
+    read as "none found", so the report names what was not looked for and the extra that adds it."""
+    from imgsynth.provenance.markers import c2pa_signing, watermark
+
+    root = _folder(tmp_path / "scraped", {"a": 2}, per_class=3)
+    assert audit(root).not_checked == []  # the test extra installs both readers
+    monkeypatch.setattr(c2pa_signing, "available", lambda: False)
+    monkeypatch.setattr(watermark, "available", lambda: False)
+    report = audit(root)
+    assert [line.split(":")[0] for line in report.not_checked] == ["C2PA manifests", "invisible watermarks"]
+    assert audit(root, watermarks=False).not_checked == [report.not_checked[0]]  # watermarks not asked for
+    code, out, err = run_cli("audit", root)
+    assert code == 0, err
+    assert "not looked for" in out and "pip install 'imgsynth[c2pa]'" in out
+    assert "pip install 'imgsynth[watermark]'" in out

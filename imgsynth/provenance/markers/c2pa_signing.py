@@ -145,6 +145,13 @@ class C2paFacts:
         return self.digital_source_type in SYNTHETIC_SOURCE_TYPES
 
 
+def available() -> bool:
+    """Whether c2pa-python is installed (``pip install 'imgsynth[c2pa]'``); without it no manifest is read."""
+    import importlib.util
+
+    return importlib.util.find_spec("c2pa") is not None
+
+
 def read_c2pa(data: bytes, mime: str = "image/png") -> C2paFacts | None:
     """The C2PA manifest of an image's bytes, validated offline; None when there is none (or c2pa-python is
     missing: the audit then says C2PA was not looked for)."""
@@ -190,5 +197,5 @@ def read_c2pa(data: bytes, mime: str = "image/png") -> C2paFacts | None:
     return C2paFacts(UNVERIFIABLE, f"validation state {state!r}", False, source_type, agent, ours)
 
 
-__all__ = ["C2paCredentials", "C2paFacts", "C2paUnavailable", "INVALID", "UNVERIFIABLE", "VALID",
+__all__ = ["C2paCredentials", "C2paFacts", "C2paUnavailable", "INVALID", "UNVERIFIABLE", "VALID", "available",
            "manifest_definition", "read_c2pa", "sign_png"]

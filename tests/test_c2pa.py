@@ -101,3 +101,38 @@ def test_a_loop_with_a_provenance_section_signs_every_generations_images(tmp_pat
         image_set = ImageSet.open(manifest.parent)
         assert image_set.manifest["markers"]["c2pa"] is not None
         assert all(read_c2pa(image_set.read_bytes(i)).state == "valid" for i in range(len(image_set)))
+
+
+def test_the_accelerate_launch_form_of_generate_takes_the_same_marks(signed, small_digits, tmp_path):
+    """`accelerate launch -m imgsynth.cli.accelerate_launch` (here its single-process form, no launcher) signs
+    and marks like `imgsynth generate`: the same pixels and XMP fields, a valid manifest in every image; half a
+    credential is the same one-line refusal, before any model loads and with nothing written."""
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from imgsynth.provenance.markers.c2pa_signing import read_c2pa
+    from imgsynth.provenance.markers.reading import read_markers
+
+    chain, key = make_chain(tmp_path / "credentials")
+    model = build_kind("gaussian").fit(small_digits, tmp_path / "model", seed=0, progress=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    command = [sys.executable, "-m", "imgsynth.cli.accelerate_launch", str(model), str(tmp_path / "launched"),
+               "--per-class", "1", "--classes", "0,1,2", "--c2pa-cert", str(chain), "--c2pa-key", str(key)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    launched = ImageSet.open(tmp_path / "launched")
+    assert launched.manifest["markers"]["c2pa"] is not None
+    assert [r.seed for r in launched.records] == [r.seed for r in signed.records]
+    for index in range(len(launched)):
+        assert read_c2pa(launched.read_bytes(index)).state == "valid"
+        ours, theirs = (Image.open(io.BytesIO(s.read_bytes(index))) for s in (launched, signed))
+        assert ours.tobytes() == theirs.tobytes()  # signatures are randomised; the pixels are not
+        fields = [read_markers(s.read_bytes(index), watermark=False, c2pa=False).xmp for s in (launched, signed)]
+        assert fields[0] is not None and fields[0] == fields[1]
+    half = subprocess.run([*command[:4], str(tmp_path / "half"), *command[5:-2]], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert half.returncode == 2 and half.stderr.count("error:") == 1 and "--c2pa-key" in half.stderr
+    assert "Traceback" not in half.stderr and not (tmp_path / "half").exists()

@@ -19,7 +19,14 @@ from typing import Optional
 
 import typer
 
-from imgsynth.cli.flags import renamed_flag
+from imgsynth.cli.flags import (
+    C2PA_CERT_OPTION,
+    C2PA_KEY_OPTION,
+    C2PA_TSA_OPTION,
+    WATERMARK_OPTION,
+    marking_flags,
+    renamed_flag,
+)
 
 from imgsynth.distributed.ranks import generate_on_rank
 
@@ -44,6 +51,11 @@ def main(
                                                       help="Initial-noise scale (conditional)."),
     generation: Optional[int] = typer.Option(None, help="Generation number recorded in the metadata."),
     dtype: Optional[str] = typer.Option(None, help="Precision of a text-to-image pipeline (default: bf16 on CUDA)."),
+    # The same provenance marks as `imgsynth generate`: every process writes its shards' images with them.
+    watermark: bool = WATERMARK_OPTION,
+    c2pa_cert: Optional[Path] = C2PA_CERT_OPTION,
+    c2pa_key: Optional[Path] = C2PA_KEY_OPTION,
+    c2pa_tsa: Optional[str] = C2PA_TSA_OPTION,
 ) -> None:
     """Generate an ImageSet with every process of an ``accelerate launch``, one device each."""
     from accelerate import PartialState
@@ -51,8 +63,10 @@ def main(
     from imgsynth.distributed.accelerate_train import launched_on_cpu
     from imgsynth.outputs import IMAGESET, claim_output
     from imgsynth.pipelines.base import kind_for_model
+    from imgsynth.pipelines.sharding import with_marking
 
     claim_output(out, IMAGESET, [model, prompts])
+    marking = marking_flags(watermark, c2pa_cert, c2pa_key, c2pa_tsa)  # before any model loads
     state = PartialState(cpu=launched_on_cpu())  # CPU-only machines use gloo ranks
     given = {"guidance_scale": guidance, "sample_steps": renamed_flag("--steps", steps, "--sample-steps", sample_steps), "sample_batch_size": batch_size,
              "shard_size": shard_size, "prompts": prompts, "noise_temperature": noise_temperature, "dtype": dtype}
@@ -60,7 +74,7 @@ def main(
     # The same registry lookup and option check as `imgsynth generate`.
     kind = kind_for_model(model, options, where="accelerate launch", device=str(state.device))
     chosen = None if classes is None else [c.strip() for c in classes.split(",") if c.strip()] or None
-    job = kind.job(model, per_class, seed, generation=generation, classes=chosen)
+    job = with_marking(kind.job(model, per_class, seed, generation=generation, classes=chosen), marking)
     result = generate_on_rank(job, out, rank=state.process_index, world_size=state.num_processes,
                               barrier=state.wait_for_everyone, progress=True)
     if result is not None:

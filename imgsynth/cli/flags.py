@@ -1,10 +1,12 @@
-"""What several commands' flags share: a flag under its former name, ``key=value`` option pairs, and the
-``--resize-mode`` option of the commands that extract features."""
+"""What several commands' flags share: a flag under its former name, ``key=value`` option pairs, the
+``--resize-mode`` option of the commands that extract features, and the provenance flags of the commands that
+generate (``imgsynth generate`` and its ``accelerate launch`` form)."""
 
 from __future__ import annotations
 
 import warnings
-from typing import Any, Optional, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, TypeVar
 
 import typer
 
@@ -12,7 +14,32 @@ from imgsynth.assignments import parse_assignments
 from imgsynth.metrics.extractors.registry import DEFAULT_RESIZE_MODE, RESIZE_MODES
 from imgsynth.notes import Note
 
+if TYPE_CHECKING:
+    from imgsynth.provenance.markers import Marking
+
 T = TypeVar("T")
+
+# Provenance inside each file (imgsynth.provenance.markers); the XMP marker is always written.
+WATERMARK_OPTION = typer.Option(False, "--watermark", help="Embed imgsynth's invisible DWT-DCT watermark "
+                                "(invisible-watermark, as SDXL pipelines do) in RGB images of at least 256 px; "
+                                "changes pixel values slightly.")
+C2PA_CERT_OPTION = typer.Option(None, "--c2pa-cert", help="Sign a C2PA manifest into every image with this PEM "
+                                "certificate chain (ES256; needs imgsynth\\[c2pa]).")
+C2PA_KEY_OPTION = typer.Option(None, "--c2pa-key", help="The PEM private key of --c2pa-cert.")
+C2PA_TSA_OPTION = typer.Option(None, "--c2pa-tsa", help="A timestamp authority URL for C2PA signatures (default: "
+                               "none, signing is offline).")
+
+
+def marking_flags(watermark: bool, c2pa_cert: Optional[Path], c2pa_key: Optional[Path],
+                  c2pa_tsa: Optional[str]) -> "Marking":
+    """The marks the provenance flags ask for, their C2PA credentials checked before any model loads."""
+    from imgsynth.provenance.markers import Marking
+
+    marking = Marking.of(watermark=watermark, c2pa_cert=None if c2pa_cert is None else str(c2pa_cert),
+                         c2pa_key=None if c2pa_key is None else str(c2pa_key), tsa_url=c2pa_tsa)
+    if marking.c2pa is not None:
+        marking.c2pa.check()
+    return marking
 
 
 def renamed_flag(old: str, old_value: T | None, new: str, new_value: T | None) -> T | None:

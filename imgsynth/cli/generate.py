@@ -13,7 +13,15 @@ from typing import List, Optional
 
 import typer
 
-from imgsynth.cli.flags import option_pairs, renamed_flag
+from imgsynth.cli.flags import (
+    C2PA_CERT_OPTION,
+    C2PA_KEY_OPTION,
+    C2PA_TSA_OPTION,
+    WATERMARK_OPTION,
+    marking_flags,
+    option_pairs,
+    renamed_flag,
+)
 from imgsynth.compute import check_device
 from imgsynth.pipelines.work import check_per_class
 
@@ -123,14 +131,10 @@ def generate_command(
     workers: Optional[int] = typer.Option(None, min=1, help="Ray: actors, one model each (default: one per "
                                           "CPU, or per GPU on CUDA)."),
     # Provenance inside each file (imgsynth.provenance.markers); the XMP marker is always written.
-    watermark: bool = typer.Option(False, "--watermark", help="Embed imgsynth's invisible DWT-DCT watermark "
-                                   "(invisible-watermark, as SDXL pipelines do) in RGB images of at least 256 px; "
-                                   "changes pixel values slightly."),
-    c2pa_cert: Optional[Path] = typer.Option(None, "--c2pa-cert", help="Sign a C2PA manifest into every image with "
-                                             "this PEM certificate chain (ES256; needs imgsynth\\[c2pa])."),
-    c2pa_key: Optional[Path] = typer.Option(None, "--c2pa-key", help="The PEM private key of --c2pa-cert."),
-    c2pa_tsa: Optional[str] = typer.Option(None, "--c2pa-tsa", help="A timestamp authority URL for C2PA "
-                                           "signatures (default: none, signing is offline)."),
+    watermark: bool = WATERMARK_OPTION,
+    c2pa_cert: Optional[Path] = C2PA_CERT_OPTION,
+    c2pa_key: Optional[Path] = C2PA_KEY_OPTION,
+    c2pa_tsa: Optional[str] = C2PA_TSA_OPTION,
 ) -> None:
     """Sample a labeled ImageSet from any generator's model: a class-conditional model, a fitted gaussian or
     kde model, or a text-to-image pipeline. Which kind is decided by MODEL alone."""
@@ -139,12 +143,7 @@ def generate_command(
     from imgsynth.outputs import IMAGESET, claim_output
 
     claim_output(out, IMAGESET, [model, lora, caption_model, prompts])
-    from imgsynth.provenance.markers import Marking
-
-    marking = Marking.of(watermark=watermark, c2pa_cert=None if c2pa_cert is None else str(c2pa_cert),
-                         c2pa_key=None if c2pa_key is None else str(c2pa_key), tsa_url=c2pa_tsa)
-    if marking.c2pa is not None:
-        marking.c2pa.check()  # before any model loads
+    marking = marking_flags(watermark, c2pa_cert, c2pa_key, c2pa_tsa)  # before any model loads
     sample_steps = renamed_flag("--steps", steps, "--sample-steps", sample_steps)
     flags = {"guidance_scale": guidance, "sample_steps": sample_steps, "sample_batch_size": batch_size, "device": device,
              "noise_temperature": noise_temperature, "prompts": prompts, "negative_prompt": negative_prompt,

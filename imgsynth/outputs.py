@@ -167,19 +167,21 @@ def _check_report_file(out: str | os.PathLike[str], real: Path, header: str | No
         raise OutputError(f"{out}: is a folder; give a file name for the output")
     if not real.exists():
         return
-    if recognise is not None:
-        if not recognise(real):
-            raise OutputError(f"{out}: already exists and was not written by this command; remove it or choose "
-                              "another file")
-        return
-    try:
-        with open(real, encoding="utf-8", newline="") as handle:
-            first = handle.readline(len(header or "") + 2).rstrip("\r\n")
-    except (OSError, UnicodeDecodeError):
-        first = None
-    if header is None or first != header:
+    if not (recognise(real) if recognise is not None else _starts_with(real, header)):
         raise OutputError(f"{out}: already exists and was not written by this command; remove it or choose "
                           "another file")
+
+
+def _starts_with(path: Path, header: str | None) -> bool:
+    """Whether the text file ``path`` begins with the line ``header`` (never, without a header)."""
+    if header is None:
+        return False
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            first = handle.readline(len(header) + 2).rstrip("\r\n")
+    except (OSError, UnicodeDecodeError):
+        return False
+    return first == header
 
 
 def claim_report_folder(out: str | os.PathLike[str], names: Sequence[str],

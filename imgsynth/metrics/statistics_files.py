@@ -282,8 +282,9 @@ def written_by_stats(path: str | os.PathLike) -> bool:
     path = Path(path)
     try:
         with _open_archive(path) as archive:
-            info = next((i for i in archive.infolist()[:MAX_MEMBERS + 1] if i.filename == "header.npy"), None)
-            if info is None:
+            infos = archive.infolist()
+            info = next((i for i in infos if i.filename == "header.npy"), None)
+            if info is None or len(infos) > MAX_MEMBERS:  # read_statistics refuses it too
                 return False
             _parse_header(_read_member(archive, info, path, "header"), path)
     except (StatisticsFileError, OSError):

@@ -184,8 +184,8 @@ class _SeedValues:
 
     def __init__(self, frame: pd.DataFrame) -> None:
         self._empty = frame.iloc[0:0].set_index("seed")["value"].astype(float)
-        self._groups = {key: group.set_index("seed")["value"].astype(float)
-                        for key, group in frame.groupby(["mode", "generation", "metric", "extractor", "class"], sort=False)}
+        groups = frame.groupby(["mode", "generation", "metric", "extractor", "class"], sort=False)
+        self._groups = {key: group.set_index("seed")["value"].astype(float) for key, group in groups}
 
     def __call__(self, mode: str, generation: int, keys: tuple[str, str, str]) -> pd.Series:
         """The values of (metric, extractor, class) ``keys`` of ``mode`` at ``generation``, indexed by seed."""

@@ -15,9 +15,9 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 

@@ -424,3 +424,35 @@ def test_actor_pool_adapter_speaks_the_installed_and_the_older_ray_api(monkeypat
     monkeypatch.setattr(ray.data, "ActorPoolStrategy", OldStrategy)
     list(map_on_actor_pool(current, object, workers=3))
     assert current.options["compute"].bounds == (3, 3)
+
+
+class _Unreachable:
+    """Ray as seen from a machine where the named cluster does not answer: ``ray.init`` raises ConnectionError."""
+
+    def is_initialized(self) -> bool:
+        return False
+
+    def init(self, address: str | None = None, **options: object) -> None:
+        raise ConnectionError(f"Could not find any running Ray instance at {address}")
+
+    def shutdown(self) -> None:
+        pass
+
+
+def test_an_unreachable_ray_cluster_is_one_error_line_naming_the_flag_or_variable(small_digits, run_cli, tmp_path,
+                                                                                    monkeypatch):
+    """`--address` that does not answer, and Ray's own RAY_ADDRESS when no --address is given: one `error:` line
+    saying which of the two named the cluster, and nothing cached."""
+    from cli_checks import refused
+
+    from imgsynth.distributed import backend
+
+    monkeypatch.setattr(backend, "require_ray", lambda: _Unreachable())
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    cache = tmp_path / "cache"
+    command = ("features", small_digits.root, "--features", "pixels", "--backend", "ray", "--cache-dir", cache)
+    refused(run_cli(*command, "--address", "10.0.0.9:6379"), "no Ray cluster at --address 10.0.0.9:6379",
+            "ray start --head")
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.8:6379")
+    refused(run_cli(*command), "no Ray cluster at RAY_ADDRESS 10.0.0.8:6379")
+    assert not list(cache.rglob("*.safetensors"))  # the cache's files (metrics/feature_cache.py)
